@@ -1,0 +1,96 @@
+"""Architecture adapter for Hugging Face transformers' Mamba-1 (``MambaModel``,
+``MambaForCausalLM`` and any user model built on their blocks).
+
+Rule assignment:
+
+- ``MambaRMSNorm``: LN-rule.
+- ``MambaMixer``: identity rule on both SiLUs (after the causal conv and on the gate
+  branch ``z``), SSM rule on the selective scan, half rule on ``y * silu(z)``;
+  ``in_proj``, ``conv1d`` and ``out_proj`` are called as modules, so a linear rule
+  (and any user hook) applies to them.
+- ``MambaBlock``: the residual ``x + mixer(norm(x))`` as is. The block is re-implemented
+  only to keep the input dtype: transformers casts the residual to float32, which
+  would round a float64 explanation.
+
+The rule forwards compute in the dtype of the hidden states (transformers casts the
+scan to float32); with all rules off they compute the same function as the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers.models.mamba.modeling_mamba import MambaBlock, MambaMixer, MambaRMSNorm
+
+from captum_mamba.adapters.base import ArchitectureAdapter, register_adapter
+from captum_mamba.rules import MambaRules, gated_product, rms_norm, selective_ssm, silu
+
+
+def _mask(x: Tensor, attention_mask: Tensor | None) -> Tensor:
+    if attention_mask is None:
+        return x
+    return x * attention_mask[:, :, None].to(x.dtype)
+
+
+def _check_no_past_state(mixer: MambaMixer, kwargs: dict[str, Any]) -> None:
+    cache = kwargs.get("cache", kwargs.get("cache_params"))
+    has_previous = getattr(cache, "has_previous_state", None)
+    if callable(has_previous) and has_previous(mixer.layer_idx):
+        raise NotImplementedError(
+            "MambaLRP explains whole sequences; call the model without a filled cache "
+            "(use_cache=False) and pass the full prefix instead"
+        )
+
+
+def norm_forward(norm: MambaRMSNorm, rules: MambaRules, hidden_states: Tensor) -> Tensor:
+    """RMSNorm with the LN-rule."""
+    weight = norm.weight.to(hidden_states.dtype)
+    return rms_norm(hidden_states, weight, norm.variance_epsilon, rules.norm)
+
+
+def mixer_forward(
+    mixer: MambaMixer,
+    rules: MambaRules,
+    hidden_states: Tensor,
+    *args: Any,
+    attention_mask: Tensor | None = None,
+    **kwargs: Any,
+) -> Tensor:
+    """Mamba-1 mixer with the SiLU, SSM and half rules (full-sequence form)."""
+    _check_no_past_state(mixer, kwargs)
+    if mixer.activation not in ("silu", "swish"):
+        raise NotImplementedError(
+            f"MambaLRP supports SiLU mixers only, this one uses {mixer.activation!r}"
+        )
+    length = hidden_states.shape[1]
+    x, z = mixer.in_proj(_mask(hidden_states, attention_mask)).chunk(2, dim=-1)
+    x = mixer.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2)
+    x = _mask(silu(x, rules.silu), attention_mask)
+    time_step, B, C = torch.split(
+        mixer.x_proj(x),
+        [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size],
+        dim=-1,
+    )
+    dt = F.softplus(mixer.dt_proj(time_step))
+    A = -torch.exp(mixer.A_log.to(x.dtype))
+    y = selective_ssm(x, dt, A, B, C, mixer.D.to(x.dtype), rules.ssm)
+    y = gated_product(y, silu(z, rules.silu), rules.gate)
+    return mixer.out_proj(y)
+
+
+def block_forward(block: MambaBlock, rules: MambaRules, hidden_states: Tensor, *args, **kwargs):
+    """Pre-norm residual block ``x + mixer(norm(x))`` in the input dtype."""
+    return hidden_states + block.mixer(block.norm(hidden_states), *args, **kwargs)
+
+
+HF_MAMBA = register_adapter(
+    ArchitectureAdapter(
+        name="transformers Mamba",
+        models=("MambaModel", "MambaForCausalLM", "models containing MambaBlock/MambaMixer"),
+        blocks=(MambaMixer,),
+        forwards={MambaRMSNorm: norm_forward, MambaMixer: mixer_forward, MambaBlock: block_forward},
+    )
+)

@@ -1,0 +1,154 @@
+"""Attribution classes: validation of inputs and Captum-style target selection."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+TargetType = int | tuple[int, ...] | Tensor | list[Any] | None
+
+
+class AttributionInputError(ValueError):
+    """An input, target or forward output cannot be explained; the message says why."""
+
+
+def check_embeddings(inputs: tuple[Tensor, ...]) -> None:
+    """Check that every input is a finite floating tensor ``(batch, seq, ...)``.
+
+    Args:
+        inputs (tuple of Tensor): formatted inputs of an attribution call.
+
+    Raises:
+        AttributionInputError: on integer ids, wrong rank, empty sequences or
+            non-finite values.
+    """
+    for index, x in enumerate(inputs):
+        name = "inputs" if len(inputs) == 1 else f"inputs[{index}]"
+        if not isinstance(x, Tensor):
+            raise AttributionInputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise AttributionInputError(
+                f"{name} has dtype {x.dtype}: MambaLRP explains input embeddings; for token "
+                "ids use LayerMambaLRP(model, model.get_input_embeddings())"
+            )
+        if x.dim() < 2:
+            raise AttributionInputError(
+                f"{name} has shape {tuple(x.shape)}; expected (batch, seq, hidden)"
+            )
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            raise AttributionInputError(
+                f"{name} has shape {tuple(x.shape)}: batch and sequence must be non-empty"
+            )
+        if not torch.isfinite(x).all():
+            raise AttributionInputError(f"{name} contains NaN or inf")
+
+
+def check_token_ids(ids: Tensor, vocab_size: int | None) -> None:
+    """Check a ``(batch, seq)`` tensor of token ids against the vocabulary.
+
+    Args:
+        ids (Tensor): token ids.
+        vocab_size (int or None): number of embeddings, or None if unknown.
+
+    Raises:
+        AttributionInputError: on float ids, wrong rank, empty sequences or ids out
+            of the vocabulary.
+    """
+    if ids.is_floating_point() or ids.dtype == torch.bool:
+        raise AttributionInputError(
+            f"token ids have dtype {ids.dtype}; pass a LongTensor of ids "
+            "(or explain embeddings with MambaLRP)"
+        )
+    if ids.dim() != 2:
+        raise AttributionInputError(f"token ids have shape {tuple(ids.shape)}; expected (batch, seq)")
+    if ids.numel() == 0:
+        raise AttributionInputError(
+            f"token ids have shape {tuple(ids.shape)}: batch and sequence must be non-empty"
+        )
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or (vocab_size is not None and high >= vocab_size):
+        raise AttributionInputError(
+            f"token ids span [{low}, {high}] but the vocabulary has {vocab_size} entries"
+        )
+
+
+def _check_index(value: Any, size: int, what: str) -> int:
+    if isinstance(value, Tensor):
+        value = value.item()
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise AttributionInputError(f"{what} must be an int, got {value!r}")
+    if not -size <= value < size:
+        raise AttributionInputError(f"{what} {value} is out of range for size {size}")
+    return value
+
+
+def _check_index_tuple(target: Sequence[Any], shape: torch.Size) -> tuple[int, ...]:
+    if len(target) != len(shape) - 1:
+        raise AttributionInputError(
+            f"target {tuple(target)} has {len(target)} indices but the output has shape "
+            f"{tuple(shape)}, i.e. {len(shape) - 1} per example"
+        )
+    return tuple(
+        _check_index(v, size, f"target index {i}")
+        for i, (v, size) in enumerate(zip(target, shape[1:], strict=True))
+    )
+
+
+def select_target(output: Any, target: TargetType) -> Tensor:
+    """Select one scalar per example from ``output``, following Captum's conventions.
+
+    Args:
+        output (Tensor): forward output of shape ``(batch, ...)``.
+        target (int, tuple, Tensor, list or None): ``None`` for an output that is
+            already one value per example; an int (index of dim 1); a tuple
+            (an index per non-batch dim, e.g. ``(position, token)`` of
+            ``(batch, seq, vocab)`` logits); a tensor of one int per example or one
+            int for all; or a list with one int or tuple per example.
+
+    Returns:
+        Tensor: ``(batch,)`` selected outputs.
+
+    Raises:
+        AttributionInputError: if ``output`` is not a tensor or ``target`` does not
+            fit it.
+    """
+    if not isinstance(output, Tensor):
+        raise AttributionInputError(
+            f"the forward function returned {type(output).__name__}, not a tensor; "
+            "wrap the model so that it returns logits, e.g. lambda x: model(inputs_embeds=x).logits"
+        )
+    if output.dim() == 0:
+        raise AttributionInputError("the forward function returned a scalar; need (batch, ...)")
+    batch, shape = output.shape[0], output.shape
+    if isinstance(target, Tensor):
+        if target.numel() == 1:
+            target = int(target.item())
+        elif target.dim() == 1:
+            target = [int(v) for v in target.tolist()]
+        else:
+            target = [tuple(int(v) for v in row) for row in target.tolist()]
+    if target is None:
+        if output.numel() != batch:
+            raise AttributionInputError(
+                f"target is None but the output has shape {tuple(shape)}; pass a target "
+                "index (e.g. a class id, or (position, token) for language-model logits)"
+            )
+        return output.reshape(batch)
+    if isinstance(target, int):
+        target = (target,)
+    if isinstance(target, tuple):
+        return output[(slice(None), *_check_index_tuple(target, shape))]
+    if isinstance(target, list):
+        if len(target) != batch:
+            raise AttributionInputError(
+                f"{len(target)} targets given for a batch of {batch} examples"
+            )
+        rows = [
+            output[(i, *_check_index_tuple(t if isinstance(t, tuple) else (t,), shape))]
+            for i, t in enumerate(target)
+        ]
+        return torch.stack(rows)
+    raise AttributionInputError(f"unsupported target type {type(target).__name__}")

@@ -1,0 +1,147 @@
+"""Attribution classes: MambaLRP relevance at a layer (e.g. the token embeddings)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from captum._utils.common import _format_additional_forward_args, _format_tensor_into_tuples
+from captum.attr import GradientAttribution, LayerAttribution
+from torch import Tensor, nn
+
+from captum_mamba.adapters import plan_rules, rules_applied
+from captum_mamba.attr._forward import default_forward
+from captum_mamba.attr._targets import (
+    AttributionInputError,
+    TargetType,
+    check_token_ids,
+    select_target,
+)
+from captum_mamba.attr.mamba_lrp import relevance_delta
+from captum_mamba.rules import MambaRules
+
+
+def _leaf(value: Any, layer: nn.Module) -> Tensor:
+    if not isinstance(value, Tensor) or not value.is_floating_point():
+        raise AttributionInputError(
+            f"layer {type(layer).__name__} passes {type(value).__name__} values; "
+            "LayerMambaLRP needs a layer whose input/output is one floating tensor"
+        )
+    return value.detach().requires_grad_()
+
+
+class LayerMambaLRP(LayerAttribution, GradientAttribution):
+    r"""MambaLRP relevance of the input or output of one layer of a Mamba model.
+
+    With ``layer = model.get_input_embeddings()`` this explains token ids: the
+    relevance of each embedding element, summing (with bias-free layers) to the
+    explained output. Any block of the model can be chosen instead to read the
+    relevance that flows through it.
+
+    Args:
+        model (nn.Module): a model containing supported Mamba blocks.
+        layer (nn.Module): the layer whose output (or input) is attributed.
+        forward_func (Callable, optional): function of the inputs that runs ``model``
+            and returns a tensor ``(batch, ...)``. Default: for Hugging Face models,
+            ``forward(input_ids, attention_mask=None)`` returning the logits.
+        rules (MambaRules, optional): which rules to apply. Default: all.
+
+    Examples::
+
+        >>> lrp = LayerMambaLRP(model, model.get_input_embeddings())
+        >>> relevance = lrp.attribute(input_ids, target=(-1, next_token_id))
+        >>> token_relevance = relevance.sum(-1)      # (batch, seq)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: nn.Module,
+        forward_func: Callable[..., Tensor] | None = None,
+        rules: MambaRules | None = None,
+    ) -> None:
+        self.rules = rules if rules is not None else MambaRules()
+        plan_rules(model, self.rules)
+        LayerAttribution.__init__(self, forward_func or default_forward(model, "input_ids"), layer)
+        GradientAttribution.__init__(self, self.forward_func)
+        self.model = model
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        """True: relevances are gradients times layer activations."""
+        return True
+
+    def has_convergence_delta(self) -> bool:
+        """True: the delta is the explained output minus the sum of relevances."""
+        return True
+
+    def _check_ids(self, inputs: tuple[Tensor, ...]) -> None:
+        embedding = getattr(self.model, "get_input_embeddings", lambda: None)()
+        if self.layer is embedding and len(inputs) == 1:
+            check_token_ids(inputs[0], embedding.num_embeddings)
+
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        return_convergence_delta: bool = False,
+        attribute_to_layer_input: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        r"""Relevance of every element of the layer's output (or input).
+
+        Args:
+            inputs (Tensor or tuple of Tensor): inputs of the forward function, e.g.
+                token ids ``(batch, seq)``.
+            target (int, tuple, Tensor, list, optional): output to explain, as in
+                :meth:`MambaLRP.attribute`. Default: None.
+            additional_forward_args (Any, optional): further arguments of the forward
+                function (e.g. the attention mask). Default: None.
+            return_convergence_delta (bool, optional): also return the explained
+                output minus the sum of relevances, per example. Default: False.
+            attribute_to_layer_input (bool, optional): attribute to the layer's input
+                instead of its output. Default: False.
+
+        Returns:
+            *Tensor* **attributions** with the shape of the layer's output (or
+            input); and, if ``return_convergence_delta``, a ``(batch,)`` **delta**.
+
+        Examples::
+
+            >>> relevance, delta = lrp.attribute(ids, target=(-1, token),
+            ...                                  return_convergence_delta=True)
+        """
+        formatted = _format_tensor_into_tuples(inputs)
+        self._check_ids(formatted)
+        extra = _format_additional_forward_args(additional_forward_args) or ()
+        captured: list[Tensor] = []
+
+        def capture_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            captured.append(_leaf(args[0], module))
+            return (captured[-1], *args[1:])
+
+        def capture_output(module: nn.Module, args: Any, output: Any) -> Tensor:
+            captured.append(_leaf(output, module))
+            return captured[-1]
+
+        if attribute_to_layer_input:
+            handle = self.layer.register_forward_pre_hook(capture_input)
+        else:
+            handle = self.layer.register_forward_hook(capture_output)
+        try:
+            with rules_applied(self.model, self.rules), torch.enable_grad():
+                explained = select_target(self.forward_func(*formatted, *extra), target)
+                if len(captured) != 1:
+                    raise AttributionInputError(
+                        f"layer {type(self.layer).__name__} ran {len(captured)} times in one "
+                        "forward pass; LayerMambaLRP needs a layer that runs exactly once"
+                    )
+                (grad,) = torch.autograd.grad(explained.sum(), captured, allow_unused=True)
+        finally:
+            handle.remove()
+        activation = captured[0].detach()
+        attributions = activation * (torch.zeros_like(activation) if grad is None else grad)
+        if return_convergence_delta:
+            return attributions, relevance_delta(attributions, explained)
+        return attributions

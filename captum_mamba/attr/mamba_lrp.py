@@ -1,0 +1,154 @@
+"""Attribution classes: MambaLRP on input embeddings, as a Captum attribution."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from captum._utils.common import (
+    _format_additional_forward_args,
+    _format_output,
+    _format_tensor_into_tuples,
+    _is_tuple,
+)
+from captum.attr import GradientAttribution
+from torch import Tensor, nn
+
+from captum_mamba.adapters import plan_rules, rules_applied
+from captum_mamba.attr._forward import default_forward
+from captum_mamba.attr._targets import TargetType, check_embeddings, select_target
+from captum_mamba.rules import MambaRules
+
+TensorOrTuple = Tensor | tuple[Tensor, ...]
+
+
+def relevance_delta(attributions: TensorOrTuple, output: Tensor) -> Tensor:
+    """Explained output minus the sum of all relevances, per example.
+
+    Args:
+        attributions (Tensor or tuple of Tensor): relevances, batch first.
+        output (Tensor): ``(batch,)`` explained outputs.
+
+    Returns:
+        Tensor: ``(batch,)`` convergence deltas (zero for perfect conservation).
+    """
+    total = sum(a.reshape(a.shape[0], -1).sum(1) for a in _format_tensor_into_tuples(attributions))
+    return output.detach().reshape(-1) - total
+
+
+class MambaLRP(GradientAttribution):
+    r"""MambaLRP (Jafari et al., NeurIPS 2024) for Mamba models, on input embeddings.
+
+    Relevance is Gradient x Input of a forward pass in which the non-linear,
+    input-dependent parts of every Mamba block are treated as constants in the
+    backward pass (LN-rule, identity rule for SiLU, SSM rule, half rule for the
+    gate). The rules are applied to ``model`` only for the duration of a call; the
+    forward output is unchanged and, with bias-free layers, the relevances of each
+    example sum to the explained output.
+
+    Args:
+        model (nn.Module): a model containing supported Mamba blocks (see
+            :func:`captum_mamba.supported_architectures`), e.g. ``MambaForCausalLM``
+            or a classifier built on ``MambaModel``.
+        forward_func (Callable, optional): function of the inputs (and
+            ``additional_forward_args``) that runs ``model`` and returns a tensor
+            ``(batch, ...)``. Default: for Hugging Face models,
+            ``forward(inputs_embeds, attention_mask=None)`` returning the logits.
+        rules (MambaRules, optional): which rules to apply. Default: all
+            (MambaLRP). ``MambaRules.gradient_x_input()`` and
+            ``MambaRules.norm_only()`` give the paper's baselines.
+
+    Examples::
+
+        >>> model = MambaForCausalLM.from_pretrained("state-spaces/mamba-130m-hf")
+        >>> ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+        >>> embeds = model.get_input_embeddings()(ids)
+        >>> lrp = MambaLRP(model)
+        >>> relevance, delta = lrp.attribute(
+        ...     embeds, target=(-1, tokenizer.encode(" Paris")[0]),
+        ...     return_convergence_delta=True)
+        >>> token_relevance = relevance.sum(-1)      # (batch, seq)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        forward_func: Callable[..., Tensor] | None = None,
+        rules: MambaRules | None = None,
+    ) -> None:
+        self.rules = rules if rules is not None else MambaRules()
+        plan_rules(model, self.rules)
+        super().__init__(forward_func or default_forward(model, "inputs_embeds"))
+        self.model = model
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        """True: relevances are gradients (of the modified backward) times inputs."""
+        return True
+
+    def has_convergence_delta(self) -> bool:
+        """True: the delta is the explained output minus the sum of relevances."""
+        return True
+
+    def attribute(
+        self,
+        inputs: TensorOrTuple,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        return_convergence_delta: bool = False,
+    ) -> TensorOrTuple | tuple[TensorOrTuple, Tensor]:
+        r"""Relevance of every input element for the target output.
+
+        Args:
+            inputs (Tensor or tuple of Tensor): input embeddings
+                ``(batch, seq, hidden)`` (or several inputs of the forward function),
+                floating point.
+            target (int, tuple, Tensor, list, optional): output to explain, as in
+                Captum: an int for ``(batch, classes)`` outputs, a tuple such as
+                ``(position, token)`` for ``(batch, seq, vocab)`` logits, a tensor or
+                list with one target per example. None if the output is already
+                one value per example. Default: None.
+            additional_forward_args (Any, optional): further arguments of the forward
+                function (e.g. the attention mask), passed after the inputs.
+                Default: None.
+            return_convergence_delta (bool, optional): also return the explained
+                output minus the sum of relevances, per example. Default: False.
+
+        Returns:
+            *Tensor* or *tuple[Tensor, ...]* of **attributions**, with the shape of
+            ``inputs``; and, if ``return_convergence_delta``, a ``(batch,)`` tensor
+            **delta**.
+
+        Examples::
+
+            >>> relevance = lrp.attribute(embeds, target=(-1, token_id))
+        """
+        is_tuple = _is_tuple(inputs)
+        formatted = _format_tensor_into_tuples(inputs)
+        check_embeddings(formatted)
+        leaves = tuple(x.detach().requires_grad_() for x in formatted)
+        extra = _format_additional_forward_args(additional_forward_args) or ()
+        with rules_applied(self.model, self.rules), torch.enable_grad():
+            explained = select_target(self.forward_func(*leaves, *extra), target)
+            grads = torch.autograd.grad(explained.sum(), leaves, allow_unused=True)
+        attributions = tuple(
+            x.detach() * (torch.zeros_like(x) if g is None else g)
+            for x, g in zip(leaves, grads, strict=True)
+        )
+        result = _format_output(is_tuple, attributions)
+        if return_convergence_delta:
+            return result, relevance_delta(result, explained)
+        return result
+
+    def compute_convergence_delta(self, attributions: TensorOrTuple, output: Tensor) -> Tensor:
+        """Explained output minus the sum of relevances, per example.
+
+        Args:
+            attributions (Tensor or tuple of Tensor): result of :meth:`attribute`.
+            output (Tensor): ``(batch,)`` explained outputs.
+
+        Returns:
+            Tensor: ``(batch,)`` deltas.
+        """
+        return relevance_delta(attributions, output)

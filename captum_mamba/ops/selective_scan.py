@@ -1,0 +1,181 @@
+"""Scan ops: the selective-scan recurrence of Mamba-1 with a hand-written backward.
+
+The recurrence, per batch element ``b``, channel ``d`` and state ``n``::
+
+    h[t] = exp(dt[t, d] * A[d, n]) * h[t-1] + dt[t, d] * B[t, n] * x[t, d]
+    y[t, d] = sum_n C[t, n] * h[t, d, n]
+
+Autograd through a Python loop over time builds a graph with one node per step and
+is very slow to differentiate (minutes at 512 tokens for a 130M-parameter model on
+a CPU). :class:`SelectiveScan` instead runs the loop without autograd, in chunks of
+time steps whose discretised coefficients are materialised with vectorised ops, and
+implements the backward as the adjoint recurrence (a reverse scan of the same
+shape). Only chunk-boundary states are kept for the backward; memory is
+``O(batch * chunk * channels * state)`` on top of the inputs.
+
+Gradients are computed only for the inputs that require them. Passing ``dt``,
+``B`` and ``C`` detached is exactly the SSM rule of MambaLRP: the backward then
+reduces to one reverse scan for ``x``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+#: Elements of one ``(batch, chunk, channels, state)`` work buffer.
+DEFAULT_CHUNK_ELEMENTS = 1 << 22
+
+
+def _chunk_length(batch: int, channels: int, state: int, budget: int) -> int:
+    return max(1, budget // max(1, batch * channels * state))
+
+
+def _scan_chunk(decay: Tensor, drive: Tensor, h: Tensor) -> Tensor:
+    """Run ``h[t] = decay[t] * h[t-1] + drive[t]`` in place over dim 1 of ``drive``.
+
+    Args:
+        decay (Tensor): ``(batch, T, channels, state)`` multiplicative coefficients.
+        drive (Tensor): ``(batch, T, channels, state)`` additive inputs, overwritten
+            with the states.
+        h (Tensor): ``(batch, channels, state)`` state before the chunk.
+
+    Returns:
+        Tensor: ``drive``, now holding the states ``h[t]`` of the chunk.
+    """
+    for t in range(drive.shape[1]):
+        drive[:, t].addcmul_(decay[:, t], h)
+        h = drive[:, t]
+    return drive
+
+
+def _forward_scan(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int, keep_boundaries: bool
+) -> tuple[Tensor, Tensor | None]:
+    batch, length, channels = x.shape
+    state = A.shape[1]
+    y = x.new_empty(batch, length, channels)
+    h = x.new_zeros(batch, channels, state)
+    starts = range(0, length, chunk)
+    boundaries = x.new_empty(batch, len(starts), channels, state) if keep_boundaries else None
+    dtx = dt * x
+    for index, start in enumerate(starts):
+        stop = min(start + chunk, length)
+        if boundaries is not None:
+            boundaries[:, index] = h
+        decay = torch.exp(dt[:, start:stop, :, None] * A)
+        states = dtx[:, start:stop, :, None] * B[:, start:stop, None, :]
+        _scan_chunk(decay, states, h)
+        y[:, start:stop] = torch.einsum("btdn,btn->btd", states, C[:, start:stop])
+        h = states[:, -1].clone()
+    return y, boundaries
+
+
+class SelectiveScan(torch.autograd.Function):
+    """Selective scan ``y = scan(x; dt, A, B, C)`` with a chunked adjoint backward."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, chunk):  # noqa: D102
+        full = any(ctx.needs_input_grad[1:5])
+        y, boundaries = _forward_scan(x, dt, A, B, C, chunk, keep_boundaries=full)
+        ctx.chunk = chunk
+        ctx.save_for_backward(x, dt, A, B, C, boundaries)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):  # noqa: D102
+        x, dt, A, B, C, boundaries = ctx.saved_tensors
+        need_x, need_dt, need_A, need_B, need_C = ctx.needs_input_grad[:5]
+        full = need_dt or need_A or need_B or need_C
+        chunk = ctx.chunk
+        batch, length, channels = x.shape
+        state = A.shape[1]
+        grad_y = grad_y.contiguous()
+
+        grad_x = torch.empty_like(x) if need_x else None
+        grad_dt = torch.empty_like(dt) if need_dt else None
+        grad_A = torch.zeros_like(A) if need_A else None
+        grad_B = torch.empty_like(B) if need_B else None
+        grad_C = torch.empty_like(C) if need_C else None
+
+        # The adjoint state g[t] = dL/dh[t] obeys the reverse recurrence
+        # g[t] = exp(dt[t+1] A) g[t+1] + C[t] grad_y[t].
+        dt_next = torch.cat([dt[:, 1:], dt.new_zeros(batch, 1, channels)], dim=1)
+        g = x.new_zeros(batch, channels, state)
+        dtx = dt * x
+        starts = list(range(0, length, chunk))
+        for index in reversed(range(len(starts))):
+            start = starts[index]
+            stop = min(start + chunk, length)
+            adj_decay = torch.exp(dt_next[:, start:stop, :, None] * A).flip(1)
+            adj = (grad_y[:, start:stop, :, None] * C[:, start:stop, None, :]).flip(1)
+            _scan_chunk(adj_decay, adj, g)
+            g = adj[:, -1].clone()
+            adj = adj.flip(1)
+            if need_x:
+                grad_x[:, start:stop] = dt[:, start:stop] * torch.einsum(
+                    "btdn,btn->btd", adj, B[:, start:stop]
+                )
+            if not full:
+                continue
+            decay = torch.exp(dt[:, start:stop, :, None] * A)
+            states = dtx[:, start:stop, :, None] * B[:, start:stop, None, :]
+            _scan_chunk(decay, states, boundaries[:, index])
+            previous = torch.cat([boundaries[:, index, None], states[:, :-1]], dim=1)
+            # dL/d(decay[t]) = g[t] * h[t-1]; d decay / d dt = A * decay.
+            grad_decay = adj * previous * decay
+            if need_dt:
+                grad_dt[:, start:stop] = torch.einsum(
+                    "btdn,dn->btd", grad_decay, A
+                ) + x[:, start:stop] * torch.einsum("btdn,btn->btd", adj, B[:, start:stop])
+            if need_A:
+                grad_A += torch.einsum("btdn,btd->dn", grad_decay, dt[:, start:stop])
+            if need_B:
+                grad_B[:, start:stop] = torch.einsum("btdn,btd->btn", adj, dtx[:, start:stop])
+            if need_C:
+                grad_C[:, start:stop] = torch.einsum(
+                    "btdn,btd->btn", states, grad_y[:, start:stop]
+                )
+        return grad_x, grad_dt, grad_A, grad_B, grad_C, None
+
+
+def selective_scan(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> Tensor:
+    r"""Selective scan of Mamba-1 without the skip term, differentiable in every input.
+
+    Args:
+        x (Tensor): ``(batch, length, channels)`` scan input (after conv and SiLU).
+        dt (Tensor): ``(batch, length, channels)`` positive time steps (after softplus).
+        A (Tensor): ``(channels, state)`` continuous-time state matrix (negative).
+        B (Tensor): ``(batch, length, state)`` input projection.
+        C (Tensor): ``(batch, length, state)`` output projection.
+        chunk_elements (int, optional): size of one work buffer in elements; the time
+            chunk is ``chunk_elements // (batch * channels * state)`` steps.
+            Default: ``2**22``.
+
+    Returns:
+        Tensor: ``y`` of shape ``(batch, length, channels)``.
+
+    Examples::
+
+        >>> x, dt = torch.randn(2, 8, 4), torch.rand(2, 8, 4)
+        >>> A, B, C = -torch.rand(4, 3), torch.randn(2, 8, 3), torch.randn(2, 8, 3)
+        >>> # SSM rule: the input-dependent coefficients are constants for the backward
+        >>> y = selective_scan(x, dt.detach(), A, B.detach(), C.detach())
+    """
+    if not (x.dtype == dt.dtype == A.dtype == B.dtype == C.dtype):
+        raise TypeError(
+            "selective_scan needs one dtype for x, dt, A, B and C, got "
+            f"{x.dtype}, {dt.dtype}, {A.dtype}, {B.dtype}, {C.dtype}"
+        )
+    batch, _, channels = x.shape
+    chunk = _chunk_length(batch, channels, A.shape[1], chunk_elements)
+    return SelectiveScan.apply(
+        x.contiguous(), dt.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(), chunk
+    )
