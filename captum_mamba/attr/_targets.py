@@ -63,7 +63,9 @@ def check_token_ids(ids: Tensor, vocab_size: int | None) -> None:
             "(or explain embeddings with MambaLRP)"
         )
     if ids.dim() != 2:
-        raise AttributionInputError(f"token ids have shape {tuple(ids.shape)}; expected (batch, seq)")
+        raise AttributionInputError(
+            f"token ids have shape {tuple(ids.shape)}; expected (batch, seq)"
+        )
     if ids.numel() == 0:
         raise AttributionInputError(
             f"token ids have shape {tuple(ids.shape)}: batch and sequence must be non-empty"

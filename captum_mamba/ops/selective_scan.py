@@ -75,7 +75,7 @@ class SelectiveScan(torch.autograd.Function):
     """Selective scan ``y = scan(x; dt, A, B, C)`` with a chunked adjoint backward."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, chunk):  # noqa: D102
+    def forward(ctx, x, dt, A, B, C, chunk):
         full = any(ctx.needs_input_grad[1:5])
         y, boundaries = _forward_scan(x, dt, A, B, C, chunk, keep_boundaries=full)
         ctx.chunk = chunk
@@ -83,7 +83,7 @@ class SelectiveScan(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, grad_y):  # noqa: D102
+    def backward(ctx, grad_y):
         x, dt, A, B, C, boundaries = ctx.saved_tensors
         need_x, need_dt, need_A, need_B, need_C = ctx.needs_input_grad[:5]
         full = need_dt or need_A or need_B or need_C
@@ -125,17 +125,15 @@ class SelectiveScan(torch.autograd.Function):
             # dL/d(decay[t]) = g[t] * h[t-1]; d decay / d dt = A * decay.
             grad_decay = adj * previous * decay
             if need_dt:
-                grad_dt[:, start:stop] = torch.einsum(
-                    "btdn,dn->btd", grad_decay, A
-                ) + x[:, start:stop] * torch.einsum("btdn,btn->btd", adj, B[:, start:stop])
+                grad_dt[:, start:stop] = torch.einsum("btdn,dn->btd", grad_decay, A) + x[
+                    :, start:stop
+                ] * torch.einsum("btdn,btn->btd", adj, B[:, start:stop])
             if need_A:
                 grad_A += torch.einsum("btdn,btd->dn", grad_decay, dt[:, start:stop])
             if need_B:
                 grad_B[:, start:stop] = torch.einsum("btdn,btd->btn", adj, dtx[:, start:stop])
             if need_C:
-                grad_C[:, start:stop] = torch.einsum(
-                    "btdn,btd->btn", states, grad_y[:, start:stop]
-                )
+                grad_C[:, start:stop] = torch.einsum("btdn,btd->btn", states, grad_y[:, start:stop])
         return grad_x, grad_dt, grad_A, grad_B, grad_C, None
 
 
