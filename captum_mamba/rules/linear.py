@@ -1,8 +1,9 @@
 """Rules: LRP rules for linear and convolutional layers (LRP-0, epsilon, gamma).
 
 A rule wraps the layer's own operation ``op(x, weight, bias)``. The returned tensor
-always has the value of ``op(x, weight, bias)``; the rule only changes the gradient,
-so that Gradient x Input across the layer equals the rule's relevance redistribution
+has the value of ``op(x, weight, bias)`` (up to one rounding step); the rule only
+changes the gradient, so that Gradient x Input across the layer equals the rule's
+relevance redistribution
 
     R_i = x_i * sum_j w'_ij * R_j / (z'_j + eps * sign(z'_j))
 
@@ -23,7 +24,7 @@ LinearOp = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 
 
 def _signed(z: Tensor, epsilon: float) -> Tensor:
-    return z + torch.where(z >= 0, epsilon, -epsilon)
+    return torch.where(z >= 0, z + epsilon, z - epsilon)
 
 
 def _rescaled(z: Tensor, z_modified: Tensor, scale: Tensor) -> Tensor:
