@@ -10,15 +10,17 @@ patched, so other models (and other threads using other models) are unaffected.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captum_mamba.rules import LRP0, MambaRules
+from captum_mamba.rules import MambaRules
 
 RuleForward = Callable[..., Any]
 
@@ -66,7 +68,7 @@ def registered_adapters() -> tuple[ArchitectureAdapter, ...]:
 
 
 class UnsupportedModelError(TypeError):
-    """The model contains no module that an adapter knows."""
+    """The model contains no module that an adapter knows, or a block that no rule covers."""
 
 
 def supported_architectures() -> str:
@@ -74,15 +76,35 @@ def supported_architectures() -> str:
     return "; ".join(adapter.describe() for adapter in _ADAPTERS) or "none (no adapter loaded)"
 
 
+def _weights(module: nn.Module, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    # Half-precision models are explained in float32: cast the parameters on the fly.
+    bias = None if module.bias is None else module.bias.to(dtype)
+    return module.weight.to(dtype), bias
+
+
 def _linear_forward(module: nn.Linear, rules: MambaRules, x: Tensor) -> Tensor:
-    return rules.linear.apply(F.linear, x, module.weight, module.bias)
+    return rules.linear.apply(F.linear, x, *_weights(module, x.dtype))
 
 
 def _conv_forward(module: nn.Conv1d, rules: MambaRules, x: Tensor) -> Tensor:
-    return rules.linear.apply(module._conv_forward, x, module.weight, module.bias)
+    return rules.linear.apply(module._conv_forward, x, *_weights(module, x.dtype))
 
 
 _LINEAR_FORWARDS: dict[type, RuleForward] = {nn.Linear: _linear_forward, nn.Conv1d: _conv_forward}
+
+#: Blocks found next to Mamba blocks (e.g. in hybrid models) that no rule covers:
+#: ``nn.MultiheadAttention`` and classes named like attention modules, e.g.
+#: transformers' ``LlamaAttention`` or ``JambaFlashAttention2``.
+UNSUPPORTED_TYPES: tuple[type, ...] = (nn.MultiheadAttention,)
+UNSUPPORTED_NAME = re.compile(r"(Attention|Attn)\d*$")
+
+
+def _unsupported_blocks(model: nn.Module) -> list[str]:
+    return [
+        f"{name or '<model>'} ({type(module).__module__}.{type(module).__qualname__})"
+        for name, module in model.named_modules()
+        if isinstance(module, UNSUPPORTED_TYPES) or UNSUPPORTED_NAME.search(type(module).__name__)
+    ]
 
 
 def plan_rules(model: nn.Module, rules: MambaRules) -> list[tuple[nn.Module, RuleForward]]:
@@ -97,16 +119,23 @@ def plan_rules(model: nn.Module, rules: MambaRules) -> list[tuple[nn.Module, Rul
 
     Raises:
         UnsupportedModelError: if no module of ``model`` belongs to a supported
-            architecture.
+            architecture, or if it contains a block that no rule covers (such as the
+            attention layers of hybrid models); the message names each such block's
+            path and type.
     """
     forwards: dict[type, RuleForward] = {}
     blocks: tuple[type, ...] = ()
     for adapter in _ADAPTERS:
         forwards.update(adapter.forwards)
         blocks += adapter.blocks
-    if not isinstance(rules.linear, LRP0):
-        forwards = {**_LINEAR_FORWARDS, **forwards}
+    forwards = {**_LINEAR_FORWARDS, **forwards}
     plan = [(m, forwards[type(m)]) for m in model.modules() if type(m) in forwards]
+    unsupported = _unsupported_blocks(model)
+    if unsupported:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} contains blocks that MambaLRP has no rule for: "
+            f"{'; '.join(unsupported)}; supported architectures: {supported_architectures()}"
+        )
     if not any(type(m) in blocks for m, _ in plan):
         raise UnsupportedModelError(
             f"{type(model).__name__} contains no supported Mamba block; "

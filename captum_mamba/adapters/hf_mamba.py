@@ -12,8 +12,10 @@ Rule assignment:
   only to keep the input dtype: transformers casts the residual to float32, which
   would round a float64 explanation.
 
-The rule forwards compute in the dtype of the hidden states (transformers casts the
-scan to float32); with all rules off they compute the same function as the model.
+The rule forwards compute in the dtype of the hidden states, and in float32 for
+half-precision hidden states (transformers casts only the scan to float32); weights
+are cast on the fly, the model is not modified. With all rules off they compute the
+same function as the model.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ from transformers.models.mamba.modeling_mamba import MambaBlock, MambaMixer, Mam
 
 from captum_mamba.adapters.base import ArchitectureAdapter, register_adapter
 from captum_mamba.rules import MambaRules, gated_product, rms_norm, selective_ssm, silu
+
+
+def widened(x: Tensor) -> Tensor:
+    """``x`` in at least float32: half-precision models are explained in float32."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def _mask(x: Tensor, attention_mask: Tensor | None) -> Tensor:
@@ -47,8 +54,8 @@ def _check_no_past_state(mixer: MambaMixer, kwargs: dict[str, Any]) -> None:
 
 def norm_forward(norm: MambaRMSNorm, rules: MambaRules, hidden_states: Tensor) -> Tensor:
     """RMSNorm with the LN-rule."""
-    weight = norm.weight.to(hidden_states.dtype)
-    return rms_norm(hidden_states, weight, norm.variance_epsilon, rules.norm)
+    x = widened(hidden_states)
+    return rms_norm(x, norm.weight.to(x.dtype), norm.variance_epsilon, rules.norm)
 
 
 def mixer_forward(
@@ -65,6 +72,7 @@ def mixer_forward(
         raise NotImplementedError(
             f"MambaLRP supports SiLU mixers only, this one uses {mixer.activation!r}"
         )
+    hidden_states = widened(hidden_states)
     length = hidden_states.shape[1]
     x, z = mixer.in_proj(_mask(hidden_states, attention_mask)).chunk(2, dim=-1)
     x = mixer.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2)
@@ -82,8 +90,9 @@ def mixer_forward(
 
 
 def block_forward(block: MambaBlock, rules: MambaRules, hidden_states: Tensor, *args, **kwargs):
-    """Pre-norm residual block ``x + mixer(norm(x))`` in the input dtype."""
-    return hidden_states + block.mixer(block.norm(hidden_states), *args, **kwargs)
+    """Pre-norm residual block ``x + mixer(norm(x))`` in the input dtype (at least float32)."""
+    x = widened(hidden_states)
+    return x + block.mixer(block.norm(x), *args, **kwargs)
 
 
 HF_MAMBA = register_adapter(

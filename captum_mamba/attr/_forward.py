@@ -1,11 +1,118 @@
-"""Attribution classes: default forward functions for Hugging Face Mamba models."""
+"""Attribution classes: running a model for an explanation.
+
+Default forward functions for Hugging Face Mamba models, the dtype an explanation
+computes in, device checks, and the autograd mode and per-model lock of an
+attribution call.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
+from weakref import WeakKeyDictionary
 
+import torch
 from torch import Tensor, nn
+
+from captum_mamba.attr._targets import AttributionInputError
+
+
+def compute_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype an explanation of ``model`` computes in: its widest parameter dtype,
+    and at least float32 (half-precision models are explained in float32).
+
+    Args:
+        model (nn.Module): the model to explain.
+
+    Returns:
+        torch.dtype: float32 or float64.
+
+    Raises:
+        AttributionInputError: if ``model`` has no floating-point parameter.
+    """
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if not dtypes:
+        raise AttributionInputError(
+            f"{type(model).__name__} has no floating-point parameters (quantized?); "
+            "MambaLRP needs float16, bfloat16, float32 or float64 weights"
+        )
+    result = torch.float32
+    for dtype in dtypes:
+        result = torch.promote_types(result, dtype)
+    return result
+
+
+def check_devices(model: nn.Module, named: Sequence[tuple[str, Any]]) -> None:
+    """Check that every tensor in ``named`` is on a device that holds ``model``.
+
+    Args:
+        model (nn.Module): the model to explain.
+        named (sequence of (str, Any)): argument names and values; non-tensors are
+            ignored.
+
+    Raises:
+        AttributionInputError: naming the first tensor on another device.
+    """
+    devices = {t.device for t in (*model.parameters(), *model.buffers())}
+    for name, value in named:
+        if isinstance(value, Tensor) and devices and value.device not in devices:
+            target = sorted(str(d) for d in devices)[0]
+            raise AttributionInputError(
+                f"{name} is on {value.device} but the model is on {target}; "
+                f"move it with .to({target!r})"
+            )
+
+
+def argument_names(
+    inputs: tuple[Any, ...], additional_forward_args: tuple[Any, ...]
+) -> list[tuple[str, Any]]:
+    """Name every input and additional forward argument for error messages."""
+    names = ["inputs"] if len(inputs) == 1 else [f"inputs[{i}]" for i in range(len(inputs))]
+    extra = [f"additional_forward_args[{i}]" for i in range(len(additional_forward_args))]
+    return list(zip(names + extra, (*inputs, *additional_forward_args), strict=True))
+
+
+def as_leaf(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """A fresh copy of ``x`` in ``dtype`` that requires grad (also for inference tensors).
+
+    Args:
+        x (Tensor): an input or layer activation.
+        dtype (torch.dtype): the compute dtype.
+
+    Returns:
+        Tensor: the leaf of the explanation's backward pass.
+    """
+    return x.detach().to(dtype, copy=True).requires_grad_()
+
+
+def plain_arguments(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``args`` with inference tensors (made under ``torch.inference_mode``) copied,
+    so that autograd may save them."""
+    return tuple(a.clone() if isinstance(a, Tensor) and a.is_inference() else a for a in args)
+
+
+_MODEL_LOCKS: WeakKeyDictionary[nn.Module, threading.RLock] = WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def explanation_mode(model: nn.Module) -> Iterator[None]:
+    """Exclusive use of ``model`` by this thread, with autograd on (also inside
+    ``torch.no_grad()`` or ``torch.inference_mode()``).
+
+    Rule forwards and capture hooks are installed on the model instance, so two
+    attributions of one model on two threads would see each other's; they are run one
+    after the other instead. Attributions of different models run in parallel.
+
+    Args:
+        model (nn.Module): the model being explained.
+    """
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.setdefault(model, threading.RLock())
+    with lock, torch.inference_mode(False), torch.enable_grad():
+        yield
 
 
 def _first(output: Any) -> Tensor:
@@ -18,22 +125,52 @@ def _first(output: Any) -> Tensor:
     return output[0]
 
 
+def _check_mask(attention_mask: Any, inputs: Tensor) -> None:
+    if attention_mask is None:
+        return
+    if not isinstance(attention_mask, Tensor):
+        raise AttributionInputError(
+            f"attention_mask must be a tensor, got {type(attention_mask).__name__}"
+        )
+    if attention_mask.shape != inputs.shape[:2]:
+        raise AttributionInputError(
+            f"attention_mask has shape {tuple(attention_mask.shape)} but the inputs have "
+            f"(batch, seq) = {tuple(inputs.shape[:2])}; pass one 0/1 entry per token"
+        )
+    if not ((attention_mask == 0) | (attention_mask == 1)).all():
+        raise AttributionInputError("attention_mask must contain only 0 (padding) and 1")
+
+
+def _check_embeds(model: nn.Module, inputs: Tensor) -> None:
+    width = getattr(getattr(model, "config", None), "hidden_size", None)
+    if inputs.dim() != 3 or (width is not None and inputs.shape[-1] != width):
+        raise AttributionInputError(
+            f"inputs_embeds has shape {tuple(inputs.shape)}; expected (batch, seq, {width}) "
+            "embeddings; for token ids use LayerMambaLRP(model, model.get_input_embeddings())"
+        )
+
+
 def default_forward(model: nn.Module, keyword: str) -> Callable[..., Tensor]:
     """Forward function of a Hugging Face model that returns its logits.
 
     ``*ForCausalLM`` models are run as ``lm_head(backbone(...))`` so that the logits
-    keep the model's dtype (transformers casts them to float32).
+    keep the dtype of the computation (transformers casts them to float32).
 
     Args:
         model (nn.Module): a Hugging Face model.
         keyword (str): ``"inputs_embeds"`` or ``"input_ids"``.
 
     Returns:
-        Callable: ``forward(inputs, attention_mask=None) -> Tensor``.
+        Callable: ``forward(inputs, attention_mask=None) -> Tensor``; it raises
+        :class:`AttributionInputError` for embeddings of the wrong shape and for an
+        attention mask that is not a 0/1 tensor of shape ``(batch, seq)``.
     """
     backbone, head = getattr(model, "backbone", None), getattr(model, "lm_head", None)
 
     def forward(inputs: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        if keyword == "inputs_embeds":
+            _check_embeds(model, inputs)
+        _check_mask(attention_mask, inputs)
         kwargs = {keyword: inputs, "attention_mask": attention_mask, "use_cache": False}
         if isinstance(backbone, nn.Module) and isinstance(head, nn.Module):
             return head(_first(backbone(**kwargs)))

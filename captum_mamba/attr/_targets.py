@@ -15,15 +15,17 @@ class AttributionInputError(ValueError):
     """An input, target or forward output cannot be explained; the message says why."""
 
 
-def check_embeddings(inputs: tuple[Tensor, ...]) -> None:
-    """Check that every input is a finite floating tensor ``(batch, seq, ...)``.
+def check_embeddings(inputs: tuple[Tensor, ...], dtype: torch.dtype) -> None:
+    """Check that every input is a finite floating tensor ``(batch, seq, ...)`` that
+    converts to the compute dtype without rounding, with one batch size.
 
     Args:
         inputs (tuple of Tensor): formatted inputs of an attribution call.
+        dtype (torch.dtype): the dtype the explanation computes in.
 
     Raises:
-        AttributionInputError: on integer ids, wrong rank, empty sequences or
-            non-finite values.
+        AttributionInputError: on integer ids, wrong rank, empty sequences, differing
+            batch sizes, a dtype wider than ``dtype`` or non-finite values.
     """
     for index, x in enumerate(inputs):
         name = "inputs" if len(inputs) == 1 else f"inputs[{index}]"
@@ -42,8 +44,19 @@ def check_embeddings(inputs: tuple[Tensor, ...]) -> None:
             raise AttributionInputError(
                 f"{name} has shape {tuple(x.shape)}: batch and sequence must be non-empty"
             )
+        if x.shape[0] != inputs[0].shape[0]:
+            raise AttributionInputError(
+                f"{name} has batch size {x.shape[0]} but inputs[0] has {inputs[0].shape[0]}"
+            )
+        if torch.promote_types(x.dtype, dtype) != dtype:
+            raise AttributionInputError(
+                f"{name} has dtype {x.dtype} but the model computes in {dtype}; pass "
+                f"{name}.to({dtype}) or explain a copy of the model in {x.dtype}"
+            )
         if not torch.isfinite(x).all():
-            raise AttributionInputError(f"{name} contains NaN or inf")
+            raise AttributionInputError(
+                f"{name} contains NaN or inf; explain finite embeddings only"
+            )
 
 
 def check_token_ids(ids: Tensor, vocab_size: int | None) -> None:
@@ -77,6 +90,32 @@ def check_token_ids(ids: Tensor, vocab_size: int | None) -> None:
         )
 
 
+def batch_size(inputs: tuple[Any, ...]) -> int:
+    """The common batch size of the inputs of an attribution call.
+
+    Args:
+        inputs (tuple): formatted inputs.
+
+    Returns:
+        int: size of dim 0 of every input.
+
+    Raises:
+        AttributionInputError: if an input is not a tensor of rank >= 1 or the batch
+            sizes differ.
+    """
+    sizes = []
+    for index, x in enumerate(inputs):
+        if not isinstance(x, Tensor) or x.dim() == 0:
+            raise AttributionInputError(
+                f"inputs[{index}] must be a tensor with a batch dimension, got "
+                f"{type(x).__name__}{tuple(x.shape) if isinstance(x, Tensor) else ''}"
+            )
+        sizes.append(x.shape[0])
+    if len(set(sizes)) != 1:
+        raise AttributionInputError(f"the inputs have different batch sizes {sizes}")
+    return sizes[0]
+
+
 def _check_index(value: Any, size: int, what: str) -> int:
     if isinstance(value, Tensor):
         value = value.item()
@@ -99,7 +138,19 @@ def _check_index_tuple(target: Sequence[Any], shape: torch.Size) -> tuple[int, .
     )
 
 
-def select_target(output: Any, target: TargetType) -> Tensor:
+def _target_values(target: Tensor) -> int | list[Any]:
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise AttributionInputError(
+            f"target tensor has dtype {target.dtype}; pass integer indices (a LongTensor)"
+        )
+    if target.numel() == 1:
+        return int(target.item())
+    if target.dim() == 1:
+        return [int(v) for v in target.tolist()]
+    return [tuple(int(v) for v in row) for row in target.tolist()]
+
+
+def select_target(output: Any, target: TargetType, batch: int) -> Tensor:
     """Select one scalar per example from ``output``, following Captum's conventions.
 
     Args:
@@ -107,43 +158,43 @@ def select_target(output: Any, target: TargetType) -> Tensor:
         target (int, tuple, Tensor, list or None): ``None`` for an output that is
             already one value per example; an int (index of dim 1); a tuple
             (an index per non-batch dim, e.g. ``(position, token)`` of
-            ``(batch, seq, vocab)`` logits); a tensor of one int per example or one
-            int for all; or a list with one int or tuple per example.
+            ``(batch, seq, vocab)`` logits); an integer tensor of one index (or index
+            tuple) per example or one for all; or a list with one int or tuple per
+            example.
+        batch (int): number of examples in the inputs.
 
     Returns:
         Tensor: ``(batch,)`` selected outputs.
 
     Raises:
-        AttributionInputError: if ``output`` is not a tensor or ``target`` does not
-            fit it.
+        AttributionInputError: if ``output`` is not a tensor with one row per
+            example, ``target`` does not fit it, or a selected output is NaN or inf.
     """
     if not isinstance(output, Tensor):
         raise AttributionInputError(
             f"the forward function returned {type(output).__name__}, not a tensor; "
             "wrap the model so that it returns logits, e.g. lambda x: model(inputs_embeds=x).logits"
         )
-    if output.dim() == 0:
-        raise AttributionInputError("the forward function returned a scalar; need (batch, ...)")
-    batch, shape = output.shape[0], output.shape
+    if output.dim() == 0 or output.shape[0] != batch:
+        raise AttributionInputError(
+            f"the forward function returned shape {tuple(output.shape)} for {batch} examples; "
+            "it must return one row per example, (batch, ...)"
+        )
+    shape = output.shape
     if isinstance(target, Tensor):
-        if target.numel() == 1:
-            target = int(target.item())
-        elif target.dim() == 1:
-            target = [int(v) for v in target.tolist()]
-        else:
-            target = [tuple(int(v) for v in row) for row in target.tolist()]
+        target = _target_values(target)
     if target is None:
         if output.numel() != batch:
             raise AttributionInputError(
                 f"target is None but the output has shape {tuple(shape)}; pass a target "
                 "index (e.g. a class id, or (position, token) for language-model logits)"
             )
-        return output.reshape(batch)
-    if isinstance(target, int):
-        target = (target,)
-    if isinstance(target, tuple):
-        return output[(slice(None), *_check_index_tuple(target, shape))]
-    if isinstance(target, list):
+        selected = output.reshape(batch)
+    elif isinstance(target, int):
+        selected = output[(slice(None), *_check_index_tuple((target,), shape))]
+    elif isinstance(target, tuple):
+        selected = output[(slice(None), *_check_index_tuple(target, shape))]
+    elif isinstance(target, list):
         if len(target) != batch:
             raise AttributionInputError(
                 f"{len(target)} targets given for a batch of {batch} examples"
@@ -152,5 +203,28 @@ def select_target(output: Any, target: TargetType) -> Tensor:
             output[(i, *_check_index_tuple(t if isinstance(t, tuple) else (t,), shape))]
             for i, t in enumerate(target)
         ]
-        return torch.stack(rows)
-    raise AttributionInputError(f"unsupported target type {type(target).__name__}")
+        selected = torch.stack(rows)
+    else:
+        raise AttributionInputError(f"unsupported target type {type(target).__name__}")
+    if not torch.isfinite(selected).all():
+        raise AttributionInputError(
+            "the explained output is NaN or inf; the model overflows on these inputs "
+            "(check its weights and dtype)"
+        )
+    return selected
+
+
+def check_relevance(attributions: tuple[Tensor, ...]) -> None:
+    """Check that the relevances are finite.
+
+    Args:
+        attributions (tuple of Tensor): relevances of an attribution call.
+
+    Raises:
+        AttributionInputError: if a relevance is NaN or inf.
+    """
+    if not all(torch.isfinite(a).all() for a in attributions):
+        raise AttributionInputError(
+            "the relevances contain NaN or inf although the explained output is finite; "
+            "the backward pass overflows (explain the model in float64)"
+        )

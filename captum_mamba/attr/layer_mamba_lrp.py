@@ -11,10 +11,20 @@ from captum.attr import GradientAttribution, LayerAttribution
 from torch import Tensor, nn
 
 from captum_mamba.adapters import plan_rules, rules_applied
-from captum_mamba.attr._forward import default_forward
+from captum_mamba.attr._forward import (
+    argument_names,
+    as_leaf,
+    check_devices,
+    compute_dtype,
+    default_forward,
+    explanation_mode,
+    plain_arguments,
+)
 from captum_mamba.attr._targets import (
     AttributionInputError,
     TargetType,
+    batch_size,
+    check_relevance,
     check_token_ids,
     select_target,
 )
@@ -22,13 +32,17 @@ from captum_mamba.attr.mamba_lrp import relevance_delta
 from captum_mamba.rules import MambaRules
 
 
-def _leaf(value: Any, layer: nn.Module) -> Tensor:
+def _leaf(value: Any, layer: nn.Module, dtype: torch.dtype) -> Tensor:
     if not isinstance(value, Tensor) or not value.is_floating_point():
         raise AttributionInputError(
             f"layer {type(layer).__name__} passes {type(value).__name__} values; "
             "LayerMambaLRP needs a layer whose input/output is one floating tensor"
         )
-    return value.detach().requires_grad_()
+    if not torch.isfinite(value).all():
+        raise AttributionInputError(
+            f"layer {type(layer).__name__} produced NaN or inf (check its weights)"
+        )
+    return as_leaf(value, dtype)
 
 
 class LayerMambaLRP(LayerAttribution, GradientAttribution):
@@ -113,35 +127,41 @@ class LayerMambaLRP(LayerAttribution, GradientAttribution):
             ...                                  return_convergence_delta=True)
         """
         formatted = _format_tensor_into_tuples(inputs)
-        self._check_ids(formatted)
+        batch = batch_size(formatted)
         extra = _format_additional_forward_args(additional_forward_args) or ()
+        check_devices(self.model, argument_names(formatted, extra))
+        self._check_ids(formatted)
+        dtype = compute_dtype(self.model)
         captured: list[Tensor] = []
 
         def capture_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-            captured.append(_leaf(args[0], module))
+            captured.append(_leaf(args[0], module, dtype))
             return (captured[-1], *args[1:])
 
         def capture_output(module: nn.Module, args: Any, output: Any) -> Tensor:
-            captured.append(_leaf(output, module))
+            captured.append(_leaf(output, module, dtype))
             return captured[-1]
 
-        if attribute_to_layer_input:
-            handle = self.layer.register_forward_pre_hook(capture_input)
-        else:
-            handle = self.layer.register_forward_hook(capture_output)
-        try:
-            with rules_applied(self.model, self.rules), torch.enable_grad():
-                explained = select_target(self.forward_func(*formatted, *extra), target)
-                if len(captured) != 1:
-                    raise AttributionInputError(
-                        f"layer {type(self.layer).__name__} ran {len(captured)} times in one "
-                        "forward pass; LayerMambaLRP needs a layer that runs exactly once"
-                    )
-                (grad,) = torch.autograd.grad(explained.sum(), captured, allow_unused=True)
-        finally:
-            handle.remove()
+        with explanation_mode(self.model):
+            if attribute_to_layer_input:
+                handle = self.layer.register_forward_pre_hook(capture_input)
+            else:
+                handle = self.layer.register_forward_hook(capture_output)
+            try:
+                with rules_applied(self.model, self.rules):
+                    output = self.forward_func(*plain_arguments((*formatted, *extra)))
+                    explained = select_target(output, target, batch)
+                    if len(captured) != 1:
+                        raise AttributionInputError(
+                            f"layer {type(self.layer).__name__} ran {len(captured)} times in "
+                            "one forward pass; LayerMambaLRP needs a layer that runs exactly once"
+                        )
+                    (grad,) = torch.autograd.grad(explained.sum(), captured, allow_unused=True)
+            finally:
+                handle.remove()
         activation = captured[0].detach()
         attributions = activation * (torch.zeros_like(activation) if grad is None else grad)
+        check_relevance((attributions,))
         if return_convergence_delta:
             return attributions, relevance_delta(attributions, explained)
         return attributions

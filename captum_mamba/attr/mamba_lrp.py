@@ -16,8 +16,21 @@ from captum.attr import GradientAttribution
 from torch import Tensor, nn
 
 from captum_mamba.adapters import plan_rules, rules_applied
-from captum_mamba.attr._forward import default_forward
-from captum_mamba.attr._targets import TargetType, check_embeddings, select_target
+from captum_mamba.attr._forward import (
+    argument_names,
+    as_leaf,
+    check_devices,
+    compute_dtype,
+    default_forward,
+    explanation_mode,
+    plain_arguments,
+)
+from captum_mamba.attr._targets import (
+    TargetType,
+    check_embeddings,
+    check_relevance,
+    select_target,
+)
 from captum_mamba.rules import MambaRules
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
@@ -46,6 +59,11 @@ class MambaLRP(GradientAttribution):
     gate). The rules are applied to ``model`` only for the duration of a call; the
     forward output is unchanged and, with bias-free layers, the relevances of each
     example sum to the explained output.
+
+    Half-precision models are explained in float32 (inputs and weights are cast on
+    the fly; the model is not modified). Every call leaves the model, its hooks and
+    flags exactly as they were, also when it raises or is interrupted. Calls on
+    different models run in parallel threads; calls on one model are serialised.
 
     Args:
         model (nn.Module): a model containing supported Mamba blocks (see
@@ -117,8 +135,8 @@ class MambaLRP(GradientAttribution):
 
         Returns:
             *Tensor* or *tuple[Tensor, ...]* of **attributions**, with the shape of
-            ``inputs``; and, if ``return_convergence_delta``, a ``(batch,)`` tensor
-            **delta**.
+            ``inputs``, in the compute dtype (the model's, at least float32); and,
+            if ``return_convergence_delta``, a ``(batch,)`` tensor **delta**.
 
         Examples::
 
@@ -126,16 +144,20 @@ class MambaLRP(GradientAttribution):
         """
         is_tuple = _is_tuple(inputs)
         formatted = _format_tensor_into_tuples(inputs)
-        check_embeddings(formatted)
-        leaves = tuple(x.detach().requires_grad_() for x in formatted)
         extra = _format_additional_forward_args(additional_forward_args) or ()
-        with rules_applied(self.model, self.rules), torch.enable_grad():
-            explained = select_target(self.forward_func(*leaves, *extra), target)
+        check_devices(self.model, argument_names(formatted, extra))
+        dtype = compute_dtype(self.model)
+        check_embeddings(formatted, dtype)
+        with explanation_mode(self.model), rules_applied(self.model, self.rules):
+            leaves = tuple(as_leaf(x, dtype) for x in formatted)
+            output = self.forward_func(*leaves, *plain_arguments(extra))
+            explained = select_target(output, target, formatted[0].shape[0])
             grads = torch.autograd.grad(explained.sum(), leaves, allow_unused=True)
         attributions = tuple(
             x.detach() * (torch.zeros_like(x) if g is None else g)
             for x, g in zip(leaves, grads, strict=True)
         )
+        check_relevance(attributions)
         result = _format_output(is_tuple, attributions)
         if return_convergence_delta:
             return result, relevance_delta(result, explained)

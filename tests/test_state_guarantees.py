@@ -1,0 +1,265 @@
+"""Every attribution call leaves the model, its flags and hooks, torch's grad mode and
+Captum's global rule tables exactly as before, also when it raises or is interrupted;
+attributions of two models on two threads do not interfere."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import captum.attr._core.lrp as captum_lrp
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.nn.modules import module as torch_module
+from transformers import MambaForCausalLM
+
+from captum_mamba import AttributionInputError, Epsilon, LayerMambaLRP, MambaLRP, MambaRules
+
+VOCAB = 64
+
+
+def _tensor_state(t: Tensor | None) -> Any:
+    if t is None:
+        return None
+    return (id(t), t.dtype, t.device, t.requires_grad, t.detach().clone(), _tensor_state(t.grad))
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return isinstance(a, Tensor) and isinstance(b, Tensor) and torch.equal(a, b)
+    if isinstance(a, tuple | list) and isinstance(b, tuple | list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def snapshot(model: nn.Module) -> dict[str, Any]:
+    """Everything an attribution could leave behind: per module its attributes (by
+    identity; an instance ``forward`` would show here), hook tables, training flag,
+    parameters and buffers (identity, dtype, device, requires_grad, values, grad);
+    torch's global module hooks and grad modes; Captum's global LRP rule tables."""
+    modules = {}
+    for name, module in model.named_modules():
+        modules[name] = {
+            "type": type(module),
+            "training": module.training,
+            "attributes": {k: id(v) for k, v in vars(module).items()},
+            "hooks": {
+                k: list(v.items())
+                for k, v in vars(module).items()
+                if "hook" in k and isinstance(v, dict)
+            },
+            "parameters": {k: _tensor_state(p) for k, p in module._parameters.items()},
+            "buffers": {k: _tensor_state(b) for k, b in module._buffers.items()},
+        }
+    global_hooks = {
+        k: list(v.items())
+        for k, v in vars(torch_module).items()
+        if k.startswith("_global") and isinstance(v, dict)
+    }
+    captum_tables = {
+        "layers": copy.copy(captum_lrp.SUPPORTED_LAYERS_WITH_RULES),
+        "non_linear": list(captum_lrp.SUPPORTED_NON_LINEAR_LAYERS),
+    }
+    modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+    return {"modules": modules, "global": global_hooks, "captum": captum_tables, "modes": modes}
+
+
+def assert_unchanged(before: dict[str, Any], model: nn.Module) -> None:
+    after = snapshot(model)
+    for key in ("global", "captum", "modes"):
+        assert _same(before[key], after[key]), key
+    assert before["modules"].keys() == after["modules"].keys()
+    for name, state in before["modules"].items():
+        for field, value in state.items():
+            assert _same(value, after["modules"][name][field]), f"{name or '<model>'}.{field}"
+
+
+@pytest.fixture
+def model(make_lm) -> MambaForCausalLM:
+    """A model with non-default state: training mode on one block, frozen parameters,
+    a parameter with a gradient, and user hooks that must survive."""
+    lm = make_lm(seed=4, vocab_size=VOCAB)
+    lm.backbone.layers[1].train()
+    lm.backbone.layers[0].mixer.x_proj.weight.requires_grad_(False)
+    lm.lm_head.weight.grad = torch.ones_like(lm.lm_head.weight)
+    lm.backbone.layers[0].mixer.register_forward_hook(lambda m, a, o: None)
+    lm.backbone.layers[1].mixer.in_proj.register_forward_pre_hook(lambda m, a: None)
+    return lm
+
+
+def tokens(seed: int = 0) -> Tensor:
+    return torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(seed))
+
+
+def calls(model: MambaForCausalLM) -> dict[str, Callable[[], Any]]:
+    """Successful attribution calls of every kind."""
+    embed = model.get_input_embeddings()
+    embeds = embed(tokens()).detach()
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[0, :3] = 0
+    return {
+        "mamba-lrp": lambda: MambaLRP(model).attribute(embeds, target=(-1, 1)),
+        "mamba-lrp-mask": lambda: MambaLRP(model).attribute(
+            embeds, target=(-1, 1), additional_forward_args=mask
+        ),
+        "epsilon": lambda: MambaLRP(model, rules=MambaRules(linear=Epsilon())).attribute(
+            embeds, target=(-1, 1)
+        ),
+        "layer-output": lambda: LayerMambaLRP(model, embed).attribute(tokens(), target=(-1, 1)),
+        "layer-input": lambda: LayerMambaLRP(model, model.backbone.layers[1]).attribute(
+            tokens(), target=(-1, 1), attribute_to_layer_input=True
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "kind", ["mamba-lrp", "mamba-lrp-mask", "epsilon", "layer-output", "layer-input"]
+)
+def test_successful_call_leaves_no_state(model, kind):
+    before = snapshot(model)
+    first = calls(model)[kind]()
+    assert_unchanged(before, model)
+    torch.testing.assert_close(calls(model)[kind](), first, rtol=0, atol=0)
+
+
+class Interrupt(Exception):
+    """Raised by the test at a chosen point of an attribution."""
+
+
+def raise_inside_model(model: MambaForCausalLM, error: BaseException) -> Callable[[], Any]:
+    """A hook on the last mixer's out_proj raises mid-forward, with every rule applied."""
+
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        raise error
+
+    handle = model.backbone.layers[-1].mixer.out_proj.register_forward_hook(hook)
+
+    def call() -> Any:
+        try:
+            return LayerMambaLRP(model, model.get_input_embeddings()).attribute(
+                tokens(), target=(-1, 1)
+            )
+        finally:
+            handle.remove()
+
+    return call
+
+
+def raise_in_backward(model: MambaForCausalLM, error: BaseException) -> Callable[[], Any]:
+    """The forward succeeds; a tensor hook raises during the relevance backward pass."""
+
+    def fail(grad: Tensor) -> None:
+        raise error
+
+    def forward(x: Tensor) -> Tensor:
+        logits = model(inputs_embeds=x).logits
+        logits.register_hook(fail)
+        return logits
+
+    embeds = model.get_input_embeddings()(tokens()).detach()
+    return lambda: MambaLRP(model, forward_func=forward).attribute(embeds, target=(-1, 1))
+
+
+def raise_in_forward_func(model: MambaForCausalLM, error: BaseException) -> Callable[[], Any]:
+    """The user's forward function runs the model, then raises."""
+
+    def forward(ids: Tensor) -> Tensor:
+        model(input_ids=ids)
+        raise error
+
+    return lambda: LayerMambaLRP(model, model.backbone.layers[0], forward_func=forward).attribute(
+        tokens(), target=(-1, 1)
+    )
+
+
+def bad_target(model: MambaForCausalLM, error: BaseException) -> Callable[[], Any]:
+    """Validation fails after the forward pass (target out of range)."""
+    return lambda: LayerMambaLRP(model, model.get_input_embeddings()).attribute(
+        tokens(), target=(-1, VOCAB)
+    )
+
+
+@pytest.mark.parametrize(
+    "where", [raise_inside_model, raise_in_backward, raise_in_forward_func, bad_target]
+)
+@pytest.mark.parametrize(
+    "error", [Interrupt("stop"), KeyboardInterrupt()], ids=["exception", "ctrl-c"]
+)
+def test_interrupted_call_leaves_no_state(model, where, error):
+    reference = calls(model)["layer-output"]()
+    before = snapshot(model)
+    expected = AttributionInputError if where is bad_target else type(error)
+    with pytest.raises(expected):
+        where(model, error)()
+    assert_unchanged(before, model)
+    torch.testing.assert_close(calls(model)["layer-output"](), reference, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "mode", [torch.no_grad, torch.inference_mode], ids=["no-grad", "inference"]
+)
+def test_works_under_no_grad_and_inference_mode(model, mode):
+    expected = calls(model)["mamba-lrp-mask"]()
+    embeds = model.get_input_embeddings()(tokens()).detach()
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[0, :3] = 0
+    with mode():
+        embeds, mask = embeds.clone(), mask.clone()  # inference tensors in inference mode
+        before = snapshot(model)
+        relevance = MambaLRP(model).attribute(embeds, target=(-1, 1), additional_forward_args=mask)
+        assert_unchanged(before, model)
+    torch.testing.assert_close(relevance, expected, rtol=0, atol=0)
+
+
+def run_on_threads(jobs: list[Callable[[], Tensor]], repeats: int = 10) -> list[list[Tensor]]:
+    """Run each job ``repeats`` times on its own thread, all threads started together."""
+    results: list[list[Tensor]] = [[] for _ in jobs]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(jobs))
+
+    def work(index: int) -> None:
+        try:
+            start.wait()
+            for _ in range(repeats):
+                results[index].append(jobs[index]())
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert all(len(r) == repeats for r in results)
+    return results
+
+
+def test_two_models_on_two_threads(make_lm):
+    """Concurrent attributions of two models equal the sequential ones."""
+    models = [make_lm(seed=5, vocab_size=VOCAB), make_lm(seed=6, vocab_size=VOCAB, hidden_size=8)]
+    snapshots = [snapshot(m) for m in models]
+    jobs = [calls(models[0])["mamba-lrp-mask"], calls(models[1])["layer-output"]]
+    expected = [job() for job in jobs]
+    for index, results in enumerate(run_on_threads(jobs)):
+        for result in results:
+            torch.testing.assert_close(result, expected[index], rtol=0, atol=1e-12)
+        assert_unchanged(snapshots[index], models[index])
+
+
+def test_one_model_on_two_threads(make_lm):
+    """Attributions of one model on two threads are serialised: each equals its
+    sequential result and no rule forward or capture hook is left behind."""
+    model = make_lm(seed=7, vocab_size=VOCAB)
+    before = snapshot(model)
+    jobs = [calls(model)["layer-output"], calls(model)["layer-input"]]
+    expected = [job() for job in jobs]
+    for index, results in enumerate(run_on_threads(jobs)):
+        for result in results:
+            torch.testing.assert_close(result, expected[index], rtol=0, atol=1e-12)
+    assert_unchanged(before, model)
