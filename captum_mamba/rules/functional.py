@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from captum_mamba.ops import selective_scan
+from captum_mamba.ops.ssd_scan import ssd_scan
 
 
 def rms_norm(x: Tensor, weight: Tensor | None, eps: float, ln_rule: bool) -> Tensor:
@@ -97,3 +98,77 @@ def selective_ssm(
         dt, B, C = dt.detach(), B.detach(), C.detach()
     y = selective_scan(x, dt, A.detach(), B, C)
     return y if D is None else y + x * D
+
+
+def gated_rms_norm(
+    y: Tensor,
+    z: Tensor | None,
+    weight: Tensor | None,
+    eps: float,
+    group_size: int,
+    identity_rule: bool,
+    half_rule: bool,
+    ln_rule: bool,
+) -> Tensor:
+    r"""Gated RMSNorm of Mamba-2, ``weight * norm_groups(y * silu(z))``, with three rules.
+
+    The identity rule acts on ``silu(z)``, the half rule on the product of the two
+    input-dependent branches ``y * silu(z)`` and the LN-rule on ``1 / rms`` of each
+    group of ``group_size`` channels. With all three, the map is linear in ``y`` and in
+    ``z`` for the backward pass and the relevance of the output is split evenly between
+    the SSM output and the gate.
+
+    Args:
+        y (Tensor): SSM output ``(..., channels)``.
+        z (Tensor or None): gate pre-activation, same shape as ``y``; None for a plain
+            grouped RMSNorm of ``y``.
+        weight (Tensor or None): ``(channels,)`` scale, or None for no scale.
+        eps (float): added to the mean square before the square root.
+        group_size (int): channels normalised together; ``channels`` must be a multiple.
+        identity_rule (bool): identity rule on the SiLU of the gate.
+        half_rule (bool): half rule on ``y * silu(z)``.
+        ln_rule (bool): LN-rule on the group normalisation.
+
+    Returns:
+        Tensor: the normalised, gated output, same shape as ``y``.
+    """
+    gated = y if z is None else gated_product(y, silu(z, identity_rule), half_rule)
+    groups = gated.unflatten(-1, (-1, group_size))
+    out = rms_norm(groups, None, eps, ln_rule).flatten(-2)
+    return out if weight is None else weight * out
+
+
+def multihead_ssm(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    ssm_rule: bool,
+    chunk_size: int,
+) -> Tensor:
+    r"""Mamba-2 SSM ``y = ssd(x; exp(dt A), dt B, C) + D x`` with one scalar decay per head;
+    the SSM rule keeps the input-dependent ``exp(dt A)``, ``dt B`` and ``C`` constant.
+
+    Relevance then flows only through ``x``; ``A`` and ``D`` are parameters and never
+    receive relevance.
+
+    Args:
+        x (Tensor): ``(batch, length, heads, head_dim)`` scan input.
+        dt (Tensor): ``(batch, length, heads)`` positive time steps.
+        A (Tensor): ``(heads,)`` continuous decay rates.
+        B (Tensor): ``(batch, length, groups, state)`` input projection, shared by the
+            ``heads // groups`` consecutive heads of a group.
+        C (Tensor): ``(batch, length, groups, state)`` output projection.
+        D (Tensor or None): ``(heads,)`` skip weight.
+        ssm_rule (bool): detach ``dt``, ``B`` and ``C``.
+        chunk_size (int): time steps per chunk of the scan.
+
+    Returns:
+        Tensor: ``(batch, length, heads, head_dim)`` SSM output.
+    """
+    if ssm_rule:
+        dt, B, C = dt.detach(), B.detach(), C.detach()
+    y = ssd_scan(x, dt, A.detach(), B, C, chunk_size)
+    return y if D is None else y + x * D[:, None]

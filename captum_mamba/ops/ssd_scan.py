@@ -1,0 +1,176 @@
+"""Scan ops: the state-space-duality (SSD) scan of Mamba-2, chunked, with a hand-written
+backward for the scan input.
+
+The recurrence, per batch element, head ``h`` (of ``heads_per_group`` heads sharing the
+group ``g`` of ``B`` and ``C``), head channel ``p`` and state ``n``::
+
+    H[t, h, p, n] = exp(dt[t, h] * A[h]) * H[t-1, h, p, n] + dt[t, h] * B[t, g, n] * x[t, h, p]
+    y[t, h, p] = sum_n C[t, g, n] * H[t, h, p, n]
+
+The decay is one scalar per head and time step, so the whole map ``x -> y`` is the
+product with a lower-triangular (semiseparable) matrix per head,
+
+    y[t] = sum_{s <= t} (C[t] . B[s]) * exp(sum_{k=s+1..t} dt[k] A) * dt[s] * x[s].
+
+:func:`ssd_scan` evaluates it in chunks of ``chunk_size`` steps: inside a chunk with
+dense ``chunk x chunk`` matrices, across chunks by carrying one state per chunk
+boundary (a loop over chunks, not over time steps). With ``dt``, ``A``, ``B`` and ``C``
+constant (the SSM rule of MambaLRP) the backward for ``x`` is the transposed matrix,
+i.e. the same chunked scan run backwards in time with the roles of ``B`` and ``C``
+swapped; only the inputs are kept for it. Gradients for ``dt``, ``A``, ``B`` or ``C``
+(needed only with the SSM rule off) are obtained by differentiating a recomputed
+chunked forward, which is vectorised over the time steps of a chunk.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: Time steps per chunk of :func:`ssd_scan` (Mamba-2 models use 256).
+DEFAULT_CHUNK_SIZE = 64
+
+
+def _segment_sums(log_decay: Tensor) -> Tensor:
+    """``out[..., t, s] = sum_{k=s+1..t} log_decay[..., k]`` for ``s <= t``, else ``-inf``.
+
+    Built from a cumulative sum of masked copies rather than a difference of two
+    cumulative sums, so that no large numbers cancel.
+    """
+    length = log_decay.shape[-1]
+    strictly_lower = torch.ones(length, length, dtype=torch.bool, device=log_decay.device).tril(-1)
+    repeated = log_decay[..., :, None].expand(*log_decay.shape, length)
+    sums = repeated.masked_fill(~strictly_lower, 0.0).cumsum(-2)
+    lower = torch.ones(length, length, dtype=torch.bool, device=log_decay.device).tril()
+    return sums.masked_fill(~lower, float("-inf"))
+
+
+def _chunked(tensor: Tensor, chunk: int) -> Tensor:
+    """Pad dim 1 with zeros to a multiple of ``chunk`` and split it into ``(chunks, chunk)``."""
+    pad = -tensor.shape[1] % chunk
+    if pad:
+        tensor = F.pad(tensor, (0, 0) * (tensor.dim() - 2) + (0, pad))
+    return tensor.reshape(tensor.shape[0], -1, chunk, *tensor.shape[2:])
+
+
+def _ssd(u: Tensor, log_decay: Tensor, B: Tensor, C: Tensor, chunk: int) -> Tensor:
+    """``y[t] = sum_{s<=t} (C[t].B[s]) exp(sum_{k=s+1..t} log_decay[k]) u[s]``, chunked.
+
+    Args:
+        u (Tensor): ``(batch, length, groups, heads_per_group, head_dim)`` inputs.
+        log_decay (Tensor): ``(batch, length, groups, heads_per_group)`` log decays.
+        B (Tensor): ``(batch, length, groups, state)``.
+        C (Tensor): ``(batch, length, groups, state)``.
+        chunk (int): time steps per chunk.
+
+    Returns:
+        Tensor: ``y`` with the shape of ``u``.
+    """
+    length = u.shape[1]
+    u, log_decay, B, C = (_chunked(t, chunk) for t in (u, log_decay, B, C))
+    # Layout: b batch, c chunk, t/s time in chunk, g group, j head in group, p head dim, n state.
+    log_decay = log_decay.permute(0, 1, 3, 4, 2)  # (b, c, g, j, t)
+    cumulative = log_decay.cumsum(-1)
+    within = torch.exp(_segment_sums(log_decay))  # (b, c, g, j, t, s)
+    scores = torch.einsum("bctgn,bcsgn->bcgts", C, B)
+    y = torch.einsum("bcgts,bcgjts,bcsgjp->bctgjp", scores, within, u)
+
+    to_end = torch.exp(cumulative[..., -1:] - cumulative)  # decay from s to the chunk end
+    chunk_states = torch.einsum("bcsgn,bcgjs,bcsgjp->bcgjpn", B, to_end, u)
+    chunk_decay = torch.exp(cumulative[..., -1])  # (b, c, g, j)
+    state = torch.zeros_like(chunk_states[:, 0])
+    starts = []
+    for index in range(chunk_states.shape[1]):
+        starts.append(state)
+        state = chunk_decay[:, index, ..., None, None] * state + chunk_states[:, index]
+    start_states = torch.stack(starts, dim=1)  # state before each chunk
+    from_start = torch.exp(cumulative)  # decay from the chunk start to t
+    y = y + torch.einsum("bctgn,bcgjpn,bcgjt->bctgjp", C, start_states, from_start)
+    return y.reshape(y.shape[0], -1, *y.shape[3:])[:, :length]
+
+
+def _grouped(x: Tensor, dt: Tensor, A: Tensor, groups: int) -> tuple[Tensor, Tensor]:
+    """Scan input ``dt * x`` and log decay ``dt * A`` with the heads split into groups."""
+    batch, length, heads, head_dim = x.shape
+    per_group = heads // groups
+    u = (x * dt[..., None]).reshape(batch, length, groups, per_group, head_dim)
+    log_decay = (dt * A).reshape(batch, length, groups, per_group)
+    return u, log_decay
+
+
+class SSDScan(torch.autograd.Function):
+    """SSD scan ``y = ssd(x; dt, A, B, C)`` with the transposed scan as backward for ``x``."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, chunk):
+        ctx.chunk = chunk
+        ctx.save_for_backward(x, dt, A, B, C)
+        u, log_decay = _grouped(x, dt, A, B.shape[2])
+        return _ssd(u, log_decay, B, C, chunk).reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, dt, A, B, C = ctx.saved_tensors
+        chunk = ctx.chunk
+        if any(ctx.needs_input_grad[1:5]):
+            inputs = [
+                t.detach().requires_grad_(need)
+                for t, need in zip((x, dt, A, B, C), ctx.needs_input_grad[:5], strict=True)
+            ]
+            with torch.enable_grad():
+                u, log_decay = _grouped(*inputs[:3], B.shape[2])
+                y = _ssd(u, log_decay, inputs[3], inputs[4], chunk).reshape(x.shape)
+            wanted = [t for t in inputs if t.requires_grad]
+            grads = iter(torch.autograd.grad(y, wanted, grad_y))
+            return (*(next(grads) if t.requires_grad else None for t in inputs), None)
+        # y = M x with M[t, s] = (C[t].B[s]) decay(s -> t) dt[s]; the adjoint M^T runs from
+        # the last step to the first. Flipping time turns it into the same causal scan, with
+        # the decay of step k+1 applied at step k and B, C exchanged.
+        batch, length, heads, head_dim = x.shape
+        split = (batch, length, B.shape[2], heads // B.shape[2])
+        flipped_grad = grad_y.flip(1).reshape(*split, head_dim)
+        next_decay = F.pad((dt * A)[:, 1:], (0, 0, 0, 1)).flip(1).reshape(split)
+        adjoint = _ssd(flipped_grad, next_decay, C.flip(1), B.flip(1), chunk).flip(1)
+        grad_x = adjoint.reshape(x.shape) * dt[..., None]
+        return grad_x, None, None, None, None, None
+
+
+def ssd_scan(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> Tensor:
+    r"""SSD scan of Mamba-2 without the skip term, differentiable in every input.
+
+    Args:
+        x (Tensor): ``(batch, length, heads, head_dim)`` scan input (after conv and SiLU).
+        dt (Tensor): ``(batch, length, heads)`` positive time steps.
+        A (Tensor): ``(heads,)`` continuous-time decay rates (negative).
+        B (Tensor): ``(batch, length, groups, state)`` input projection; head ``h`` uses
+            group ``h // (heads // groups)``.
+        C (Tensor): ``(batch, length, groups, state)`` output projection.
+        chunk_size (int, optional): time steps per chunk. Default: 64.
+
+    Returns:
+        Tensor: ``y`` of shape ``(batch, length, heads, head_dim)``.
+
+    Examples::
+
+        >>> x, dt = torch.randn(2, 8, 4, 3), torch.rand(2, 8, 4)
+        >>> A, B, C = -torch.rand(4), torch.randn(2, 8, 2, 5), torch.randn(2, 8, 2, 5)
+        >>> # SSM rule: the input-dependent coefficients are constants for the backward
+        >>> y = ssd_scan(x, dt.detach(), A, B.detach(), C.detach())
+    """
+    if not (x.dtype == dt.dtype == A.dtype == B.dtype == C.dtype):
+        raise TypeError(
+            "ssd_scan needs one dtype for x, dt, A, B and C, got "
+            f"{x.dtype}, {dt.dtype}, {A.dtype}, {B.dtype}, {C.dtype}"
+        )
+    heads, groups = x.shape[2], B.shape[2]
+    if heads % groups or C.shape != B.shape:
+        raise ValueError(
+            f"ssd_scan needs heads ({heads}) divisible by groups ({groups}) and B, C of one "
+            f"shape, got B {tuple(B.shape)} and C {tuple(C.shape)}"
+        )
+    return SSDScan.apply(
+        x.contiguous(), dt.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(), chunk_size
+    )
