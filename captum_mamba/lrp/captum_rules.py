@@ -1,0 +1,93 @@
+"""Captum LRP: the MambaLRP rules as Captum ``PropagationRule`` classes.
+
+Captum's LRP turns every leaf module that carries a ``rule`` into one LRP step:
+a hook on the module's output divides the incoming relevance by the output ``z``,
+autograd carries the quotient back through the module, and a hook on each input
+multiplies by the input ``x``::
+
+    R_in = x * J^T (R_out / z)            (J: the module's autograd Jacobian)
+
+That is Gradient x Input of the module's local function. Every leaf of a model
+prepared by :func:`captum_mamba.lrp.prepare_captum_lrp` computes its operation
+with the modified backward of its MambaLRP rule (the factor detachments of
+:mod:`captum_mamba.rules`), so the composition of these local steps is exactly
+MambaLRP's global Gradient x Input. The Mamba rules below differ from
+:class:`LRP0Rule` only in telling their leaf module which factor to detach; the
+relevance arithmetic is the same exact division for all of them.
+
+Captum's own rules can be used where they make sense: ``EpsilonRule`` and
+``GammaRule`` on linear and convolutional layers reproduce
+:class:`captum_mamba.Epsilon` and :class:`captum_mamba.Gamma`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from captum._utils.common import _format_tensor_into_tuples
+from captum.attr._utils.lrp_rules import PropagationRule
+from torch import Tensor, nn
+
+
+class LRP0Rule(PropagationRule):
+    r"""LRP-0: ``R_in = x * J^T (R_out / z)`` with an exact division.
+
+    Captum's ``EpsilonRule`` adds ``1e-9 * sign(z)`` to the denominator, which
+    shifts relevances by a relative ``1e-9 / |z|``. This rule divides exactly;
+    output elements that are exactly zero pass no relevance (their relevance
+    ``z * gradient`` is zero as well).
+
+    Examples::
+
+        >>> prepared.model.lm_head.rule = LRP0Rule()
+    """
+
+    def _create_backward_hook_output(self, outputs: Tensor) -> Callable[[Tensor], Tensor]:
+        nonzero = outputs != 0
+        denominator = torch.where(nonzero, outputs, torch.ones_like(outputs))
+
+        def hook(grad: Tensor) -> Tensor:
+            self.relevance_output[grad.device] = grad.data
+            return torch.where(nonzero, grad / denominator, torch.zeros_like(grad))
+
+        return hook
+
+    def _manipulate_weights(self, module: nn.Module, inputs: Any, outputs: Any) -> None:
+        """LRP-0 uses the weights as they are."""
+
+
+class NormRule(LRP0Rule):
+    """LN-rule: ``1 / rms(x)`` of an RMSNorm is a constant (relevance passes unchanged)."""
+
+
+class SiLURule(LRP0Rule):
+    """Identity rule for SiLU: ``sigmoid(x)`` is a constant (relevance passes unchanged)."""
+
+
+class SSMRule(LRP0Rule):
+    """SSM rule: ``exp(dt A)``, ``dt B`` and ``C`` are constants; relevance flows through
+    the scan input only."""
+
+
+class HalfRule(LRP0Rule):
+    """Half rule for the gate ``y * silu(z)``: each factor receives half of the relevance."""
+
+
+class EmbeddingRule(LRP0Rule):
+    """Relevance stops at an embedding's output: token ids carry no relevance.
+
+    Captum hooks every input of a ruled layer, which fails for integer ids. This
+    rule hooks only the output, so that Captum's ``LayerLRP`` can read the relevance
+    of the embedding output when the embedding runs inside the model.
+    """
+
+    def forward_hook(self, module: nn.Module, inputs: Any, outputs: Tensor) -> Tensor:
+        """Hook the output only; integer inputs cannot carry gradients."""
+        self._has_single_input = len(_format_tensor_into_tuples(inputs)) == 1
+        self._handle_input_hooks = []
+        self._handle_output_hook = outputs.register_hook(
+            self._create_backward_hook_output(outputs.data)
+        )
+        return outputs.clone()
