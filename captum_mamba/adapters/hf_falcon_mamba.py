@@ -38,9 +38,9 @@ from transformers.models.falcon_mamba.modeling_falcon_mamba import (
 
 from captum_mamba.adapters.base import ArchitectureAdapter, register_adapter
 from captum_mamba.adapters.hf_mamba import (
-    _check_no_past_state,
-    _mask,
     block_forward,
+    check_no_past_state,
+    mask_padding,
     norm_forward,
     widened,
 )
@@ -63,16 +63,16 @@ def mixer_forward(
     **kwargs: Any,
 ) -> Tensor:
     """FalconMamba mixer with the SiLU, SSM and half rules (full-sequence form)."""
-    _check_no_past_state(mixer, kwargs)
+    check_no_past_state(mixer, kwargs)
     if mixer.activation not in ("silu", "swish"):
         raise NotImplementedError(
             f"MambaLRP supports SiLU mixers only, this one uses {mixer.activation!r}"
         )
     hidden_states = widened(hidden_states)
     length = hidden_states.shape[1]
-    x, z = mixer.in_proj(_mask(hidden_states, attention_mask)).chunk(2, dim=-1)
+    x, z = mixer.in_proj(mask_padding(hidden_states, attention_mask)).chunk(2, dim=-1)
     x = mixer.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2)
-    x = _mask(silu(x, rules.silu), attention_mask)
+    x = mask_padding(silu(x, rules.silu), attention_mask)
     time_step, B, C = torch.split(
         mixer.x_proj(x),
         [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size],

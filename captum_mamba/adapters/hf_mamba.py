@@ -36,13 +36,15 @@ def widened(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def _mask(x: Tensor, attention_mask: Tensor | None) -> Tensor:
+def mask_padding(x: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """Zero the padded positions of ``x`` ``(batch, seq, ...)``, as transformers does."""
     if attention_mask is None:
         return x
     return x * attention_mask[:, :, None].to(x.dtype)
 
 
-def _check_no_past_state(mixer: MambaMixer, kwargs: dict[str, Any]) -> None:
+def check_no_past_state(mixer: MambaMixer, kwargs: dict[str, Any]) -> None:
+    """Refuse a filled generation cache: explanations run over whole sequences."""
     cache = kwargs.get("cache", kwargs.get("cache_params"))
     has_previous = getattr(cache, "has_previous_state", None)
     if callable(has_previous) and has_previous(mixer.layer_idx):
@@ -67,16 +69,16 @@ def mixer_forward(
     **kwargs: Any,
 ) -> Tensor:
     """Mamba-1 mixer with the SiLU, SSM and half rules (full-sequence form)."""
-    _check_no_past_state(mixer, kwargs)
+    check_no_past_state(mixer, kwargs)
     if mixer.activation not in ("silu", "swish"):
         raise NotImplementedError(
             f"MambaLRP supports SiLU mixers only, this one uses {mixer.activation!r}"
         )
     hidden_states = widened(hidden_states)
     length = hidden_states.shape[1]
-    x, z = mixer.in_proj(_mask(hidden_states, attention_mask)).chunk(2, dim=-1)
+    x, z = mixer.in_proj(mask_padding(hidden_states, attention_mask)).chunk(2, dim=-1)
     x = mixer.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2)
-    x = _mask(silu(x, rules.silu), attention_mask)
+    x = mask_padding(silu(x, rules.silu), attention_mask)
     time_step, B, C = torch.split(
         mixer.x_proj(x),
         [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size],

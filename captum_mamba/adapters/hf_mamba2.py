@@ -60,9 +60,9 @@ from transformers.models.mamba2.modeling_mamba2 import (
 
 from captum_mamba.adapters.base import ArchitectureAdapter, register_adapter
 from captum_mamba.adapters.hf_mamba import (
-    _check_no_past_state,
-    _mask,
     block_forward,
+    check_no_past_state,
+    mask_padding,
     norm_forward,
     widened,
 )
@@ -96,7 +96,7 @@ def mixer_forward(
     **kwargs: Any,
 ) -> Tensor:
     """Mamba-2 mixer with the SiLU and SSM rules (full-sequence form)."""
-    _check_no_past_state(mixer, kwargs)
+    check_no_past_state(mixer, kwargs)
     if mixer.activation not in ("silu", "swish"):
         raise NotImplementedError(
             f"MambaLRP supports SiLU mixers only, this one uses {mixer.activation!r}"
@@ -104,11 +104,11 @@ def mixer_forward(
     hidden_states = widened(hidden_states)
     batch, length, _ = hidden_states.shape
     heads, groups, state = mixer.num_heads, mixer.n_groups, mixer.ssm_state_size
-    gate, xBC, dt = mixer.in_proj(_mask(hidden_states, attention_mask)).split(
+    gate, xBC, dt = mixer.in_proj(mask_padding(hidden_states, attention_mask)).split(
         [mixer.intermediate_size, mixer.conv_dim, heads], dim=-1
     )
     xBC = mixer.conv1d(xBC.transpose(1, 2))[..., :length].transpose(1, 2)
-    xBC = _mask(silu(xBC, rules.silu), attention_mask)
+    xBC = mask_padding(silu(xBC, rules.silu), attention_mask)
     x, B, C = xBC.split([mixer.intermediate_size, groups * state, groups * state], dim=-1)
     dt = F.softplus(dt + mixer.dt_bias.to(dt.dtype))
     dt = torch.clamp(dt, min=mixer.time_step_limit[0], max=mixer.time_step_limit[1])

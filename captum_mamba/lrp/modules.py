@@ -24,7 +24,7 @@ from captum.attr._utils.lrp_rules import PropagationRule
 from torch import Tensor, nn
 from transformers.models.mamba.modeling_mamba import MambaMixer, MambaRMSNorm
 
-from captum_mamba.adapters.hf_mamba import _mask
+from captum_mamba.adapters.hf_mamba import mask_padding
 from captum_mamba.lrp.captum_rules import HalfRule, LRP0Rule, NormRule, SiLURule, SSMRule
 from captum_mamba.rules import gated_product, rms_norm, selective_ssm, silu
 
@@ -212,9 +212,9 @@ class PreparedMixer(nn.Module):
 
     def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         length = hidden_states.shape[1]
-        x, z = self.in_proj(_mask(hidden_states, attention_mask)).chunk(2, dim=-1)
+        x, z = self.in_proj(mask_padding(hidden_states, attention_mask)).chunk(2, dim=-1)
         x = self.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2)
-        x = _mask(self.conv_act(x), attention_mask)
+        x = mask_padding(self.conv_act(x), attention_mask)
         time_step, B, C = torch.split(
             self.x_proj(x), [self.time_step_rank, self.ssm_state_size, self.ssm_state_size], dim=-1
         )
