@@ -68,7 +68,7 @@ def explain_sentiment(args: argparse.Namespace) -> None:
         rows.append(scores)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    labels = [f"pred. {LABELS[p]}" for p in predicted.tolist()]
+    labels = [f"[{i}] predicted {LABELS[p]}" for i, p in enumerate(predicted.tolist())]
     figure = batch_text_heatmap_figure(
         all_tokens,
         {"MambaLRP": rows},
