@@ -1,0 +1,29 @@
+"""Metrics: faithfulness (input-perturbation curves, Delta A^F) and conservation."""
+
+from captum_mamba.metrics.conservation import ConservationStats, conservation_stats, pearson
+from captum_mamba.metrics.perturbation import (
+    CURVES,
+    REPLACEMENTS,
+    curve_area,
+    delta_area,
+    perturbation_curve,
+    perturbation_curves,
+    relevance_order,
+    replacement_embedding,
+    resample_curve,
+)
+
+__all__ = [
+    "CURVES",
+    "REPLACEMENTS",
+    "ConservationStats",
+    "conservation_stats",
+    "curve_area",
+    "delta_area",
+    "pearson",
+    "perturbation_curve",
+    "perturbation_curves",
+    "relevance_order",
+    "replacement_embedding",
+    "resample_curve",
+]

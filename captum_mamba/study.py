@@ -1,0 +1,496 @@
+r"""Comparative study: faithfulness, conservation and cost of attribution methods on a
+labelled text data set.
+
+For every example the runner embeds the tokens, explains the target logit (the
+predicted class by default) with every method, and records the token-perturbation
+curves (:mod:`captum_mamba.metrics.perturbation`), ``Delta A^F = A(LeRF) - A(MoRF)``,
+the insertion area, the sum of relevances next to the explained logit, and the
+wall-clock time of the attribution call. It writes:
+
+- ``results.csv`` and ``results.md``: one row per method (means over examples);
+- ``examples.csv``: one row per method and example;
+- ``curves.png``: mean MoRF / LeRF / insertion curves per method;
+- ``conservation.png``: sum of relevances vs explained logit (signed methods).
+
+Command line (the sentiment classifier of :mod:`captum_mamba.sentiment` on SST-2)::
+
+    python -m captum_mamba.study run --data-dir ../shared/data --num-examples 200
+    python -m captum_mamba.study memory --length 1024     # peak memory, 130M shape
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from captum_mamba.attr._forward import default_forward
+from captum_mamba.baselines.captum_methods import (
+    METHOD_NAMES,
+    MethodSettings,
+    TokenAttribution,
+    build_methods,
+)
+from captum_mamba.metrics import (
+    conservation_stats,
+    curve_area,
+    perturbation_curves,
+    replacement_embedding,
+    resample_curve,
+)
+
+Tokenize = Callable[[str], Tensor]
+
+
+@dataclass
+class MethodRecord:
+    """Per-example measurements of one method."""
+
+    name: str
+    signed: bool
+    delta: list[float] = field(default_factory=list)
+    area_morf: list[float] = field(default_factory=list)
+    area_lerf: list[float] = field(default_factory=list)
+    area_insertion: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    relevance_sum: list[float] = field(default_factory=list)
+    output: list[float] = field(default_factory=list)
+    curves: dict[str, list[Tensor]] = field(default_factory=dict)
+
+
+@dataclass
+class StudyResult:
+    """Outcome of :func:`run_study`.
+
+    Args:
+        rows (list of dict): one summary row per method (also in ``results.csv``).
+        records (list of MethodRecord): the per-example measurements.
+        accuracy (float): accuracy of the model on the studied examples.
+        files (dict): name -> path of every written file.
+    """
+
+    rows: list[dict[str, Any]]
+    records: list[MethodRecord]
+    accuracy: float
+    files: dict[str, Path]
+
+
+def _text_and_label(example: Any) -> tuple[str, int]:
+    if hasattr(example, "text"):
+        return example.text, int(example.label)
+    text, label = example
+    return text, int(label)
+
+
+def _mean_sem(values: Sequence[float]) -> tuple[float, float]:
+    data = torch.tensor(values, dtype=torch.float64)
+    if data.numel() == 0:
+        return math.nan, math.nan
+    sem = float(data.std() / math.sqrt(data.numel())) if data.numel() > 1 else math.nan
+    return float(data.mean()), sem
+
+
+def _summary(record: MethodRecord, accuracy: float) -> dict[str, Any]:
+    delta, delta_sem = _mean_sem(record.delta)
+    stats = conservation_stats(
+        torch.tensor(record.relevance_sum, dtype=torch.float64),
+        torch.tensor(record.output, dtype=torch.float64),
+    )
+    return {
+        "method": record.name,
+        "accuracy": accuracy,
+        "delta_af": delta,
+        "delta_af_sem": delta_sem,
+        "area_morf": _mean_sem(record.area_morf)[0],
+        "area_lerf": _mean_sem(record.area_lerf)[0],
+        "area_insertion": _mean_sem(record.area_insertion)[0],
+        "conservation_corr": stats.correlation if record.signed else math.nan,
+        "conservation_rel_error": stats.mean_relative_error if record.signed else math.nan,
+        "conservation_median_rel_error": (
+            stats.median_relative_error if record.signed else math.nan
+        ),
+        "ms_per_example": 1000 * _mean_sem(record.seconds)[0],
+        "examples": len(record.delta),
+    }
+
+
+def _format(value: Any, digits: int = 3) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of the summary rows of a study, best ``Delta A^F`` first.
+
+    Args:
+        rows (sequence of dict): rows as in :attr:`StudyResult.rows`.
+
+    Returns:
+        str: the table.
+    """
+    header = (
+        "| method | accuracy | ΔA^F (± s.e.) | A MoRF | A LeRF "
+        "| conservation r | median rel. error | ms / example |"
+    )
+    lines = [header, "|" + "---|" * 8]
+    for row in sorted(rows, key=lambda r: -r["delta_af"]):
+        lines.append(
+            f"| {row['method']} | {_format(row['accuracy'])} "
+            f"| {_format(row['delta_af'])} ± {_format(row['delta_af_sem'])} "
+            f"| {_format(row['area_morf'])} | {_format(row['area_lerf'])} "
+            f"| {_format(row['conservation_corr'])} "
+            f"| {_format(row['conservation_median_rel_error'])} "
+            f"| {_format(row['ms_per_example'], 1)} |"
+        )
+    return "\n".join(lines)
+
+
+def _plot(records: Sequence[MethodRecord], fractions: Tensor, directory: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = {"curves": directory / "curves.png", "conservation": directory / "conservation.png"}
+    titles = {"morf": "deletion, MoRF", "lerf": "deletion, LeRF", "insertion": "insertion"}
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
+    for axis, (kind, title) in zip(axes, titles.items(), strict=True):
+        for record in records:
+            mean = torch.stack(record.curves[kind]).mean(0)
+            axis.plot(fractions.numpy(), mean.numpy(), label=record.name)
+        axis.set_title(title)
+        axis.set_xlabel("fraction of tokens perturbed")
+    axes[0].set_ylabel("explained logit (mean)")
+    axes[-1].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(files["curves"], dpi=120)
+    plt.close(figure)
+
+    signed = [r for r in records if r.signed]
+    columns = max(1, min(3, len(signed)))
+    rows = max(1, math.ceil(len(signed) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 4 * rows), squeeze=False)
+    for axis in axes.flat[len(signed) :]:
+        axis.axis("off")
+    for axis, record in zip(axes.flat, signed, strict=False):
+        axis.scatter(record.output, record.relevance_sum, s=8)
+        low = min(record.output + record.relevance_sum)
+        high = max(record.output + record.relevance_sum)
+        axis.plot([low, high], [low, high], color="grey", linewidth=0.8)
+        axis.set_title(record.name, fontsize=9)
+        axis.set_xlabel("explained logit")
+        axis.set_ylabel("sum of relevance")
+    figure.tight_layout()
+    figure.savefig(files["conservation"], dpi=120)
+    plt.close(figure)
+    return files
+
+
+def _write_tables(
+    records: Sequence[MethodRecord], rows: Sequence[dict[str, Any]], directory: Path, caption: str
+) -> dict[str, Path]:
+    files = {
+        "results_csv": directory / "results.csv",
+        "results_md": directory / "results.md",
+        "examples_csv": directory / "examples.csv",
+    }
+    with files["results_csv"].open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    files["results_md"].write_text(f"{caption}\n\n{markdown_table(rows)}\n")
+    columns = ["delta", "area_morf", "area_lerf", "area_insertion", "seconds"]
+    columns += ["relevance_sum", "output"]
+    with files["examples_csv"].open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "example", *columns])
+        for record in records:
+            for index in range(len(record.delta)):
+                values = [getattr(record, name)[index] for name in columns]
+                writer.writerow([record.name, index, *values])
+    return files
+
+
+def run_study(
+    model: nn.Module,
+    tokenize: Tokenize,
+    examples: Sequence[Any],
+    methods: Sequence[str | TokenAttribution] = METHOD_NAMES,
+    output_dir: str | os.PathLike[str] = "study_results",
+    forward_func: Callable[..., Tensor] | None = None,
+    replacement: str = "zero",
+    replacement_token_id: int | None = None,
+    target: str = "predicted",
+    settings: MethodSettings | None = None,
+    num_fractions: int = 21,
+    progress: bool = True,
+    caption: str = "",
+) -> StudyResult:
+    r"""Run the comparative study of attribution methods on a labelled text data set.
+
+    Each example is explained on its own (batch of one, no padding); the explained
+    output is one class logit of ``(1, classes)`` outputs.
+
+    Args:
+        model (nn.Module): the classifier (with ``get_input_embeddings()`` and
+            supported Mamba blocks), in eval mode.
+        tokenize (Callable): ``tokenize(text) -> (1, seq)`` long token ids.
+        examples (sequence): labelled examples, objects with ``text`` and ``label``
+            (e.g. :class:`captum_mamba.data.LabelledText`) or ``(text, label)`` pairs.
+        methods (sequence, optional): method names of
+            :data:`~captum_mamba.baselines.captum_methods.METHOD_NAMES` or built
+            :class:`TokenAttribution` objects. Default: all methods.
+        output_dir (str or PathLike, optional): folder for tables and plots (created).
+            Default: ``"study_results"``.
+        forward_func (Callable, optional): ``forward(embeds) -> (batch, classes)``.
+            Default: ``model(inputs_embeds=embeds)`` via the Hugging Face convention.
+        replacement (str, optional): ``"zero"``, ``"mean"`` or ``"token"``
+            embedding for removed tokens. Default: ``"zero"``.
+        replacement_token_id (int, optional): token for ``replacement="token"``.
+        target (str, optional): ``"predicted"`` (arg-max class) or ``"label"``.
+            Default: ``"predicted"``.
+        settings (MethodSettings, optional): method hyper-parameters.
+        num_fractions (int, optional): points of the averaged curves. Default: 21.
+        progress (bool, optional): show a tqdm progress bar. Default: True.
+        caption (str, optional): first line of ``results.md``. Default: ``""``.
+
+    Returns:
+        StudyResult: summary rows, per-example records, accuracy and written files.
+
+    Examples::
+
+        >>> result = run_study(classifier, tokenize, examples[:50], output_dir="out")
+        >>> print(markdown_table(result.rows))
+    """
+    from tqdm.auto import tqdm
+
+    if target not in ("predicted", "label"):
+        raise ValueError(f"target must be 'predicted' or 'label', got {target!r}")
+    if not examples:
+        raise ValueError("run_study needs at least one example")
+    directory = Path(output_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    forward = forward_func or default_forward(model, "inputs_embeds")
+    built = [
+        m if isinstance(m, TokenAttribution) else build_methods([m], model, forward, settings)[0]
+        for m in methods
+    ]
+    embedding = model.get_input_embeddings()
+    filler = replacement_embedding(embedding, replacement, replacement_token_id)
+    fractions = torch.linspace(0, 1, num_fractions, dtype=torch.float64)
+    records = [MethodRecord(m.name, m.signed) for m in built]
+    correct = 0
+    for number, example in enumerate(tqdm(examples, desc="study", disable=not progress)):
+        text, label = _text_and_label(example)
+        ids = tokenize(text)
+        embeds = embedding(ids).detach()
+        with torch.no_grad():
+            logits = forward(embeds)
+        predicted = int(logits[0].argmax())
+        correct += predicted == label
+        explained = predicted if target == "predicted" else label
+        for method, record in zip(built, records, strict=True):
+            if number == 0:
+                method(embeds, explained)  # warm-up, not timed
+            start = time.perf_counter()
+            scores = method(embeds, explained)
+            record.seconds.append(time.perf_counter() - start)
+            curves = perturbation_curves(forward, embeds, scores, explained, filler)
+            areas = {kind: float(curve_area(curve.double())[0]) for kind, curve in curves.items()}
+            record.area_morf.append(areas["morf"])
+            record.area_lerf.append(areas["lerf"])
+            record.area_insertion.append(areas["insertion"])
+            record.delta.append(areas["lerf"] - areas["morf"])
+            record.relevance_sum.append(float(scores.double().sum()))
+            record.output.append(float(logits[0, explained]))
+            for kind, curve in curves.items():
+                resampled = resample_curve(curve[0].double(), fractions)
+                record.curves.setdefault(kind, []).append(resampled)
+    accuracy = correct / len(examples)
+    rows = [_summary(record, accuracy) for record in records]
+    files = _write_tables(records, rows, directory, caption)
+    files.update(_plot(records, fractions, directory))
+    return StudyResult(rows, records, accuracy, files)
+
+
+def _sentiment_study(args: argparse.Namespace) -> StudyResult:
+    from captum_mamba.data import SST2_FILE, default_data_dir, load_sst2
+    from captum_mamba.sentiment import PAD_TOKEN, SentimentSetup, encode, load_or_train_classifier
+
+    data_dir = Path(args.data_dir or default_data_dir())
+    torch.manual_seed(args.seed)
+    overrides = {
+        "epochs": args.epochs,
+        "learning_rate": args.learning_rate,
+        "hidden_size": args.hidden_size,
+        "num_layers": args.num_layers,
+    }
+    setup = SentimentSetup(**{k: v for k, v in overrides.items() if v is not None})
+    model, tokenizer, full_accuracy = load_or_train_classifier(data_dir, args.cache_dir, setup)
+    examples = load_sst2(data_dir / SST2_FILE)
+    count = min(args.num_examples, len(examples))
+    chosen = sorted(random.Random(args.seed).sample(range(len(examples)), count))
+    subset = [examples[i] for i in chosen]
+
+    def tokenize(text: str) -> Tensor:
+        return encode(tokenizer, [text], setup.max_length)[0]
+
+    names = METHOD_NAMES if args.methods == "all" else tuple(args.methods.split(","))
+    settings = MethodSettings(
+        ig_steps=args.ig_steps, smoothgrad_samples=args.smoothgrad_samples, seed=args.seed
+    )
+    caption = (
+        f"Mamba sentiment classifier ({setup.hidden_size} hidden, {setup.num_layers} layers, "
+        f"{setup.epochs} epochs, checkpoint key {setup.key()}), "
+        f"SST-2 validation accuracy {full_accuracy:.3f} (all {len(examples)} sentences); "
+        f"{count} sentences studied (seed {args.seed}), replacement '{args.replacement}', "
+        f"explained logit: {args.target} class."
+    )
+    token_id = tokenizer.token_to_id(PAD_TOKEN) if args.replacement == "token" else None
+    result = run_study(
+        model,
+        tokenize,
+        subset,
+        names,
+        args.output_dir,
+        replacement=args.replacement,
+        replacement_token_id=token_id,
+        target=args.target,
+        settings=settings,
+        caption=caption,
+    )
+    print(caption)
+    print(markdown_table(result.rows))
+    for name, path in result.files.items():
+        print(f"{name}: {path}")
+    return result
+
+
+def _memory_worker(method: str, length: int, seed: int) -> dict[str, Any]:
+    """Build the 130M-shaped model, run ``method`` once at ``length``, report maxrss."""
+    from captum_mamba.attr import MambaLRP
+    from captum_mamba.baselines import MambaAttentionRollout
+    from captum_mamba.models import mamba_130m_config, random_mamba_lm
+
+    model = random_mamba_lm(mamba_130m_config(), seed=seed)
+    ids = torch.randint(0, model.config.vocab_size, (1, length), generator=torch.Generator())
+    embeds = model.get_input_embeddings()(ids).detach()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    if method == "forward":
+        with torch.no_grad():
+            default_forward(model, "inputs_embeds")(embeds)
+    elif method == "rollout":
+        MambaAttentionRollout(model).attribute(embeds)
+    elif method == "mambalrp":
+        MambaLRP(model).attribute(embeds, target=(-1, int(ids[0, -1])))
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is in KiB on Linux.
+    return {
+        "method": method,
+        "length": length,
+        "threads": torch.get_num_threads(),
+        "seconds": round(seconds, 1),
+        "peak_rss_mib": round(peak / 1024, 1),
+        "before_call_rss_mib": round(before / 1024, 1),
+        "increase_mib": round((peak - before) / 1024, 1),
+    }
+
+
+def measure_peak_memory(
+    method: str, length: int, seed: int = 0, threads: int | None = None
+) -> dict[str, Any]:
+    """Peak resident memory of one attribution on the 130M-shaped model, measured in a
+    fresh subprocess (``resource.getrusage(...).ru_maxrss``).
+
+    Args:
+        method (str): ``"forward"`` (no-grad forward, for reference), ``"rollout"`` or
+            ``"mambalrp"``.
+        length (int): sequence length.
+        seed (int, optional): model seed. Default: 0.
+        threads (int, optional): torch CPU threads of the subprocess. Default: torch's.
+
+    Returns:
+        dict: ``seconds``, ``peak_rss_mib`` (whole process), ``before_call_rss_mib``
+        (after building the model and inputs) and ``increase_mib``.
+    """
+    command = [sys.executable, "-m", "captum_mamba.study", "memory-worker"]
+    command += ["--method", method, "--length", str(length), "--seed", str(seed)]
+    if threads:
+        command += ["--threads", str(threads)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m captum_mamba.study",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the study on SST-2 with the sentiment classifier")
+    run.add_argument("--data-dir", default=None, help="folder of the shared data")
+    run.add_argument("--cache-dir", default=None, help="classifier checkpoint folder")
+    run.add_argument("--output-dir", default="study_results")
+    run.add_argument("--num-examples", type=int, default=200)
+    run.add_argument("--methods", default="all", help="comma-separated names, or 'all'")
+    run.add_argument("--replacement", choices=("zero", "mean", "token"), default="zero")
+    run.add_argument("--target", choices=("predicted", "label"), default="predicted")
+    run.add_argument("--ig-steps", type=int, default=32)
+    run.add_argument("--smoothgrad-samples", type=int, default=10)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    setup = run.add_argument_group("classifier (default: SentimentSetup() defaults)")
+    setup.add_argument("--epochs", type=int, default=None)
+    setup.add_argument("--learning-rate", type=float, default=None)
+    setup.add_argument("--hidden-size", type=int, default=None)
+    setup.add_argument("--num-layers", type=int, default=None)
+    memory = commands.add_parser("memory", help="peak memory of rollout and MambaLRP, 130M shape")
+    memory.add_argument("--length", type=int, default=1024)
+    memory.add_argument("--methods", default="forward,rollout,mambalrp")
+    memory.add_argument("--seed", type=int, default=0)
+    memory.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    worker = commands.add_parser("memory-worker", help=argparse.SUPPRESS)
+    worker.add_argument("--method", required=True)
+    worker.add_argument("--length", type=int, required=True)
+    worker.add_argument("--seed", type=int, default=0)
+    worker.add_argument("--threads", type=int, default=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point, see the module docstring."""
+    args = _parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.command == "run":
+        _sentiment_study(args)
+    elif args.command == "memory":
+        for method in args.methods.split(","):
+            result = measure_peak_memory(method, args.length, args.seed, args.threads)
+            print(json.dumps(result), flush=True)
+    else:
+        print(json.dumps(_memory_worker(args.method, args.length, args.seed)))
+
+
+if __name__ == "__main__":
+    main()

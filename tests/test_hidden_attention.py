@@ -1,0 +1,185 @@
+"""Hidden attention of Mamba's selective SSM against an independent sequential scan."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from captum_mamba.baselines.hidden_attention import (
+    SelectiveSSMInputs,
+    find_mixers,
+    hf_mamba_ssm_inputs,
+    hidden_attention_matrices,
+    mean_hidden_attention,
+    positive_hidden_attention,
+)
+from captum_mamba.models import mamba_config, random_mamba_lm
+
+
+def reference_mixer_inputs(mixer: nn.Module, u: Tensor) -> dict[str, Tensor]:
+    """x, z, dt, A, B, C, D of a transformers MambaMixer, written out in float64 with
+    an explicit loop over the causal conv taps (no call of the mixer's modules)."""
+    u = u.double()
+    inner = mixer.intermediate_size
+    xz = u @ mixer.in_proj.weight.double().T
+    if mixer.in_proj.bias is not None:
+        xz = xz + mixer.in_proj.bias.double()
+    x, z = xz[..., :inner], xz[..., inner:]
+    kernel = mixer.conv1d.weight.double()[:, 0, :]  # (inner, width)
+    width = kernel.shape[1]
+    conv = torch.zeros_like(x)
+    for t in range(x.shape[1]):
+        for tap in range(width):
+            source = t - (width - 1) + tap
+            if source >= 0:
+                conv[:, t] += kernel[:, tap] * x[:, source]
+    if mixer.conv1d.bias is not None:
+        conv = conv + mixer.conv1d.bias.double()
+    x = conv * torch.sigmoid(conv)
+    rank, state = mixer.time_step_rank, mixer.ssm_state_size
+    proj = x @ mixer.x_proj.weight.double().T
+    time_step, B, C = proj[..., :rank], proj[..., rank : rank + state], proj[..., rank + state :]
+    dt = torch.log1p(torch.exp(time_step @ mixer.dt_proj.weight.double().T + mixer.dt_proj.bias))
+    A = -torch.exp(mixer.A_log.double())
+    return {"x": x, "z": z, "dt": dt, "A": A, "B": B, "C": C, "D": mixer.D.double()}
+
+
+def sequential_ssm(p: dict[str, Tensor]) -> Tensor:
+    """y[t] = C[t] h[t] with h[t] = exp(dt[t] A) h[t-1] + dt[t] B[t] x[t] (no skip)."""
+    x, dt, A, B, C = p["x"], p["dt"], p["A"], p["B"], p["C"]
+    h = x.new_zeros(x.shape[0], x.shape[2], A.shape[1])
+    ys = []
+    for t in range(x.shape[1]):
+        h = (
+            torch.exp(dt[:, t, :, None] * A) * h
+            + (dt[:, t, :, None] * B[:, t, None, :]) * x[:, t, :, None]
+        )
+        ys.append((h * C[:, t, None, :]).sum(-1))
+    return torch.stack(ys, dim=1)
+
+
+def mixer_inputs_of(model: nn.Module, embeds: Tensor) -> list[Tensor]:
+    """Input of every mixer in a forward pass (recorded with forward pre-hooks)."""
+    seen: list[Tensor] = []
+    handles = [
+        mixer.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+        for _, mixer in find_mixers(model)
+    ]
+    try:
+        with torch.no_grad():
+            model(inputs_embeds=embeds)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def _inputs(make_lm, seed: int = 0, batch: int = 2, length: int = 11, **kw):
+    model = make_lm(seed=seed, **kw)
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (batch, length), generator=gen)
+    embeds = model.get_input_embeddings()(ids).detach()
+    return model, mixer_inputs_of(model, embeds)
+
+
+def test_hidden_attention_reconstructs_each_layer_ssm_output(make_lm) -> None:
+    model, mixer_inputs = _inputs(make_lm, seed=3, num_hidden_layers=3)
+    for (_, mixer), u in zip(find_mixers(model), mixer_inputs, strict=True):
+        reference = reference_mixer_inputs(mixer, u)
+        y_loop = sequential_ssm(reference) + reference["x"] * reference["D"]
+        ssm = hf_mamba_ssm_inputs(mixer, u)
+        alpha = hidden_attention_matrices(ssm, leaf_size=2)
+        y_attention = torch.einsum("bdij,bjd->bid", alpha, ssm.x) + ssm.x * ssm.D
+        scale = y_loop.abs().max()
+        assert scale > 1e-3
+        assert (y_attention - y_loop).abs().max() <= 1e-12 * scale
+        assert torch.all(alpha.triu(1) == 0)
+
+
+def test_hidden_attention_gives_the_transformers_mixer_output(make_lm) -> None:
+    # transformers runs the scan in float32, hence the float32-level tolerance.
+    model, mixer_inputs = _inputs(make_lm, seed=4)
+    _, mixer = find_mixers(model)[0]
+    u = mixer_inputs[0]
+    with torch.no_grad():
+        ssm = hf_mamba_ssm_inputs(mixer, u)
+        y = torch.einsum("bdij,bjd->bid", hidden_attention_matrices(ssm), ssm.x) + ssm.x * ssm.D
+        z = mixer.in_proj(u).chunk(2, dim=-1)[1]
+        expected = mixer(u)
+        got = mixer.out_proj(y * torch.nn.functional.silu(z))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize(("leaf", "chunk"), [(1, 1 << 22), (3, 700), (64, 1 << 22)])
+def test_blocking_does_not_change_the_result(make_lm, leaf: int, chunk: int) -> None:
+    model, mixer_inputs = _inputs(make_lm, seed=5, length=29)
+    ssm = hf_mamba_ssm_inputs(find_mixers(model)[1][1], mixer_inputs[1])
+    reference = reference_mixer_inputs(find_mixers(model)[1][1], mixer_inputs[1])
+    y_loop = sequential_ssm(reference)
+    alpha = hidden_attention_matrices(ssm, leaf_size=leaf, chunk_elements=chunk)
+    y = torch.einsum("bdij,bjd->bid", alpha, ssm.x)
+    assert (y - y_loop).abs().max() <= 1e-12 * y_loop.abs().max()
+    mean = mean_hidden_attention(ssm, leaf_size=leaf, chunk_elements=chunk)
+    torch.testing.assert_close(mean, alpha.mean(1), rtol=1e-12, atol=1e-15)
+    positive, largest = positive_hidden_attention(ssm, leaf_size=leaf, chunk_elements=chunk)
+    torch.testing.assert_close(positive, alpha.clamp_min(0).mean(1), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(largest, alpha.clamp_min(0).amax(dim=(1, 2, 3)))
+
+
+def _random_ssm(length: int, dtype: torch.dtype, decay: float, seed: int) -> SelectiveSSMInputs:
+    gen = torch.Generator().manual_seed(seed)
+    channels, state = 5, 3
+
+    def rand(*shape: int) -> Tensor:
+        return torch.rand(*shape, generator=gen, dtype=torch.float64)
+
+    ssm = SelectiveSSMInputs(
+        x=rand(1, length, channels) - 0.5,
+        dt=decay * rand(1, length, channels),
+        A=-(1 + 15 * rand(channels, state)),
+        B=rand(1, length, state) - 0.5,
+        C=rand(1, length, state) - 0.5,
+        D=rand(channels),
+    )
+    return SelectiveSSMInputs(*(None if t is None else t.to(dtype) for t in vars(ssm).values()))
+
+
+def test_long_sequences_with_strong_decay_stay_finite_and_exact() -> None:
+    # sum_k dt_k A reaches about -8000: exp(-A S_j) alone would overflow float64.
+    ssm = _random_ssm(length=300, dtype=torch.float64, decay=2.0, seed=0)
+    loop = {"x": ssm.x, "dt": ssm.dt, "A": ssm.A, "B": ssm.B, "C": ssm.C}
+    y_loop = sequential_ssm(loop)
+    alpha = hidden_attention_matrices(ssm)
+    assert torch.isfinite(alpha).all()
+    y = torch.einsum("bdij,bjd->bid", alpha, ssm.x)
+    assert (y - y_loop).abs().max() <= 1e-12 * y_loop.abs().max()
+    ssm32 = _random_ssm(length=300, dtype=torch.float32, decay=2.0, seed=0)
+    mean32 = mean_hidden_attention(ssm32)
+    assert torch.isfinite(mean32).all()
+    torch.testing.assert_close(mean32.double(), alpha.mean(1), rtol=1e-4, atol=1e-5)
+
+
+def test_prefix_of_inputs_gives_the_leading_block() -> None:
+    ssm = _random_ssm(length=20, dtype=torch.float64, decay=0.5, seed=1)
+    full = hidden_attention_matrices(ssm)
+    torch.testing.assert_close(hidden_attention_matrices(ssm.prefix(7)), full[:, :, :7, :7])
+
+
+def test_find_mixers_rejects_models_without_mamba() -> None:
+    from captum_mamba.adapters import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="no supported SSM mixer"):
+        find_mixers(nn.Sequential(nn.Linear(2, 2)))
+    model = random_mamba_lm(mamba_config(num_hidden_layers=3))
+    blocks = [block for block, _ in find_mixers(model)]
+    assert blocks == list(model.backbone.layers)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_hidden_attention_on_gpu_matches_cpu() -> None:
+    ssm = _random_ssm(length=40, dtype=torch.float64, decay=1.0, seed=2)
+    on_gpu = SelectiveSSMInputs(*(t.cuda() for t in vars(ssm).values()))
+    torch.testing.assert_close(
+        mean_hidden_attention(on_gpu).cpu(), mean_hidden_attention(ssm), rtol=1e-10, atol=1e-12
+    )
