@@ -1,0 +1,729 @@
+"""Visualisation: token relevance heatmaps as HTML (Jupyter, standalone files) and figures.
+
+Relevance is shown with a diverging colour map centred on zero: red tokens speak for
+the explained output, blue tokens against it, white tokens are neutral. Each view
+takes plain data (display strings of the tokens and one relevance per token), so
+any attribution method can be shown; :func:`token_texts` turns token ids into
+display strings, :func:`merge_word_pieces` joins word pieces into words.
+"""
+
+from __future__ import annotations
+
+import codecs
+import html
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from captum.attr import visualization as captum_visualization
+from matplotlib.colorbar import ColorbarBase
+from matplotlib.colors import Colormap
+from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.patches import Rectangle
+from matplotlib.textpath import TextToPath
+from numpy.typing import ArrayLike
+
+from captum_mamba.visualization._colors import (
+    DEFAULT_CMAP,
+    as_array,
+    get_cmap,
+    readable_text_color,
+    relevance_colors,
+    symmetric_limit,
+    zero_centred_norm,
+)
+
+_BYTE_LEVEL_SPACE = "Ġ"
+_SENTENCEPIECE_SPACE = "▁"
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    # Byte-level BPE (GPT-2, GPT-NeoX) writes each byte as one printable character:
+    # printable Latin-1 bytes stand for themselves, the other bytes are shifted to
+    # code points from 256 upwards, in byte order.
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    alphabet = {chr(byte): byte for byte in printable}
+    shifted = (byte for byte in range(256) if byte not in set(printable))
+    for offset, byte in enumerate(shifted):
+        alphabet[chr(256 + offset)] = byte
+    return alphabet
+
+
+_BYTE_OF_CHAR = _byte_level_alphabet()
+
+
+def _raw_tokens(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    if hasattr(tokenizer, "id_to_token"):
+        return [tokenizer.id_to_token(int(i)) for i in ids]
+    if hasattr(tokenizer, "convert_ids_to_tokens"):
+        return list(tokenizer.convert_ids_to_tokens([int(i) for i in ids]))
+    raise TypeError(
+        f"{type(tokenizer).__name__} has neither id_to_token (tokenizers.Tokenizer) nor "
+        "convert_ids_to_tokens (transformers tokenizer)"
+    )
+
+
+def _is_byte_level(tokenizer: Any, raw: Sequence[str]) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    decoder = getattr(backend, "decoder", None)
+    if decoder is not None:
+        return type(decoder).__name__ == "ByteLevel"
+    return any(_BYTE_LEVEL_SPACE in token for token in raw)
+
+
+def token_texts(
+    tokenizer: Any, ids: ArrayLike | Sequence[int], byte_level: bool | None = None
+) -> list[str]:
+    r"""Display text of every token, so that joining them gives back the input text.
+
+    Byte-level BPE tokens (GPT-NeoX, the Mamba tokenizer) are read as UTF-8 bytes:
+    ``"Ġgreat"`` becomes ``" great"``, ``"Ċ"`` a newline. A character split over
+    several tokens (e.g. an emoji) is shown on the token that completes it, so no
+    token shows a broken character (the tokens before it are empty strings, drawn
+    as ``"∅"`` by the heatmaps). SentencePiece's ``"▁"`` becomes a space.
+
+    Args:
+        tokenizer (tokenizers.Tokenizer or transformers tokenizer): the tokenizer
+            that produced ``ids``.
+        ids (ArrayLike or sequence of int): token ids of one sequence.
+        byte_level (bool, optional): force (or disable) byte-level decoding.
+            Default: None (detected from the tokenizer's decoder).
+
+    Returns:
+        list of str: one display string per id, with leading spaces kept.
+
+    Examples::
+
+        >>> tokenizer = Tokenizer.from_file("gpt-neox-20b-tokenizer.json")
+        >>> token_texts(tokenizer, tokenizer.encode("a great film").ids)
+        ['a', ' great', ' film']
+    """
+    id_list = [int(i) for i in as_array(ids).astype(np.int64).reshape(-1)]
+    raw = _raw_tokens(tokenizer, id_list)
+    if byte_level is None:
+        byte_level = _is_byte_level(tokenizer, raw)
+    if not byte_level:
+        return [token.replace(_SENTENCEPIECE_SPACE, " ") for token in raw]
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    texts = []
+    for token in raw:
+        if all(char in _BYTE_OF_CHAR for char in token):
+            texts.append(decoder.decode(bytes(_BYTE_OF_CHAR[char] for char in token)))
+        else:  # special tokens such as "<|endoftext|>" are kept as written
+            texts.append(decoder.decode(b"", final=True) + token)
+    return texts
+
+
+def merge_word_pieces(tokens: Sequence[str], relevance: ArrayLike) -> tuple[list[str], np.ndarray]:
+    """Join word pieces into words and add up their relevances.
+
+    A token starts a new word when it begins with whitespace or follows a token that
+    ends with whitespace; every other token (``"'s"``, ``"ing"``, ``","``) is
+    appended to the word before it, and whitespace-only tokens (line breaks,
+    indentation) are joined to the word after them. Sums are kept, so conservation
+    still holds.
+
+    Args:
+        tokens (sequence of str): display strings (see :func:`token_texts`).
+        relevance (ArrayLike): one relevance per token.
+
+    Returns:
+        tuple: the words (with their leading whitespace) and their relevances.
+
+    Examples::
+
+        >>> merge_word_pieces(["The", " film", "'s", " end"], [1.0, 2.0, 0.5, -1.0])
+        (['The', " film's", ' end'], array([ 1. ,  2.5, -1. ]))
+    """
+    values = _check_pair(tokens, relevance)
+    words: list[str] = []
+    sums: list[float] = []
+    for token, value in zip(tokens, values, strict=True):
+        starts_word = not words or (
+            not words[-1].isspace() and (token[:1].isspace() or words[-1][-1:].isspace())
+        )
+        if starts_word:
+            words.append(token)
+            sums.append(float(value))
+        else:
+            words[-1] += token
+            sums[-1] += float(value)
+    return words, np.asarray(sums)
+
+
+def _check_pair(tokens: Sequence[str], relevance: ArrayLike) -> np.ndarray:
+    values = as_array(relevance)
+    if values.ndim != 1:
+        values = values.squeeze()
+    if values.ndim != 1 or values.shape[0] != len(tokens):
+        raise ValueError(
+            f"expected one relevance per token: {len(tokens)} tokens, relevance of shape "
+            f"{as_array(relevance).shape} (sum over the hidden dimension first)"
+        )
+    return values
+
+
+@dataclass(frozen=True)
+class HeatmapRow:
+    """One line of a heatmap: the tokens of a text and one relevance per token.
+
+    Args:
+        tokens (list of str): display strings of the tokens.
+        relevance (np.ndarray): ``(len(tokens),)`` relevances.
+        label (str, optional): what the row shows, e.g. the method. Default: "".
+        group (str, optional): rows with the same group (e.g. the same sentence)
+            are shown together under this title. Default: "".
+    """
+
+    tokens: list[str]
+    relevance: np.ndarray
+    label: str = ""
+    group: str = ""
+
+    @classmethod
+    def create(
+        cls, tokens: Sequence[str], relevance: ArrayLike, label: str = "", group: str = ""
+    ) -> HeatmapRow:
+        """Row from any tensor or array of relevances, checked against the tokens."""
+        return cls(list(tokens), _check_pair(tokens, relevance), label, group)
+
+
+@dataclass(frozen=True)
+class _Piece:
+    # How one token is drawn: line breaks and spaces before it, its visible text,
+    # line breaks after it.
+    breaks_before: int
+    spaces_before: int
+    text: str
+    breaks_after: int
+
+
+def _piece(token: str) -> _Piece:
+    core = token.strip()
+    if not core:  # a whitespace token: make it visible, keep its line breaks
+        visible = token.replace("\n", "↵").replace("\t", "⇥").replace(" ", "␣") or "∅"
+        return _Piece(0, 0, visible, token.count("\n"))
+    lead = token[: len(token) - len(token.lstrip())]
+    trail = token[len(token.rstrip()) :]
+    spaces = len(lead.rsplit("\n", 1)[-1].expandtabs(4))
+    return _Piece(lead.count("\n"), spaces, core, trail.count("\n"))
+
+
+def _rows_from(
+    tokens: Sequence[Sequence[str]],
+    relevances: Mapping[str, Sequence[ArrayLike]],
+    text_labels: Sequence[str] | None,
+) -> list[HeatmapRow]:
+    texts = [list(text) for text in tokens]
+    groups = list(text_labels or [f"text {i + 1}" for i in range(len(texts))])
+    if len(groups) != len(texts):
+        raise ValueError(f"{len(groups)} labels for {len(texts)} texts")
+    for method, per_text in relevances.items():
+        if len(per_text) != len(texts):
+            raise ValueError(
+                f"method {method!r} has {len(per_text)} relevance vectors for {len(texts)} texts"
+            )
+    return [
+        HeatmapRow.create(text, per_text[index], method, group)
+        for index, (text, group) in enumerate(zip(texts, groups, strict=True))
+        for method, per_text in relevances.items()
+    ]
+
+
+def _limits(rows: Sequence[HeatmapRow], shared_scale: bool, max_abs: float | None) -> list[float]:
+    if shared_scale or max_abs is not None:
+        everything = np.concatenate([row.relevance for row in rows])
+        return [symmetric_limit(everything, max_abs)] * len(rows)
+    return [symmetric_limit(row.relevance) for row in rows]
+
+
+_STYLE = """
+.cm-heatmap { font-family: system-ui, sans-serif; font-size: 15px; line-height: 1.9; }
+.cm-heatmap table { border-collapse: collapse; }
+.cm-heatmap td { vertical-align: top; padding: 4px 8px; border-bottom: 1px solid #ddd; }
+.cm-heatmap .cm-group { font-weight: 600; padding-top: 10px; }
+.cm-heatmap .cm-label { color: #444; white-space: nowrap; }
+.cm-heatmap .cm-text { white-space: pre-wrap; }
+.cm-heatmap .cm-tok { padding: 1px 1px; border-radius: 3px; }
+.cm-heatmap .cm-legend { display: flex; align-items: center; gap: 6px; font-size: 12px;
+  color: #444; margin-top: 6px; }
+.cm-heatmap .cm-bar { width: 160px; height: 10px; border: 1px solid #aaa; }
+"""
+
+
+def _hex(rgba: np.ndarray) -> str:
+    red, green, blue = (round(float(c) * 255) for c in rgba[:3])
+    return f"#{red:02x}{green:02x}{blue:02x}"
+
+
+def _row_html(row: HeatmapRow, limit: float, cmap: Colormap) -> str:
+    colours = relevance_colors(row.relevance, limit, cmap)
+    parts = []
+    for token, value, rgba in zip(row.tokens, row.relevance, colours, strict=True):
+        piece = _piece(token)
+        tip = html.escape(f"{token!r}: {value:+.4g}", quote=True)
+        parts.append(
+            "\n" * piece.breaks_before
+            + " " * piece.spaces_before
+            + f'<span class="cm-tok" title="{tip}" style="background:{_hex(rgba)};'
+            + f'color:{readable_text_color(rgba)}">{html.escape(piece.text)}</span>'
+            + "\n" * piece.breaks_after
+        )
+    return "".join(parts)
+
+
+def _legend_html(cmap: Colormap, low: str, high: str) -> str:
+    stops = ", ".join(_hex(cmap(x)) for x in np.linspace(0.0, 1.0, 9))
+    return (
+        f'<div class="cm-legend"><span>{html.escape(low)}</span>'
+        f'<div class="cm-bar" style="background:linear-gradient(to right, {stops})"></div>'
+        f"<span>{html.escape(high)}</span></div>"
+    )
+
+
+class TextHeatmap:
+    r"""Token heatmap as HTML: shown by Jupyter, saved as a standalone file.
+
+    Build it with :func:`text_heatmap_html` (one text),
+    :func:`batch_text_heatmap_html` (several texts and methods) or
+    :meth:`from_captum_records`.
+
+    Args:
+        rows (sequence of HeatmapRow): the lines to show.
+        shared_scale (bool, optional): one colour scale for all rows instead of one
+            per row (scaled by its largest ``|relevance|``). Default: False.
+        max_abs (float, optional): fixed colour limit (implies a shared scale).
+            Default: None.
+        cmap (str or Colormap, optional): diverging colour map. Default: ``"bwr"``.
+        title (str, optional): heading of the view. Default: "".
+
+    Examples::
+
+        >>> heatmap = text_heatmap_html(tokens, relevance, label="MambaLRP")
+        >>> heatmap            # rendered in a notebook cell
+        >>> heatmap.save("explanation.html")
+    """
+
+    def __init__(
+        self,
+        rows: Sequence[HeatmapRow],
+        shared_scale: bool = False,
+        max_abs: float | None = None,
+        cmap: str | Colormap = DEFAULT_CMAP,
+        title: str = "",
+    ) -> None:
+        if not rows:
+            raise ValueError("a heatmap needs at least one row")
+        self.rows = list(rows)
+        self.limits = _limits(self.rows, shared_scale, max_abs)
+        self.shared_scale = shared_scale or max_abs is not None
+        self.cmap = get_cmap(cmap)
+        self.title = title
+
+    @classmethod
+    def from_captum_records(cls, records: Sequence[Any], **kwargs: Any) -> TextHeatmap:
+        """Heatmap of Captum ``VisualizationDataRecord`` objects (one row each).
+
+        Args:
+            records (sequence of VisualizationDataRecord): e.g. the records given to
+                ``captum.attr.visualization.visualize_text``.
+            **kwargs: further arguments of :class:`TextHeatmap`.
+
+        Returns:
+            TextHeatmap: one row per record, labelled with its classes and score.
+        """
+        return cls([row_from_captum_record(record) for record in records], **kwargs)
+
+    def to_html(self) -> str:
+        """HTML fragment (a ``<div>`` with its own ``<style>``), e.g. for a notebook."""
+        lines = []
+        current_group = None
+        for row, limit in zip(self.rows, self.limits, strict=True):
+            if row.group and row.group != current_group:
+                lines.append(
+                    f'<tr><td class="cm-group" colspan="2">{html.escape(row.group)}</td></tr>'
+                )
+            current_group = row.group
+            lines.append(
+                f'<tr><td class="cm-label">{html.escape(row.label)}</td>'
+                f'<td class="cm-text">{_row_html(row, limit, self.cmap)}</td></tr>'
+            )
+        low, high = (
+            (f"{-self.limits[0]:.3g}", f"{self.limits[0]:.3g}")
+            if self.shared_scale
+            else ("-max |R| of the row", "+max |R| of the row")
+        )
+        heading = f"<h3>{html.escape(self.title)}</h3>" if self.title else ""
+        return (
+            f'<div class="cm-heatmap"><style>{_STYLE}</style>{heading}'
+            f"<table>{''.join(lines)}</table>{_legend_html(self.cmap, low, high)}</div>"
+        )
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+    def to_standalone_html(self) -> str:
+        """A complete HTML document (no external resources)."""
+        title = html.escape(self.title or "Token relevance")
+        return (
+            '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f"<title>{title}</title>\n</head>\n<body>\n{self.to_html()}\n</body>\n</html>\n"
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`to_standalone_html` to ``path`` (UTF-8) and return the path."""
+        path = Path(path)
+        path.write_text(self.to_standalone_html(), encoding="utf-8")
+        return path
+
+
+def text_heatmap_html(
+    tokens: Sequence[str],
+    relevance: ArrayLike,
+    label: str = "",
+    max_abs: float | None = None,
+    cmap: str | Colormap = DEFAULT_CMAP,
+    title: str = "",
+) -> TextHeatmap:
+    """HTML heatmap of one text.
+
+    Args:
+        tokens (sequence of str): display strings (see :func:`token_texts`).
+        relevance (ArrayLike): one relevance per token, e.g. ``attr.sum(-1)[0]``.
+        label (str, optional): shown left of the text, e.g. the method. Default: "".
+        max_abs (float, optional): colour limit. Default: None (largest ``|R|``).
+        cmap (str or Colormap, optional): diverging colour map. Default: ``"bwr"``.
+        title (str, optional): heading. Default: "".
+
+    Returns:
+        TextHeatmap: displayed by Jupyter; ``.save(path)`` writes an HTML file.
+
+    Examples::
+
+        >>> text_heatmap_html(token_texts(tokenizer, ids[0]), relevance.sum(-1)[0])
+    """
+    return TextHeatmap(
+        [HeatmapRow.create(tokens, relevance, label)], max_abs=max_abs, cmap=cmap, title=title
+    )
+
+
+def batch_text_heatmap_html(
+    tokens: Sequence[Sequence[str]],
+    relevances: Mapping[str, Sequence[ArrayLike]],
+    text_labels: Sequence[str] | None = None,
+    shared_scale: bool = False,
+    cmap: str | Colormap = DEFAULT_CMAP,
+    title: str = "",
+) -> TextHeatmap:
+    """HTML heatmaps of several texts, each explained by several methods.
+
+    Args:
+        tokens (sequence of sequence of str): display strings of each text.
+        relevances (Mapping[str, sequence of ArrayLike]): for each method, one
+            relevance vector per text.
+        text_labels (sequence of str, optional): title of each text, e.g. the
+            prediction. Default: None (``"text 1"``, ...).
+        shared_scale (bool, optional): one colour scale for all rows. Default: False
+            (each row scaled by its largest ``|relevance|``; methods differ in scale).
+        cmap (str or Colormap, optional): diverging colour map. Default: ``"bwr"``.
+        title (str, optional): heading. Default: "".
+
+    Returns:
+        TextHeatmap: one group per text, one row per method.
+
+    Examples::
+
+        >>> batch_text_heatmap_html([tokens_a, tokens_b],
+        ...     {"MambaLRP": [lrp_a, lrp_b], "Saliency": [sal_a, sal_b]})
+    """
+    return TextHeatmap(
+        _rows_from(tokens, relevances, text_labels),
+        shared_scale=shared_scale,
+        cmap=cmap,
+        title=title,
+    )
+
+
+def to_captum_record(
+    tokens: Sequence[str],
+    relevance: ArrayLike,
+    pred_prob: float,
+    pred_class: int | str,
+    true_class: int | str,
+    attr_class: int | str,
+    convergence_score: float = 0.0,
+) -> Any:
+    """Captum ``VisualizationDataRecord`` for ``captum.attr.visualization.visualize_text``.
+
+    Args:
+        tokens (sequence of str): display strings of the tokens.
+        relevance (ArrayLike): one relevance per token.
+        pred_prob (float): probability of the predicted class.
+        pred_class (int or str): predicted class.
+        true_class (int or str): true class.
+        attr_class (int or str): explained class.
+        convergence_score (float, optional): e.g. the convergence delta. Default: 0.
+
+    Returns:
+        VisualizationDataRecord: ``attr_score`` is the sum of the relevances.
+    """
+    values = _check_pair(tokens, relevance)
+    return captum_visualization.VisualizationDataRecord(
+        torch.from_numpy(values),
+        pred_prob,
+        pred_class,
+        true_class,
+        attr_class,
+        float(values.sum()),
+        list(tokens),
+        convergence_score,
+    )
+
+
+def row_from_captum_record(record: Any) -> HeatmapRow:
+    """:class:`HeatmapRow` of a Captum ``VisualizationDataRecord``.
+
+    Args:
+        record (VisualizationDataRecord): tokens in ``raw_input_ids``, relevances in
+            ``word_attributions``.
+
+    Returns:
+        HeatmapRow: labelled with the predicted, true and explained class.
+    """
+    label = (
+        f"pred {record.pred_class} ({float(record.pred_prob):.2f}), true {record.true_class}, "
+        f"explained {record.attr_class}"
+    )
+    return HeatmapRow.create(
+        [str(token) for token in record.raw_input_ids], record.word_attributions, label
+    )
+
+
+@dataclass
+class _Layout:
+    # Positions in inches from the top-left corner of the figure.
+    width: float
+    fontsize: float
+    measure: TextToPath = field(default_factory=TextToPath)
+
+    def text_width(self, text: str, bold: bool = False) -> float:
+        prop = FontProperties(size=self.fontsize, weight="bold" if bold else "normal")
+        width, _, _ = self.measure.get_text_width_height_descent(text, prop, ismath=False)
+        return width / 72.0
+
+    @property
+    def line_height(self) -> float:
+        return 1.7 * self.fontsize / 72.0
+
+
+def _place_tokens(
+    layout: _Layout, tokens: Sequence[str], left: float
+) -> tuple[list[tuple[float, int, float, str]], int]:
+    # Returns (x, line, width, text) of each token and the number of lines used.
+    space = layout.text_width(" ")
+    pad = 0.02
+    x, line, placed = left, 0, []
+    for token in tokens:
+        piece = _piece(token)
+        if piece.breaks_before:
+            line, x = line + piece.breaks_before, left
+        width = layout.text_width(piece.text) + 2 * pad
+        x += piece.spaces_before * space
+        if x + width > layout.width and x > left:
+            line, x = line + 1, left
+        placed.append((x, line, width, piece.text))
+        x += width
+        if piece.breaks_after:
+            line, x = line + piece.breaks_after, left
+    return placed, line + 1
+
+
+def heatmap_rows_figure(
+    rows: Sequence[HeatmapRow],
+    shared_scale: bool = False,
+    max_abs: float | None = None,
+    cmap: str | Colormap = DEFAULT_CMAP,
+    width: float = 8.0,
+    fontsize: float = 11.0,
+    title: str = "",
+    colorbar: bool = True,
+) -> Figure:
+    """Matplotlib figure of heatmap rows (the engine of the figure functions).
+
+    Args:
+        rows (sequence of HeatmapRow): the lines to draw.
+        shared_scale (bool, optional): one colour scale for all rows. Default: False.
+        max_abs (float, optional): fixed colour limit (implies a shared scale).
+            Default: None.
+        cmap (str or Colormap, optional): diverging colour map. Default: ``"bwr"``.
+        width (float, optional): figure width in inches. Default: 8.
+        fontsize (float, optional): token font size in points. Default: 11.
+        title (str, optional): figure title. Default: "".
+        colorbar (bool, optional): draw a colour bar below the text. Default: True.
+
+    Returns:
+        matplotlib.figure.Figure: the figure; its height follows from the text.
+    """
+    if not rows:
+        raise ValueError("a heatmap needs at least one row")
+    cmap = get_cmap(cmap)
+    limits = _limits(rows, shared_scale, max_abs)
+    layout = _Layout(width=width - 0.15, fontsize=fontsize)
+    labels = [row.label for row in rows]
+    label_width = max((layout.text_width(label) for label in labels), default=0.0)
+    left = 0.15 + (label_width + 0.2 if label_width else 0.0)
+    if left > 0.6 * width:
+        raise ValueError("labels take more than 60% of the figure width; shorten them")
+
+    items: list[tuple[str, float, Any]] = []  # (kind, top, payload), top in inches
+    top = 0.1
+    if title:
+        items.append(("title", top, title))
+        top += layout.line_height * 1.2
+    current_group = None
+    for row, limit in zip(rows, limits, strict=True):
+        if row.group and row.group != current_group:
+            items.append(("group", top, row.group))
+            top += layout.line_height
+        current_group = row.group
+        placed, lines = _place_tokens(layout, row.tokens, left)
+        items.append(("row", top, (row, limit, placed)))
+        top += lines * layout.line_height + 0.08
+    bar_height = 0.8 if colorbar else 0.0
+    height = top + bar_height + 0.1
+
+    figure = Figure(figsize=(width, height))
+    canvas = figure.add_axes((0.0, 0.0, 1.0, 1.0))
+    canvas.set_xlim(0.0, width)
+    canvas.set_ylim(height, 0.0)  # inches from the top
+    canvas.set_axis_off()
+    line_height = layout.line_height
+    for kind, y, payload in items:
+        if kind in ("title", "group"):
+            weight = "bold"
+            size = fontsize * (1.15 if kind == "title" else 1.0)
+            canvas.text(0.15, y + 0.75 * line_height, payload, fontsize=size, weight=weight)
+            continue
+        row, limit, placed = payload
+        if row.label:
+            canvas.text(0.15, y + 0.7 * line_height, row.label, fontsize=fontsize, color="#444")
+        colours = relevance_colors(row.relevance, limit, cmap)
+        for (x, line, token_width, text), rgba in zip(placed, colours, strict=True):
+            line_top = y + line * line_height
+            canvas.add_patch(
+                Rectangle(
+                    (x, line_top + 0.12 * line_height),
+                    token_width,
+                    0.8 * line_height,
+                    facecolor=rgba,
+                    edgecolor="none",
+                )
+            )
+            canvas.text(
+                x + 0.02,
+                line_top + 0.7 * line_height,
+                text,
+                fontsize=fontsize,
+                color=readable_text_color(rgba),
+            )
+    if colorbar:
+        bar = figure.add_axes((0.3, 0.45 / height, 0.4, 0.12 / height), label="colorbar")
+        limit = limits[0] if shared_scale or max_abs is not None else 1.0
+        ColorbarBase(bar, cmap=cmap, norm=zero_centred_norm(limit), orientation="horizontal")
+        bar.set_xlabel(
+            "relevance"
+            if shared_scale or max_abs is not None
+            else "relevance / max |relevance| of the row",
+            fontsize=fontsize * 0.8,
+        )
+        bar.tick_params(labelsize=fontsize * 0.75)
+    return figure
+
+
+def text_heatmap_figure(
+    tokens: Sequence[str],
+    relevance: ArrayLike,
+    label: str = "",
+    max_abs: float | None = None,
+    cmap: str | Colormap = DEFAULT_CMAP,
+    width: float = 8.0,
+    fontsize: float = 11.0,
+    title: str = "",
+    colorbar: bool = True,
+) -> Figure:
+    """Matplotlib figure of one text's heatmap, for papers (``fig.savefig("x.pdf")``).
+
+    Args:
+        tokens (sequence of str): display strings (see :func:`token_texts`).
+        relevance (ArrayLike): one relevance per token.
+        label (str, optional): shown left of the text. Default: "".
+        max_abs (float, optional): colour limit. Default: None (largest ``|R|``).
+        cmap (str or Colormap, optional): diverging colour map. Default: ``"bwr"``.
+        width (float, optional): figure width in inches. Default: 8.
+        fontsize (float, optional): font size in points. Default: 11.
+        title (str, optional): figure title. Default: "".
+        colorbar (bool, optional): draw a colour bar. Default: True.
+
+    Returns:
+        matplotlib.figure.Figure: tokens wrapped to the width, on coloured boxes.
+
+    Examples::
+
+        >>> fig = text_heatmap_figure(tokens, relevance, title="MambaLRP")
+        >>> fig.savefig("heatmap.pdf", bbox_inches="tight")
+    """
+    return heatmap_rows_figure(
+        [HeatmapRow.create(tokens, relevance, label)],
+        max_abs=max_abs,
+        cmap=cmap,
+        width=width,
+        fontsize=fontsize,
+        title=title,
+        colorbar=colorbar,
+    )
+
+
+def batch_text_heatmap_figure(
+    tokens: Sequence[Sequence[str]],
+    relevances: Mapping[str, Sequence[ArrayLike]],
+    text_labels: Sequence[str] | None = None,
+    shared_scale: bool = False,
+    cmap: str | Colormap = DEFAULT_CMAP,
+    width: float = 10.0,
+    fontsize: float = 11.0,
+    title: str = "",
+) -> Figure:
+    """Matplotlib figure of several texts, each explained by several methods.
+
+    Args:
+        tokens (sequence of sequence of str): display strings of each text.
+        relevances (Mapping[str, sequence of ArrayLike]): for each method, one
+            relevance vector per text.
+        text_labels (sequence of str, optional): title of each text. Default: None.
+        shared_scale (bool, optional): one colour scale for all rows. Default: False.
+        cmap (str or Colormap, optional): diverging colour map. Default: ``"bwr"``.
+        width (float, optional): figure width in inches. Default: 10.
+        fontsize (float, optional): font size in points. Default: 11.
+        title (str, optional): figure title. Default: "".
+
+    Returns:
+        matplotlib.figure.Figure: one block per text, one row per method.
+
+    Examples::
+
+        >>> fig = batch_text_heatmap_figure([tokens_a, tokens_b],
+        ...     {"MambaLRP": [lrp_a, lrp_b], "IG": [ig_a, ig_b]})
+    """
+    return heatmap_rows_figure(
+        _rows_from(tokens, relevances, text_labels),
+        shared_scale=shared_scale,
+        cmap=cmap,
+        width=width,
+        fontsize=fontsize,
+        title=title,
+    )
