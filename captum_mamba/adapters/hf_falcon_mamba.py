@@ -26,8 +26,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 from transformers.models.falcon_mamba.modeling_falcon_mamba import (
     FalconMambaBlock,
@@ -37,14 +35,8 @@ from transformers.models.falcon_mamba.modeling_falcon_mamba import (
 )
 
 from captum_mamba.adapters.base import ArchitectureAdapter, register_adapter
-from captum_mamba.adapters.hf_mamba import (
-    block_forward,
-    check_no_past_state,
-    mask_padding,
-    norm_forward,
-    widened,
-)
-from captum_mamba.rules import MambaRules, gated_product, rms_norm, selective_ssm, silu
+from captum_mamba.adapters.hf_mamba import block_forward, norm_forward, selective_mixer
+from captum_mamba.rules import MambaRules, rms_norm
 
 
 def weightless_norm_forward(
@@ -52,6 +44,12 @@ def weightless_norm_forward(
 ) -> Tensor:
     """Weightless RMSNorm (on ``dt``, ``B`` or ``C``) with the LN-rule."""
     return rms_norm(hidden_states, None, norm.eps, rules.norm)
+
+
+def _coefficient_norms(
+    mixer: FalconMambaMixer, time_step: Tensor, B: Tensor, C: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    return mixer.dt_layernorm(time_step), mixer.b_layernorm(B), mixer.c_layernorm(C)
 
 
 def mixer_forward(
@@ -62,29 +60,10 @@ def mixer_forward(
     attention_mask: Tensor | None = None,
     **kwargs: Any,
 ) -> Tensor:
-    """FalconMamba mixer with the SiLU, SSM and half rules (full-sequence form)."""
-    check_no_past_state(mixer, kwargs)
-    if mixer.activation not in ("silu", "swish"):
-        raise NotImplementedError(
-            f"MambaLRP supports SiLU mixers only, this one uses {mixer.activation!r}"
-        )
-    hidden_states = widened(hidden_states)
-    length = hidden_states.shape[1]
-    x, z = mixer.in_proj(mask_padding(hidden_states, attention_mask)).chunk(2, dim=-1)
-    x = mixer.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2)
-    x = mask_padding(silu(x, rules.silu), attention_mask)
-    time_step, B, C = torch.split(
-        mixer.x_proj(x),
-        [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size],
-        dim=-1,
+    """FalconMamba mixer: the Mamba-1 mixer with RMS norms on ``dt``, ``B`` and ``C``."""
+    return selective_mixer(
+        mixer, rules, hidden_states, attention_mask, kwargs, coefficient_norms=_coefficient_norms
     )
-    time_step = mixer.dt_layernorm(time_step)
-    B, C = mixer.b_layernorm(B), mixer.c_layernorm(C)
-    dt = F.softplus(mixer.dt_proj(time_step))
-    A = -torch.exp(mixer.A_log.to(x.dtype))
-    y = selective_ssm(x, dt, A, B, C, mixer.D.to(x.dtype), rules.ssm)
-    y = gated_product(y, silu(z, rules.silu), rules.gate)
-    return mixer.out_proj(y)
 
 
 HF_FALCON_MAMBA = register_adapter(

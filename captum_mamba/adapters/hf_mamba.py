@@ -20,11 +20,12 @@ same function as the model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from transformers.models.mamba.modeling_mamba import MambaBlock, MambaMixer, MambaRMSNorm
 
 from captum_mamba.adapters.base import ArchitectureAdapter, register_adapter
@@ -60,15 +61,32 @@ def norm_forward(norm: MambaRMSNorm, rules: MambaRules, hidden_states: Tensor) -
     return rms_norm(x, norm.weight.to(x.dtype), norm.variance_epsilon, rules.norm)
 
 
-def mixer_forward(
-    mixer: MambaMixer,
+CoefficientNorms = Callable[[nn.Module, Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+
+
+def selective_mixer(
+    mixer: nn.Module,
     rules: MambaRules,
     hidden_states: Tensor,
-    *args: Any,
-    attention_mask: Tensor | None = None,
-    **kwargs: Any,
+    attention_mask: Tensor | None,
+    kwargs: dict[str, Any],
+    coefficient_norms: CoefficientNorms | None = None,
 ) -> Tensor:
-    """Mamba-1 mixer with the SiLU, SSM and half rules (full-sequence form)."""
+    """Mamba-1-style mixer with the SiLU, SSM and half rules (full-sequence form).
+
+    Args:
+        mixer (nn.Module): a ``MambaMixer``-like module (``in_proj``, ``conv1d``,
+            ``x_proj``, ``dt_proj``, ``A_log``, ``D``, ``out_proj``).
+        rules (MambaRules): the rules to apply.
+        hidden_states (Tensor): ``(batch, seq, hidden)`` block input.
+        attention_mask (Tensor or None): ``(batch, seq)`` padding mask.
+        kwargs (dict): the other keyword arguments of the mixer call.
+        coefficient_norms (Callable, optional): maps ``(mixer, time_step, B, C)`` to
+            normalised ones (FalconMamba). Default: None.
+
+    Returns:
+        Tensor: ``(batch, seq, hidden)`` mixer output.
+    """
     check_no_past_state(mixer, kwargs)
     if mixer.activation not in ("silu", "swish"):
         raise NotImplementedError(
@@ -84,11 +102,25 @@ def mixer_forward(
         [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size],
         dim=-1,
     )
+    if coefficient_norms is not None:
+        time_step, B, C = coefficient_norms(mixer, time_step, B, C)
     dt = F.softplus(mixer.dt_proj(time_step))
     A = -torch.exp(mixer.A_log.to(x.dtype))
     y = selective_ssm(x, dt, A, B, C, mixer.D.to(x.dtype), rules.ssm)
     y = gated_product(y, silu(z, rules.silu), rules.gate)
     return mixer.out_proj(y)
+
+
+def mixer_forward(
+    mixer: MambaMixer,
+    rules: MambaRules,
+    hidden_states: Tensor,
+    *args: Any,
+    attention_mask: Tensor | None = None,
+    **kwargs: Any,
+) -> Tensor:
+    """Mamba-1 mixer with the SiLU, SSM and half rules (full-sequence form)."""
+    return selective_mixer(mixer, rules, hidden_states, attention_mask, kwargs)
 
 
 def block_forward(block: MambaBlock, rules: MambaRules, hidden_states: Tensor, *args, **kwargs):
