@@ -127,6 +127,8 @@ def _saliency(args: argparse.Namespace, length: int) -> tuple[float | None, str]
         )
     except subprocess.TimeoutExpired:
         return None, f">{args.saliency_cap:.0f} (cap)"
+    except subprocess.CalledProcessError as error:
+        raise RuntimeError(f"the Saliency worker failed:\n{error.stderr}") from error
     return float(done.stdout.strip().splitlines()[-1]), ""
 
 
