@@ -17,31 +17,23 @@ All normalisations are per example.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
-from captum._utils.common import _format_additional_forward_args, _select_targets
+from captum._utils.common import _select_targets
 from captum.attr import GradientAttribution
-from torch import Tensor, nn
+from torch import Tensor
 
-from captum_mamba.attr._forward import default_forward
 from captum_mamba.attr._targets import TargetType
-from captum_mamba.baselines.hidden_attention import (
-    DEFAULT_CHUNK_ELEMENTS,
-    DEFAULT_LEAF_SIZE,
-    find_mixers,
-    positive_hidden_attention,
-)
+from captum_mamba.baselines.hidden_attention import positive_hidden_attention
 from captum_mamba.baselines.rollout import (
+    MambaAttentionRollout,
     MixerCall,
     attention_rollout,
-    check_token_embeddings,
     mask_attention,
     mixer_call,
     recorded_calls,
     scatter_row,
-    target_position,
 )
 
 
@@ -52,7 +44,7 @@ def min_max(values: Tensor, dim: int | tuple[int, ...] = -1) -> Tensor:
     return torch.where(spread > 0, (values - low) / spread.clamp_min(1e-300), 1.0)
 
 
-class MambaAttr(GradientAttribution):
+class MambaAttr(MambaAttentionRollout, GradientAttribution):
     r"""Mamba-Attribution: hidden attention weighted by positive residual gradients, rolled out.
 
     Args:
@@ -72,23 +64,6 @@ class MambaAttr(GradientAttribution):
         >>> scores = attr.attribute(embeds, target=1)              # (batch, seq)
         >>> scores = MambaAttr(lm).attribute(embeds, target=(-1, token_id))
     """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        forward_func: Callable[..., Tensor] | None = None,
-        start_layer: int = 0,
-        leaf_size: int = DEFAULT_LEAF_SIZE,
-        chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
-    ) -> None:
-        super().__init__(forward_func or default_forward(model, "inputs_embeds"))
-        self.model = model
-        pairs = find_mixers(model)
-        self.blocks = [block for block, _ in pairs]
-        self.mixers = [mixer for _, mixer in pairs]
-        self.start_layer = start_layer
-        self.leaf_size = leaf_size
-        self.chunk_elements = chunk_elements
 
     def attribute(
         self,
@@ -112,10 +87,7 @@ class MambaAttr(GradientAttribution):
         Returns:
             Tensor: ``(batch, seq)`` token relevances.
         """
-        check_token_embeddings(inputs)
-        length = inputs.shape[1]
-        stop = target_position(position, length) + 1
-        extra = _format_additional_forward_args(additional_forward_args) or ()
+        length, stop, extra = self._prepare(inputs, position, additional_forward_args)
         leaf = inputs.detach().requires_grad_()
         with (
             recorded_calls(self.blocks) as block_calls,

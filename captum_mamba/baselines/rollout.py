@@ -188,10 +188,22 @@ class MambaAttentionRollout(Attribution):
     ) -> None:
         super().__init__(forward_func or default_forward(model, "inputs_embeds"))
         self.model = model
-        self.mixers = [mixer for _, mixer in find_mixers(model)]
+        pairs = find_mixers(model)
+        self.blocks = [block for block, _ in pairs]
+        self.mixers = [mixer for _, mixer in pairs]
         self.start_layer = start_layer
         self.leaf_size = leaf_size
         self.chunk_elements = chunk_elements
+
+    @staticmethod
+    def _prepare(
+        inputs: Tensor, position: int, additional_forward_args: Any
+    ) -> tuple[int, int, tuple[Any, ...]]:
+        """Checked ``(length, stop, extra)``: rows up to ``stop`` are explained."""
+        check_token_embeddings(inputs)
+        length = inputs.shape[1]
+        stop = target_position(position, length) + 1
+        return length, stop, _format_additional_forward_args(additional_forward_args) or ()
 
     def attribute(
         self,
@@ -213,10 +225,7 @@ class MambaAttentionRollout(Attribution):
         Returns:
             Tensor: ``(batch, seq)`` token relevances.
         """
-        check_token_embeddings(inputs)
-        length = inputs.shape[1]
-        stop = target_position(position, length) + 1
-        extra = _format_additional_forward_args(additional_forward_args) or ()
+        length, stop, extra = self._prepare(inputs, position, additional_forward_args)
         with recorded_calls(self.mixers) as calls, torch.no_grad():
             self.forward_func(inputs.detach(), *extra)
         layers = [mixer_call(*call) for call in calls][self.start_layer :]
