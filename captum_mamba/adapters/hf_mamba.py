@@ -29,19 +29,13 @@ from torch import Tensor, nn
 from transformers.models.mamba.modeling_mamba import MambaBlock, MambaMixer, MambaRMSNorm
 
 from captum_mamba.adapters.base import ArchitectureAdapter, register_adapter
-from captum_mamba.rules import MambaRules, gated_product, rms_norm, selective_ssm, silu
+from captum_mamba.adapters.selective_branch import gated_selective_branch, mask_padding
+from captum_mamba.rules import MambaRules, rms_norm
 
 
 def widened(x: Tensor) -> Tensor:
     """``x`` in at least float32: half-precision models are explained in float32."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-def mask_padding(x: Tensor, attention_mask: Tensor | None) -> Tensor:
-    """Zero the padded positions of ``x`` ``(batch, seq, ...)``, as transformers does."""
-    if attention_mask is None:
-        return x
-    return x * attention_mask[:, :, None].to(x.dtype)
 
 
 def check_no_past_state(mixer: MambaMixer, kwargs: dict[str, Any]) -> None:
@@ -93,21 +87,21 @@ def selective_mixer(
             f"MambaLRP supports SiLU mixers only, this one uses {mixer.activation!r}"
         )
     hidden_states = widened(hidden_states)
-    length = hidden_states.shape[1]
     x, z = mixer.in_proj(mask_padding(hidden_states, attention_mask)).chunk(2, dim=-1)
-    x = mixer.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2)
-    x = mask_padding(silu(x, rules.silu), attention_mask)
-    time_step, B, C = torch.split(
-        mixer.x_proj(x),
-        [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size],
-        dim=-1,
+
+    def coefficients(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        time_step, B, C = torch.split(
+            mixer.x_proj(x),
+            [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size],
+            dim=-1,
+        )
+        if coefficient_norms is not None:
+            time_step, B, C = coefficient_norms(mixer, time_step, B, C)
+        return F.softplus(mixer.dt_proj(time_step)), -torch.exp(mixer.A_log.to(x.dtype)), B, C
+
+    y = gated_selective_branch(
+        rules, x, z, mixer.conv1d, coefficients, mixer.D, attention_mask=attention_mask
     )
-    if coefficient_norms is not None:
-        time_step, B, C = coefficient_norms(mixer, time_step, B, C)
-    dt = F.softplus(mixer.dt_proj(time_step))
-    A = -torch.exp(mixer.A_log.to(x.dtype))
-    y = selective_ssm(x, dt, A, B, C, mixer.D.to(x.dtype), rules.ssm)
-    y = gated_product(y, silu(z, rules.silu), rules.gate)
     return mixer.out_proj(y)
 
 

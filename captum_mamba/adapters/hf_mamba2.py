@@ -62,10 +62,10 @@ from captum_mamba.adapters.base import ArchitectureAdapter, register_adapter
 from captum_mamba.adapters.hf_mamba import (
     block_forward,
     check_no_past_state,
-    mask_padding,
     norm_forward,
     widened,
 )
+from captum_mamba.adapters.selective_branch import mask_padding
 from captum_mamba.rules import MambaRules, silu
 from captum_mamba.rules.functional import gated_rms_norm, multihead_ssm
 

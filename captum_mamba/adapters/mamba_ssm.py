@@ -54,8 +54,9 @@ from mamba_ssm.ops.triton.layernorm_gated import RMSNorm as RMSNormGated
 from torch import Tensor, nn
 
 from captum_mamba.adapters.base import ArchitectureAdapter, register_adapter
+from captum_mamba.adapters.selective_branch import gated_selective_branch
 from captum_mamba.ops.ssd_scan import DEFAULT_CHUNK_SIZE
-from captum_mamba.rules import MambaRules, gated_product, rms_norm, selective_ssm, silu
+from captum_mamba.rules import MambaRules, gated_product, rms_norm, silu
 from captum_mamba.rules.functional import gated_rms_norm, multihead_ssm
 
 
@@ -115,17 +116,16 @@ def gated_norm_forward(
 
 def _mamba1_direction(mixer: Mamba, rules: MambaRules, x: Tensor, z: Tensor, suffix: str) -> Tensor:
     """Gated SSM output of one scan direction (parameters ``conv1d{suffix}`` etc.)."""
-    length = x.shape[1]
-    conv = getattr(mixer, f"conv1d{suffix}")
-    x = silu(conv(x.transpose(1, 2))[..., :length].transpose(1, 2), rules.silu)
-    time_step, B, C = torch.split(
-        getattr(mixer, f"x_proj{suffix}")(x), [mixer.dt_rank, mixer.d_state, mixer.d_state], -1
-    )
-    dt = F.softplus(getattr(mixer, f"dt_proj{suffix}")(time_step))
-    A = -torch.exp(getattr(mixer, f"A{suffix}_log").to(x.dtype))
-    D = getattr(mixer, f"D{suffix}").to(x.dtype)
-    y = selective_ssm(x, dt, A, B, C, D, rules.ssm)
-    return gated_product(y, silu(z, rules.silu), rules.gate)
+
+    def coefficients(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        time_step, B, C = torch.split(
+            getattr(mixer, f"x_proj{suffix}")(x), [mixer.dt_rank, mixer.d_state, mixer.d_state], -1
+        )
+        dt = F.softplus(getattr(mixer, f"dt_proj{suffix}")(time_step))
+        return dt, -torch.exp(getattr(mixer, f"A{suffix}_log").to(x.dtype)), B, C
+
+    conv, D = getattr(mixer, f"conv1d{suffix}"), getattr(mixer, f"D{suffix}")
+    return gated_selective_branch(rules, x, z, conv, coefficients, D)
 
 
 def mamba_forward(

@@ -20,7 +20,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from captum_mamba.adapters.base import ArchitectureAdapter, register_adapter
-from captum_mamba.rules import MambaRules, gated_product, rms_norm, selective_ssm, silu
+from captum_mamba.adapters.selective_branch import gated_selective_branch
+from captum_mamba.rules import MambaRules, rms_norm
 from captum_mamba.vision.vim import PatchEmbed, RMSNorm, SSMBranch
 
 
@@ -31,12 +32,7 @@ def norm_forward(norm: RMSNorm, rules: MambaRules, x: Tensor) -> Tensor:
 
 def branch_forward(branch: SSMBranch, rules: MambaRules, x: Tensor, z: Tensor) -> Tensor:
     """One scan direction with the SiLU, SSM and half rules."""
-    length = x.shape[1]
-    x = branch.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2)
-    x = silu(x, rules.silu)
-    dt, A, B, C = branch.coefficients(x)
-    y = selective_ssm(x, dt, A, B, C, branch.D.to(x.dtype), rules.ssm)
-    return gated_product(y, silu(z, rules.silu), rules.gate)
+    return gated_selective_branch(rules, x, z, branch.conv1d, branch.coefficients, branch.D)
 
 
 def patch_embed_forward(embed: PatchEmbed, rules: MambaRules, images: Tensor) -> Tensor:

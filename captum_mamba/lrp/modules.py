@@ -24,7 +24,7 @@ from captum.attr._utils.lrp_rules import PropagationRule
 from torch import Tensor, nn
 from transformers.models.mamba.modeling_mamba import MambaMixer, MambaRMSNorm
 
-from captum_mamba.adapters.hf_mamba import mask_padding
+from captum_mamba.adapters.selective_branch import mask_padding
 from captum_mamba.lrp.captum_rules import HalfRule, LRP0Rule, NormRule, SiLURule, SSMRule
 from captum_mamba.rules import gated_product, rms_norm, selective_ssm, silu
 
