@@ -1,13 +1,29 @@
 """captum-mamba: MambaLRP explanations of Mamba models as Captum attributions.
 
-Layers, from numerics to API: :mod:`captum_mamba.ops` (scans),
-:mod:`captum_mamba.rules` (the propagation rules), :mod:`captum_mamba.adapters`
-(which module gets which rule), :mod:`captum_mamba.attr` (Captum attributions).
+Layers, from numerics to applications (each imports only those before it):
+:mod:`captum_mamba.ops` (scans), :mod:`captum_mamba.rules` (the propagation rules),
+:mod:`captum_mamba.adapters` (which module is computed how, written once per block),
+:mod:`captum_mamba.attr` and :mod:`captum_mamba.lrp` (Captum attributions),
+:mod:`captum_mamba.baselines` and :mod:`captum_mamba.metrics`,
+:mod:`captum_mamba.visualization`, and the applications (study, demo, benchmark).
+This package namespace re-exports the public entry points of the layers below
+visualisation, as ``captum.attr`` does for Captum.
 """
 
-from captum_mamba.adapters import UnsupportedModelError, rules_applied, supported_architectures
+from captum_mamba.adapters import (
+    ArchitectureAdapter,
+    ModuleHandler,
+    UnsupportedModelError,
+    register_adapter,
+    register_container,
+    register_leaf,
+    registered_adapters,
+    rules_applied,
+    supported_architectures,
+)
 from captum_mamba.attr import AttributionInputError, LayerMambaLRP, MambaLRP
 from captum_mamba.attr.generation import attribute_generation
+from captum_mamba.baselines import MambaAttentionRollout, MambaAttr, RandomAttribution
 from captum_mamba.lrp import (
     CaptumLRPModel,
     EmbeddingRule,
@@ -19,12 +35,13 @@ from captum_mamba.lrp import (
     prepare_captum_lrp,
     register_rule,
 )
-from captum_mamba.rules import LRP0, Epsilon, Gamma, LinearRule, MambaRules
+from captum_mamba.rules import LRP0, Epsilon, Gamma, LinearRule, MambaRules, Override
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LRP0",
+    "ArchitectureAdapter",
     "AttributionInputError",
     "CaptumLRPModel",
     "EmbeddingRule",
@@ -34,15 +51,24 @@ __all__ = [
     "LRP0Rule",
     "LayerMambaLRP",
     "LinearRule",
+    "MambaAttentionRollout",
+    "MambaAttr",
     "MambaLRP",
     "MambaRules",
+    "ModuleHandler",
     "NormRule",
+    "Override",
+    "RandomAttribution",
     "SSMRule",
     "SiLURule",
     "UnsupportedModelError",
     "attribute_generation",
     "prepare_captum_lrp",
+    "register_adapter",
+    "register_container",
+    "register_leaf",
     "register_rule",
+    "registered_adapters",
     "rules_applied",
     "supported_architectures",
 ]

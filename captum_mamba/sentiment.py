@@ -23,6 +23,7 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 from transformers import MambaConfig, MambaModel
 
+from captum_mamba.adapters import register_container
 from captum_mamba.data import (
     ROTTEN_TOMATOES_FILE,
     SST2_FILE,
@@ -36,6 +37,7 @@ from captum_mamba.data import (
 PAD_TOKEN = "<|padding|>"
 
 
+@register_container  # its forward only reads the last position and applies a linear head
 class MambaSentimentClassifier(nn.Module):
     """``MambaModel`` backbone with a linear head on the last position.
 

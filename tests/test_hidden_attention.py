@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cases.hf_mamba import _rms, reference_forward
 from torch import Tensor, nn
 
+from captum_mamba import UnsupportedModelError
+from captum_mamba.attr._forward import default_forward
 from captum_mamba.baselines.hidden_attention import (
     SelectiveSSMInputs,
-    find_mixers,
-    hf_mamba_ssm_inputs,
     hidden_attention_matrices,
     mean_hidden_attention,
     positive_hidden_attention,
 )
-from captum_mamba.models import mamba_config, random_mamba_lm
+from captum_mamba.baselines.recording import record_layers
 
 
 def reference_mixer_inputs(mixer: nn.Module, u: Tensor) -> dict[str, Tensor]:
@@ -59,20 +60,19 @@ def sequential_ssm(p: dict[str, Tensor]) -> Tensor:
     return torch.stack(ys, dim=1)
 
 
+def mixers_of(model: nn.Module) -> list[nn.Module]:
+    return [layer.mixer for layer in model.backbone.layers]
+
+
 def mixer_inputs_of(model: nn.Module, embeds: Tensor) -> list[Tensor]:
-    """Input of every mixer in a forward pass (recorded with forward pre-hooks)."""
-    seen: list[Tensor] = []
-    handles = [
-        mixer.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
-        for _, mixer in find_mixers(model)
+    """Input of every mixer in a float64 forward pass: the normalised residual stream of
+    the independent reference (transformers itself computes the norms in float32)."""
+    with torch.no_grad():
+        _, residuals = reference_forward(model, embeds)
+    return [
+        _rms(residual, layer.norm, rule=False)
+        for residual, layer in zip(residuals, model.backbone.layers, strict=False)
     ]
-    try:
-        with torch.no_grad():
-            model(inputs_embeds=embeds)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return seen
 
 
 def _inputs(make_lm, seed: int = 0, batch: int = 2, length: int = 11, **kw):
@@ -80,30 +80,42 @@ def _inputs(make_lm, seed: int = 0, batch: int = 2, length: int = 11, **kw):
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, model.config.vocab_size, (batch, length), generator=gen)
     embeds = model.get_input_embeddings()(ids).detach()
-    return model, mixer_inputs_of(model, embeds)
+    return model, embeds
 
 
-def test_hidden_attention_reconstructs_each_layer_ssm_output(make_lm) -> None:
-    model, mixer_inputs = _inputs(make_lm, seed=3, num_hidden_layers=3)
-    for (_, mixer), u in zip(find_mixers(model), mixer_inputs, strict=True):
+def recorded_ssms(model: nn.Module, embeds: Tensor) -> list[SelectiveSSMInputs]:
+    """The scan inputs the recording backend saw, one per layer."""
+    with torch.no_grad():
+        _, layers = record_layers(model, lambda: default_forward(model, "inputs_embeds")(embeds))
+    assert all(len(layer.ssms) == 1 for layer in layers)
+    return [layer.ssms[0].inputs for layer in layers]
+
+
+def test_recorded_scan_inputs_equal_the_independent_ones(make_lm) -> None:
+    model, embeds = _inputs(make_lm, seed=3, num_hidden_layers=3)
+    recorded = recorded_ssms(model, embeds)
+    assert len(recorded) == 3
+    for mixer, u, ssm in zip(
+        mixers_of(model), mixer_inputs_of(model, embeds), recorded, strict=True
+    ):
         reference = reference_mixer_inputs(mixer, u)
-        y_loop = sequential_ssm(reference) + reference["x"] * reference["D"]
-        ssm = hf_mamba_ssm_inputs(mixer, u)
+        for name in ("x", "dt", "A", "B", "C", "D"):
+            torch.testing.assert_close(
+                getattr(ssm, name), reference[name], rtol=1e-12, atol=1e-14, msg=name
+            )
+        y_loop = sequential_ssm(vars(ssm)) + ssm.x * ssm.D
         alpha = hidden_attention_matrices(ssm, leaf_size=2)
         y_attention = torch.einsum("bdij,bjd->bid", alpha, ssm.x) + ssm.x * ssm.D
-        scale = y_loop.abs().max()
-        assert scale > 1e-3
-        assert (y_attention - y_loop).abs().max() <= 1e-12 * scale
+        assert (y_attention - y_loop).abs().max() <= 1e-12 * y_loop.abs().max()
         assert torch.all(alpha.triu(1) == 0)
 
 
 def test_hidden_attention_gives_the_transformers_mixer_output(make_lm) -> None:
     # transformers runs the scan in float32, hence the float32-level tolerance.
-    model, mixer_inputs = _inputs(make_lm, seed=4)
-    _, mixer = find_mixers(model)[0]
-    u = mixer_inputs[0]
+    model, embeds = _inputs(make_lm, seed=4)
+    mixer, u = mixers_of(model)[0], mixer_inputs_of(model, embeds)[0]
     with torch.no_grad():
-        ssm = hf_mamba_ssm_inputs(mixer, u)
+        ssm = recorded_ssms(model, embeds)[0]
         y = torch.einsum("bdij,bjd->bid", hidden_attention_matrices(ssm), ssm.x) + ssm.x * ssm.D
         z = mixer.in_proj(u).chunk(2, dim=-1)[1]
         expected = mixer(u)
@@ -113,10 +125,9 @@ def test_hidden_attention_gives_the_transformers_mixer_output(make_lm) -> None:
 
 @pytest.mark.parametrize(("leaf", "chunk"), [(1, 1 << 22), (3, 700), (64, 1 << 22)])
 def test_blocking_does_not_change_the_result(make_lm, leaf: int, chunk: int) -> None:
-    model, mixer_inputs = _inputs(make_lm, seed=5, length=29)
-    ssm = hf_mamba_ssm_inputs(find_mixers(model)[1][1], mixer_inputs[1])
-    reference = reference_mixer_inputs(find_mixers(model)[1][1], mixer_inputs[1])
-    y_loop = sequential_ssm(reference)
+    model, embeds = _inputs(make_lm, seed=5, length=29)
+    ssm = recorded_ssms(model, embeds)[1]
+    y_loop = sequential_ssm(vars(ssm))
     alpha = hidden_attention_matrices(ssm, leaf_size=leaf, chunk_elements=chunk)
     y = torch.einsum("bdij,bjd->bid", alpha, ssm.x)
     assert (y - y_loop).abs().max() <= 1e-12 * y_loop.abs().max()
@@ -166,14 +177,16 @@ def test_prefix_of_inputs_gives_the_leading_block() -> None:
     torch.testing.assert_close(hidden_attention_matrices(ssm.prefix(7)), full[:, :, :7, :7])
 
 
-def test_find_mixers_rejects_models_without_mamba() -> None:
-    from captum_mamba.adapters import UnsupportedModelError
-
-    with pytest.raises(UnsupportedModelError, match="no supported SSM mixer"):
-        find_mixers(nn.Sequential(nn.Linear(2, 2)))
-    model = random_mamba_lm(mamba_config(num_hidden_layers=3))
-    blocks = [block for block, _ in find_mixers(model)]
-    assert blocks == list(model.backbone.layers)
+def test_recording_rejects_models_without_mamba_and_names_layers(make_lm) -> None:
+    with pytest.raises(UnsupportedModelError, match="no supported Mamba block"):
+        record_layers(nn.Sequential(nn.Linear(2, 2)), lambda: None)
+    model, embeds = _inputs(make_lm, num_hidden_layers=3)
+    with torch.no_grad():
+        _, layers = record_layers(model, lambda: default_forward(model, "inputs_embeds")(embeds))
+    assert [layer.path for layer in layers] == [f"backbone.layers.{i}" for i in range(3)]
+    assert [layer.ssms[0].path for layer in layers] == [
+        f"backbone.layers.{i}.mixer.ssm" for i in range(3)
+    ]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import reference_forward, reference_relevance, select
+from cases.hf_mamba import reference_forward, reference_relevance, select
 
 from captum_mamba import AttributionInputError, LayerMambaLRP, MambaLRP
 

@@ -1,10 +1,11 @@
-"""MambaLRP against the independent float64 reference, conservation, and Captum's API."""
+"""MambaLRP on transformers Mamba beyond the conformance suite: linear rules (epsilon,
+gamma) against the reference, float32, long sequences, and Captum's API and targets."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from reference import ReferenceRules, reference_forward, reference_relevance, select
+from cases.hf_mamba import ReferenceRules, reference_forward, reference_relevance, select
 from torch import nn
 
 from captum_mamba import (
@@ -25,15 +26,6 @@ CONFIGS = {
         hidden_size=16, num_hidden_layers=2, state_size=8, seq=23, batch=3, use_bias=True
     ),
     "h32-l3-n16-s64": dict(hidden_size=32, num_hidden_layers=3, state_size=16, seq=64, batch=2),
-}
-SEEDS = [0, 1, 2]
-
-ABLATIONS = {
-    "all": dict(norm=True, silu=True, ssm=True, gate=True),
-    "no-norm": dict(norm=False, silu=True, ssm=True, gate=True),
-    "no-silu": dict(norm=True, silu=False, ssm=True, gate=True),
-    "no-ssm": dict(norm=True, silu=True, ssm=False, gate=True),
-    "no-gate": dict(norm=True, silu=True, ssm=True, gate=False),
 }
 
 
@@ -65,41 +57,6 @@ def lm_logits(model, embeds, attention_mask=None):
 # ------------------------------------------------------------ against the reference
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_matches_reference(make_lm, name: str, seed: int) -> None:
-    model, embeds, targets = setup(make_lm, name, seed)
-    expected, _, _ = reference_relevance(model, embeds, targets)
-    actual = MambaLRP(model).attribute(embeds, target=targets)
-    assert actual.shape == embeds.shape
-    assert actual.dtype == torch.float64
-    assert max_relative(actual, expected) <= 1e-8
-
-
-ABLATION_RULES = {
-    **{k: (MambaRules(**v), ReferenceRules(**v)) for k, v in ABLATIONS.items() if k != "all"},
-    "gradient_x_input": (
-        MambaRules.gradient_x_input(),
-        ReferenceRules(norm=False, silu=False, ssm=False, gate=False),
-    ),
-    "norm_only": (MambaRules.norm_only(), ReferenceRules(silu=False, ssm=False, gate=False)),
-}
-
-
-@pytest.mark.parametrize(("name", "seed"), [("h8-l1-n4-s1", 0), ("h16-l2-n8-s23-bias", 1)])
-@pytest.mark.parametrize("ablation", list(ABLATION_RULES))
-def test_ablations_match_reference(make_lm, ablation: str, name: str, seed: int) -> None:
-    rules, reference_rules = ABLATION_RULES[ablation]
-    model, embeds, targets = setup(make_lm, name, seed)
-    expected, _, _ = reference_relevance(model, embeds, targets, reference_rules)
-    actual = MambaLRP(model, rules=rules).attribute(embeds, target=targets)
-    assert max_relative(actual, expected) <= 1e-8
-    # and the ablation really differs from MambaLRP (far above float64 rounding; the
-    # SSM ablation on one token differs by ~1e-6 only)
-    full, _, _ = reference_relevance(model, embeds, targets)
-    assert max_relative(full, expected) > 1e-7
-
-
 LINEAR_RULES = {
     "epsilon-default": (Epsilon(), ("epsilon", 1e-9)),
     "epsilon-0.1": (Epsilon(0.1), ("epsilon", 0.1)),
@@ -128,27 +85,6 @@ def test_linear_rules_match_reference(make_lm, linear: str, ssm: bool) -> None:
 # ------------------------------------------------------------ forward values
 
 
-RULE_SETS = [MambaRules(**v) for v in ABLATIONS.values()] + [
-    MambaRules.gradient_x_input(),
-    MambaRules(linear=Gamma()),
-]
-
-
-@pytest.mark.parametrize("rules", RULE_SETS, ids=lambda r: repr(r)[:60])
-def test_forward_under_rules_is_unchanged_float64(make_lm, rules: MambaRules) -> None:
-    model, embeds, _ = setup(make_lm, "h16-l2-n8-s23-bias", seed=0)
-    reference, _ = reference_forward(model, embeds)
-    with torch.no_grad():
-        own = lm_logits(model, embeds)
-        with rules_applied(model, rules) as applied:
-            assert applied is model
-            ruled = lm_logits(model, embeds)
-    assert ruled.dtype == torch.float64
-    # transformers casts the norms and the scan to float32 internally
-    assert max_relative(own, reference) <= 1e-6
-    assert max_relative(ruled, reference) <= 1e-12
-
-
 def test_forward_under_rules_is_unchanged_float32(make_lm) -> None:
     model, embeds, _ = setup(make_lm, "h32-l3-n16-s64", seed=1, dtype=torch.float32)
     with torch.no_grad():
@@ -168,23 +104,6 @@ def conservation_error(relevance: torch.Tensor, explained: torch.Tensor) -> torc
     return (total - explained.double()).abs() / explained.double().abs()
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_conservation_with_zero_biases(make_lm, name: str, seed: int) -> None:
-    model, embeds, targets = setup(make_lm, name, seed, zero_biases=True)
-    logits, _ = reference_forward(model, embeds)
-    explained = select(logits, targets).detach()
-    lrp = MambaLRP(model)
-    relevance, delta = lrp.attribute(embeds, target=targets, return_convergence_delta=True)
-    assert conservation_error(relevance, explained).max() <= 1e-9
-    assert delta.shape == (embeds.shape[0],)
-    assert (delta.abs() / explained.abs()).max() <= 1e-9
-    # delta is "explained output minus sum of relevances"
-    own = lrp.compute_convergence_delta(relevance, explained)
-    torch.testing.assert_close(own, explained - relevance.sum((1, 2)), rtol=0, atol=1e-12)
-    torch.testing.assert_close(delta, own, rtol=0, atol=1e-12)
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_random_mamba_lm_with_zero_biases_conserves(dtype: torch.dtype) -> None:
     """The library's own factory, unperturbed, with in/out projection biases switched on."""
@@ -201,41 +120,6 @@ def test_random_mamba_lm_with_zero_biases_conserves(dtype: torch.dtype) -> None:
     tolerance = 1e-9 if dtype == torch.float64 else 1e-4
     assert conservation_error(relevance, explained).max() <= tolerance
     assert (delta.double().abs() / explained.abs()).max() <= tolerance
-
-
-@pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("off", ["norm", "silu", "ssm", "gate"])
-def test_each_rule_is_needed_for_conservation(make_lm, off: str, seed: int) -> None:
-    """Switching any one rule off breaks conservation on a random bias-free model.
-
-    The mixers are made to matter (larger time steps, out_proj scaled by 4, target at
-    the last of 32 tokens); otherwise the residual stream, which is linear under the
-    LN-rule, dominates the logit and hides the SiLU and SSM ablations.
-    """
-    model = make_lm(
-        seed=seed,
-        zero_biases=True,
-        dt_range=(0.3, 2.0),
-        hidden_size=16,
-        num_hidden_layers=2,
-        state_size=8,
-        use_bias=True,
-    )
-    with torch.no_grad():
-        for block in model.backbone.layers:
-            block.mixer.out_proj.weight.mul_(4.0)
-    gen = torch.Generator().manual_seed(seed)
-    embeds = torch.randn(3, 32, 16, generator=gen, dtype=torch.float64)
-    logits, _ = reference_forward(model, embeds)
-    targets = [(-1, int(logits[i, -1].abs().argmax())) for i in range(3)]
-    explained = select(logits, targets).detach()
-    conserving = MambaLRP(model).attribute(embeds, target=targets)
-    ablated = MambaLRP(model, rules=MambaRules(**{off: False})).attribute(embeds, target=targets)
-    assert conservation_error(conserving, explained).max() <= 1e-9
-    assert conservation_error(ablated, explained).min() > 1e-6
-
-
-# ------------------------------------------------------------ dtypes and long sequences
 
 
 def test_float32_matches_float64_reference(make_lm) -> None:

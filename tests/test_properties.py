@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from helpers import assert_unchanged, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_state_guarantees import assert_unchanged, snapshot
 from transformers import MambaForCausalLM
 
 from captum_mamba import Epsilon, LayerMambaLRP, MambaLRP, MambaRules

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import sequential_scan
+from cases.hf_mamba import sequential_scan
 
 from captum_mamba.ops import selective_scan
 

@@ -4,79 +4,19 @@ attributions of two models on two threads do not interfere."""
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Callable
 from typing import Any
 
-import captum.attr._core.lrp as captum_lrp
 import pytest
 import torch
+from helpers import assert_unchanged, snapshot
 from torch import Tensor, nn
-from torch.nn.modules import module as torch_module
 from transformers import MambaForCausalLM
 
 from captum_mamba import AttributionInputError, Epsilon, LayerMambaLRP, MambaLRP, MambaRules
 
 VOCAB = 64
-
-
-def _tensor_state(t: Tensor | None) -> Any:
-    if t is None:
-        return None
-    return (id(t), t.dtype, t.device, t.requires_grad, t.detach().clone(), _tensor_state(t.grad))
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, Tensor) or isinstance(b, Tensor):
-        return isinstance(a, Tensor) and isinstance(b, Tensor) and torch.equal(a, b)
-    if isinstance(a, tuple | list) and isinstance(b, tuple | list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return a == b
-
-
-def snapshot(model: nn.Module) -> dict[str, Any]:
-    """Everything an attribution could leave behind: per module its attributes (by
-    identity; an instance ``forward`` would show here), hook tables, training flag,
-    parameters and buffers (identity, dtype, device, requires_grad, values, grad);
-    torch's global module hooks and grad modes; Captum's global LRP rule tables."""
-    modules = {}
-    for name, module in model.named_modules():
-        modules[name] = {
-            "type": type(module),
-            "training": module.training,
-            "attributes": {k: id(v) for k, v in vars(module).items()},
-            "hooks": {
-                k: list(v.items())
-                for k, v in vars(module).items()
-                if "hook" in k and isinstance(v, dict)
-            },
-            "parameters": {k: _tensor_state(p) for k, p in module._parameters.items()},
-            "buffers": {k: _tensor_state(b) for k, b in module._buffers.items()},
-        }
-    global_hooks = {
-        k: list(v.items())
-        for k, v in vars(torch_module).items()
-        if k.startswith("_global") and isinstance(v, dict)
-    }
-    captum_tables = {
-        "layers": copy.copy(captum_lrp.SUPPORTED_LAYERS_WITH_RULES),
-        "non_linear": list(captum_lrp.SUPPORTED_NON_LINEAR_LAYERS),
-    }
-    modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
-    return {"modules": modules, "global": global_hooks, "captum": captum_tables, "modes": modes}
-
-
-def assert_unchanged(before: dict[str, Any], model: nn.Module) -> None:
-    after = snapshot(model)
-    for key in ("global", "captum", "modes"):
-        assert _same(before[key], after[key]), key
-    assert before["modules"].keys() == after["modules"].keys()
-    for name, state in before["modules"].items():
-        for field, value in state.items():
-            assert _same(value, after["modules"][name][field]), f"{name or '<model>'}.{field}"
 
 
 @pytest.fixture

@@ -1,21 +1,20 @@
-"""Tests of the bidirectional (Vision) Mamba model and its MambaLRP adapter.
+"""Tests of the bidirectional (Vision) Mamba model beyond the conformance suite: images
+through the whole model, patch heatmaps, user networks of Vim blocks, training.
 
-The reference below re-implements the Vim forward pass from the model's parameters
-with explicit loops (causal convolution tap by tap, the scan step by step) and
-expresses every MambaLRP rule as a ``detach`` at the place the paper puts it; its
-Gradient x Input is the expected relevance.
+The token-level checks against the independent reference (``_ref_logits``) are in the
+conformance suite (``tests/cases/vim.py``).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
+from cases.vim import CONFIGS, _ref_logits
+from cases.vim import build_model as _model
 from torch import Tensor, nn
 
-from captum_mamba import Epsilon, MambaLRP, MambaRules, rules_applied
+from captum_mamba import Epsilon, MambaLRP, MambaRules, register_container, rules_applied
 from captum_mamba.vision import (
-    BiMambaMixer,
     VimBlock,
     VisionMamba,
     accuracy,
@@ -23,38 +22,6 @@ from captum_mamba.vision import (
     train_classifier,
 )
 from captum_mamba.vision.explain import explain_patches
-
-CONFIGS = {
-    "middle-cls-sum": dict(
-        image_size=8, patch_size=2, in_channels=2, embed_dim=8, depth=2, d_state=3, d_conv=3
-    ),
-    "first-cls-average": dict(
-        image_size=6,
-        patch_size=3,
-        in_channels=1,
-        embed_dim=6,
-        depth=3,
-        num_classes=3,
-        cls_position=0,
-        d_state=2,
-        d_conv=2,
-        expand=1,
-        dt_rank=2,
-        divide_output=True,
-        bias=True,
-    ),
-}
-
-
-def _model(config: dict, seed: int, **overrides: object) -> VisionMamba:
-    torch.manual_seed(seed)
-    model = VisionMamba(**{**config, **overrides}).double().eval()
-    with torch.no_grad():  # make the SSM and gates matter: larger, varied parameters
-        for name, parameter in model.named_parameters():
-            if name.endswith(("dt_proj.bias", "A_log")):
-                continue
-            parameter.add_(0.3 * torch.randn_like(parameter))
-    return model
 
 
 @pytest.fixture(autouse=True)
@@ -66,104 +33,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-# --- independent sequential reference -------------------------------------------------
-
-
-def _ref_rms(x: Tensor, weight: Tensor, eps: float, rule: bool) -> Tensor:
-    rms = torch.sqrt((x * x).mean(-1, keepdim=True) + eps)
-    return weight * x / (rms.detach() if rule else rms)
-
-
-def _ref_silu(x: Tensor, rule: bool) -> Tensor:
-    gate = 1 / (1 + torch.exp(-x))
-    return x * (gate.detach() if rule else gate)
-
-
-def _ref_branch(branch: nn.Module, x: Tensor, z: Tensor, rules: MambaRules) -> Tensor:
-    batch, length, channels = x.shape
-    weight = branch.conv1d.weight[:, 0]  # (channels, kernel)
-    kernel = weight.shape[1]
-    conv = []
-    for t in range(length):
-        acc = torch.zeros(batch, channels, dtype=x.dtype)
-        for k in range(kernel):
-            source = t - (kernel - 1) + k
-            if source >= 0:
-                acc = acc + weight[:, k] * x[:, source]
-        if branch.conv1d.bias is not None:
-            acc = acc + branch.conv1d.bias
-        conv.append(acc)
-    u = _ref_silu(torch.stack(conv, 1), rules.silu)
-    projected = u @ branch.x_proj.weight.T
-    rank, state = branch.dt_rank, branch.d_state
-    dt = F.softplus(projected[..., :rank] @ branch.dt_proj.weight.T + branch.dt_proj.bias)
-    B, C = projected[..., rank : rank + state], projected[..., rank + state :]
-    A = -torch.exp(branch.A_log)
-    h = torch.zeros(batch, channels, state, dtype=x.dtype)
-    outputs = []
-    for t in range(length):
-        decay = torch.exp(dt[:, t, :, None] * A)
-        drive = dt[:, t, :, None] * B[:, t, None, :]
-        c = C[:, t, None, :]
-        if rules.ssm:
-            decay, drive, c = decay.detach(), drive.detach(), c.detach()
-        h = decay * h + drive * u[:, t, :, None]
-        outputs.append((h * c).sum(-1) + branch.D * u[:, t])
-    y = torch.stack(outputs, 1)
-    gated = y * _ref_silu(z, rules.silu)
-    return 0.5 * gated + 0.5 * gated.detach() if rules.gate else gated
-
-
-def _ref_mixer(mixer: BiMambaMixer, hidden: Tensor, rules: MambaRules) -> Tensor:
-    xz = hidden @ mixer.in_proj.weight.T
-    if mixer.in_proj.bias is not None:
-        xz = xz + mixer.in_proj.bias
-    inner = xz.shape[-1] // 2
-    x, z = xz[..., :inner], xz[..., inner:]
-    reverse = torch.arange(x.shape[1] - 1, -1, -1)
-    forward = _ref_branch(mixer.forward_branch, x, z, rules)
-    backward = _ref_branch(mixer.backward_branch, x[:, reverse], z[:, reverse], rules)[:, reverse]
-    y = forward + backward
-    if mixer.divide_output:
-        y = y / 2
-    out = y @ mixer.out_proj.weight.T
-    return out if mixer.out_proj.bias is None else out + mixer.out_proj.bias
-
-
-def _ref_logits(model: VisionMamba, tokens: Tensor, rules: MambaRules) -> Tensor:
-    for block in model.layers:
-        normed = _ref_rms(tokens, block.norm.weight, block.norm.eps, rules.norm)
-        tokens = tokens + _ref_mixer(block.mixer, normed, rules)
-    cls = tokens[:, model.cls_position]
-    pooled = _ref_rms(cls, model.norm_f.weight, model.norm_f.eps, rules.norm)
-    logits = pooled @ model.head.weight.T
-    return logits if model.head.bias is None else logits + model.head.bias
-
-
-def _ref_relevance(model: VisionMamba, tokens: Tensor, target: int, rules: MambaRules) -> Tensor:
-    leaf = tokens.detach().requires_grad_()
-    (grad,) = torch.autograd.grad(_ref_logits(model, leaf, rules)[:, target].sum(), leaf)
-    return leaf.detach() * grad
-
-
 # --- tests ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("config", list(CONFIGS))
-@pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize(
-    "rules", [MambaRules(), MambaRules.gradient_x_input()], ids=["mamba_lrp", "gxi"]
-)
-def test_relevance_matches_sequential_reference(config: str, seed: int, rules: MambaRules):
-    model = _model(CONFIGS[config], seed)
-    images = torch.randn(3, model.patch_embed.proj.in_channels, 8, 8, dtype=torch.float64)
-    images = images[..., : CONFIGS[config]["image_size"], : CONFIGS[config]["image_size"]]
-    tokens = model.embed(images).detach()
-    lrp = MambaLRP(model, forward_func=model.forward_tokens, rules=rules)
-    relevance = lrp.attribute(tokens, target=1)
-    expected = _ref_relevance(model, tokens, 1, rules)
-    assert expected.abs().max() > 1e-3
-    torch.testing.assert_close(relevance, expected, rtol=1e-9, atol=1e-11)
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
@@ -209,6 +79,7 @@ def test_biases_break_conservation_by_their_share():
 def test_user_network_with_bidirectional_blocks():
     torch.manual_seed(0)
 
+    @register_container  # its forward only pools (linearly) and calls its children
     class SequenceClassifier(nn.Module):
         def __init__(self) -> None:
             super().__init__()

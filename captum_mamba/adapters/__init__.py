@@ -1,40 +1,72 @@
-"""Architecture adapters: which module of a model gets which MambaLRP rule."""
+"""Architecture adapters: which module of a model is computed how under the rules.
 
-from importlib.util import find_spec
+Every module of this package other than the infrastructure (:mod:`.backend`,
+:mod:`.base`, :mod:`.blocks`) is an adapter and is imported here, so adding an
+architecture is adding one file. An adapter whose model library is not installed (an
+optional dependency such as mamba-ssm, or a model family that an older transformers
+lacks) stays unregistered; :func:`unavailable_adapters` says why.
+"""
 
-from captum_mamba.adapters import hf_mamba
+from __future__ import annotations
+
+import pkgutil
+from importlib import import_module
+
+from captum_mamba.adapters.backend import Backend, BlockOps
 from captum_mamba.adapters.base import (
     ArchitectureAdapter,
+    ModuleHandler,
+    Plan,
+    PlanEntry,
     UnsupportedModelError,
+    plain_forward,
     plan_rules,
     register_adapter,
+    register_container,
+    register_leaf,
     registered_adapters,
     rules_applied,
     supported_architectures,
 )
 
-# Adapters for model families that older transformers releases lack register only
-# where their modules exist.
-if find_spec("transformers.models.mamba2") is not None:
-    from captum_mamba.adapters import hf_mamba2  # noqa: F401
-if find_spec("transformers.models.falcon_mamba") is not None:
-    from captum_mamba.adapters import hf_falcon_mamba  # noqa: F401
+_INFRASTRUCTURE = {"backend", "base", "blocks"}
+_UNAVAILABLE: dict[str, str] = {}
 
-from captum_mamba.adapters import vim  # noqa: F401
 
-# mamba-ssm is optional and imports only with its compiled extension (or a stand-in
-# for it on CPU); without them its adapter stays unregistered and can be imported
-# explicitly (``import captum_mamba.adapters.mamba_ssm``) once mamba_ssm imports.
-if find_spec("mamba_ssm") is not None and find_spec("selective_scan_cuda") is not None:
-    from captum_mamba.adapters import mamba_ssm  # noqa: F401
+def _import_adapters() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        if info.name in _INFRASTRUCTURE or info.name.startswith("_"):
+            continue
+        try:
+            import_module(f"{__name__}.{info.name}")
+        except ModuleNotFoundError as error:
+            if error.name is None or error.name.split(".")[0] == "captum_mamba":
+                raise
+            _UNAVAILABLE[info.name] = f"needs {error.name}, which is not installed"
+
+
+def unavailable_adapters() -> dict[str, str]:
+    """Adapter modules that could not be loaded, with the reason (module name -> reason)."""
+    return dict(_UNAVAILABLE)
+
+
+_import_adapters()
 
 __all__ = [
     "ArchitectureAdapter",
+    "Backend",
+    "BlockOps",
+    "ModuleHandler",
+    "Plan",
+    "PlanEntry",
     "UnsupportedModelError",
-    "hf_mamba",
+    "plain_forward",
     "plan_rules",
     "register_adapter",
+    "register_container",
+    "register_leaf",
     "registered_adapters",
     "rules_applied",
     "supported_architectures",
+    "unavailable_adapters",
 ]

@@ -15,55 +15,31 @@ that computes ``dt``, ``B`` and ``C``, which the SSM rule detaches. They change 
 values of the scan coefficients, not the path of the relevance, and receive none.
 They still get the LN-rule, which matters only for ablations with the SSM rule off.
 
-Rule assignment: ``FalconMambaRMSNorm`` and ``FalconMambaWeightlessRMSNorm``: LN-rule;
-``FalconMambaMixer``: identity, SSM and half rules; ``FalconMambaBlock``: the residual
-``x + mixer(norm(x))`` in the input dtype. The rule forwards follow transformers'
-full-sequence path; with all rules off they compute the same function as the model,
-in the dtype of the hidden states (transformers casts parts of it to float32).
+The mixer, the norms and the block share the Mamba-1 forwards of
+:mod:`captum_mamba.adapters.hf_mamba` (the mixer picks up the extra norms by name).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import Tensor
+from torch import Tensor, nn
 from transformers.models.falcon_mamba.modeling_falcon_mamba import (
     FalconMambaBlock,
+    FalconMambaForCausalLM,
     FalconMambaMixer,
+    FalconMambaModel,
     FalconMambaRMSNorm,
     FalconMambaWeightlessRMSNorm,
 )
 
-from captum_mamba.adapters.base import ArchitectureAdapter, register_adapter
-from captum_mamba.adapters.hf_mamba import block_forward, norm_forward, selective_mixer
-from captum_mamba.rules import MambaRules, rms_norm
+from captum_mamba.adapters.backend import BlockOps
+from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
+from captum_mamba.adapters.blocks import RESIDUAL_SITES, SELECTIVE_SITES, residual_block
+from captum_mamba.adapters.hf_mamba import MIXER_CALLS, NORM_SITES, mixer_forward, norm_forward
 
 
-def weightless_norm_forward(
-    norm: FalconMambaWeightlessRMSNorm, rules: MambaRules, hidden_states: Tensor
-) -> Tensor:
+def weightless_norm_forward(ops: BlockOps, norm: nn.Module, hidden_states: Tensor) -> Tensor:
     """Weightless RMSNorm (on ``dt``, ``B`` or ``C``) with the LN-rule."""
-    return rms_norm(hidden_states, None, norm.eps, rules.norm)
-
-
-def _coefficient_norms(
-    mixer: FalconMambaMixer, time_step: Tensor, B: Tensor, C: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    return mixer.dt_layernorm(time_step), mixer.b_layernorm(B), mixer.c_layernorm(C)
-
-
-def mixer_forward(
-    mixer: FalconMambaMixer,
-    rules: MambaRules,
-    hidden_states: Tensor,
-    *args: Any,
-    attention_mask: Tensor | None = None,
-    **kwargs: Any,
-) -> Tensor:
-    """FalconMamba mixer: the Mamba-1 mixer with RMS norms on ``dt``, ``B`` and ``C``."""
-    return selective_mixer(
-        mixer, rules, hidden_states, attention_mask, kwargs, coefficient_norms=_coefficient_norms
-    )
+    return ops.rms_norm("", hidden_states, None, norm.eps)
 
 
 HF_FALCON_MAMBA = register_adapter(
@@ -74,12 +50,20 @@ HF_FALCON_MAMBA = register_adapter(
             "FalconMambaForCausalLM",
             "models containing FalconMambaBlock/FalconMambaMixer",
         ),
+        handlers=(
+            ModuleHandler(FalconMambaRMSNorm, norm_forward, NORM_SITES),
+            ModuleHandler(FalconMambaWeightlessRMSNorm, weightless_norm_forward, NORM_SITES),
+            ModuleHandler(
+                FalconMambaMixer,
+                mixer_forward,
+                SELECTIVE_SITES,
+                (*MIXER_CALLS, "dt_layernorm", "b_layernorm", "c_layernorm"),
+            ),
+            ModuleHandler(
+                FalconMambaBlock, residual_block, RESIDUAL_SITES, ("norm", "mixer"), role="block"
+            ),
+        ),
+        containers=(FalconMambaModel, FalconMambaForCausalLM),
         blocks=(FalconMambaMixer,),
-        forwards={
-            FalconMambaRMSNorm: norm_forward,
-            FalconMambaWeightlessRMSNorm: weightless_norm_forward,
-            FalconMambaMixer: mixer_forward,
-            FalconMambaBlock: block_forward,
-        },
     )
 )

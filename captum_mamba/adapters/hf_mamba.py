@@ -5,40 +5,47 @@ Rule assignment:
 
 - ``MambaRMSNorm``: LN-rule.
 - ``MambaMixer``: identity rule on both SiLUs (after the causal conv and on the gate
-  branch ``z``), SSM rule on the selective scan, half rule on ``y * silu(z)``;
-  ``in_proj``, ``conv1d`` and ``out_proj`` are called as modules, so a linear rule
-  (and any user hook) applies to them.
-- ``MambaBlock``: the residual ``x + mixer(norm(x))`` as is. The block is re-implemented
-  only to keep the input dtype: transformers casts the residual to float32, which
-  would round a float64 explanation.
+  branch ``z``), SSM rule on the selective scan, half rule on ``y * silu(z)``
+  (:func:`~captum_mamba.adapters.blocks.selective_branch`); ``in_proj``, ``conv1d``,
+  ``x_proj``, ``dt_proj`` and ``out_proj`` are called as modules, so a linear rule (and
+  any user hook) applies to them.
+- ``MambaBlock``: the residual ``x + mixer(norm(x))``, in the input dtype (transformers
+  casts the residual to float32, which would round a float64 explanation).
+- ``MambaModel``, ``MambaForCausalLM``: containers.
 
-The rule forwards compute in the dtype of the hidden states, and in float32 for
-half-precision hidden states (transformers casts only the scan to float32); weights
-are cast on the fly, the model is not modified. With all rules off they compute the
-same function as the model.
+The forwards compute in the dtype of the hidden states, and in float32 for
+half-precision hidden states (transformers casts only the scan to float32); weights are
+cast on the fly, the model is not modified. With all rules off they compute the same
+function as the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers.models.mamba.modeling_mamba import MambaBlock, MambaMixer, MambaRMSNorm
+from transformers.models.mamba.modeling_mamba import (
+    MambaBlock,
+    MambaForCausalLM,
+    MambaMixer,
+    MambaModel,
+    MambaRMSNorm,
+)
 
-from captum_mamba.adapters.base import ArchitectureAdapter, register_adapter
-from captum_mamba.adapters.selective_branch import gated_selective_branch, mask_padding
-from captum_mamba.rules import MambaRules, rms_norm
+from captum_mamba.adapters.backend import BlockOps
+from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
+from captum_mamba.adapters.blocks import (
+    RESIDUAL_SITES,
+    SELECTIVE_SITES,
+    SelectiveParams,
+    check_silu,
+    mask_padding,
+    residual_block,
+    selective_branch,
+)
 
 
-def widened(x: Tensor) -> Tensor:
-    """``x`` in at least float32: half-precision models are explained in float32."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-def check_no_past_state(mixer: MambaMixer, kwargs: dict[str, Any]) -> None:
+def check_no_past_state(mixer: nn.Module, kwargs: dict[str, Any]) -> None:
     """Refuse a filled generation cache: explanations run over whole sequences."""
     cache = kwargs.get("cache", kwargs.get("cache_params"))
     has_previous = getattr(cache, "has_previous_state", None)
@@ -49,85 +56,65 @@ def check_no_past_state(mixer: MambaMixer, kwargs: dict[str, Any]) -> None:
         )
 
 
-def norm_forward(norm: MambaRMSNorm, rules: MambaRules, hidden_states: Tensor) -> Tensor:
-    """RMSNorm with the LN-rule."""
-    x = widened(hidden_states)
-    return rms_norm(x, norm.weight.to(x.dtype), norm.variance_epsilon, rules.norm)
+def norm_forward(ops: BlockOps, norm: nn.Module, hidden_states: Tensor) -> Tensor:
+    """RMSNorm (``weight``, ``variance_epsilon``) with the LN-rule."""
+    x = ops.compute(hidden_states)
+    return ops.rms_norm("", x, norm.weight, norm.variance_epsilon)
 
 
-CoefficientNorms = Callable[[nn.Module, Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+NORM_SITES = {"": "norm"}
 
 
-def selective_mixer(
-    mixer: nn.Module,
-    rules: MambaRules,
-    hidden_states: Tensor,
-    attention_mask: Tensor | None,
-    kwargs: dict[str, Any],
-    coefficient_norms: CoefficientNorms | None = None,
-) -> Tensor:
-    """Mamba-1-style mixer with the SiLU, SSM and half rules (full-sequence form).
-
-    Args:
-        mixer (nn.Module): a ``MambaMixer``-like module (``in_proj``, ``conv1d``,
-            ``x_proj``, ``dt_proj``, ``A_log``, ``D``, ``out_proj``).
-        rules (MambaRules): the rules to apply.
-        hidden_states (Tensor): ``(batch, seq, hidden)`` block input.
-        attention_mask (Tensor or None): ``(batch, seq)`` padding mask.
-        kwargs (dict): the other keyword arguments of the mixer call.
-        coefficient_norms (Callable, optional): maps ``(mixer, time_step, B, C)`` to
-            normalised ones (FalconMamba). Default: None.
-
-    Returns:
-        Tensor: ``(batch, seq, hidden)`` mixer output.
-    """
-    check_no_past_state(mixer, kwargs)
-    if mixer.activation not in ("silu", "swish"):
-        raise NotImplementedError(
-            f"MambaLRP supports SiLU mixers only, this one uses {mixer.activation!r}"
-        )
-    hidden_states = widened(hidden_states)
-    x, z = mixer.in_proj(mask_padding(hidden_states, attention_mask)).chunk(2, dim=-1)
-
-    def coefficients(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        time_step, B, C = torch.split(
-            mixer.x_proj(x),
-            [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size],
-            dim=-1,
-        )
-        if coefficient_norms is not None:
-            time_step, B, C = coefficient_norms(mixer, time_step, B, C)
-        return F.softplus(mixer.dt_proj(time_step)), -torch.exp(mixer.A_log.to(x.dtype)), B, C
-
-    y = gated_selective_branch(
-        rules, x, z, mixer.conv1d, coefficients, mixer.D, attention_mask=attention_mask
+def selective_params(mixer: nn.Module) -> SelectiveParams:
+    """Branch parameters of a transformers Mamba-1-style mixer (with the ``dt``, ``B``
+    and ``C`` norms of FalconMamba and Jamba where it has them)."""
+    norms = None
+    if hasattr(mixer, "dt_layernorm"):
+        norms = (mixer.dt_layernorm, mixer.b_layernorm, mixer.c_layernorm)
+    return SelectiveParams(
+        mixer.conv1d,
+        mixer.x_proj,
+        mixer.dt_proj,
+        mixer.A_log,
+        mixer.D,
+        mixer.time_step_rank,
+        mixer.ssm_state_size,
+        norms,
     )
-    return mixer.out_proj(y)
 
 
 def mixer_forward(
-    mixer: MambaMixer,
-    rules: MambaRules,
+    ops: BlockOps,
+    mixer: nn.Module,
     hidden_states: Tensor,
     *args: Any,
     attention_mask: Tensor | None = None,
     **kwargs: Any,
 ) -> Tensor:
-    """Mamba-1 mixer with the SiLU, SSM and half rules (full-sequence form)."""
-    return selective_mixer(mixer, rules, hidden_states, attention_mask, kwargs)
+    """Mamba-1 mixer (full-sequence form) with the SiLU, SSM and half rules."""
+    check_no_past_state(mixer, kwargs)
+    check_silu(mixer, mixer.activation)
+    hidden_states = ops.compute(hidden_states)
+    x, z = mixer.in_proj(mask_padding(hidden_states, attention_mask)).chunk(2, dim=-1)
+    y = selective_branch(ops, selective_params(mixer), x, z, attention_mask)
+    return mixer.out_proj(y)
 
 
-def block_forward(block: MambaBlock, rules: MambaRules, hidden_states: Tensor, *args, **kwargs):
-    """Pre-norm residual block ``x + mixer(norm(x))`` in the input dtype (at least float32)."""
-    x = widened(hidden_states)
-    return x + block.mixer(block.norm(x), *args, **kwargs)
-
+#: Children a Mamba-1 mixer calls.
+MIXER_CALLS = ("in_proj", "conv1d", "x_proj", "dt_proj", "out_proj")
 
 HF_MAMBA = register_adapter(
     ArchitectureAdapter(
         name="transformers Mamba",
         models=("MambaModel", "MambaForCausalLM", "models containing MambaBlock/MambaMixer"),
+        handlers=(
+            ModuleHandler(MambaRMSNorm, norm_forward, NORM_SITES),
+            ModuleHandler(MambaMixer, mixer_forward, SELECTIVE_SITES, MIXER_CALLS),
+            ModuleHandler(
+                MambaBlock, residual_block, RESIDUAL_SITES, ("norm", "mixer"), role="block"
+            ),
+        ),
+        containers=(MambaModel, MambaForCausalLM),
         blocks=(MambaMixer,),
-        forwards={MambaRMSNorm: norm_forward, MambaMixer: mixer_forward, MambaBlock: block_forward},
     )
 )

@@ -35,108 +35,95 @@ homogeneous) in its input then sums exactly to its output):
   zero biases every step conserves relevance exactly.
 
 Rule assignment: ``Mamba2RMSNorm``: LN-rule; ``MambaRMSNormGated``: identity, half and
-LN-rules; ``Mamba2Mixer``: identity rule after the conv, SSM rule; ``Mamba2Block``: the
-residual ``x + mixer(norm(x))`` in the input dtype (transformers computes the residual,
-norms and scan in float32, which would round a float64 explanation).
-
-The rule forwards follow transformers' ``torch_forward`` path for whole sequences
-(no cache continuation); with all rules off they compute the same function as the
-model, in the dtype of the hidden states.
+LN-rules; ``Mamba2Mixer``: identity rule after the conv, SSM rule
+(:func:`~captum_mamba.adapters.blocks.ssd_mixer`); ``Mamba2Block``: the residual
+``x + mixer(norm(x))`` in the input dtype (transformers computes the residual, norms and
+scan in float32, which would round a float64 explanation). The forwards follow
+transformers' ``torch_forward`` path for whole sequences (no cache continuation).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from transformers.models.mamba2.modeling_mamba2 import (
     Mamba2Block,
+    Mamba2ForCausalLM,
     Mamba2Mixer,
+    Mamba2Model,
     Mamba2RMSNorm,
     MambaRMSNormGated,
 )
 
-from captum_mamba.adapters.base import ArchitectureAdapter, register_adapter
-from captum_mamba.adapters.hf_mamba import (
-    block_forward,
-    check_no_past_state,
-    norm_forward,
-    widened,
+from captum_mamba.adapters.backend import BlockOps
+from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
+from captum_mamba.adapters.blocks import (
+    GATED_NORM_SITES,
+    RESIDUAL_SITES,
+    SSD_SITES,
+    SSDParams,
+    check_silu,
+    gated_norm,
+    residual_block,
+    ssd_mixer,
 )
-from captum_mamba.adapters.selective_branch import mask_padding
-from captum_mamba.rules import MambaRules, silu
-from captum_mamba.rules.functional import gated_rms_norm, multihead_ssm
+from captum_mamba.adapters.hf_mamba import NORM_SITES, check_no_past_state, norm_forward
 
 
 def gated_norm_forward(
-    norm: MambaRMSNormGated, rules: MambaRules, hidden_states: Tensor, gate: Tensor | None = None
+    ops: BlockOps, norm: nn.Module, hidden_states: Tensor, gate: Tensor | None = None
 ) -> Tensor:
-    """Gated RMSNorm ``weight * norm_groups(y * silu(gate))`` with the SiLU, half and LN-rules."""
-    weight = norm.weight.to(hidden_states.dtype)
-    return gated_rms_norm(
-        hidden_states,
-        gate,
-        weight,
-        norm.variance_epsilon,
-        norm.group_size,
-        identity_rule=rules.silu,
-        half_rule=rules.gate,
-        ln_rule=rules.norm,
-    )
+    """Gated RMSNorm ``weight * norm_groups(y * silu(gate))`` with the SiLU, half and
+    LN-rules."""
+    return gated_norm(ops, hidden_states, gate, norm.weight, norm.variance_epsilon, norm.group_size)
 
 
 def mixer_forward(
-    mixer: Mamba2Mixer,
-    rules: MambaRules,
+    ops: BlockOps,
+    mixer: nn.Module,
     hidden_states: Tensor,
     *args: Any,
     attention_mask: Tensor | None = None,
     **kwargs: Any,
 ) -> Tensor:
-    """Mamba-2 mixer with the SiLU and SSM rules (full-sequence form)."""
+    """Mamba-2 mixer (full-sequence form) with the SiLU and SSM rules."""
     check_no_past_state(mixer, kwargs)
-    if mixer.activation not in ("silu", "swish"):
-        raise NotImplementedError(
-            f"MambaLRP supports SiLU mixers only, this one uses {mixer.activation!r}"
-        )
-    hidden_states = widened(hidden_states)
-    batch, length, _ = hidden_states.shape
-    heads, groups, state = mixer.num_heads, mixer.n_groups, mixer.ssm_state_size
-    gate, xBC, dt = mixer.in_proj(mask_padding(hidden_states, attention_mask)).split(
-        [mixer.intermediate_size, mixer.conv_dim, heads], dim=-1
+    check_silu(mixer, mixer.activation)
+    params = SSDParams(
+        in_proj=mixer.in_proj,
+        conv=mixer.conv1d,
+        out_proj=mixer.out_proj,
+        norm=mixer.norm,
+        dt_bias=mixer.dt_bias,
+        A_log=mixer.A_log,
+        D=mixer.D,
+        inner=mixer.intermediate_size,
+        groups=mixer.n_groups,
+        state=mixer.ssm_state_size,
+        heads=mixer.num_heads,
+        head_dim=mixer.head_dim,
+        chunk_size=mixer.chunk_size,
+        dt_limit=tuple(mixer.time_step_limit),
     )
-    xBC = mixer.conv1d(xBC.transpose(1, 2))[..., :length].transpose(1, 2)
-    xBC = mask_padding(silu(xBC, rules.silu), attention_mask)
-    x, B, C = xBC.split([mixer.intermediate_size, groups * state, groups * state], dim=-1)
-    dt = F.softplus(dt + mixer.dt_bias.to(dt.dtype))
-    dt = torch.clamp(dt, min=mixer.time_step_limit[0], max=mixer.time_step_limit[1])
-    A = -torch.exp(mixer.A_log.to(x.dtype))
-    y = multihead_ssm(
-        x.view(batch, length, heads, mixer.head_dim),
-        dt,
-        A,
-        B.view(batch, length, groups, state),
-        C.view(batch, length, groups, state),
-        mixer.D.to(x.dtype),
-        rules.ssm,
-        mixer.chunk_size,
-    )
-    y = mixer.norm(y.reshape(batch, length, -1), gate)
-    return mixer.out_proj(y)
+    return ssd_mixer(ops, params, ops.compute(hidden_states), attention_mask)
 
 
 HF_MAMBA2 = register_adapter(
     ArchitectureAdapter(
         name="transformers Mamba-2",
         models=("Mamba2Model", "Mamba2ForCausalLM", "models containing Mamba2Block/Mamba2Mixer"),
+        handlers=(
+            ModuleHandler(Mamba2RMSNorm, norm_forward, NORM_SITES),
+            ModuleHandler(MambaRMSNormGated, gated_norm_forward, GATED_NORM_SITES),
+            ModuleHandler(
+                Mamba2Mixer, mixer_forward, SSD_SITES, ("in_proj", "conv1d", "norm", "out_proj")
+            ),
+            ModuleHandler(
+                Mamba2Block, residual_block, RESIDUAL_SITES, ("norm", "mixer"), role="block"
+            ),
+        ),
+        containers=(Mamba2Model, Mamba2ForCausalLM),
         blocks=(Mamba2Mixer,),
-        forwards={
-            Mamba2RMSNorm: norm_forward,
-            MambaRMSNormGated: gated_norm_forward,
-            Mamba2Mixer: mixer_forward,
-            Mamba2Block: block_forward,
-        },
     )
 )

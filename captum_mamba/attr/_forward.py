@@ -1,22 +1,21 @@
 """Attribution classes: running a model for an explanation.
 
-Default forward functions for Hugging Face Mamba models, the dtype an explanation
-computes in, device checks, and the autograd mode and per-model lock of an
+Default forward functions for Hugging Face and mamba-ssm language models, the dtype
+an explanation computes in, device and argument checks, and the autograd mode of an
 attribution call.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from weakref import WeakKeyDictionary
 
 import torch
 from torch import Tensor, nn
 
 from captum_mamba.attr._targets import AttributionInputError
+from captum_mamba.rules import MambaRules
 
 
 def compute_dtype(model: nn.Module) -> torch.dtype:
@@ -93,26 +92,39 @@ def plain_arguments(args: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(a.clone() if isinstance(a, Tensor) and a.is_inference() else a for a in args)
 
 
-_MODEL_LOCKS: WeakKeyDictionary[nn.Module, threading.RLock] = WeakKeyDictionary()
-_MODEL_LOCKS_GUARD = threading.Lock()
-
-
 @contextmanager
-def explanation_mode(model: nn.Module) -> Iterator[None]:
-    """Exclusive use of ``model`` by this thread, with autograd on (also inside
-    ``torch.no_grad()`` or ``torch.inference_mode()``).
+def explanation_mode() -> Iterator[None]:
+    """Autograd on, also inside ``torch.no_grad()`` or ``torch.inference_mode()``.
 
-    Rule forwards and capture hooks are installed on the model instance, so two
-    attributions of one model on two threads would see each other's; they are run one
-    after the other instead. Attributions of different models run in parallel.
+    The rules and capture hooks of an explanation are installed under the per-module
+    locks of :func:`captum_mamba.adapters.rules_applied`, so explanations of models that
+    share modules run one after the other and others in parallel.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def check_model(model: Any, rules: Any) -> MambaRules:
+    """Check the model and rules given to an attribution class.
 
     Args:
-        model (nn.Module): the model being explained.
+        model (Any): should be an ``nn.Module``.
+        rules (Any): None or a :class:`~captum_mamba.MambaRules` instance.
+
+    Returns:
+        MambaRules: ``rules``, or MambaLRP's rules for None.
+
+    Raises:
+        TypeError: naming what was given instead.
     """
-    with _MODEL_LOCKS_GUARD:
-        lock = _MODEL_LOCKS.setdefault(model, threading.RLock())
-    with lock, torch.inference_mode(False), torch.enable_grad():
-        yield
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if rules is None:
+        return MambaRules()
+    if not isinstance(rules, MambaRules):
+        hint = "MambaRules() (call the class)" if rules is MambaRules else "e.g. MambaRules()"
+        raise TypeError(f"rules must be a MambaRules instance, {hint}; got {rules!r}")
+    return rules
 
 
 def _first(output: Any) -> Tensor:
@@ -150,11 +162,35 @@ def _check_embeds(model: nn.Module, inputs: Tensor) -> None:
         )
 
 
-def default_forward(model: nn.Module, keyword: str) -> Callable[..., Tensor]:
-    """Forward function of a Hugging Face model that returns its logits.
+def backbone_and_head(model: nn.Module) -> tuple[nn.Module | None, nn.Module | None]:
+    """The backbone and output head of a language model, if it has both.
 
-    ``*ForCausalLM`` models are run as ``lm_head(backbone(...))`` so that the logits
-    keep the dtype of the computation (transformers casts them to float32).
+    The backbone is the attribute named by transformers' ``base_model_prefix`` (e.g.
+    ``backbone`` for Mamba, ``model`` for Jamba) or ``backbone`` (mamba-ssm); the head is
+    ``get_output_embeddings()`` or ``lm_head``.
+
+    Args:
+        model (nn.Module): the model.
+
+    Returns:
+        tuple: ``(backbone, head)``, each None when missing.
+    """
+    backbone = getattr(model, getattr(model, "base_model_prefix", "") or "backbone", None)
+    if not isinstance(backbone, nn.Module) or backbone is model:
+        backbone = getattr(model, "backbone", None)
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else getattr(model, "lm_head", None)
+    if not isinstance(backbone, nn.Module) or not isinstance(head, nn.Module):
+        return None, None
+    return backbone, head
+
+
+def default_forward(model: nn.Module, keyword: str) -> Callable[..., Tensor]:
+    """Forward function of a Hugging Face (or mamba-ssm) model that returns its logits.
+
+    Language models are run as ``head(backbone(...))`` (see :func:`backbone_and_head`) so
+    that the logits keep the dtype of the computation (transformers casts them to
+    float32).
 
     Args:
         model (nn.Module): a Hugging Face model.
@@ -165,14 +201,14 @@ def default_forward(model: nn.Module, keyword: str) -> Callable[..., Tensor]:
         :class:`AttributionInputError` for embeddings of the wrong shape and for an
         attention mask that is not a 0/1 tensor of shape ``(batch, seq)``.
     """
-    backbone, head = getattr(model, "backbone", None), getattr(model, "lm_head", None)
+    backbone, head = backbone_and_head(model)
 
     def forward(inputs: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         if keyword == "inputs_embeds":
             _check_embeds(model, inputs)
         _check_mask(attention_mask, inputs)
         kwargs = {keyword: inputs, "attention_mask": attention_mask, "use_cache": False}
-        if isinstance(backbone, nn.Module) and isinstance(head, nn.Module):
+        if backbone is not None:
             return head(_first(backbone(**kwargs)))
         return _first(model(**kwargs))
 

@@ -6,15 +6,16 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from captum._utils.common import _format_additional_forward_args, _format_tensor_into_tuples
 from captum.attr import GradientAttribution, LayerAttribution
 from torch import Tensor, nn
 
+from captum_mamba._captum import format_additional_forward_args, format_tensor_into_tuples
 from captum_mamba.adapters import plan_rules, rules_applied
 from captum_mamba.attr._forward import (
     argument_names,
     as_leaf,
     check_devices,
+    check_model,
     compute_dtype,
     default_forward,
     explanation_mode,
@@ -75,7 +76,9 @@ class LayerMambaLRP(LayerAttribution, GradientAttribution):
         forward_func: Callable[..., Tensor] | None = None,
         rules: MambaRules | None = None,
     ) -> None:
-        self.rules = rules if rules is not None else MambaRules()
+        self.rules = check_model(model, rules)
+        if not isinstance(layer, nn.Module):
+            raise TypeError(f"layer must be a module of the model, got {type(layer).__name__}")
         plan_rules(model, self.rules)
         LayerAttribution.__init__(self, forward_func or default_forward(model, "input_ids"), layer)
         GradientAttribution.__init__(self, self.forward_func)
@@ -126,9 +129,9 @@ class LayerMambaLRP(LayerAttribution, GradientAttribution):
             >>> relevance, delta = lrp.attribute(ids, target=(-1, token),
             ...                                  return_convergence_delta=True)
         """
-        formatted = _format_tensor_into_tuples(inputs)
+        formatted = format_tensor_into_tuples(inputs)
         batch = batch_size(formatted)
-        extra = _format_additional_forward_args(additional_forward_args) or ()
+        extra = format_additional_forward_args(additional_forward_args) or ()
         check_devices(self.model, argument_names(formatted, extra))
         self._check_ids(formatted)
         dtype = compute_dtype(self.model)
@@ -142,21 +145,20 @@ class LayerMambaLRP(LayerAttribution, GradientAttribution):
             captured.append(_leaf(output, module, dtype))
             return captured[-1]
 
-        with explanation_mode(self.model):
+        with explanation_mode(), rules_applied(self.model, self.rules):
             if attribute_to_layer_input:
                 handle = self.layer.register_forward_pre_hook(capture_input)
             else:
                 handle = self.layer.register_forward_hook(capture_output)
             try:
-                with rules_applied(self.model, self.rules):
-                    output = self.forward_func(*plain_arguments((*formatted, *extra)))
-                    explained = select_target(output, target, batch)
-                    if len(captured) != 1:
-                        raise AttributionInputError(
-                            f"layer {type(self.layer).__name__} ran {len(captured)} times in "
-                            "one forward pass; LayerMambaLRP needs a layer that runs exactly once"
-                        )
-                    (grad,) = torch.autograd.grad(explained.sum(), captured, allow_unused=True)
+                output = self.forward_func(*plain_arguments((*formatted, *extra)))
+                explained = select_target(output, target, batch)
+                if len(captured) != 1:
+                    raise AttributionInputError(
+                        f"layer {type(self.layer).__name__} ran {len(captured)} times in "
+                        "one forward pass; LayerMambaLRP needs a layer that runs exactly once"
+                    )
+                (grad,) = torch.autograd.grad(explained.sum(), captured, allow_unused=True)
             finally:
                 handle.remove()
         activation = captured[0].detach()

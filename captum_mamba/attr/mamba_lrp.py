@@ -6,20 +6,21 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from captum._utils.common import (
-    _format_additional_forward_args,
-    _format_output,
-    _format_tensor_into_tuples,
-    _is_tuple,
-)
 from captum.attr import GradientAttribution
 from torch import Tensor, nn
 
+from captum_mamba._captum import (
+    format_additional_forward_args,
+    format_output,
+    format_tensor_into_tuples,
+    is_tuple,
+)
 from captum_mamba.adapters import plan_rules, rules_applied
 from captum_mamba.attr._forward import (
     argument_names,
     as_leaf,
     check_devices,
+    check_model,
     compute_dtype,
     default_forward,
     explanation_mode,
@@ -46,7 +47,7 @@ def relevance_delta(attributions: TensorOrTuple, output: Tensor) -> Tensor:
     Returns:
         Tensor: ``(batch,)`` convergence deltas (zero for perfect conservation).
     """
-    total = sum(a.reshape(a.shape[0], -1).sum(1) for a in _format_tensor_into_tuples(attributions))
+    total = sum(a.reshape(a.shape[0], -1).sum(1) for a in format_tensor_into_tuples(attributions))
     return output.detach().reshape(-1) - total
 
 
@@ -95,7 +96,7 @@ class MambaLRP(GradientAttribution):
         forward_func: Callable[..., Tensor] | None = None,
         rules: MambaRules | None = None,
     ) -> None:
-        self.rules = rules if rules is not None else MambaRules()
+        self.rules = check_model(model, rules)
         plan_rules(model, self.rules)
         super().__init__(forward_func or default_forward(model, "inputs_embeds"))
         self.model = model
@@ -142,13 +143,13 @@ class MambaLRP(GradientAttribution):
 
             >>> relevance = lrp.attribute(embeds, target=(-1, token_id))
         """
-        is_tuple = _is_tuple(inputs)
-        formatted = _format_tensor_into_tuples(inputs)
-        extra = _format_additional_forward_args(additional_forward_args) or ()
+        tuple_input = is_tuple(inputs)
+        formatted = format_tensor_into_tuples(inputs)
+        extra = format_additional_forward_args(additional_forward_args) or ()
         check_devices(self.model, argument_names(formatted, extra))
         dtype = compute_dtype(self.model)
         check_embeddings(formatted, dtype)
-        with explanation_mode(self.model), rules_applied(self.model, self.rules):
+        with explanation_mode(), rules_applied(self.model, self.rules):
             leaves = tuple(as_leaf(x, dtype) for x in formatted)
             output = self.forward_func(*leaves, *plain_arguments(extra))
             explained = select_target(output, target, formatted[0].shape[0])
@@ -158,7 +159,7 @@ class MambaLRP(GradientAttribution):
             for x, g in zip(leaves, grads, strict=True)
         )
         check_relevance(attributions)
-        result = _format_output(is_tuple, attributions)
+        result = format_output(tuple_input, attributions)
         if return_convergence_delta:
             return result, relevance_delta(result, explained)
         return result

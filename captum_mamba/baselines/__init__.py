@@ -2,30 +2,35 @@
 
 Hidden-attention methods for Mamba (attention rollout, Mamba-Attr), a random
 baseline, and uniform token-level wrappers around Captum's gradient methods and the
-MambaLRP ablations (:mod:`captum_mamba.baselines.captum_methods`).
+MambaLRP ablations (:mod:`captum_mamba.baselines.captum_methods`). The hidden-attention
+methods read the scans recorded by :mod:`captum_mamba.baselines.recording`, so they run on
+every architecture that MambaLRP explains.
 """
 
 from captum_mamba.baselines.hidden_attention import (
     SelectiveSSMInputs,
-    find_mixers,
-    hf_mamba_ssm_inputs,
     hidden_attention_matrices,
     mean_hidden_attention,
     positive_hidden_attention,
+    ssd_as_selective,
 )
 from captum_mamba.baselines.mamba_attr import MambaAttr
 from captum_mamba.baselines.random import RandomAttribution
+from captum_mamba.baselines.recording import LayerRecord, SSMRecord, SSMRecorder, record_layers
 from captum_mamba.baselines.rollout import MambaAttentionRollout, attention_rollout
 
 __all__ = [
+    "LayerRecord",
     "MambaAttentionRollout",
     "MambaAttr",
     "RandomAttribution",
+    "SSMRecord",
+    "SSMRecorder",
     "SelectiveSSMInputs",
     "attention_rollout",
-    "find_mixers",
-    "hf_mamba_ssm_inputs",
     "hidden_attention_matrices",
     "mean_hidden_attention",
     "positive_hidden_attention",
+    "record_layers",
+    "ssd_as_selective",
 ]

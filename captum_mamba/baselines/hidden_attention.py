@@ -24,15 +24,11 @@ Memory is bounded by ``chunk_elements`` work buffers plus the ``(L, L)`` (or
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from transformers.models.mamba.modeling_mamba import MambaMixer
-
-from captum_mamba.adapters import UnsupportedModelError
+from torch import Tensor
 
 #: Elements of one work buffer of the blocked computation.
 DEFAULT_CHUNK_ELEMENTS = 1 << 22
@@ -44,12 +40,16 @@ DEFAULT_LEAF_SIZE = 8
 class SelectiveSSMInputs:
     r"""Inputs of one selective SSM ``y = scan(x; exp(dt A), dt B, C) + D x``.
 
+    Mamba-1 has one ``B`` and ``C`` for all channels; Mamba-2 shares them within groups
+    of heads, so they carry a group dimension and channel ``d`` uses group
+    ``d // (channels / groups)``.
+
     Args:
         x (Tensor): ``(batch, length, channels)`` scan input.
         dt (Tensor): ``(batch, length, channels)`` non-negative time steps.
         A (Tensor): ``(channels, state)`` negative state matrix.
-        B (Tensor): ``(batch, length, state)`` input projection.
-        C (Tensor): ``(batch, length, state)`` output projection.
+        B (Tensor): ``(batch, length, state)`` or ``(batch, length, groups, state)``.
+        C (Tensor): the same shape as ``B``.
         D (Tensor or None): ``(channels,)`` skip weight.
     """
 
@@ -71,68 +71,58 @@ class SelectiveSSMInputs:
             self.D,
         )
 
+    def output(self) -> Tensor:
+        """``y`` of the recurrence, by a loop over time (for checks; O(length) steps)."""
+        batch, length, channels = self.x.shape
+        B, C = _per_channel(self.B, channels), _per_channel(self.C, channels)
+        h = self.x.new_zeros(batch, channels, self.A.shape[1])
+        ys = []
+        for t in range(length):
+            drive = self.dt[:, t, :, None] * B[:, t] * self.x[:, t, :, None]
+            h = torch.exp(self.dt[:, t, :, None] * self.A) * h + drive
+            ys.append((h * C[:, t]).sum(-1))
+        y = torch.stack(ys, dim=1)
+        return y if self.D is None else y + self.x * self.D
 
-def hf_mamba_ssm_inputs(
-    mixer: MambaMixer, hidden_states: Tensor, attention_mask: Tensor | None = None
+
+def _per_channel(t: Tensor, channels: int) -> Tensor:
+    """``(b, l, state)`` or grouped ``(b, l, groups, state)`` -> per channel
+    ``(b, l, channels or 1, state)``."""
+    if t.dim() == 3:
+        return t[:, :, None, :]
+    return t.repeat_interleave(channels // t.shape[2], dim=2)
+
+
+def ssd_as_selective(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None
 ) -> SelectiveSSMInputs:
-    """Recompute the SSM inputs of a transformers ``MambaMixer`` from its input.
+    """The Mamba-2 (multi-head) SSM written as a selective SSM over ``heads * head_dim``
+    channels: each head's scalar decay and time step are repeated over its channels.
 
     Args:
-        mixer (MambaMixer): the mixer.
-        hidden_states (Tensor): ``(batch, length, hidden)`` mixer input (after the norm).
-        attention_mask (Tensor, optional): ``(batch, length)`` padding mask, as given
-            to the mixer. Default: None.
+        x (Tensor): ``(batch, length, heads, head_dim)``.
+        dt (Tensor): ``(batch, length, heads)``.
+        A (Tensor): ``(heads,)``.
+        B (Tensor): ``(batch, length, groups, state)``.
+        C (Tensor): ``(batch, length, groups, state)``.
+        D (Tensor or None): ``(heads,)`` or ``(heads, head_dim)``.
 
     Returns:
-        SelectiveSSMInputs: the SSM inputs, in the dtype of ``hidden_states``.
+        SelectiveSSMInputs: the same map ``x -> y``.
     """
-
-    def mask(t: Tensor) -> Tensor:
-        return t if attention_mask is None else t * attention_mask[:, :, None].to(t.dtype)
-
-    length = hidden_states.shape[1]
-    x = mixer.in_proj(mask(hidden_states)).chunk(2, dim=-1)[0]
-    x = mixer.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2)
-    x = mask(mixer.act(x))
-    time_step, B, C = torch.split(
-        mixer.x_proj(x), [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size], -1
+    batch, length, heads, head_dim = x.shape
+    state = B.shape[-1]
+    channel_A = A.repeat_interleave(head_dim)[:, None].expand(-1, state)
+    if D is not None:
+        D = (D[:, None].expand(-1, head_dim) if D.dim() == 1 else D).reshape(-1)
+    return SelectiveSSMInputs(
+        x.reshape(batch, length, heads * head_dim),
+        dt.repeat_interleave(head_dim, dim=-1),
+        channel_A,
+        B,
+        C,
+        D,
     )
-    dt = F.softplus(mixer.dt_proj(time_step))
-    dtype = hidden_states.dtype
-    return SelectiveSSMInputs(x, dt, -torch.exp(mixer.A_log.to(dtype)), B, C, mixer.D.to(dtype))
-
-
-SSMInputsFunction = Callable[..., SelectiveSSMInputs]
-
-#: Mixer type -> function ``(mixer, hidden_states, attention_mask) -> SelectiveSSMInputs``.
-SSM_INPUTS: dict[type, SSMInputsFunction] = {MambaMixer: hf_mamba_ssm_inputs}
-
-
-def find_mixers(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
-    """The supported SSM mixers of ``model`` with their residual blocks, in order.
-
-    Args:
-        model (nn.Module): a model containing supported Mamba mixers.
-
-    Returns:
-        list: ``(block, mixer)`` pairs; ``block`` is the module whose input is the
-        residual stream entering the mixer's layer (the mixer's parent).
-
-    Raises:
-        UnsupportedModelError: if ``model`` contains no supported mixer.
-    """
-    pairs = [
-        (parent, child)
-        for parent in model.modules()
-        for child in parent.children()
-        if type(child) in SSM_INPUTS
-    ]
-    if not pairs:
-        supported = ", ".join(t.__name__ for t in SSM_INPUTS)
-        raise UnsupportedModelError(
-            f"{type(model).__name__} contains no supported SSM mixer (supported: {supported})"
-        )
-    return pairs
 
 
 def _bisect(start: int, stop: int, leaf: int) -> Iterator[tuple[str, int, int, int]]:
@@ -155,8 +145,9 @@ def _cross_tile(
     dtype = ssm.x.dtype
     row_gap = (cumdt[:, rows] - ref).to(dtype)
     col_gap = (ref - cumdt[:, cols]).to(dtype)
-    c_factor = ssm.C[:, rows, None, :] * torch.exp(row_gap[..., None] * ssm.A)
-    b_factor = (ssm.dt[:, cols, :, None] * ssm.B[:, cols, None, :]) * torch.exp(
+    channels = ssm.x.shape[2]
+    c_factor = _per_channel(ssm.C[:, rows], channels) * torch.exp(row_gap[..., None] * ssm.A)
+    b_factor = (ssm.dt[:, cols, :, None] * _per_channel(ssm.B[:, cols], channels)) * torch.exp(
         col_gap[..., None] * ssm.A
     )
     if per_channel:
@@ -170,9 +161,11 @@ def _diagonal_tile(ssm: SelectiveSSMInputs, cumdt: Tensor, span: slice) -> Tenso
     size = span.stop - span.start
     rows, cols = torch.tril_indices(size, size, device=cumdt.device)
     gap = (cumdt[:, span][:, rows] - cumdt[:, span][:, cols]).to(ssm.x.dtype)  # (b, P, d)
-    drive = ssm.dt[:, span, :, None] * ssm.B[:, span, None, :]  # (b, l, d, n)
+    channels = ssm.x.shape[2]
+    drive = ssm.dt[:, span, :, None] * _per_channel(ssm.B[:, span], channels)  # (b, l, d, n)
     terms = torch.exp(gap[..., None] * ssm.A) * drive[:, cols]
-    pairs = torch.einsum("bpdn,bpn->bdp", terms, ssm.C[:, span][:, rows])
+    c = _per_channel(ssm.C[:, span], channels)[:, rows]  # (b, P, d or 1, n)
+    pairs = (terms * c).sum(-1).transpose(1, 2)  # (b, d, P)
     tile = pairs.new_zeros(*pairs.shape[:2], size, size)
     tile[:, :, rows, cols] = pairs
     return tile
@@ -224,8 +217,8 @@ def hidden_attention_matrices(
 
     Examples::
 
-        >>> ssm = hf_mamba_ssm_inputs(model.backbone.layers[0].mixer, normed_hidden)
-        >>> alpha = hidden_attention_matrices(ssm)          # (batch, channels, L, L)
+        >>> layers = record_ssm_inputs(model, embeds)
+        >>> alpha = hidden_attention_matrices(layers[0].ssms[0].inputs)  # (batch, channels, L, L)
     """
     batch, length, channels = ssm.x.shape
     out = ssm.x.new_zeros(batch, channels, length, length)

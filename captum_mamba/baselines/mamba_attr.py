@@ -4,7 +4,8 @@ Per layer ``l``:
 
 - ``P_l = mean_d max(alpha_l[d], 0) / max_{d,i,j} max(alpha_l, 0)``: the positive part
   of the hidden attention, min-max normalised (its minimum is 0: the upper triangle
-  is zero) and averaged over channels;
+  is zero) and averaged over channels (summed over the scans of a layer, normalised by
+  their largest element);
 - ``s_l[j] = max_h max(dy/dr_l[j, h], 0)``, min-max normalised over the tokens: the
   positive gradient of the explained output with respect to the residual stream
   ``r_l`` entering layer ``l``;
@@ -12,7 +13,8 @@ Per layer ``l``:
 
 The layers are combined by :func:`~captum_mamba.baselines.rollout.attention_rollout`
 and the relevance of token ``j`` for the output at position ``t`` is entry ``[t, j]``.
-All normalisations are per example.
+All normalisations are per example. The explained output is selected as in every
+method of this package (:func:`captum_mamba.attr._targets.select_target`).
 """
 
 from __future__ import annotations
@@ -20,19 +22,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from captum._utils.common import _select_targets
 from captum.attr import GradientAttribution
 from torch import Tensor
 
-from captum_mamba.attr._targets import TargetType
+from captum_mamba.attr._forward import explanation_mode
+from captum_mamba.attr._targets import TargetType, select_target
 from captum_mamba.baselines.hidden_attention import positive_hidden_attention
+from captum_mamba.baselines.recording import LayerRecord
 from captum_mamba.baselines.rollout import (
     MambaAttentionRollout,
-    MixerCall,
     attention_rollout,
+    in_original_order,
     mask_attention,
-    mixer_call,
-    recorded_calls,
+    scan_inputs,
     scatter_row,
 )
 
@@ -48,9 +50,9 @@ class MambaAttr(MambaAttentionRollout, GradientAttribution):
     r"""Mamba-Attribution: hidden attention weighted by positive residual gradients, rolled out.
 
     Args:
-        model (nn.Module): a model containing supported SSM mixers (transformers
-            ``MambaMixer``); the gradient is taken at the input of each mixer's
-            parent block (the residual stream).
+        model (nn.Module): a model that MambaLRP explains (any supported architecture);
+            the gradient is taken at the input of each residual layer (the residual
+            stream).
         forward_func (Callable, optional): function of the inputs (and
             ``additional_forward_args``) that runs ``model``. Default: for Hugging Face
             models, ``forward(inputs_embeds, attention_mask=None)``.
@@ -77,8 +79,9 @@ class MambaAttr(MambaAttentionRollout, GradientAttribution):
         Args:
             inputs (Tensor): ``(batch, seq, hidden)`` input embeddings.
             target (int, tuple, Tensor, list, optional): explained output, as in
-                Captum (e.g. a class id, or ``(position, token)`` for LM logits).
-                Default: None.
+                :meth:`captum_mamba.MambaLRP.attribute` (e.g. a class id, or
+                ``(position, token)`` for LM logits); None only for an output with one
+                value per example. Default: None.
             additional_forward_args (Any, optional): further forward arguments (e.g.
                 the attention mask). Default: None.
             position (int, optional): sequence position whose rollout row is read
@@ -86,31 +89,42 @@ class MambaAttr(MambaAttentionRollout, GradientAttribution):
 
         Returns:
             Tensor: ``(batch, seq)`` token relevances.
+
+        Raises:
+            AttributionInputError: for ill-fitting inputs or targets.
         """
         length, stop, extra = self._prepare(inputs, position, additional_forward_args)
-        leaf = inputs.detach().requires_grad_()
-        with (
-            recorded_calls(self.blocks) as block_calls,
-            recorded_calls(self.mixers) as calls,
-            torch.enable_grad(),
-        ):
-            explained = _select_targets(self.forward_func(leaf, *extra), target)
-        residuals = [args[0] if args else kw["hidden_states"] for _, args, kw in block_calls]
-        grads = torch.autograd.grad(explained.sum(), residuals, allow_unused=True)
-        layers = list(zip((mixer_call(*c) for c in calls), grads, strict=True))
+        with explanation_mode():
+            leaf = inputs.detach().clone().requires_grad_()
+            output, layers = self._record(leaf, extra)
+            explained = select_target(output, target, inputs.shape[0])
+            states = [layer.hidden_states for layer in layers]
+            wanted = [s for s in states if s is not None and s.requires_grad]
+            grads = iter(torch.autograd.grad(explained.sum(), wanted, allow_unused=True))
+        grads_by_layer = [
+            next(grads) if s is not None and s.requires_grad else None for s in states
+        ]
+        rows = length if any(layer.bidirectional for layer in layers) else stop
         attentions = (
-            self._layer_attention(call, grad, stop) for call, grad in layers[self.start_layer :]
+            self._weighted_attention(layer, grad, rows)
+            for layer, grad in zip(layers, grads_by_layer, strict=True)
         )
-        return scatter_row(attention_rollout(attentions)[:, stop - 1], length)
+        return scatter_row(attention_rollout(attentions)[:, stop - 1, :rows], length)
 
-    def _layer_attention(self, call: MixerCall, grad: Tensor | None, stop: int) -> Tensor:
-        """Gradient-weighted positive hidden attention of one layer, ``(batch, t, t)``."""
-        if grad is None:
-            grad = torch.zeros_like(call.hidden_states)
-        weight = min_max(grad[:, :stop].detach().clamp_min(0).amax(-1))
-        positive, largest = positive_hidden_attention(
-            call.ssm_inputs(stop), self.leaf_size, self.chunk_elements
-        )
+    def _weighted_attention(self, layer: LayerRecord, grad: Tensor | None, rows: int) -> Tensor:
+        """Gradient-weighted positive hidden attention of one layer, ``(batch, rows, rows)``."""
+        positive, largest = None, None
+        for ssm in layer.ssms:
+            mean, peak = positive_hidden_attention(
+                scan_inputs(ssm, rows), self.leaf_size, self.chunk_elements
+            )
+            mean = in_original_order(mean, ssm)[:, :rows, :rows]
+            positive = mean if positive is None else positive + mean
+            largest = peak if largest is None else torch.maximum(largest, peak)
         largest = largest.where(largest > 0, torch.ones_like(largest))
+        if grad is None:
+            weight = positive.new_ones(positive.shape[0], rows)
+        else:
+            weight = min_max(grad[:, :rows].detach().clamp_min(0).amax(-1))
         attention = positive / largest[:, None, None] * weight[:, None, :]
-        return mask_attention(attention, call.attention_mask)
+        return mask_attention(attention, layer.attention_mask)

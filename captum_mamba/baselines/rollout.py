@@ -1,33 +1,37 @@
 """Baselines: attention rollout over Mamba's hidden attention (Ali et al., 2024).
 
-Each layer's hidden attention is averaged over channels, the residual connection is
-accounted for by adding the identity, rows are normalised to sum to one, and the
-layers are chained by matrix products (Abnar & Zuidema's rollout). The relevance of
-token ``j`` for the output at position ``t`` is the rollout entry ``[t, j]``.
+Each layer's hidden attention is averaged over channels (summed over the scans of the
+layer, e.g. both directions of a bidirectional Vim block, a backward scan's attention
+flipped to the original order), the residual connection is accounted for by adding the
+identity, rows are normalised to sum to one, and the layers are chained by matrix
+products (Abnar & Zuidema's rollout). The relevance of token ``j`` for the output at
+position ``t`` is the rollout entry ``[t, j]``.
+
+The scans are recorded by :func:`~captum_mamba.baselines.recording.record_layers`, so
+rollout runs on every architecture that MambaLRP explains.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from captum._utils.common import _format_additional_forward_args
 from captum.attr import Attribution
 from torch import Tensor, nn
 
-from captum_mamba.attr._forward import default_forward
+from captum_mamba._captum import format_additional_forward_args
+from captum_mamba.adapters import plan_rules
+from captum_mamba.attr._forward import check_model, default_forward
 from captum_mamba.attr._targets import AttributionInputError, TargetType
 from captum_mamba.baselines.hidden_attention import (
     DEFAULT_CHUNK_ELEMENTS,
     DEFAULT_LEAF_SIZE,
-    SSM_INPUTS,
     SelectiveSSMInputs,
-    find_mixers,
     mean_hidden_attention,
 )
+from captum_mamba.baselines.recording import LayerRecord, SSMRecord, record_layers
+from captum_mamba.rules import MambaRules
 
 
 def attention_rollout(attentions: Iterable[Tensor]) -> Tensor:
@@ -63,52 +67,6 @@ def attention_rollout(attentions: Iterable[Tensor]) -> Tensor:
     return joint
 
 
-@dataclass
-class MixerCall:
-    """Input of one mixer call, recorded during a forward pass."""
-
-    mixer: nn.Module
-    hidden_states: Tensor
-    attention_mask: Tensor | None
-
-    def ssm_inputs(self, length: int) -> SelectiveSSMInputs:
-        """SSM inputs of the first ``length`` positions (recomputed without grad)."""
-        mask = None if self.attention_mask is None else self.attention_mask[:, :length]
-        with torch.no_grad():
-            return SSM_INPUTS[type(self.mixer)](
-                self.mixer, self.hidden_states[:, :length].detach(), mask
-            )
-
-
-@contextmanager
-def recorded_calls(modules: Iterable[nn.Module]) -> Iterator[list[tuple[nn.Module, Any, dict]]]:
-    """Record ``(module, args, kwargs)`` of every call of ``modules`` inside the block.
-
-    Args:
-        modules (iterable of nn.Module): modules to watch.
-
-    Yields:
-        list: the calls, in execution order; filled while the block runs.
-    """
-    calls: list[tuple[nn.Module, Any, dict]] = []
-
-    def hook(module: nn.Module, args: Any, kwargs: dict) -> None:
-        calls.append((module, args, kwargs))
-
-    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in modules]
-    try:
-        yield calls
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def mixer_call(module: nn.Module, args: Any, kwargs: dict) -> MixerCall:
-    """A :class:`MixerCall` from a recorded ``(mixer, args, kwargs)`` call."""
-    hidden = args[0] if args else kwargs["hidden_states"]
-    return MixerCall(module, hidden, kwargs.get("attention_mask"))
-
-
 def check_token_embeddings(inputs: Any) -> None:
     """Check that ``inputs`` is a finite floating ``(batch, seq, hidden)`` tensor.
 
@@ -131,8 +89,10 @@ def target_position(position: int, length: int) -> int:
     """Normalise a (possibly negative) sequence position.
 
     Raises:
-        AttributionInputError: if ``position`` is outside ``[-length, length)``.
+        AttributionInputError: if ``position`` is not an int in ``[-length, length)``.
     """
+    if isinstance(position, bool) or not isinstance(position, int):
+        raise AttributionInputError(f"position must be an int, got {position!r}")
     if not -length <= position < length:
         raise AttributionInputError(
             f"position {position} is out of range for sequences of length {length}"
@@ -153,24 +113,46 @@ def scatter_row(row: Tensor, length: int) -> Tensor:
     return torch.cat([row, row.new_zeros(row.shape[0], length - row.shape[1])], dim=1)
 
 
+def scan_inputs(ssm: SSMRecord, stop: int) -> SelectiveSSMInputs:
+    """The inputs of a recorded scan over the positions that are computed (all of them
+    for a backward scan, else the first ``stop``)."""
+    return ssm.inputs if ssm.reverse else ssm.inputs.prefix(stop)
+
+
+def in_original_order(attention: Tensor, ssm: SSMRecord) -> Tensor:
+    """``(..., L, L)`` attention of a scan, flipped back if it ran backwards."""
+    return attention.flip(-1).flip(-2) if ssm.reverse else attention
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
 class MambaAttentionRollout(Attribution):
     r"""Attention rollout over the hidden attention of Mamba models.
 
     Token relevance for the output at sequence position ``t`` is row ``t`` of the
     rollout of the channel-averaged hidden attention of all layers from
     ``start_layer`` on. The explanation does not depend on the explained class (the
-    ``target`` argument is accepted for a uniform API and ignored). Tokens after
-    ``t`` get zero (the model is causal).
+    ``target`` argument is accepted for a uniform API and ignored). In a causal model,
+    tokens after ``t`` get zero.
 
     Args:
-        model (nn.Module): a model containing supported SSM mixers (transformers
-            ``MambaMixer``).
+        model (nn.Module): a model that MambaLRP explains (any supported architecture).
         forward_func (Callable, optional): function of the inputs (and
             ``additional_forward_args``) that runs ``model``. Default: for Hugging Face
             models, ``forward(inputs_embeds, attention_mask=None)``.
-        start_layer (int, optional): first layer of the rollout. Default: 0.
+        start_layer (int, optional): first layer of the rollout, counted from 0 (negative
+            counts from the last). Default: 0.
         leaf_size (int, optional): see :func:`mean_hidden_attention`. Default: 8.
         chunk_elements (int, optional): work-buffer size. Default: ``2**22``.
+
+    Raises:
+        UnsupportedModelError: if a module of ``model`` is not covered by an adapter.
+        ValueError: if ``start_layer``, ``leaf_size`` or ``chunk_elements`` is out of
+            range.
 
     Examples::
 
@@ -186,14 +168,24 @@ class MambaAttentionRollout(Attribution):
         leaf_size: int = DEFAULT_LEAF_SIZE,
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     ) -> None:
+        check_model(model, None)
+        plan = plan_rules(model, MambaRules.gradient_x_input())
         super().__init__(forward_func or default_forward(model, "inputs_embeds"))
         self.model = model
-        pairs = find_mixers(model)
-        self.blocks = [block for block, _ in pairs]
-        self.mixers = [mixer for _, mixer in pairs]
+        layers = sum(entry.block for entry in plan.entries) or 1
+        if isinstance(start_layer, bool) or not isinstance(start_layer, int):
+            raise ValueError(f"start_layer must be an int, got {start_layer!r}")
+        if not -layers <= start_layer < layers:
+            raise ValueError(
+                f"start_layer {start_layer} is out of range for a model with {layers} layers"
+            )
         self.start_layer = start_layer
-        self.leaf_size = leaf_size
-        self.chunk_elements = chunk_elements
+        self.leaf_size = _check_count("leaf_size", leaf_size)
+        self.chunk_elements = _check_count("chunk_elements", chunk_elements)
+
+    def _record(self, inputs: Tensor, extra: tuple[Any, ...]) -> tuple[Tensor, list[LayerRecord]]:
+        output, layers = record_layers(self.model, lambda: self.forward_func(inputs, *extra))
+        return output, layers[self.start_layer :]
 
     @staticmethod
     def _prepare(
@@ -203,7 +195,18 @@ class MambaAttentionRollout(Attribution):
         check_token_embeddings(inputs)
         length = inputs.shape[1]
         stop = target_position(position, length) + 1
-        return length, stop, _format_additional_forward_args(additional_forward_args) or ()
+        return length, stop, format_additional_forward_args(additional_forward_args) or ()
+
+    def _layer_attention(self, layer: LayerRecord, rows: int) -> Tensor:
+        """Channel mean of the layer's hidden attention over its first ``rows`` rows."""
+        total = None
+        for ssm in layer.ssms:
+            mean = mean_hidden_attention(
+                scan_inputs(ssm, rows), self.leaf_size, self.chunk_elements
+            )
+            mean = in_original_order(mean, ssm)[:, :rows, :rows]
+            total = mean if total is None else total + mean
+        return mask_attention(total, layer.attention_mask)
 
     def attribute(
         self,
@@ -226,14 +229,8 @@ class MambaAttentionRollout(Attribution):
             Tensor: ``(batch, seq)`` token relevances.
         """
         length, stop, extra = self._prepare(inputs, position, additional_forward_args)
-        with recorded_calls(self.mixers) as calls, torch.no_grad():
-            self.forward_func(inputs.detach(), *extra)
-        layers = [mixer_call(*call) for call in calls][self.start_layer :]
-        attentions = (
-            mask_attention(
-                mean_hidden_attention(call.ssm_inputs(stop), self.leaf_size, self.chunk_elements),
-                call.attention_mask,
-            )
-            for call in layers
-        )
-        return scatter_row(attention_rollout(attentions)[:, stop - 1], length)
+        with torch.no_grad():
+            _, layers = self._record(inputs.detach(), extra)
+        rows = length if any(layer.bidirectional for layer in layers) else stop
+        attentions = (self._layer_attention(layer, rows) for layer in layers)
+        return scatter_row(attention_rollout(attentions)[:, stop - 1, :rows], length)

@@ -1,11 +1,13 @@
 """Captum LRP: MambaLRP inside Captum's own ``LRP`` and ``LayerLRP`` framework.
 
 :mod:`~captum_mamba.lrp.captum_rules` holds the rules (Captum ``PropagationRule``
-classes), :mod:`~captum_mamba.lrp.modules` the leaf modules that carry them,
-:mod:`~captum_mamba.lrp.registry` the default rule of each module type and
-:mod:`~captum_mamba.lrp.prepare` the prepared model that Captum explains.
+classes), :mod:`~captum_mamba.lrp.modules` the leaf modules that carry them and the ops
+backend that calls them, :mod:`~captum_mamba.lrp.registry` the rules of other leaf types
+and :mod:`~captum_mamba.lrp.prepare` the prepared model that Captum explains. Captum's
+``EpsilonRule`` and ``GammaRule`` are re-exported, so no private Captum import is needed.
 """
 
+from captum_mamba._captum import EpsilonRule, GammaRule, PropagationRule
 from captum_mamba.lrp.captum_rules import (
     EmbeddingRule,
     HalfRule,
@@ -14,17 +16,7 @@ from captum_mamba.lrp.captum_rules import (
     SiLURule,
     SSMRule,
 )
-from captum_mamba.lrp.modules import (
-    Addition,
-    GatedProduct,
-    KeptRule,
-    MambaLeaf,
-    PreparedBlock,
-    PreparedMixer,
-    RMSNorm,
-    SelectiveSSM,
-    SiLU,
-)
+from captum_mamba.lrp.modules import CaptumOps, KeptRule, OpLeaf
 from captum_mamba.lrp.prepare import CaptumLRPModel, prepare_captum_lrp
 from captum_mamba.lrp.registry import (
     captum_linear_rule,
@@ -34,21 +26,18 @@ from captum_mamba.lrp.registry import (
 )
 
 __all__ = [
-    "Addition",
     "CaptumLRPModel",
+    "CaptumOps",
     "EmbeddingRule",
-    "GatedProduct",
+    "EpsilonRule",
+    "GammaRule",
     "HalfRule",
     "KeptRule",
     "LRP0Rule",
-    "MambaLeaf",
     "NormRule",
-    "PreparedBlock",
-    "PreparedMixer",
-    "RMSNorm",
+    "OpLeaf",
+    "PropagationRule",
     "SSMRule",
-    "SelectiveSSM",
-    "SiLU",
     "SiLURule",
     "captum_linear_rule",
     "prepare_captum_lrp",

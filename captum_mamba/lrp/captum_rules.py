@@ -26,9 +26,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from captum._utils.common import _format_tensor_into_tuples
-from captum.attr._utils.lrp_rules import PropagationRule
 from torch import Tensor, nn
+
+from captum_mamba._captum import PropagationRule, format_tensor_into_tuples
 
 
 class LRP0Rule(PropagationRule):
@@ -85,7 +85,7 @@ class EmbeddingRule(LRP0Rule):
 
     def forward_hook(self, module: nn.Module, inputs: Any, outputs: Tensor) -> Tensor:
         """Hook the output only; integer inputs cannot carry gradients."""
-        self._has_single_input = len(_format_tensor_into_tuples(inputs)) == 1
+        self._has_single_input = len(format_tensor_into_tuples(inputs)) == 1
         self._handle_input_hooks = []
         self._handle_output_hook = outputs.register_hook(
             self._create_backward_hook_output(outputs.data)

@@ -1,32 +1,41 @@
-"""Captum LRP: leaf modules for the functional operations of a Mamba block.
+"""Captum LRP: the operations of a block as leaf modules, and the ops that call them.
 
-Captum's LRP only sees leaf modules that carry a ``rule``. A Mamba block computes
-its residual addition, SiLUs, selective scan and gate product with functions, so a
-prepared model routes each of them through one of the leaf modules below. A leaf
-computes exactly the value of its operation; when it carries its MambaLRP rule
-(:attr:`MambaLeaf.rule_type`), it uses the rule's modified backward from
-:mod:`captum_mamba.rules`, otherwise the plain operation.
+Captum's LRP only sees leaf modules that carry a ``rule``. In a model prepared by
+:func:`captum_mamba.lrp.prepare_captum_lrp`, every operation site of a handled module
+(see :mod:`captum_mamba.adapters.backend`) is a child leaf of that module (e.g.
+``mixer.conv_act``, ``mixer.ssm``, ``block.residual``), or the module itself for
+one-operation modules such as norms. :class:`CaptumOps` runs the module's handler
+forward (the same code as MambaLRP's) and routes each operation through its leaf. A leaf
+computes exactly the value of its operation with the rule functions of
+:mod:`captum_mamba.rules`; the MambaLRP rule of its kind is on when the leaf carries the
+corresponding Captum rule (:data:`MAMBA_RULES`), off for any other rule.
 
-``module.rule`` of every prepared leaf is a :class:`KeptRule`: Captum deletes
-``rule`` from every layer after each call, which would discard rules set by the
-user. A kept rule ignores that deletion and instead removes what Captum leaves
-behind for that call (the layer's ``activations`` and the rule's hook state), so
-that the module is as it was before the call, also when the call raised.
+``module.rule`` of every prepared leaf is a :class:`KeptRule`: Captum deletes ``rule``
+from every layer after each call, which would discard rules set by the user. A kept rule
+ignores that deletion and instead removes what Captum leaves behind for that call (the
+layer's ``activations`` and the rule's hook state), so that the module is as it was
+before the call, also when the call raised.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import torch
-import torch.nn.functional as F
-from captum.attr._utils.lrp_rules import PropagationRule
 from torch import Tensor, nn
-from transformers.models.mamba.modeling_mamba import MambaMixer, MambaRMSNorm
 
-from captum_mamba.adapters.selective_branch import mask_padding
+from captum_mamba._captum import PropagationRule
+from captum_mamba.adapters import BlockOps
 from captum_mamba.lrp.captum_rules import HalfRule, LRP0Rule, NormRule, SiLURule, SSMRule
-from captum_mamba.rules import gated_product, rms_norm, selective_ssm, silu
+from captum_mamba.rules import functional as R
+
+#: Op kind -> the Captum rule that switches its MambaLRP rule on.
+MAMBA_RULES: dict[str, type[PropagationRule]] = {
+    "norm": NormRule,
+    "silu": SiLURule,
+    "gate": HalfRule,
+    "ssm": SSMRule,
+    "ssd": SSMRule,
+}
 
 #: Attributes that one Captum LRP call leaves on a rule object.
 _CALL_STATE = (
@@ -96,157 +105,149 @@ def keep_rule(module: nn.Module) -> None:
     module.__class__ = _KEPT_RULE_CLASSES[cls]
 
 
-class MambaLeaf(nn.Module):
-    """A leaf module that applies its MambaLRP rule when it carries one.
+def rule_active(module: nn.Module, kind: str) -> bool:
+    """Whether ``module`` carries the Captum rule that switches on the MambaLRP rule of
+    ``kind`` (always False for kinds without one)."""
+    rule_type = MAMBA_RULES.get(kind)
+    return rule_type is not None and isinstance(getattr(module, "rule", None), rule_type)
 
-    Attributes:
-        rule_type (type): the rule that switches on the modified backward.
+
+class OpLeaf(nn.Module):
+    """A leaf module computing one operation of a block, with its rule when it carries it.
+
+    Relevance-path tensors are positional arguments (Captum hooks them); parameters and
+    settings are keyword arguments.
+
+    Args:
+        kind (str): the op kind, a key of
+            :data:`captum_mamba.adapters.backend.SITE_KINDS`.
     """
 
     rule = KeptRule()
-    rule_type: ClassVar[type[PropagationRule]] = LRP0Rule
+    _COMPUTE: ClassVar[dict[str, Any]] = {
+        "silu": lambda on, x: R.silu(x, on),
+        "gate": lambda on, y, g: R.gated_product(y, g, on),
+        "ssm": lambda on, x, dt, B, C, *, A, D: R.selective_ssm(x, dt, A, B, C, D, on),
+        "ssd": lambda on, x, dt, B, C, *, A, D, chunk_size: R.multihead_ssm(
+            x, dt, A, B, C, D, on, chunk_size
+        ),
+        "add": lambda on, a, b: R.add(a, b),
+        "scale": lambda on, x, *, factor: R.scale(x, factor),
+        "time_step": lambda on, raw, *, bias, low, high: R.time_step(raw, bias, low, high),
+        "norm": lambda on, x, *, weight, eps, group_size: _grouped_norm(
+            x, weight, eps, group_size, on
+        ),
+    }
 
-    @property
-    def rule_active(self) -> bool:
-        """Whether the module carries its MambaLRP rule."""
-        return isinstance(getattr(self, "rule", None), self.rule_type)
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        if kind not in self._COMPUTE:
+            raise ValueError(f"no leaf for the op kind {kind!r}")
+        self.kind = kind
 
+    def forward(self, *inputs: Tensor, **params: Any) -> Tensor:
+        return self._COMPUTE[self.kind](rule_active(self, self.kind), *inputs, **params)
 
-class Addition(MambaLeaf):
-    """Residual addition ``a + b`` (LRP-0 distributes relevance by contribution)."""
-
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return a + b
-
-
-class SiLU(MambaLeaf):
-    """SiLU; with :class:`SiLURule` the identity rule (``sigmoid(x)`` constant)."""
-
-    rule_type = SiLURule
-
-    def forward(self, x: Tensor) -> Tensor:
-        return silu(x, self.rule_active)
-
-
-class GatedProduct(MambaLeaf):
-    """Gate ``y * gate``; with :class:`HalfRule` each factor gets half the relevance."""
-
-    rule_type = HalfRule
-
-    def forward(self, y: Tensor, gate: Tensor) -> Tensor:
-        return gated_product(y, gate, self.rule_active)
+    def extra_repr(self) -> str:
+        return self.kind
 
 
-class RMSNorm(MambaLeaf):
-    """RMSNorm in the input dtype; with :class:`NormRule` the LN-rule.
+def _grouped_norm(
+    x: Tensor, weight: Tensor | None, eps: float, group_size: int | None, ln_rule: bool
+) -> Tensor:
+    if group_size is None or group_size == x.shape[-1]:
+        return R.rms_norm(x, weight, eps, ln_rule)
+    out = R.rms_norm(x.unflatten(-1, (-1, group_size)), None, eps, ln_rule).flatten(-2)
+    return out if weight is None else weight * out
 
-    Args:
-        norm (MambaRMSNorm): the norm whose weight (shared, not copied) and epsilon
-            are used.
+
+class CaptumOps(BlockOps):
+    """The operations of a handled module in a prepared copy: each runs its leaf.
+
+    The computation stays in the model's dtype (no widening), as Captum's own layers do.
     """
 
-    rule_type = NormRule
+    def _leaf(self, site: str) -> nn.Module:
+        self.rules(site)
+        return self.module if site == "" else getattr(self.module, site)
 
-    def __init__(self, norm: MambaRMSNorm) -> None:
-        super().__init__()
-        self.weight = norm.weight
-        self.variance_epsilon = norm.variance_epsilon
+    def _run(self, site: str, kind: str, *inputs: Tensor, **params: Any) -> Tensor:
+        leaf = self._leaf(site)
+        if leaf is self.module:
+            return OpLeaf._COMPUTE[kind](rule_active(leaf, kind), *inputs, **params)
+        return leaf(*inputs, **params)
 
-    def forward(self, hidden_states: Tensor) -> Tensor:
-        weight = self.weight.to(hidden_states.dtype)
-        return rms_norm(hidden_states, weight, self.variance_epsilon, self.rule_active)
+    def compute(self, x: Tensor) -> Tensor:
+        return x
 
+    def silu(self, site: str, x: Tensor) -> Tensor:
+        return self._run(site, "silu", x)
 
-class SelectiveSSM(MambaLeaf):
-    """Selective SSM ``scan(x; softplus(dt), A, B, C) + D x``; with :class:`SSMRule`
-    the SSM rule.
+    def gate(self, site: str, y: Tensor, gate: Tensor) -> Tensor:
+        return self._run(site, "gate", y, gate)
 
-    The softplus of the time step is part of the leaf, so that with the rule off the
-    relevance of ``dt`` is that of its pre-activation (the output of ``dt_proj``).
-
-    Args:
-        mixer (MambaMixer): the mixer whose ``A_log`` and ``D`` (shared) are used.
-    """
-
-    rule_type = SSMRule
-
-    def __init__(self, mixer: MambaMixer) -> None:
-        super().__init__()
-        self.A_log = mixer.A_log
-        self.D = mixer.D
-
-    def forward(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor) -> Tensor:
-        A = -torch.exp(self.A_log.to(x.dtype))
-        D = self.D.to(x.dtype)
-        return selective_ssm(x, F.softplus(dt), A, B, C, D, self.rule_active)
-
-
-class PreparedMixer(nn.Module):
-    """Mamba-1 mixer whose every operation on the relevance path is a leaf module.
-
-    Args:
-        mixer (MambaMixer): the mixer (of the prepared copy) whose projections and
-            parameters are used.
-
-    Raises:
-        NotImplementedError: if the mixer does not use SiLU.
-    """
-
-    def __init__(self, mixer: MambaMixer) -> None:
-        super().__init__()
-        if mixer.activation not in ("silu", "swish"):
-            raise NotImplementedError(
-                f"MambaLRP supports SiLU mixers only, this one uses {mixer.activation!r}"
-            )
-        self.time_step_rank = mixer.time_step_rank
-        self.ssm_state_size = mixer.ssm_state_size
-        self.in_proj = mixer.in_proj
-        self.conv1d = mixer.conv1d
-        self.conv_act = SiLU()
-        self.x_proj = mixer.x_proj
-        self.dt_proj = mixer.dt_proj
-        self.ssm = SelectiveSSM(mixer)
-        self.gate_act = SiLU()
-        self.gate = GatedProduct()
-        self.out_proj = mixer.out_proj
-
-    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        length = hidden_states.shape[1]
-        x, z = self.in_proj(mask_padding(hidden_states, attention_mask)).chunk(2, dim=-1)
-        x = self.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2)
-        x = mask_padding(self.conv_act(x), attention_mask)
-        time_step, B, C = torch.split(
-            self.x_proj(x), [self.time_step_rank, self.ssm_state_size, self.ssm_state_size], dim=-1
-        )
-        y = self.ssm(x, self.dt_proj(time_step), B, C)
-        return self.out_proj(self.gate(y, self.gate_act(z)))
-
-
-class PreparedBlock(nn.Module):
-    """Pre-norm residual block ``x + mixer(norm(x))`` with the addition as a leaf.
-
-    Args:
-        norm (RMSNorm): the prepared norm.
-        mixer (PreparedMixer): the prepared mixer.
-    """
-
-    def __init__(self, norm: RMSNorm, mixer: PreparedMixer) -> None:
-        super().__init__()
-        self.norm = norm
-        self.mixer = mixer
-        self.residual = Addition()
-
-    def forward(
+    def rms_norm(
         self,
-        hidden_states: Tensor,
-        cache: Any = None,
-        attention_mask: Tensor | None = None,
-        **kwargs: Any,
+        site: str,
+        x: Tensor,
+        weight: Tensor | None,
+        eps: float,
+        group_size: int | None = None,
     ) -> Tensor:
-        if cache is not None:
-            raise NotImplementedError(
-                "a model prepared for Captum's LRP explains whole sequences; "
-                "call it with use_cache=False"
-            )
-        mixed = self.mixer(self.norm(hidden_states), attention_mask=attention_mask)
-        return self.residual(hidden_states, mixed)
+        return self._run(site, "norm", x, weight=weight, eps=eps, group_size=group_size)
+
+    def layer_norm(
+        self, site: str, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+    ) -> Tensor:
+        leaf = self._leaf(site)
+        if leaf is not self.module:
+            raise NotImplementedError("a LayerNorm operation must be the module itself")
+        return R.layer_norm(x, weight, bias, eps, rule_active(leaf, "norm"))
+
+    def ssm(
+        self,
+        site: str,
+        x: Tensor,
+        dt: Tensor,
+        A: Tensor,
+        B: Tensor,
+        C: Tensor,
+        D: Tensor | None,
+        reverse: bool = False,
+    ) -> Tensor:
+        return self._run(site, "ssm", x, dt, B, C, A=A.to(x.dtype), D=D)
+
+    def ssd(
+        self,
+        site: str,
+        x: Tensor,
+        dt: Tensor,
+        A: Tensor,
+        B: Tensor,
+        C: Tensor,
+        D: Tensor | None,
+        chunk_size: int,
+    ) -> Tensor:
+        return self._run(site, "ssd", x, dt, B, C, A=A.to(x.dtype), D=D, chunk_size=chunk_size)
+
+    def add(self, site: str, a: Tensor, b: Tensor) -> Tensor:
+        return self._run(site, "add", a, b)
+
+    def scale(self, site: str, x: Tensor, factor: float) -> Tensor:
+        return self._run(site, "scale", x, factor=factor)
+
+    def time_step(
+        self,
+        site: str,
+        raw: Tensor,
+        bias: Tensor | None = None,
+        low: float = 0.0,
+        high: float = float("inf"),
+    ) -> Tensor:
+        return self._run(site, "time_step", raw, bias=bias, low=low, high=high)
+
+
+def default_leaf_rule(kind: str, on: bool) -> PropagationRule:
+    """The Captum rule of a leaf of ``kind``: its MambaLRP rule if ``on``, else LRP-0."""
+    rule_type = MAMBA_RULES.get(kind)
+    return rule_type() if on and rule_type is not None else LRP0Rule()

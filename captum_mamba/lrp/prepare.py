@@ -4,31 +4,40 @@ Captum's LRP hooks leaf modules only, ignores functional operations and needs a
 rule on every leaf. :func:`prepare_captum_lrp` builds a copy of the model in which
 
 - parameters and buffers are shared with the original (nothing is copied);
-- every Mamba block, mixer and RMSNorm is replaced by the modules of
-  :mod:`captum_mamba.lrp.modules`, whose residual addition, SiLUs, selective scan
-  and gate product are leaf modules; the forward computes the same values as the
-  forward that :class:`~captum_mamba.MambaLRP` explains (in the input dtype);
+- every handled module (see :mod:`captum_mamba.adapters`) computes with its handler
+  forward, the same code that :class:`~captum_mamba.MambaLRP` runs, through
+  :class:`~captum_mamba.lrp.modules.CaptumOps`: each operation site is a leaf module
+  (a child of the handled module named after the site, e.g. ``mixer.ssm``,
+  ``block.residual``, or the module itself for norms);
 - every leaf carries a rule: the one set on the original module (the same
-  object), else the default of :mod:`captum_mamba.lrp.registry` for the given
-  :class:`~captum_mamba.MambaRules`. Rules survive Captum calls
-  (:class:`~captum_mamba.lrp.modules.KeptRule`).
+  object), else the default for the given :class:`~captum_mamba.MambaRules` (the
+  MambaLRP rule of the site's kind where the rules switch it on, the Captum equivalent of
+  the linear rule on linear layers, the registry's rule for other types). Rules survive
+  Captum calls (:class:`~captum_mamba.lrp.modules.KeptRule`).
 
-The original model is never changed, except that Captum's ``GammaRule`` edits the
-shared weights during a call and restores them at its end, as on any model.
+The copy is checked against the same allow-list as MambaLRP. The original model is
+never changed, except that Captum's ``GammaRule`` edits the shared weights during a call
+and restores them at its end, as on any model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from copy import deepcopy
+from typing import Any
 
 from torch import Tensor, nn
-from transformers.models.mamba.modeling_mamba import MambaBlock, MambaMixer, MambaRMSNorm
 
-from captum_mamba.adapters import UnsupportedModelError
-from captum_mamba.attr._forward import default_forward
-from captum_mamba.lrp.modules import PreparedBlock, PreparedMixer, RMSNorm, keep_rule
-from captum_mamba.lrp.registry import rule_for
+from captum_mamba.adapters import Backend, plan_rules
+from captum_mamba.adapters.backend import SITE_KINDS
+from captum_mamba.adapters.base import PlanEntry, RuleForward
+from captum_mamba.attr._forward import backbone_and_head, check_model, default_forward
+from captum_mamba.lrp.captum_rules import LRP0Rule
+from captum_mamba.lrp.modules import CaptumOps, OpLeaf, default_leaf_rule, keep_rule
+from captum_mamba.lrp.registry import captum_linear_rule, rule_for
 from captum_mamba.rules import MambaRules
+
+PreparedForward = Callable[..., Tensor]
 
 
 class CaptumLRPModel(nn.Module):
@@ -37,6 +46,8 @@ class CaptumLRPModel(nn.Module):
     Args:
         model (nn.Module): the prepared copy (see :func:`prepare_captum_lrp`),
             available as ``self.model`` to set rules or pick layers.
+        forward_func (Callable): ``forward_func(model, *inputs)`` returning the output to
+            explain.
 
     Examples::
 
@@ -44,79 +55,125 @@ class CaptumLRPModel(nn.Module):
         >>> relevance = LRP(prepared).attribute(embeds, target=(-1, token_id))
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, forward_func: PreparedForward) -> None:
         super().__init__()
         self.model = model
-        self._forward = default_forward(model, "inputs_embeds")
+        self._forward_func = forward_func
 
-    def forward(self, inputs_embeds: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Model output (e.g. logits ``(batch, seq, vocab)``) for input embeddings.
-
-        Args:
-            inputs_embeds (Tensor): ``(batch, seq, hidden)`` input embeddings.
-            attention_mask (Tensor, optional): ``(batch, seq)`` mask, 0 on padding.
-                Default: None.
-
-        Returns:
-            Tensor: the model output, in the dtype of the model.
-        """
-        return self._forward(inputs_embeds, attention_mask)
+    def forward(self, *inputs: Any) -> Tensor:
+        """The model output for ``inputs`` (for language models: input embeddings and an
+        optional ``(batch, seq)`` attention mask), in the dtype of the model."""
+        return self._forward_func(self.model, *inputs)
 
 
-def _convert(module: nn.Module) -> nn.Module:
-    for name, child in list(module.named_children()):
-        setattr(module, name, _convert(child))
-    if type(module) is MambaRMSNorm:
-        norm = RMSNorm(module)
-        if getattr(module, "rule", None) is not None:
-            norm.rule = module.rule
-        return norm
-    if type(module) is MambaMixer:
-        return PreparedMixer(module)
-    if type(module) is MambaBlock:
-        return PreparedBlock(module.norm, module.mixer)
-    return module
+class _CaptumBackend(Backend):
+    ops_class = CaptumOps
 
 
-def _attach_rules(model: nn.Module, rules: MambaRules) -> None:
-    """Give every leaf a kept rule: the user's (plain attribute of a copied module, or
-    carried to a replaced norm) if set, else the registry's default."""
-    for module in model.modules():
-        if next(module.children(), None) is not None:
+def _user_rule(module: nn.Module) -> Any:
+    """The rule set by the user as a plain attribute (or kept), if any."""
+    return vars(module).pop("rule", None) or getattr(module, "rule", None)
+
+
+def _fresh_inputs(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Each call of a leaf gets its own view of its tensor inputs.
+
+    Captum's LRP hooks a leaf's input tensors to turn the gradient arriving there into
+    relevance (multiplying by the input). A tensor passed to one leaf and, through a
+    view, to another (``z`` and ``z.flip(1)`` in a bidirectional mixer) would be hooked
+    twice on one path and multiply the relevance twice; per-call views keep every hook on
+    a tensor of its own, and their relevances add up in the shared tensor.
+    """
+    return tuple(a.view_as(a) if isinstance(a, Tensor) and a.requires_grad else a for a in args)
+
+
+def _set_rule(module: nn.Module, rule: Any) -> None:
+    keep_rule(module)
+    module.rule = rule
+    if not getattr(module, "_captum_mamba_fresh_inputs", False):
+        module.register_forward_pre_hook(_fresh_inputs)
+        module._captum_mamba_fresh_inputs = True
+
+
+def _prepare_entry(copy: nn.Module, entry: PlanEntry, backend: Backend) -> None:
+    module = copy.get_submodule(entry.path)
+    user = _user_rule(module)
+    if entry.handler is None:
+        _set_rule(module, user or captum_linear_rule(entry.rules.linear))
+        return
+    for site, kind in entry.handler.sites.items():
+        rules = entry.site_rules[site]
+        setting = SITE_KINDS[kind]
+        on = setting is not None and bool(getattr(rules, setting))
+        if site == "":
+            _set_rule(module, user or rule_for(module, rules) or default_leaf_rule(kind, on))
             continue
-        user_rule = vars(module).pop("rule", None) or getattr(module, "rule", None)
-        rule = user_rule or rule_for(module, rules)
-        if rule is not None:
-            keep_rule(module)
-            module.rule = rule
+        if site in module._modules or hasattr(module, site):
+            raise AttributeError(
+                f"{type(module).__name__} already has an attribute {site!r}; rename the site "
+                "in its ModuleHandler"
+            )
+        leaf = OpLeaf(kind)
+        setattr(module, site, leaf)
+        _set_rule(leaf, default_leaf_rule(kind, on))
+    ops = backend.ops(module, entry.path, entry.site_rules)
+    module.forward = RuleForward(entry.handler.forward, ops, module)
 
 
-def prepare_captum_lrp(model: nn.Module, rules: MambaRules | None = None) -> CaptumLRPModel:
+def _attach_leaf_rules(model: nn.Module, rules: MambaRules) -> None:
+    """Give every leaf still without a rule one: the user's, the registry's, or LRP-0
+    (the allow-list admitted the leaf, or it is never called)."""
+    for module in model.modules():
+        if next(module.children(), None) is not None or "_captum_mamba_rule" in vars(module):
+            continue
+        _set_rule(module, _user_rule(module) or rule_for(module, rules) or LRP0Rule())
+
+
+def _default_prepared_forward(model: nn.Module) -> PreparedForward:
+    backbone, _ = backbone_and_head(model)
+    if backbone is not None or hasattr(model, "get_input_embeddings"):
+        return lambda copy, inputs_embeds, attention_mask=None: default_forward(
+            copy, "inputs_embeds"
+        )(inputs_embeds, attention_mask)
+    return lambda copy, *inputs: copy(*inputs)
+
+
+def prepare_captum_lrp(
+    model: nn.Module,
+    rules: MambaRules | None = None,
+    forward_func: PreparedForward | None = None,
+) -> CaptumLRPModel:
     r"""Copy a Mamba model so that ``captum.attr.LRP`` computes MambaLRP on it.
 
-    ``LRP(prepare_captum_lrp(model, rules)).attribute(embeds, target)`` equals
-    ``MambaLRP(model, rules=rules).attribute(embeds, target)`` (up to rounding).
-    Change single rules with ``module.rule = ...`` on ``prepared.model``; Captum's
-    ``EpsilonRule`` and ``GammaRule`` work on its linear and conv layers.
+    ``LRP(prepare_captum_lrp(model, rules)).attribute(inputs, target)`` equals
+    ``MambaLRP(model, rules=rules).attribute(inputs, target)`` (up to rounding) for every
+    supported architecture. Change single rules with ``module.rule = ...`` on
+    ``prepared.model``; Captum's ``EpsilonRule`` and ``GammaRule`` work on its linear and
+    conv layers.
 
     Args:
-        model (nn.Module): a model containing transformers Mamba blocks, e.g.
-            ``MambaForCausalLM`` or a classifier on ``MambaModel``. Rules already
-            set as ``module.rule`` on its leaf modules are kept.
-        rules (MambaRules, optional): default rules of the leaves. Default: all
-            MambaLRP rules, LRP-0 on linear layers.
+        model (nn.Module): a model containing supported Mamba blocks. Rules already set
+            as ``module.rule`` on its modules are kept.
+        rules (MambaRules, optional): default rules of the leaves, overrides included.
+            Default: MambaLRP, LRP-0 on linear layers.
+        forward_func (Callable, optional): ``forward_func(prepared_copy, *inputs)``
+            returning the output to explain, e.g.
+            ``lambda m, tokens: m.forward_tokens(tokens)`` for a Vision Mamba. Default:
+            for language models ``forward(inputs_embeds, attention_mask=None)`` returning
+            the logits, else the copy's own forward.
 
     Returns:
-        CaptumLRPModel: a module ``forward(inputs_embeds, attention_mask=None)``
-        returning the model output; the prepared copy is its ``model`` attribute.
+        CaptumLRPModel: a module returning the model output; the prepared copy is its
+        ``model`` attribute.
 
     Raises:
-        UnsupportedModelError: if ``model`` contains no transformers Mamba mixer.
+        UnsupportedModelError: if ``model`` contains a module that no rule covers (see
+            :func:`captum_mamba.adapters.plan_rules`).
 
     Examples::
 
         >>> from captum.attr import LRP, LayerLRP
-        >>> from captum.attr._utils.lrp_rules import GammaRule
+        >>> from captum_mamba.lrp import GammaRule
         >>> prepared = prepare_captum_lrp(model)
         >>> prepared.model.lm_head.rule = GammaRule(0.25)
         >>> relevance = LRP(prepared).attribute(embeds, target=(-1, token_id))
@@ -124,13 +181,13 @@ def prepare_captum_lrp(model: nn.Module, rules: MambaRules | None = None) -> Cap
         >>> block_relevance = LayerLRP(prepared, block.residual).attribute(
         ...     embeds, target=(-1, token_id))
     """
-    if not any(type(m) is MambaMixer for m in model.modules()):
-        raise UnsupportedModelError(
-            f"{type(model).__name__} contains no transformers MambaMixer; "
-            "prepare_captum_lrp supports transformers Mamba-1 models"
-        )
+    rules = check_model(model, rules)
+    plan = plan_rules(model, rules)
     shared: dict[int, object] = {id(t): t for t in (*model.parameters(), *model.buffers())}
     shared.update({id(m.rule): m.rule for m in model.modules() if "rule" in vars(m)})
-    copy = _convert(deepcopy(model, shared))
-    _attach_rules(copy, rules if rules is not None else MambaRules())
-    return CaptumLRPModel(copy)
+    copy = deepcopy(model, shared)
+    backend = _CaptumBackend()
+    for entry in plan.entries:
+        _prepare_entry(copy, entry, backend)
+    _attach_leaf_rules(copy, rules)
+    return CaptumLRPModel(copy, forward_func or _default_prepared_forward(model))

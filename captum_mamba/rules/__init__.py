@@ -1,26 +1,36 @@
 """Rules: the maths of MambaLRP, as forward functions with a modified backward."""
 
-from captum_mamba.rules.config import MambaRules
+from captum_mamba.rules.config import PRESETS, MambaRules, Override
 from captum_mamba.rules.functional import (
+    add,
     gated_product,
     gated_rms_norm,
+    layer_norm,
     multihead_ssm,
     rms_norm,
+    scale,
     selective_ssm,
     silu,
+    time_step,
 )
 from captum_mamba.rules.linear import LRP0, Epsilon, Gamma, LinearRule
 
 __all__ = [
     "LRP0",
+    "PRESETS",
     "Epsilon",
     "Gamma",
     "LinearRule",
     "MambaRules",
+    "Override",
+    "add",
     "gated_product",
     "gated_rms_norm",
+    "layer_norm",
     "multihead_ssm",
     "rms_norm",
+    "scale",
     "selective_ssm",
     "silu",
+    "time_step",
 ]

@@ -35,6 +35,63 @@ def rms_norm(x: Tensor, weight: Tensor | None, eps: float, ln_rule: bool) -> Ten
     return out if weight is None else weight * out
 
 
+def layer_norm(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, ln_rule: bool
+) -> Tensor:
+    r"""LayerNorm ``weight * (x - mean(x)) / std(x) + bias``; the LN-rule treats ``1 / std(x)``
+    as a constant.
+
+    Centring is linear, so with the rule the map is affine in ``x`` and the bias absorbs
+    its share of the relevance, as the bias of a linear layer does.
+
+    Args:
+        x (Tensor): input, normalised over its last dimension.
+        weight (Tensor or None): elementwise scale, or None for no scale.
+        bias (Tensor or None): elementwise shift, or None for no shift.
+        eps (float): added to the variance before the square root.
+        ln_rule (bool): detach the normalising factor from the backward.
+
+    Returns:
+        Tensor: the normalised input, same shape as ``x``.
+    """
+    out = rms_norm(x - x.mean(-1, keepdim=True), weight, eps, ln_rule)
+    return out if bias is None else out + bias
+
+
+def add(a: Tensor, b: Tensor) -> Tensor:
+    """Sum ``a + b`` (a residual connection or the sum of two branches); relevance is
+    shared in proportion to the contributions (Gradient x Input, LRP-0)."""
+    return a + b
+
+
+def scale(x: Tensor, factor: float) -> Tensor:
+    """Product ``factor * x`` with a constant; relevance passes unchanged."""
+    return x * factor
+
+
+def time_step(
+    raw: Tensor, bias: Tensor | None = None, low: float = 0.0, high: float = float("inf")
+) -> Tensor:
+    """Time step ``clamp(softplus(raw + bias), low, high)`` of a selective SSM.
+
+    It feeds ``exp(dt A)`` and ``dt B``, which the SSM rule treats as constants, so with
+    that rule it receives no relevance; with the rule off its true gradient is used.
+
+    Args:
+        raw (Tensor): pre-activation time step.
+        bias (Tensor, optional): bias added before the softplus. Default: None.
+        low (float, optional): lower clamp. Default: 0.
+        high (float, optional): upper clamp. Default: inf.
+
+    Returns:
+        Tensor: positive time steps, same shape as ``raw``.
+    """
+    dt = F.softplus(raw if bias is None else raw + bias)
+    if low > 0.0 or high < float("inf"):
+        dt = torch.clamp(dt, min=low, max=high)
+    return dt
+
+
 def silu(x: Tensor, identity_rule: bool) -> Tensor:
     r"""SiLU ``x * sigmoid(x)``; the identity rule treats ``sigmoid(x)`` as a constant.
 
@@ -161,7 +218,7 @@ def multihead_ssm(
         B (Tensor): ``(batch, length, groups, state)`` input projection, shared by the
             ``heads // groups`` consecutive heads of a group.
         C (Tensor): ``(batch, length, groups, state)`` output projection.
-        D (Tensor or None): ``(heads,)`` skip weight.
+        D (Tensor or None): ``(heads,)`` or ``(heads, head_dim)`` skip weight.
         ssm_rule (bool): detach ``dt``, ``B`` and ``C``.
         chunk_size (int): time steps per chunk of the scan.
 
@@ -171,4 +228,6 @@ def multihead_ssm(
     if ssm_rule:
         dt, B, C = dt.detach(), B.detach(), C.detach()
     y = ssd_scan(x, dt, A.detach(), B, C, chunk_size)
-    return y if D is None else y + x * D[:, None]
+    if D is None:
+        return y
+    return y + x * (D[:, None] if D.dim() == 1 else D)

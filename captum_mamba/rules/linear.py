@@ -13,6 +13,7 @@ with ``w' = w`` (epsilon) or ``w' = w + gamma * max(w, 0)`` (gamma), as in Captu
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,16 @@ import torch
 from torch import Tensor
 
 LinearOp = Callable[[Tensor, Tensor, Tensor | None], Tensor]
+
+
+def _check_number(name: str, value: float, allow_zero: bool) -> None:
+    """Refuse a stabiliser or boost that is not a finite number of the right sign."""
+    sign = ">= 0" if allow_zero else "> 0"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number {sign}, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        hint = "; for no stabiliser use LRP0()" if name == "epsilon" else ""
+        raise ValueError(f"{name} must be {sign}, got {value!r}{hint}")
 
 
 def _signed(z: Tensor, epsilon: float) -> Tensor:
@@ -65,11 +76,17 @@ class Epsilon(LinearRule):
     """LRP-epsilon: the denominator ``z_j`` is stabilised to ``z_j + epsilon sign(z_j)``.
 
     Args:
-        epsilon (float, optional): stabiliser; larger values absorb weak, noisy
-            contributions. Default: ``1e-9`` (Captum's default).
+        epsilon (float, optional): stabiliser, a finite number > 0; larger values absorb
+            weak, noisy contributions. Default: ``1e-9`` (Captum's default).
+
+    Raises:
+        ValueError: if ``epsilon`` is not a finite number > 0.
     """
 
     epsilon: float = 1e-9
+
+    def __post_init__(self) -> None:
+        _check_number("epsilon", self.epsilon, allow_zero=False)
 
     def apply(self, op: LinearOp, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         z = op(x, weight, bias)
@@ -81,12 +98,21 @@ class Gamma(LinearRule):
     """LRP-gamma: positive weights are boosted to ``w + gamma * max(w, 0)``.
 
     Args:
-        gamma (float, optional): boost of positive contributions. Default: ``0.25``.
-        epsilon (float, optional): stabiliser of the denominator. Default: ``1e-9``.
+        gamma (float, optional): boost of positive contributions, finite and >= 0.
+            Default: ``0.25``.
+        epsilon (float, optional): stabiliser of the denominator, finite and > 0.
+            Default: ``1e-9``.
+
+    Raises:
+        ValueError: if ``gamma`` or ``epsilon`` is out of range or not finite.
     """
 
     gamma: float = 0.25
     epsilon: float = 1e-9
+
+    def __post_init__(self) -> None:
+        _check_number("gamma", self.gamma, allow_zero=True)
+        _check_number("epsilon", self.epsilon, allow_zero=False)
 
     def apply(self, op: LinearOp, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         z = op(x, weight, bias)

@@ -5,8 +5,7 @@ image task to train it in seconds, and patch-level MambaLRP heatmaps.
 ``from captum_mamba.vision.explain import explain_patches``.
 """
 
-from captum_mamba.vision.synthetic import SquareImages, accuracy, square_images, train_classifier
-from captum_mamba.vision.vim import (
+from captum_mamba.adapters.vim import (
     BiMambaMixer,
     PatchEmbed,
     RMSNorm,
@@ -14,6 +13,7 @@ from captum_mamba.vision.vim import (
     VimBlock,
     VisionMamba,
 )
+from captum_mamba.vision.synthetic import SquareImages, accuracy, square_images, train_classifier
 
 __all__ = [
     "BiMambaMixer",

@@ -1,4 +1,4 @@
-"""Vision: patch-level MambaLRP heatmaps of a :class:`~captum_mamba.vision.vim.VisionMamba`."""
+"""Vision: patch-level MambaLRP heatmaps of a :class:`~captum_mamba.adapters.vim.VisionMamba`."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from captum_mamba.adapters.vim import VisionMamba
 from captum_mamba.attr import MambaLRP
 from captum_mamba.attr._targets import TargetType
 from captum_mamba.rules import MambaRules
-from captum_mamba.vision.vim import VisionMamba
 
 
 @dataclass(frozen=True)

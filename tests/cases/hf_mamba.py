@@ -1,4 +1,4 @@
-"""Independent float64 reference of MambaLRP for the tests.
+"""Conformance case and independent float64 reference: transformers Mamba-1.
 
 A from-scratch Mamba-1 forward on the parameters of a transformers ``MambaForCausalLM``,
 with an explicit Python loop over time for the selective scan. The MambaLRP rules are
@@ -7,16 +7,24 @@ SiLUs, on ``exp(dt A)``, ``dt B`` and ``C``, half rule on the gate); linear rule
 (epsilon, gamma) are custom autograd functions whose backward is the explicit LRP
 formula. Relevance is autograd Gradient x Input of this forward.
 
-Nothing here imports ``captum_mamba``.
+The reference functions use nothing from ``captum_mamba``; only :func:`build_lm` (the
+package's seeded model factory) and :data:`CASE` at the end (which translates the
+package's ``MambaRules`` into :class:`ReferenceRules`) do.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from transformers import MambaForCausalLM
+
+from captum_mamba import MambaRules
+from captum_mamba.models import mamba_config, random_mamba_lm
+from cases import ArchitectureCase
 
 
 @dataclass(frozen=True)
@@ -244,3 +252,115 @@ def sequential_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> T
         )
         outputs.append((h * C[:, t, None, :]).sum(-1))
     return torch.stack(outputs, dim=1)
+
+
+def build_lm(
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    zero_biases: bool = False,
+    dt_range: tuple[float, float] = (0.05, 1.0),
+    hidden_size: int = 16,
+    num_hidden_layers: int = 2,
+    state_size: int = 4,
+    vocab_size: int = 64,
+    expand: int = 2,
+    conv_kernel: int = 4,
+    **config: object,
+) -> MambaForCausalLM:
+    """A tiny random ``MambaForCausalLM`` whose parameters are all perturbed away from
+    their structured initial values (unit norm weights and ``D``, zero conv biases,
+    ``A = -(1..N)``), so that a mishandled parameter changes the results.
+
+    Args:
+        seed: seed of the initialisation and the perturbation.
+        dtype: parameter dtype.
+        zero_biases: zero the biases on the relevance path (conv, in/out proj).
+        dt_range: range of ``softplus(dt_proj.bias)``; larger than the transformers
+            default (0.001-0.1) so that the selective scan matters.
+        hidden_size, num_hidden_layers, state_size, vocab_size, expand, conv_kernel,
+            **config: ``MambaConfig`` fields.
+    """
+    cfg = mamba_config(
+        hidden_size, num_hidden_layers, state_size, vocab_size, expand, conv_kernel, **config
+    )
+    model = random_mamba_lm(cfg, seed=seed, dtype=dtype)
+    gen = torch.Generator().manual_seed(10_000 + seed)
+
+    def noise(t: torch.Tensor, scale: float) -> torch.Tensor:
+        return scale * torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)
+
+    low, high = math.log(dt_range[0]), math.log(dt_range[1])
+    with torch.no_grad():
+        for block in model.backbone.layers:
+            mixer = block.mixer
+            block.norm.weight.add_(noise(block.norm.weight, 0.3))
+            mixer.D.copy_(noise(mixer.D, 1.0))
+            mixer.A_log.add_(noise(mixer.A_log, 0.3))
+            for module in (mixer.conv1d, mixer.in_proj, mixer.out_proj):
+                if module.bias is not None:
+                    module.bias.copy_(noise(module.bias, 0.0 if zero_biases else 0.3))
+            dt = torch.exp(low + (high - low) * torch.rand(mixer.D.shape, generator=gen))
+            mixer.dt_proj.bias.copy_((dt + torch.log(-torch.expm1(-dt))).to(dtype))
+        model.backbone.norm_f.weight.add_(noise(model.backbone.norm_f.weight, 0.3))
+    return model
+
+
+# --- the conformance case -------------------------------------------------------------
+
+
+# (hidden, layers, state, sequence length, batch, extra config): length from 1 to 64.
+CONFIGS = {
+    "h8-l1-n4-s9": dict(hidden_size=8, num_hidden_layers=1, state_size=4, seq=9, batch=2),
+    "h16-l2-n8-s23-bias": dict(
+        hidden_size=16, num_hidden_layers=2, state_size=8, seq=23, batch=3, use_bias=True
+    ),
+    "h32-l3-n16-s64": dict(hidden_size=32, num_hidden_layers=3, state_size=16, seq=64, batch=2),
+    "h8-l2-n4-s1": dict(hidden_size=8, num_hidden_layers=2, state_size=4, seq=1, batch=2),
+}
+
+
+def _model_config(config: str) -> dict:
+    return {k: v for k, v in CONFIGS[config].items() if k not in ("seq", "batch")}
+
+
+def _reference_rules(rules: MambaRules) -> ReferenceRules:
+    return ReferenceRules(rules.norm, rules.silu, rules.ssm, rules.gate)
+
+
+def lm_inputs(model: nn.Module, config: str, seed: int) -> tuple[Tensor, list]:
+    """Float64 embeddings of random tokens and one ``(position, token)`` target per
+    example, at random positions (negative ones too)."""
+    length, batch = CONFIGS[config]["seq"], CONFIGS[config]["batch"]
+    generator = torch.Generator().manual_seed(1000 + seed)
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.randint(0, vocab, (batch, length), generator=generator)
+    embeds = model.get_input_embeddings()(ids).detach().to(torch.float64)
+    positions = torch.randint(-length, length, (batch,), generator=generator).tolist()
+    tokens = torch.randint(0, vocab, (batch,), generator=generator).tolist()
+    return embeds, list(zip(positions, tokens, strict=True))
+
+
+def lm_own_output(model: nn.Module, embeds: Tensor, **kwargs: object) -> Tensor:
+    """The model's own logits, without transformers' float32 cast of the head output."""
+    hidden = model.backbone(inputs_embeds=embeds, use_cache=False, **kwargs)
+    return model.lm_head(hidden.last_hidden_state)
+
+
+ADAPTER = "transformers Mamba"
+
+CASE = ArchitectureCase(
+    name="hf_mamba",
+    adapter=ADAPTER,
+    configs=tuple(CONFIGS),
+    build=lambda config, seed, zero_biases: build_lm(
+        seed=seed, zero_biases=zero_biases, **_model_config(config)
+    ),
+    inputs=lm_inputs,
+    reference=lambda model, embeds, rules: reference_forward(
+        model, embeds, _reference_rules(rules)
+    )[0],
+    own_output=lm_own_output,
+    layer="backbone.layers.0.mixer.out_proj",
+    num_layers=lambda model: len(model.backbone.layers),
+    padding=True,
+)

@@ -1,0 +1,171 @@
+"""Baselines: recording the state-space scans of a forward pass, for every architecture.
+
+:class:`SSMRecorder` is a backend of :mod:`captum_mamba.adapters.backend`: the model runs
+its handler forwards (the same code as MambaLRP, here with every rule off, so values and
+gradients are the model's own), and every selective scan (Mamba-1) or multi-head scan
+(Mamba-2) is recorded with its inputs as
+:class:`~captum_mamba.baselines.hidden_attention.SelectiveSSMInputs`, grouped by the
+residual layer (handler role ``"block"``) that ran it. The hidden-attention baselines read
+the records; they need no code per architecture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from captum_mamba.adapters import Backend, BlockOps, PlanEntry, rules_applied
+from captum_mamba.baselines.hidden_attention import SelectiveSSMInputs, ssd_as_selective
+from captum_mamba.rules import MambaRules
+
+
+@dataclass(frozen=True)
+class SSMRecord:
+    """One scan of a forward pass.
+
+    Args:
+        path (str): the scan's site path, e.g. ``"backbone.layers.0.mixer.ssm"``.
+        inputs (SelectiveSSMInputs): its inputs (detached), in the order scanned.
+        output (Tensor): its output ``y`` (skip term included, detached), in the order
+            scanned.
+        reverse (bool): the sequence was scanned backwards (inputs and output are in
+            reversed order).
+    """
+
+    path: str
+    inputs: SelectiveSSMInputs
+    output: Tensor
+    reverse: bool
+
+
+@dataclass
+class LayerRecord:
+    """The scans of one residual layer.
+
+    Args:
+        path (str): the layer's path.
+        hidden_states (Tensor or None): the residual stream entering the layer (part of
+            the autograd graph of the forward pass); None for scans outside any layer.
+        attention_mask (Tensor or None): the padding mask given to the layer.
+        ssms (list of SSMRecord): its scans, in execution order.
+    """
+
+    path: str
+    hidden_states: Tensor | None
+    attention_mask: Tensor | None
+    ssms: list[SSMRecord] = field(default_factory=list)
+
+    @property
+    def bidirectional(self) -> bool:
+        """Whether a scan of the layer runs backwards."""
+        return any(ssm.reverse for ssm in self.ssms)
+
+
+class RecordingOps(BlockOps):
+    """Block operations that also record every scan into their recorder."""
+
+    recorder: SSMRecorder
+
+    def ssm(
+        self,
+        site: str,
+        x: Tensor,
+        dt: Tensor,
+        A: Tensor,
+        B: Tensor,
+        C: Tensor,
+        D: Tensor | None,
+        reverse: bool = False,
+    ) -> Tensor:
+        y = super().ssm(site, x, dt, A, B, C, D, reverse)
+        inputs = SelectiveSSMInputs(
+            *(t.detach().to(x.dtype) for t in (x, dt, A, B, C)),
+            None if D is None else D.detach().to(x.dtype),
+        )
+        self.recorder.add(SSMRecord(self._site_path(site), inputs, y.detach(), reverse))
+        return y
+
+    def ssd(
+        self,
+        site: str,
+        x: Tensor,
+        dt: Tensor,
+        A: Tensor,
+        B: Tensor,
+        C: Tensor,
+        D: Tensor | None,
+        chunk_size: int,
+    ) -> Tensor:
+        y = super().ssd(site, x, dt, A, B, C, D, chunk_size)
+        detached = [t.detach().to(x.dtype) for t in (x, dt, A, B, C)]
+        skip = None if D is None else D.detach().to(x.dtype)
+        inputs = ssd_as_selective(*detached, skip)
+        output = y.detach().reshape(inputs.x.shape)
+        self.recorder.add(SSMRecord(self._site_path(site), inputs, output, False))
+        return y
+
+    def _site_path(self, site: str) -> str:
+        return f"{self.path}.{site}" if self.path else site
+
+
+class SSMRecorder(Backend):
+    """Backend that records the scans of a forward pass by residual layer.
+
+    Attributes:
+        layers (list of LayerRecord): the layers in execution order, filled while the
+            model runs.
+    """
+
+    ops_class = RecordingOps
+
+    def __init__(self) -> None:
+        self.layers: list[LayerRecord] = []
+        self._open: list[LayerRecord] = []
+
+    def ops(self, module: nn.Module, path: str, site_rules: Mapping[str, MambaRules]) -> BlockOps:
+        ops = super().ops(module, path, site_rules)
+        ops.recorder = self
+        return ops
+
+    def call(self, entry: PlanEntry, ops: BlockOps, *args: Any, **kwargs: Any) -> Any:
+        if not entry.block:
+            return super().call(entry, ops, *args, **kwargs)
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        layer = LayerRecord(entry.path, hidden, kwargs.get("attention_mask"))
+        self.layers.append(layer)
+        self._open.append(layer)
+        try:
+            return super().call(entry, ops, *args, **kwargs)
+        finally:
+            self._open.pop()
+
+    def add(self, record: SSMRecord) -> None:
+        """File a scan under the innermost running layer (or a layer of its own)."""
+        if self._open:
+            self._open[-1].ssms.append(record)
+        else:
+            self.layers.append(LayerRecord(record.path, None, None, [record]))
+
+
+def record_layers(model: nn.Module, forward: Callable[[], Any]) -> tuple[Any, list[LayerRecord]]:
+    """Run ``forward()`` with the model's plain forward (every rule off) and record its
+    scans.
+
+    Args:
+        model (nn.Module): the model that ``forward`` runs.
+        forward (Callable): runs the model and returns its output.
+
+    Returns:
+        tuple: the output of ``forward`` and the recorded layers (those with at least one
+        scan), in execution order.
+
+    Raises:
+        UnsupportedModelError: if a module of ``model`` is not covered by an adapter.
+    """
+    recorder = SSMRecorder()
+    with rules_applied(model, MambaRules.gradient_x_input(), recorder):
+        output = forward()
+    return output, [layer for layer in recorder.layers if layer.ssms]

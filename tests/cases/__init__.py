@@ -1,0 +1,91 @@
+"""The conformance cases: one module per architecture, each defining ``CASE``.
+
+Each module names the adapter it covers in ``ADAPTER``. A case is everything the
+registry-driven conformance suite (``tests/test_conformance.py``) needs to check an
+adapter: tiny model builders, inputs and targets, and an independent float64 reference
+forward of the model with the MambaLRP rules written as ``detach`` calls (no
+captum-mamba code). Adding an architecture adds one module here.
+
+A module that cannot run in this process (mamba-ssm outside its subprocess) sets
+``CASE = None`` and ``SKIP_REASON``. Inside that subprocess
+(``CAPTUM_MAMBA_SSM_SUBPROCESS=1``) only the isolated cases are loaded: importing mamba-ssm
+breaks transformers' Mamba on CPU there.
+"""
+
+from __future__ import annotations
+
+import os
+import pkgutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Any
+
+from torch import Tensor, nn
+
+from captum_mamba import MambaRules
+
+#: ``reference(model, inputs, rules) -> output``: the independent float64 forward.
+Reference = Callable[[nn.Module, Tensor, MambaRules], Tensor]
+
+
+@dataclass(frozen=True)
+class ArchitectureCase:
+    """One architecture in the conformance suite.
+
+    Args:
+        name: case name (test ids).
+        adapter: name of the :class:`~captum_mamba.adapters.ArchitectureAdapter` covered.
+        configs: names of the tiny configurations.
+        build: ``build(config, seed, zero_biases) -> model`` in float64, eval mode, with
+            every parameter perturbed away from its structured initial value.
+        inputs: ``inputs(model, config, seed) -> (inputs, targets)``: float64 inputs
+            (batch >= 2) of the explained forward and one Captum target per example.
+        reference: ``reference(model, inputs, rules) -> output``, the independent forward.
+        own_output: ``own_output(model, inputs) -> output``: the model's own forward
+            (without captum-mamba), for "forward unchanged".
+        forward_func: ``forward_func(model) -> callable`` for ``MambaLRP``; None for the
+            default forward of language models.
+        captum_forward: ``forward_func`` of ``prepare_captum_lrp``; None for the default.
+        layer: path of a leaf layer (e.g. an ``out_proj``) read by layer attributions.
+        rule_kinds: rule kinds each of which, switched off, must break conservation.
+        padding: whether the model takes an attention mask.
+        num_layers: ``num_layers(model) -> int`` residual layers with scans (rollout).
+        isolated: the case runs only in its own subprocess (see ``load_cases``).
+    """
+
+    name: str
+    adapter: str
+    configs: Sequence[str]
+    build: Callable[[str, int, bool], nn.Module]
+    inputs: Callable[[nn.Module, str, int], tuple[Tensor, list[Any]]]
+    reference: Reference
+    own_output: Callable[[nn.Module, Tensor], Tensor]
+    layer: str
+    num_layers: Callable[[nn.Module], int]
+    forward_func: Callable[[nn.Module], Callable[..., Tensor]] | None = None
+    captum_forward: Callable[..., Tensor] | None = None
+    rule_kinds: tuple[str, ...] = ("norm", "silu", "ssm", "gate")
+    padding: bool = False
+    isolated: bool = False
+
+
+def case_adapters() -> list[str]:
+    """The adapter names of every case module (``ADAPTER``), including those whose case
+    runs in another process."""
+    return [
+        import_module(f"{__name__}.{info.name}").ADAPTER for info in pkgutil.iter_modules(__path__)
+    ]
+
+
+def load_cases() -> tuple[list[ArchitectureCase], dict[str, str]]:
+    """The cases that run in this process, and the reasons of those that cannot."""
+    isolated = os.environ.get("CAPTUM_MAMBA_SSM_SUBPROCESS") == "1"
+    cases, skipped = [], {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        module = import_module(f"{__name__}.{info.name}")
+        if module.CASE is None:
+            skipped[info.name] = module.SKIP_REASON
+        elif module.CASE.isolated == isolated:
+            cases.append(module.CASE)
+    return cases, skipped
