@@ -202,17 +202,17 @@ def _example_targets(target: TargetType, batch: int) -> list[Any]:
             raise AttributionInputError(
                 f"{len(target)} targets given for a batch of {batch} examples"
             )
-        return list(target)
+        return [[item] for item in target]  # repeated for the copies of the example
     return [target] * batch
 
 
 def _for_copies(target: Any, copies: int) -> Any:
     """One example's target for ``copies`` perturbed versions of it."""
+    if isinstance(target, list):
+        return target * copies
     if isinstance(target, Tensor) and target.numel() > 1:
         return target.expand(copies, *target.shape)  # a row of indices for each copy
-    if isinstance(target, Tensor) or target is None or isinstance(target, int | tuple):
-        return target
-    return [target] * copies
+    return target
 
 
 def _finite_outputs(output: Any, target: Any, copies: int) -> Tensor:

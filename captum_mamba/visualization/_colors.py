@@ -49,7 +49,7 @@ def as_vector(values: ArrayLike, name: str, what: str = "token") -> np.ndarray:
     """
     array = as_array(values, name)
     if array.ndim != 1:
-        array = array.squeeze().reshape(-1) if array.size <= 1 else array.squeeze()
+        array = array.reshape(-1) if array.size <= 1 else array.squeeze()
     if array.ndim != 1:
         raise ValueError(
             f"{name} has shape {as_array(values, name).shape}; expected one value per {what} "

@@ -248,8 +248,8 @@ def _check_pair(tokens: Sequence[str], relevance: ArrayLike) -> np.ndarray:
             f"{type(tokens[wrong[0]]).__name__}"
         )
     values = as_array(relevance, "relevance")
-    if values.ndim != 1:
-        values = values.squeeze()
+    if values.ndim != 1:  # e.g. a batch of one; a single value stays a vector
+        values = values.reshape(-1) if values.size == 1 else values.squeeze()
     if values.ndim != 1 or values.shape[0] != len(tokens):
         raise ValueError(
             f"expected one relevance per token: {len(tokens)} tokens, relevance of shape "
@@ -281,6 +281,9 @@ class HeatmapRow:
         cls, tokens: Sequence[str], relevance: ArrayLike, label: str = "", group: str = ""
     ) -> HeatmapRow:
         """Row from any tensor or array of relevances, checked against the tokens."""
+        for name, value in (("label", label), ("group", group)):
+            if not isinstance(value, str):
+                raise TypeError(f"{name} must be a str, got {type(value).__name__}")
         return cls(list(tokens), _check_pair(tokens, relevance), label, group)
 
 
@@ -310,6 +313,16 @@ def _rows_from(
     relevances: Mapping[str, Sequence[ArrayLike]],
     text_labels: Sequence[str] | None,
 ) -> list[HeatmapRow]:
+    if not isinstance(relevances, Mapping) or not relevances:
+        raise ValueError(
+            "relevances must be a non-empty mapping {method name: [relevance per text]}"
+        )
+    single = [i for i, text in enumerate(tokens) if isinstance(text, str)]
+    if single:
+        raise ValueError(
+            f"tokens must hold one list of tokens per text, but texts {describe(single)} are "
+            "single strings; for one text use text_heatmap_html or text_heatmap_figure"
+        )
     texts = [list(text) for text in tokens]
     groups = list(text_labels or [f"text {i + 1}" for i in range(len(texts))])
     if len(groups) != len(texts):
@@ -320,7 +333,7 @@ def _rows_from(
                 f"method {method!r} has {len(per_text)} relevance vectors for {len(texts)} texts"
             )
     return [
-        HeatmapRow.create(text, per_text[index], method, group)
+        HeatmapRow.create(text, per_text[index], str(method), str(group))
         for index, (text, group) in enumerate(zip(texts, groups, strict=True))
         for method, per_text in relevances.items()
     ]
@@ -465,6 +478,8 @@ class TextHeatmap:
         title: str = "",
     ) -> None:
         self.rows = _check_rows(rows)
+        if not isinstance(title, str):
+            raise TypeError(f"title must be a str, got {type(title).__name__}")
         shared_scale = check_bool(shared_scale, "shared_scale")
         self.limits = _limits(self.rows, shared_scale, max_abs)
         self.shared_scale = shared_scale or max_abs is not None
