@@ -203,6 +203,9 @@ def plot_morf_lerf(
 ) -> Figure:
     """MoRF and LeRF curves side by side (shared y axis), one line per method.
 
+    Curves with NaN or inf are left out, counted in the legends and named in a
+    warning, as in :func:`plot_perturbation_curves`.
+
     Args:
         morf (Mapping[str, ArrayLike]): MoRF curves per method, see
             :func:`plot_perturbation_curves`.

@@ -666,6 +666,8 @@ def to_captum_record(
 def row_from_captum_record(record: Any) -> HeatmapRow:
     """:class:`HeatmapRow` of a Captum ``VisualizationDataRecord``.
 
+    NaN or inf relevances are kept; the heatmaps mark them (and warn).
+
     Args:
         record (VisualizationDataRecord): tokens in ``raw_input_ids``, relevances in
             ``word_attributions``.
