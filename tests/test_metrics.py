@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_mamba.metrics import (
+    BadNumberWarning,
     conservation_stats,
     curve_area,
     delta_area,
@@ -150,7 +151,9 @@ def test_resample_curve() -> None:
     torch.testing.assert_close(
         resample_curve(curve, points), torch.tensor([0.0, 1.0, 3.0, 7.0, 10.0])
     )
-    assert resample_curve(torch.tensor([4.0]), points).tolist() == [4.0] * 5
+    # A single point has no fraction axis; it used to be broadcast silently.
+    with pytest.raises(ValueError, match="at least 2 points"):
+        resample_curve(torch.tensor([4.0]), points)
 
 
 def test_conservation_stats_by_hand() -> None:
@@ -167,4 +170,5 @@ def test_conservation_stats_by_hand() -> None:
     )
     assert stats.correlation == pytest.approx(expected)
     assert conservation_stats(2 * outputs, outputs).correlation == pytest.approx(1.0)
-    assert math.isnan(pearson(torch.ones(3), outputs))
+    with pytest.warns(BadNumberWarning, match="constant"):
+        assert math.isnan(pearson(torch.ones(3), outputs))

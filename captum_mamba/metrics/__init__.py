@@ -1,5 +1,10 @@
-"""Metrics: faithfulness (input-perturbation curves, Delta A^F) and conservation."""
+"""Metrics: faithfulness (input-perturbation curves, Delta A^F) and conservation.
 
+Bad numbers never pass silently: NaN or inf inputs are refused with a one-line error,
+and statistics that are undefined on valid data are NaN with a :class:`BadNumberWarning`.
+"""
+
+from captum_mamba.metrics._checks import BadNumberWarning
 from captum_mamba.metrics.conservation import ConservationStats, conservation_stats, pearson
 from captum_mamba.metrics.perturbation import (
     CURVES,
@@ -16,6 +21,7 @@ from captum_mamba.metrics.perturbation import (
 __all__ = [
     "CURVES",
     "REPLACEMENTS",
+    "BadNumberWarning",
     "ConservationStats",
     "conservation_stats",
     "curve_area",

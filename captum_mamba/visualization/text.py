@@ -5,6 +5,12 @@ the explained output, blue tokens against it, white tokens are neutral. Each vie
 takes plain data (display strings of the tokens and one relevance per token), so
 any attribution method can be shown; :func:`token_texts` turns token ids into
 display strings, :func:`merge_word_pieces` joins word pieces into words.
+
+Bad numbers are shown, not hidden: a token whose relevance is NaN or inf is drawn grey
+and hatched with a dashed border (never white, which would read as "neutral"), the
+view adds a legend note, a :class:`~captum_mamba.metrics.BadNumberWarning` names the
+rows and tokens, and the colour scale is set by the finite values only. A row whose
+relevances are all NaN is drawn entirely in that style.
 """
 
 from __future__ import annotations
@@ -28,10 +34,24 @@ from matplotlib.patches import Rectangle
 from matplotlib.textpath import TextToPath
 from numpy.typing import ArrayLike
 
+from captum_mamba.metrics._checks import (
+    check_bool,
+    check_number,
+    check_positive,
+    describe,
+    warn_bad_numbers,
+)
 from captum_mamba.visualization._colors import (
     DEFAULT_CMAP,
+    NONFINITE_EDGE,
+    NONFINITE_FACE,
+    NONFINITE_HATCH,
+    NONFINITE_NOTE,
     as_array,
+    format_value,
     get_cmap,
+    nonfinite_positions,
+    nonfinite_summary,
     readable_text_color,
     relevance_colors,
     symmetric_limit,
@@ -57,15 +77,53 @@ def _byte_level_alphabet() -> dict[str, int]:
 _BYTE_OF_CHAR = _byte_level_alphabet()
 
 
+def _token_ids(ids: Any) -> list[int]:
+    # The ids of one sequence as Python ints; floats are refused, not truncated.
+    if isinstance(ids, torch.Tensor):
+        ids = ids.detach().cpu().numpy()
+    try:
+        array = np.asarray(ids)
+    except ValueError:
+        raise ValueError("token ids are a ragged sequence; pass the ids of one sequence") from None
+    if array.size == 0:
+        return []
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"token ids have dtype {array.dtype}; pass integer token ids")
+    if array.ndim == 0 or (array.ndim == 2 and array.shape[0] == 1):
+        array = array.reshape(-1)
+    if array.ndim != 1:
+        raise ValueError(
+            f"token ids have shape {array.shape}; pass the ids of one sequence "
+            "(call token_texts for each row)"
+        )
+    return [int(i) for i in array]
+
+
+def _vocab_size(tokenizer: Any) -> int | None:
+    if hasattr(tokenizer, "get_vocab_size"):
+        return int(tokenizer.get_vocab_size(with_added_tokens=True))
+    if hasattr(tokenizer, "__len__"):
+        return len(tokenizer)
+    return None
+
+
 def _raw_tokens(tokenizer: Any, ids: Sequence[int]) -> list[str]:
     if hasattr(tokenizer, "id_to_token"):
-        return [tokenizer.id_to_token(int(i)) for i in ids]
-    if hasattr(tokenizer, "convert_ids_to_tokens"):
-        return list(tokenizer.convert_ids_to_tokens([int(i) for i in ids]))
-    raise TypeError(
-        f"{type(tokenizer).__name__} has neither id_to_token (tokenizers.Tokenizer) nor "
-        "convert_ids_to_tokens (transformers tokenizer)"
-    )
+        raw = [tokenizer.id_to_token(i) for i in ids]
+    elif hasattr(tokenizer, "convert_ids_to_tokens"):
+        raw = list(tokenizer.convert_ids_to_tokens(list(ids)))
+    else:
+        raise TypeError(
+            f"{type(tokenizer).__name__} has neither id_to_token (tokenizers.Tokenizer) nor "
+            "convert_ids_to_tokens (transformers tokenizer)"
+        )
+    unknown = [position for position, token in enumerate(raw) if not isinstance(token, str)]
+    if unknown:
+        raise ValueError(
+            f"token ids {describe([ids[i] for i in unknown])} (positions {describe(unknown)}) "
+            "are not in the tokenizer's vocabulary; pass ids from this tokenizer"
+        )
+    return raw
 
 
 def _is_byte_level(tokenizer: Any, raw: Sequence[str]) -> bool:
@@ -90,12 +148,18 @@ def token_texts(
     Args:
         tokenizer (tokenizers.Tokenizer or transformers tokenizer): the tokenizer
             that produced ``ids``.
-        ids (ArrayLike or sequence of int): token ids of one sequence.
+        ids (ArrayLike or sequence of int): integer token ids of one sequence
+            (``(seq,)``, or ``(1, seq)``), each in ``[0, vocabulary size)``.
         byte_level (bool, optional): force (or disable) byte-level decoding.
             Default: None (detected from the tokenizer's decoder).
 
     Returns:
         list of str: one display string per id, with leading spaces kept.
+
+    Raises:
+        ValueError: for negative ids, ids outside the vocabulary (naming them and
+            their positions) or a batch of several sequences.
+        TypeError: for float or boolean ids.
 
     Examples::
 
@@ -103,10 +167,25 @@ def token_texts(
         >>> token_texts(tokenizer, tokenizer.encode("a great film").ids)
         ['a', ' great', ' film']
     """
-    id_list = [int(i) for i in as_array(ids).astype(np.int64).reshape(-1)]
+    id_list = _token_ids(ids)
+    vocab = _vocab_size(tokenizer)
+    outside = [
+        position
+        for position, i in enumerate(id_list)
+        if i < 0 or (vocab is not None and i >= vocab)
+    ]
+    if outside:
+        bounds = f"[0, {vocab})" if vocab is not None else "non-negative"
+        raise ValueError(
+            f"token ids {describe([id_list[i] for i in outside])} (positions "
+            f"{describe(outside)}) are outside the vocabulary {bounds}; pass ids from this "
+            "tokenizer"
+        )
     raw = _raw_tokens(tokenizer, id_list)
     if byte_level is None:
         byte_level = _is_byte_level(tokenizer, raw)
+    else:
+        byte_level = check_bool(byte_level, "byte_level")
     if not byte_level:
         return [token.replace(_SENTENCEPIECE_SPACE, " ") for token in raw]
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -126,7 +205,8 @@ def merge_word_pieces(tokens: Sequence[str], relevance: ArrayLike) -> tuple[list
     ends with whitespace; every other token (``"'s"``, ``"ing"``, ``","``) is
     appended to the word before it, and whitespace-only tokens (line breaks,
     indentation) are joined to the word after them. Sums are kept, so conservation
-    still holds.
+    still holds. A word with a NaN or infinite piece gets a NaN or infinite sum,
+    which the heatmaps mark (nothing is dropped or replaced here).
 
     Args:
         tokens (sequence of str): display strings (see :func:`token_texts`).
@@ -157,9 +237,19 @@ def merge_word_pieces(tokens: Sequence[str], relevance: ArrayLike) -> tuple[list
 
 
 def _check_pair(tokens: Sequence[str], relevance: ArrayLike) -> np.ndarray:
-    values = as_array(relevance)
-    if values.ndim != 1:
-        values = values.squeeze()
+    if isinstance(tokens, str) or not isinstance(tokens, Sequence | np.ndarray):
+        raise TypeError(
+            f"tokens must be a list of strings (see token_texts), got {type(tokens).__name__}"
+        )
+    wrong = [position for position, token in enumerate(tokens) if not isinstance(token, str)]
+    if wrong:
+        raise TypeError(
+            f"tokens must be strings (see token_texts); positions {describe(wrong)} hold "
+            f"{type(tokens[wrong[0]]).__name__}"
+        )
+    values = as_array(relevance, "relevance")
+    if values.ndim != 1:  # e.g. a batch of one; a single value stays a vector
+        values = values.reshape(-1) if values.size == 1 else values.squeeze()
     if values.ndim != 1 or values.shape[0] != len(tokens):
         raise ValueError(
             f"expected one relevance per token: {len(tokens)} tokens, relevance of shape "
@@ -174,7 +264,8 @@ class HeatmapRow:
 
     Args:
         tokens (list of str): display strings of the tokens.
-        relevance (np.ndarray): ``(len(tokens),)`` relevances.
+        relevance (np.ndarray): ``(len(tokens),)`` relevances; NaN and inf are
+            allowed and drawn as marked (grey, hatched) tokens.
         label (str, optional): what the row shows, e.g. the method. Default: "".
         group (str, optional): rows with the same group (e.g. the same sentence)
             are shown together under this title. Default: "".
@@ -190,6 +281,9 @@ class HeatmapRow:
         cls, tokens: Sequence[str], relevance: ArrayLike, label: str = "", group: str = ""
     ) -> HeatmapRow:
         """Row from any tensor or array of relevances, checked against the tokens."""
+        for name, value in (("label", label), ("group", group)):
+            if not isinstance(value, str):
+                raise TypeError(f"{name} must be a str, got {type(value).__name__}")
         return cls(list(tokens), _check_pair(tokens, relevance), label, group)
 
 
@@ -219,6 +313,16 @@ def _rows_from(
     relevances: Mapping[str, Sequence[ArrayLike]],
     text_labels: Sequence[str] | None,
 ) -> list[HeatmapRow]:
+    if not isinstance(relevances, Mapping) or not relevances:
+        raise ValueError(
+            "relevances must be a non-empty mapping {method name: [relevance per text]}"
+        )
+    single = [i for i, text in enumerate(tokens) if isinstance(text, str)]
+    if single:
+        raise ValueError(
+            f"tokens must hold one list of tokens per text, but texts {describe(single)} are "
+            "single strings; for one text use text_heatmap_html or text_heatmap_figure"
+        )
     texts = [list(text) for text in tokens]
     groups = list(text_labels or [f"text {i + 1}" for i in range(len(texts))])
     if len(groups) != len(texts):
@@ -229,13 +333,14 @@ def _rows_from(
                 f"method {method!r} has {len(per_text)} relevance vectors for {len(texts)} texts"
             )
     return [
-        HeatmapRow.create(text, per_text[index], method, group)
+        HeatmapRow.create(text, per_text[index], str(method), str(group))
         for index, (text, group) in enumerate(zip(texts, groups, strict=True))
         for method, per_text in relevances.items()
     ]
 
 
 def _limits(rows: Sequence[HeatmapRow], shared_scale: bool, max_abs: float | None) -> list[float]:
+    # Colour limits from the finite relevances only (see symmetric_limit).
     if shared_scale or max_abs is not None:
         everything = np.concatenate([row.relevance for row in rows])
         return [symmetric_limit(everything, max_abs)] * len(rows)
@@ -261,28 +366,75 @@ def _hex(rgba: np.ndarray) -> str:
     return f"#{red:02x}{green:02x}{blue:02x}"
 
 
+def _check_rows(rows: Sequence[HeatmapRow]) -> list[HeatmapRow]:
+    rows = list(rows)
+    if not rows:
+        raise ValueError("a heatmap needs at least one row")
+    wrong = [index for index, row in enumerate(rows) if not isinstance(row, HeatmapRow)]
+    if wrong:
+        raise TypeError(
+            f"rows {describe(wrong)} are not HeatmapRow objects; build them with "
+            "HeatmapRow.create(tokens, relevance)"
+        )
+    return rows
+
+
+def _warn_nonfinite(rows: Sequence[HeatmapRow]) -> bool:
+    # Warns (once per view) about the rows with NaN or inf; True if there are any.
+    labelled = []
+    for index, row in enumerate(rows):
+        bad = nonfinite_positions(row.relevance)
+        if bad.size:
+            name = f"row {index + 1}" + (f" {row.label!r}" if row.label else "")
+            name += f" of {row.group!r}" if row.group else ""
+            labelled.append((name, bad))
+    if labelled:
+        warn_bad_numbers(
+            f"heatmap: NaN or inf relevance in {nonfinite_summary(labelled)}; drawn grey and "
+            "hatched, left out of the colour scale"
+        )
+    return bool(labelled)
+
+
+_NONFINITE_CSS = (
+    f"background:repeating-linear-gradient(135deg, {NONFINITE_FACE} 0 3px, "
+    f"{NONFINITE_EDGE} 3px 4px);outline:1px dashed {NONFINITE_EDGE};color:#000"
+)
+
+
 def _row_html(row: HeatmapRow, limit: float, cmap: Colormap) -> str:
     colours = relevance_colors(row.relevance, limit, cmap)
     parts = []
     for token, value, rgba in zip(row.tokens, row.relevance, colours, strict=True):
         piece = _piece(token)
-        tip = html.escape(f"{token!r}: {value:+.4g}", quote=True)
+        if np.isfinite(value):
+            kind, style = "cm-tok", f"background:{_hex(rgba)};color:{readable_text_color(rgba)}"
+            tip = html.escape(f"{token!r}: {format_value(value)}", quote=True)
+        else:
+            kind, style = "cm-tok cm-bad", _NONFINITE_CSS
+            tip = html.escape(f"{token!r}: {format_value(value)} (not a finite number)", quote=True)
         parts.append(
             "\n" * piece.breaks_before
             + " " * piece.spaces_before
-            + f'<span class="cm-tok" title="{tip}" style="background:{_hex(rgba)};'
-            + f'color:{readable_text_color(rgba)}">{html.escape(piece.text)}</span>'
+            + f'<span class="{kind}" title="{tip}" style="{style}">{html.escape(piece.text)}'
+            + "</span>"
             + "\n" * piece.breaks_after
         )
     return "".join(parts)
 
 
-def _legend_html(cmap: Colormap, low: str, high: str) -> str:
+def _legend_html(cmap: Colormap, low: str, high: str, nonfinite: bool) -> str:
     stops = ", ".join(_hex(cmap(x)) for x in np.linspace(0.0, 1.0, 9))
+    note = (
+        f'<span class="cm-tok cm-bad" style="{_NONFINITE_CSS}">&nbsp;&nbsp;&nbsp;</span>'
+        f'<span class="cm-bad-note">{html.escape(NONFINITE_NOTE)}</span>'
+        if nonfinite
+        else ""
+    )
     return (
         f'<div class="cm-legend"><span>{html.escape(low)}</span>'
         f'<div class="cm-bar" style="background:linear-gradient(to right, {stops})"></div>'
-        f"<span>{html.escape(high)}</span></div>"
+        f"<span>{html.escape(high)}</span>{note}</div>"
     )
 
 
@@ -293,14 +445,22 @@ class TextHeatmap:
     :func:`batch_text_heatmap_html` (several texts and methods) or
     :meth:`from_captum_records`.
 
+    NaN and infinite relevances are marked, not refused: such tokens are drawn grey
+    and hatched with a dashed outline, the legend gets a note, a
+    :class:`~captum_mamba.metrics.BadNumberWarning` names the rows and tokens when
+    the heatmap is built, and the colour scale uses the finite values only.
+
     Args:
         rows (sequence of HeatmapRow): the lines to show.
         shared_scale (bool, optional): one colour scale for all rows instead of one
-            per row (scaled by its largest ``|relevance|``). Default: False.
-        max_abs (float, optional): fixed colour limit (implies a shared scale).
-            Default: None.
+            per row (scaled by its largest finite ``|relevance|``). Default: False.
+        max_abs (float, optional): fixed positive, finite colour limit (implies a
+            shared scale). Default: None.
         cmap (str or Colormap, optional): diverging colour map. Default: ``"bwr"``.
         title (str, optional): heading of the view. Default: "".
+
+    Raises:
+        ValueError: for no rows, a bad ``max_abs`` or an unknown colour map.
 
     Examples::
 
@@ -317,13 +477,15 @@ class TextHeatmap:
         cmap: str | Colormap = DEFAULT_CMAP,
         title: str = "",
     ) -> None:
-        if not rows:
-            raise ValueError("a heatmap needs at least one row")
-        self.rows = list(rows)
+        self.rows = _check_rows(rows)
+        if not isinstance(title, str):
+            raise TypeError(f"title must be a str, got {type(title).__name__}")
+        shared_scale = check_bool(shared_scale, "shared_scale")
         self.limits = _limits(self.rows, shared_scale, max_abs)
         self.shared_scale = shared_scale or max_abs is not None
         self.cmap = get_cmap(cmap)
         self.title = title
+        self.nonfinite = _warn_nonfinite(self.rows)
 
     @classmethod
     def from_captum_records(cls, records: Sequence[Any], **kwargs: Any) -> TextHeatmap:
@@ -359,9 +521,10 @@ class TextHeatmap:
             else ("-max |R| of the row", "+max |R| of the row")
         )
         heading = f"<h3>{html.escape(self.title)}</h3>" if self.title else ""
+        legend = _legend_html(self.cmap, low, high, self.nonfinite)
         return (
             f'<div class="cm-heatmap"><style>{_STYLE}</style>{heading}'
-            f"<table>{''.join(lines)}</table>{_legend_html(self.cmap, low, high)}</div>"
+            f"<table>{''.join(lines)}</table>{legend}</div>"
         )
 
     def _repr_html_(self) -> str:
@@ -394,9 +557,10 @@ def text_heatmap_html(
 
     Args:
         tokens (sequence of str): display strings (see :func:`token_texts`).
-        relevance (ArrayLike): one relevance per token, e.g. ``attr.sum(-1)[0]``.
+        relevance (ArrayLike): one relevance per token, e.g. ``attr.sum(-1)[0]``;
+            NaN or inf tokens are marked with a warning (see :class:`TextHeatmap`).
         label (str, optional): shown left of the text, e.g. the method. Default: "".
-        max_abs (float, optional): colour limit. Default: None (largest ``|R|``).
+        max_abs (float, optional): colour limit. Default: None (largest finite ``|R|``).
         cmap (str or Colormap, optional): diverging colour map. Default: ``"bwr"``.
         title (str, optional): heading. Default: "".
 
@@ -425,7 +589,8 @@ def batch_text_heatmap_html(
     Args:
         tokens (sequence of sequence of str): display strings of each text.
         relevances (Mapping[str, sequence of ArrayLike]): for each method, one
-            relevance vector per text.
+            relevance vector per text; NaN or inf tokens are marked with a warning
+            (see :class:`TextHeatmap`).
         text_labels (sequence of str, optional): title of each text, e.g. the
             prediction. Default: None (``"text 1"``, ...).
         shared_scale (bool, optional): one colour scale for all rows. Default: False
@@ -471,8 +636,21 @@ def to_captum_record(
 
     Returns:
         VisualizationDataRecord: ``attr_score`` is the sum of the relevances.
+
+    Raises:
+        ValueError: for NaN or inf relevances (Captum's ``visualize_text`` cannot
+            mark them; :func:`text_heatmap_html` can), a ``pred_prob`` outside
+            ``[0, 1]`` or a non-finite ``convergence_score``.
     """
     values = _check_pair(tokens, relevance)
+    bad = nonfinite_positions(values)
+    if bad.size:
+        raise ValueError(
+            f"relevance is NaN or inf at tokens {describe(bad)}; Captum's visualize_text "
+            "cannot mark them, use text_heatmap_html (which does) or fix the relevances"
+        )
+    pred_prob = check_number(pred_prob, "pred_prob", 0.0, 1.0)
+    convergence_score = check_number(convergence_score, "convergence_score")
     return captum_visualization.VisualizationDataRecord(
         torch.from_numpy(values),
         pred_prob,
@@ -487,6 +665,8 @@ def to_captum_record(
 
 def row_from_captum_record(record: Any) -> HeatmapRow:
     """:class:`HeatmapRow` of a Captum ``VisualizationDataRecord``.
+
+    NaN or inf relevances are kept; the heatmaps mark them (and warn).
 
     Args:
         record (VisualizationDataRecord): tokens in ``raw_input_ids``, relevances in
@@ -543,6 +723,20 @@ def _place_tokens(
     return placed, line + 1
 
 
+def _nonfinite_box(xy: tuple[float, float], width: float, height: float, gid: str) -> Rectangle:
+    return Rectangle(
+        xy,
+        width,
+        height,
+        facecolor=NONFINITE_FACE,
+        edgecolor=NONFINITE_EDGE,
+        hatch=NONFINITE_HATCH,
+        linestyle="--",
+        linewidth=0.8,
+        gid=gid,
+    )
+
+
 def heatmap_rows_figure(
     rows: Sequence[HeatmapRow],
     shared_scale: bool = False,
@@ -555,24 +749,39 @@ def heatmap_rows_figure(
 ) -> Figure:
     """Matplotlib figure of heatmap rows (the engine of the figure functions).
 
+    NaN and infinite relevances are marked, not refused: such tokens are drawn on a
+    grey, hatched box with a dashed border, a note below the text explains the
+    style, a :class:`~captum_mamba.metrics.BadNumberWarning` names the rows and
+    tokens, and the colour scale uses the finite values only.
+
     Args:
         rows (sequence of HeatmapRow): the lines to draw.
         shared_scale (bool, optional): one colour scale for all rows. Default: False.
-        max_abs (float, optional): fixed colour limit (implies a shared scale).
-            Default: None.
+        max_abs (float, optional): fixed positive, finite colour limit (implies a
+            shared scale). Default: None.
         cmap (str or Colormap, optional): diverging colour map. Default: ``"bwr"``.
-        width (float, optional): figure width in inches. Default: 8.
-        fontsize (float, optional): token font size in points. Default: 11.
+        width (float, optional): figure width in inches, positive. Default: 8.
+        fontsize (float, optional): token font size in points, positive. Default: 11.
         title (str, optional): figure title. Default: "".
         colorbar (bool, optional): draw a colour bar below the text. Default: True.
 
     Returns:
         matplotlib.figure.Figure: the figure; its height follows from the text.
+        Token boxes have the gid ``"token"``, the key of the NaN note
+        ``"nonfinite-key"``.
+
+    Raises:
+        ValueError: for no rows, non-positive sizes, a bad ``max_abs`` or labels
+            wider than 60% of the figure.
     """
-    if not rows:
-        raise ValueError("a heatmap needs at least one row")
+    rows = _check_rows(rows)
+    width = check_positive(width, "width")
+    fontsize = check_positive(fontsize, "fontsize")
+    shared_scale = check_bool(shared_scale, "shared_scale")
+    colorbar = check_bool(colorbar, "colorbar")
     cmap = get_cmap(cmap)
     limits = _limits(rows, shared_scale, max_abs)
+    nonfinite = _warn_nonfinite(rows)
     layout = _Layout(width=width - 0.15, fontsize=fontsize)
     labels = [row.label for row in rows]
     label_width = max((layout.text_width(label) for label in labels), default=0.0)
@@ -594,6 +803,9 @@ def heatmap_rows_figure(
         placed, lines = _place_tokens(layout, row.tokens, left)
         items.append(("row", top, (row, limit, placed)))
         top += lines * layout.line_height + 0.08
+    note_top = top
+    if nonfinite:
+        top += layout.line_height
     bar_height = 0.8 if colorbar else 0.0
     height = top + bar_height + 0.1
 
@@ -613,24 +825,26 @@ def heatmap_rows_figure(
         if row.label:
             canvas.text(0.15, y + 0.7 * line_height, row.label, fontsize=fontsize, color="#444")
         colours = relevance_colors(row.relevance, limit, cmap)
-        for (x, line, token_width, text), rgba in zip(placed, colours, strict=True):
+        finite = np.isfinite(row.relevance)
+        for (x, line, token_width, text), rgba, ok in zip(placed, colours, finite, strict=True):
             line_top = y + line * line_height
+            box = (x, line_top + 0.12 * line_height), token_width, 0.8 * line_height
             canvas.add_patch(
-                Rectangle(
-                    (x, line_top + 0.12 * line_height),
-                    token_width,
-                    0.8 * line_height,
-                    facecolor=rgba,
-                    edgecolor="none",
-                )
+                Rectangle(*box, facecolor=rgba, edgecolor="none", gid="token")
+                if ok
+                else _nonfinite_box(*box, gid="token")
             )
             canvas.text(
                 x + 0.02,
                 line_top + 0.7 * line_height,
                 text,
                 fontsize=fontsize,
-                color=readable_text_color(rgba),
+                color=readable_text_color(rgba) if ok else "black",
             )
+    if nonfinite:
+        key = (0.15, note_top + 0.2 * line_height), 0.35, 0.6 * line_height
+        canvas.add_patch(_nonfinite_box(*key, gid="nonfinite-key"))
+        canvas.text(0.6, note_top + 0.7 * line_height, NONFINITE_NOTE, fontsize=fontsize * 0.8)
     if colorbar:
         bar = figure.add_axes((0.3, 0.45 / height, 0.4, 0.12 / height), label="colorbar")
         limit = limits[0] if shared_scale or max_abs is not None else 1.0
@@ -660,9 +874,10 @@ def text_heatmap_figure(
 
     Args:
         tokens (sequence of str): display strings (see :func:`token_texts`).
-        relevance (ArrayLike): one relevance per token.
+        relevance (ArrayLike): one relevance per token; NaN or inf tokens are
+            marked with a warning (see :func:`heatmap_rows_figure`).
         label (str, optional): shown left of the text. Default: "".
-        max_abs (float, optional): colour limit. Default: None (largest ``|R|``).
+        max_abs (float, optional): colour limit. Default: None (largest finite ``|R|``).
         cmap (str or Colormap, optional): diverging colour map. Default: ``"bwr"``.
         width (float, optional): figure width in inches. Default: 8.
         fontsize (float, optional): font size in points. Default: 11.
@@ -703,7 +918,8 @@ def batch_text_heatmap_figure(
     Args:
         tokens (sequence of sequence of str): display strings of each text.
         relevances (Mapping[str, sequence of ArrayLike]): for each method, one
-            relevance vector per text.
+            relevance vector per text; NaN or inf tokens are marked with a warning
+            (see :func:`heatmap_rows_figure`).
         text_labels (sequence of str, optional): title of each text. Default: None.
         shared_scale (bool, optional): one colour scale for all rows. Default: False.
         cmap (str or Colormap, optional): diverging colour map. Default: ``"bwr"``.
