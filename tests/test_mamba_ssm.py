@@ -4,11 +4,10 @@ stand-alone ``Mamba`` / ``Mamba2``, Vim's bidirectional fork).
 mamba-ssm is optional and needs care in a shared test process: it imports only with
 its compiled extension ``selective_scan_cuda``, and once it imports, transformers'
 Mamba models bind to its CUDA kernels and break on CPU. So the tests that need it run
-in a subprocess: :func:`test_mamba_ssm_suite_in_subprocess` re-runs this file with
-``CAPTUM_MAMBA_SSM_SUBPROCESS=1`` and, where the extension is missing, with a stand-in
-``selective_scan_cuda`` module on ``PYTHONPATH`` (importable, raising if called: every
-computation here goes through captum-mamba's own scans). In the main process those
-tests are skipped with that reason.
+in a subprocess: :func:`test_mamba_ssm_suite_in_subprocess` re-runs this file there
+(see ``mamba_ssm_subprocess.py``; every computation here goes through captum-mamba's own
+scans, not the stand-in extension). In the main process those tests are skipped with
+that reason.
 
 The references re-implement each model from its parameters with explicit loops over
 time and express the MambaLRP rules as ``detach`` calls.
@@ -16,8 +15,6 @@ time and express the MambaLRP rules as ``detach`` calls.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from importlib.util import find_spec
 from pathlib import Path
@@ -25,53 +22,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from mamba_ssm_subprocess import IN_SUBPROCESS, run_in_mamba_ssm_subprocess, subprocess_only
 from torch import Tensor, nn
 
 from captum_mamba import LayerMambaLRP, MambaLRP, MambaRules, rules_applied
 
-IN_SUBPROCESS = os.environ.get("CAPTUM_MAMBA_SSM_SUBPROCESS") == "1"
-ROOT = Path(__file__).resolve().parents[1]
-
-#: Stand-in for mamba-ssm's compiled CUDA extension, enough to import mamba_ssm on CPU.
-STUB = '''"""Stand-in for mamba-ssm's compiled selective_scan_cuda: importable, not callable."""
-
-
-def _unavailable(*args, **kwargs):
-    raise RuntimeError("selective_scan_cuda is a CPU stand-in; use captum_mamba's rule forwards")
-
-
-fwd = bwd = _unavailable
-'''
-
-subprocess_only = pytest.mark.skipif(
-    not IN_SUBPROCESS,
-    reason="needs mamba_ssm imported, which rebinds transformers' Mamba to CUDA kernels; "
-    "runs in the isolated subprocess of test_mamba_ssm_suite_in_subprocess",
-)
-
 
 @pytest.mark.slow
 def test_mamba_ssm_suite_in_subprocess(tmp_path: Path):
-    if IN_SUBPROCESS:
-        pytest.skip("already inside the mamba-ssm subprocess")
-    if find_spec("mamba_ssm") is None:
-        pytest.skip(
-            "mamba-ssm is not installed; on CPU install it with MAMBA_FORCE_BUILD=TRUE "
-            "MAMBA_SKIP_CUDA_BUILD=TRUE pip install --no-build-isolation mamba-ssm"
-        )
-    env = dict(os.environ, CAPTUM_MAMBA_SSM_SUBPROCESS="1", OMP_NUM_THREADS="1")
-    paths = [str(ROOT)]
-    if find_spec("selective_scan_cuda") is None:
-        (tmp_path / "selective_scan_cuda.py").write_text(STUB)
-        paths.insert(0, str(tmp_path))
-    env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")])
-    command = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"]
-    result = subprocess.run(
-        command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
-    )
-    report = result.stdout[-6000:] + result.stderr[-3000:]
-    assert result.returncode == 0, report
-    assert " passed" in result.stdout and " failed" not in result.stdout, report
+    run_in_mamba_ssm_subprocess(__file__, tmp_path)
 
 
 def test_captum_mamba_imports_without_mamba_ssm_extension():

@@ -6,53 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 from reference import sequential_scan
-from torch import Tensor
+from scan_cases import NAMES, relative_error, selective_inputs, values_and_gradients
 
 from captum_mamba.ops import parallel_selective_scan, selective_scan
 from captum_mamba.ops.parallel_scan import plan_chunks
 
-NAMES = ("x", "dt", "A", "B", "C")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-def scan_inputs(
-    batch: int,
-    length: int,
-    channels: int,
-    state: int,
-    seed: int,
-    dt_range: tuple[float, float] = (0.05, 1.05),
-    a_range: tuple[float, float] = (0.2, 2.2),
-) -> list[Tensor]:
-    """Random float64 inputs with ``dt`` and ``-A`` uniform in the given ranges."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def uniform(low: float, high: float, *shape: int) -> Tensor:
-        return low + (high - low) * torch.rand(*shape, generator=gen, dtype=torch.float64)
-
-    x = torch.randn(batch, length, channels, generator=gen, dtype=torch.float64)
-    dt = uniform(*dt_range, batch, length, channels)
-    A = -uniform(*a_range, channels, state)
-    B = torch.randn(batch, length, state, generator=gen, dtype=torch.float64)
-    C = torch.randn(batch, length, state, generator=gen, dtype=torch.float64)
-    return [x, dt, A, B, C]
-
-
-def relative_error(actual: Tensor, expected: Tensor) -> float:
-    """Largest absolute difference over the largest magnitude of ``expected``."""
-    assert torch.isfinite(actual).all()
-    scale = expected.abs().max().clamp_min(torch.finfo(expected.dtype).tiny)
-    return ((actual - expected).abs().max() / scale).item()
-
-
-def values_and_gradients(scan, inputs: list[Tensor], weight: Tensor, requires: tuple[str, ...]):
-    """``scan(*inputs)`` and the gradients of ``(scan * weight).sum()`` for ``requires``."""
-    leaves = [
-        t.detach().clone().requires_grad_(n in requires) for n, t in zip(NAMES, inputs, strict=True)
-    ]
-    y = scan(*leaves)
-    wanted = [leaf for leaf in leaves if leaf.requires_grad]
-    return y.detach(), torch.autograd.grad((y * weight).sum(), wanted)
 
 
 # (batch, length, channels, state, chunk_size, chunk_elements): length 1, lengths that are
@@ -73,7 +32,7 @@ SEEDS = (0, 1, 2)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_forward_and_all_gradients_match_sequential_loop(shape, seed: int) -> None:
     batch, length, channels, state, chunk_size, budget = shape
-    inputs = scan_inputs(batch, length, channels, state, seed)
+    inputs = selective_inputs(batch, length, channels, state, seed)
     weight = torch.randn(batch, length, channels, dtype=torch.float64)
 
     def parallel(*args):
@@ -90,7 +49,7 @@ def test_forward_and_all_gradients_match_sequential_loop(shape, seed: int) -> No
 def test_x_gradient_with_the_ssm_rule_matches_sequential_loop(shape) -> None:
     """``dt``, ``A``, ``B``, ``C`` detached (the SSM rule): the adjoint scan gives ``x``'s."""
     batch, length, channels, state, chunk_size, budget = shape
-    inputs = scan_inputs(batch, length, channels, state, seed=7)
+    inputs = selective_inputs(batch, length, channels, state, seed=7)
     weight = torch.randn(batch, length, channels, dtype=torch.float64)
 
     def parallel(*args):
@@ -104,7 +63,7 @@ def test_x_gradient_with_the_ssm_rule_matches_sequential_loop(shape) -> None:
 @pytest.mark.parametrize("requires", ["dt", "A", "B", "C", "x,C", "dt,A", "A,B"])
 def test_subsets_of_inputs_get_exactly_their_gradients(requires: str) -> None:
     names = tuple(requires.split(","))
-    inputs = scan_inputs(2, 23, 3, 2, seed=11)
+    inputs = selective_inputs(2, 23, 3, 2, seed=11)
     weight = torch.randn(2, 23, 3, dtype=torch.float64)
 
     def parallel(*args):
@@ -126,7 +85,7 @@ def test_subsets_of_inputs_get_exactly_their_gradients(requires: str) -> None:
     ids=["long-memory", "strong-decay"],
 )
 def test_long_and_strong_decays(dt_range, a_range, length: int) -> None:
-    inputs = scan_inputs(2, length, 3, 2, seed=3, dt_range=dt_range, a_range=a_range)
+    inputs = selective_inputs(2, length, 3, 2, seed=3, dt_range=dt_range, a_range=a_range)
     weight = torch.randn(2, length, 3, dtype=torch.float64)
 
     def parallel(*args):
@@ -141,7 +100,7 @@ def test_long_and_strong_decays(dt_range, a_range, length: int) -> None:
 
 def test_zero_state_matrix_entries_do_not_decay() -> None:
     """``A = 0`` (no decay) is the edge of ``A <= 0``: no NaN from the masked exponents."""
-    x, dt, A, B, C = scan_inputs(2, 9, 3, 2, seed=5)
+    x, dt, A, B, C = selective_inputs(2, 9, 3, 2, seed=5)
     A[0] = 0.0
     weight = torch.randn(2, 9, 3, dtype=torch.float64)
     inputs = [x, dt, A, B, C]
@@ -158,7 +117,7 @@ def test_zero_state_matrix_entries_do_not_decay() -> None:
 
 @pytest.mark.parametrize("requires", [("x",), NAMES])
 def test_matches_the_sequential_chunked_scan(requires) -> None:
-    inputs = scan_inputs(2, 45, 6, 4, seed=21)
+    inputs = selective_inputs(2, 45, 6, 4, seed=21)
     weight = torch.randn(2, 45, 6, dtype=torch.float64)
 
     def sequential(*args):
@@ -175,7 +134,7 @@ def test_matches_the_sequential_chunked_scan(requires) -> None:
 
 
 def test_gradcheck_all_inputs() -> None:
-    inputs = tuple(t.requires_grad_() for t in scan_inputs(1, 9, 2, 2, seed=4))
+    inputs = tuple(t.requires_grad_() for t in selective_inputs(1, 9, 2, 2, seed=4))
 
     def scan(*args):
         return parallel_selective_scan(*args, chunk_size=3, chunk_elements=2 * 2 * 9 * 2)
@@ -184,7 +143,7 @@ def test_gradcheck_all_inputs() -> None:
 
 
 def test_float32_matches_float64_loop() -> None:
-    inputs = scan_inputs(2, 70, 8, 4, seed=6)
+    inputs = selective_inputs(2, 70, 8, 4, seed=6)
     expected = sequential_scan(*inputs)
     actual = parallel_selective_scan(*(t.float() for t in inputs))
     assert actual.dtype == torch.float32
@@ -209,7 +168,7 @@ def test_plan_respects_the_element_budget(budget: int, length: int) -> None:
 
 def test_runs_on_the_meta_device() -> None:
     """No tensor is created on the CPU inside the numerics: shapes only, on ``meta``."""
-    inputs = [t.to("meta").requires_grad_() for t in scan_inputs(2, 21, 3, 2, seed=0)]
+    inputs = [t.to("meta").requires_grad_() for t in selective_inputs(2, 21, 3, 2, seed=0)]
     y = parallel_selective_scan(*inputs, chunk_size=4, chunk_elements=4 * 4 * 2 * 3 * 2 * 2)
     assert y.device.type == "meta" and y.shape == (2, 21, 3)
     grads = torch.autograd.grad(y.sum(), inputs)
@@ -221,7 +180,7 @@ def test_runs_on_the_meta_device() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("requires", [("x",), NAMES])
 def test_on_cuda_matches_cpu_float64_loop(dtype: torch.dtype, requires) -> None:
-    inputs = scan_inputs(2, 300, 24, 16, seed=8)
+    inputs = selective_inputs(2, 300, 24, 16, seed=8)
     weight = torch.randn(2, 300, 24, dtype=torch.float64)
     y_ref, grads_ref = values_and_gradients(sequential_scan, inputs, weight, requires)
 
