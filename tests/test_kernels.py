@@ -187,14 +187,20 @@ def test_fused_refuses_inputs_the_kernels_cannot_take() -> None:
             causal_conv1d(x.float(), torch.ones(6, 4), torch.ones(6).double(), impl="fused")
 
 
-def test_unknown_kernel_import_error_is_reported(monkeypatch) -> None:
+def test_kernel_import_errors_are_reported(monkeypatch) -> None:
     from captum_mamba.ops import backends
 
     monkeypatch.setitem(backends.KERNELS, "causal_conv1d", ("no_such_module_here", "fn"))
+    monkeypatch.setitem(backends.KERNELS, "ssd_scan", ("math", "sqrt"))
     backends._import_kernel.cache_clear()
     try:
+        assert "No module named 'no_such_module_here'" in backends.fused_kernel_error(
+            "causal_conv1d"
+        )
         with pytest.raises(RuntimeError, match=r"no_such_module_here\.fn, which does not import"):
             backends.fused_kernel("causal_conv1d")
+        assert backends.fused_kernel_error("ssd_scan") is None
+        assert backends.fused_kernel("ssd_scan") is __import__("math").sqrt
     finally:
         backends._import_kernel.cache_clear()
 

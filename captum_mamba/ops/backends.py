@@ -157,6 +157,16 @@ def _import_kernel(op: str) -> tuple[Callable | None, str]:
         return None, f"{type(error).__name__}: {error}"
 
 
+def fused_kernel_error(op: str) -> str | None:
+    """Why the fused kernel of ``op`` does not import, or None if it does.
+
+    Imports mamba-ssm or causal-conv1d (once per process); call it only where CUDA
+    kernels may be used.
+    """
+    _check_choice(op, "fused")
+    return _import_kernel(op)[1] or None
+
+
 def fused_kernel(op: str) -> Callable:
     """The fused kernel of ``op`` (or its stand-in from :func:`replaced_kernels`).
 
