@@ -18,7 +18,9 @@ It prints three Markdown tables and writes them, with the environment, to
    the CPU float64 result: the largest relevance difference over the largest relevance
    (target 1e-5), the same for the CPU in float32 (the float32 floor), and the
    conservation delta relative to the relevances, ``|output - sum(R)| / sum(|R|)`` (all
-   biases are zero, so it is rounding only).
+   biases are zero, so it is rounding only). Parity and half precision run without TF32
+   (PyTorch's flags off, ``TRITON_F32_DEFAULT=ieee`` unless set otherwise); speed runs
+   with PyTorch's defaults.
 2. **speed**: the 130M shape, batch 1, 2k and 16k tokens: ``MambaLRP`` with each
    implementation, the model's own forward + backward (the gradient of the explained
    logit for the input embeddings), Captum ``Saliency`` and a no-grad forward: median
@@ -74,7 +76,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from importlib.util import find_spec
 from pathlib import Path
@@ -84,6 +87,8 @@ from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# Full float32 in Triton's dot products (mamba-ssm's SSD kernel), not TF32, unless set.
+os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")
 
 # transformers binds mamba-ssm's kernels (or its own torch code) when its model modules
 # are imported: import them before a stand-in makes mamba-ssm importable.
@@ -103,6 +108,17 @@ TARGET = 7
 
 
 # --- kernels ------------------------------------------------------------------------------
+
+
+@contextmanager
+def ieee_float32() -> Iterator[None]:
+    """No TF32 in PyTorch's CUDA matrix products and convolutions inside the block."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def build_selective_scan(source: Path, build: Path) -> None:
@@ -411,12 +427,16 @@ def main(argv: list[str] | None = None) -> dict:
     report: dict = dict(
         device=torch.cuda.get_device_name() if args.device.type == "cuda" else platform.processor(),
         torch=torch.__version__, python=platform.python_version(), quick=args.quick,
-        kernels=kernels,
+        kernels=kernels, triton_f32_default=os.environ["TRITON_F32_DEFAULT"],
     )  # fmt: skip
     models = build_models(args.quick)
     parts = {"parity": parity, "speed": speed, "half": half_precision}
     for part in args.parts.split(","):
-        report[part] = parts[part](args, models, kernels)
+        if part == "speed":  # PyTorch's defaults, as a user runs it
+            report[part] = parts[part](args, models, kernels)
+        else:
+            with ieee_float32():
+                report[part] = parts[part](args, models, kernels)
         print(f"\n## {part}\n\n{markdown(report[part])}")
     report["seconds"] = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
