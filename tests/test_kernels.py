@@ -10,6 +10,7 @@ pure-PyTorch references are used the same way in ``test_kernel_wiring.py``.
 from __future__ import annotations
 
 import sys
+import threading
 from collections import Counter
 
 import pytest
@@ -152,8 +153,23 @@ def test_settings_apply_inside_the_block_and_are_restored() -> None:
     set_implementation(selective_scan="parallel")
     try:
         assert choose("selective_scan", None, like) == "parallel"
+        with implementation(selective_scan="sequential"):  # a block wins over the default
+            assert get_implementation("selective_scan") == "sequential"
     finally:
         set_implementation(selective_scan="auto")
+
+
+def test_blocks_nest_and_stay_in_their_thread() -> None:
+    seen: list[str] = []
+    with implementation(selective_scan="parallel"):
+        with implementation(ssd_scan="chunked"):
+            assert get_implementation("selective_scan") == "parallel"
+            assert get_implementation("ssd_scan") == "chunked"
+            thread = threading.Thread(target=lambda: seen.append(get_implementation("ssd_scan")))
+            thread.start()
+            thread.join()
+        assert get_implementation("ssd_scan") == "auto"
+    assert seen == ["auto"]
 
 
 @pytest.mark.parametrize(

@@ -37,9 +37,11 @@ Choose an implementation per call with ``impl=``, for a block of code with
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
+from types import MappingProxyType
 
 import torch
 
@@ -61,8 +63,12 @@ KERNELS: dict[str, tuple[str, str]] = {
 #: Input dtypes the fused kernels accept.
 FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-_settings: dict[str, str] = dict.fromkeys(IMPLEMENTATIONS, "auto")
-_replacements: dict[str, Callable] = {}
+_defaults: dict[str, str] = dict.fromkeys(IMPLEMENTATIONS, "auto")
+# Per thread (and asyncio task): choices of `implementation` blocks, stand-in kernels.
+_choices: ContextVar[Mapping[str, str]] = ContextVar("scan_impls", default=MappingProxyType({}))
+_replacements: ContextVar[Mapping[str, Callable]] = ContextVar(
+    "scan_kernels", default=MappingProxyType({})
+)
 
 
 def _check_choice(op: str, impl: str) -> None:
@@ -74,7 +80,8 @@ def _check_choice(op: str, impl: str) -> None:
 
 
 def set_implementation(**choices: str) -> None:
-    r"""Set the implementation ops use when called without ``impl=``, for the process.
+    r"""Set the implementation ops use when called without ``impl=``, for the process
+    (:func:`implementation` blocks take precedence in their thread).
 
     Args:
         **choices (str): op name (``selective_scan``, ``ssd_scan``, ``causal_conv1d``)
@@ -87,18 +94,19 @@ def set_implementation(**choices: str) -> None:
     """
     for op, impl in choices.items():
         _check_choice(op, impl)
-    _settings.update(choices)
+    _defaults.update(choices)
 
 
 def get_implementation(op: str) -> str:
     """The implementation ``op`` uses when called without ``impl=`` (often ``"auto"``)."""
     _check_choice(op, "auto")
-    return _settings[op]
+    return _choices.get().get(op, _defaults[op])
 
 
 @contextmanager
 def implementation(**choices: str) -> Iterator[None]:
-    r"""Context manager: :func:`set_implementation` inside the block, restored after it.
+    r"""Context manager: the implementations ops use without ``impl=`` inside the block,
+    in this thread (and asyncio task) only; blocks nest.
 
     Args:
         **choices (str): op name to implementation, as for :func:`set_implementation`.
@@ -108,13 +116,13 @@ def implementation(**choices: str) -> Iterator[None]:
         >>> with implementation(selective_scan="fused", causal_conv1d="fused"):
         ...     y = selective_scan(x, dt, A, B, C)
     """
-    previous = dict(_settings)
-    set_implementation(**choices)
+    for op, impl in choices.items():
+        _check_choice(op, impl)
+    token = _choices.set(MappingProxyType({**_choices.get(), **choices}))
     try:
         yield
     finally:
-        _settings.clear()
-        _settings.update(previous)
+        _choices.reset(token)
 
 
 @contextmanager
@@ -125,7 +133,7 @@ def replaced_kernels(**kernels: Callable) -> Iterator[None]:
     (mamba-ssm's ``selective_scan_ref`` and ``ssd_chunk_scan_combined_ref``,
     causal-conv1d's ``causal_conv1d_ref``), which take the same arguments. While a
     kernel is replaced, ``impl="fused"`` also runs on CPU tensors; ``"auto"`` still
-    picks a fused kernel only on CUDA.
+    picks a fused kernel only on CUDA. Like :func:`implementation`, per thread.
 
     Args:
         **kernels (Callable): op name (``selective_scan``, ``ssd_scan``,
@@ -139,13 +147,11 @@ def replaced_kernels(**kernels: Callable) -> Iterator[None]:
     """
     for op in kernels:
         _check_choice(op, "fused")
-    previous = dict(_replacements)
-    _replacements.update(kernels)
+    token = _replacements.set(MappingProxyType({**_replacements.get(), **kernels}))
     try:
         yield
     finally:
-        _replacements.clear()
-        _replacements.update(previous)
+        _replacements.reset(token)
 
 
 @cache
@@ -173,8 +179,9 @@ def fused_kernel(op: str) -> Callable:
     Raises:
         RuntimeError: if the kernel does not import.
     """
-    if op in _replacements:
-        return _replacements[op]
+    replacements = _replacements.get()
+    if op in replacements:
+        return replacements[op]
     kernel, error = _import_kernel(op)
     if kernel is None:
         module, name = KERNELS[op]
@@ -202,7 +209,7 @@ def choose(op: str, impl: str | None, like: torch.Tensor, unsuitable: str | None
         ValueError: if ``impl="fused"`` was asked for inputs the kernel cannot take.
         RuntimeError: if ``impl="fused"`` was asked and the kernel does not import.
     """
-    impl = impl or _settings[op]
+    impl = impl or get_implementation(op)
     _check_choice(op, impl)
     cpu_default, cuda_fallback = IMPLEMENTATIONS[op][1:3]
     if like.dtype not in FUSED_DTYPES:
@@ -216,7 +223,7 @@ def choose(op: str, impl: str | None, like: torch.Tensor, unsuitable: str | None
             return "fused"
         return cuda_fallback
     if impl == "fused":
-        if like.device.type != "cuda" and op not in _replacements:
+        if like.device.type != "cuda" and op not in _replacements.get():
             unsuitable = unsuitable or f"the fused kernel needs CUDA tensors, got {like.device}"
         if unsuitable is not None:
             raise ValueError(f"{op}(impl='fused'): {unsuitable}; use impl='auto'")
