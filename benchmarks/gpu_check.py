@@ -415,33 +415,36 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Run the check; returns what it writes to ``OUT/gpu_check.json``."""
+    """Run the check; returns what it writes to ``OUT/gpu_check.json`` (after each part)."""
     args = parser().parse_args(argv)
     if args.device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch sees no CUDA device; use --device cpu --quick")
     start = time.perf_counter()
-    if args.build_selective_scan is not None:
-        build_selective_scan(args.build_selective_scan, args.out / "selective_scan_build")
-        print(f"built selective_scan_cuda in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    kernels = kernel_status(args.device)
     report: dict = dict(
-        device=torch.cuda.get_device_name() if args.device.type == "cuda" else platform.processor(),
+        device=torch.cuda.get_device_name() if args.device.type == "cuda" else platform.machine(),
         torch=torch.__version__, python=platform.python_version(), quick=args.quick,
-        kernels=kernels, triton_f32_default=os.environ["TRITON_F32_DEFAULT"],
+        triton_f32_default=os.environ["TRITON_F32_DEFAULT"], seconds={},
     )  # fmt: skip
+    if args.build_selective_scan is not None:
+        build_selective_scan(args.build_selective_scan, Path(tempfile.gettempdir()) / "ss_build")
+        report["seconds"]["build"] = time.perf_counter() - start
+    kernels = report["kernels"] = kernel_status(args.device)
+    print(f"kernels: {kernels}")
     models = build_models(args.quick)
     parts = {"parity": parity, "speed": speed, "half": half_precision}
+    args.out.mkdir(parents=True, exist_ok=True)
     for part in args.parts.split(","):
+        began = time.perf_counter()
         if part == "speed":  # PyTorch's defaults, as a user runs it
             report[part] = parts[part](args, models, kernels)
         else:
             with ieee_float32():
                 report[part] = parts[part](args, models, kernels)
-        print(f"\n## {part}\n\n{markdown(report[part])}")
-    report["seconds"] = time.perf_counter() - start
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2))
-    print(f"\nkernels: {kernels}\n{report['seconds']:.0f} s; wrote {args.out / 'gpu_check.json'}")
+        report["seconds"][part] = time.perf_counter() - began
+        print(f"\n## {part}\n\n{markdown(report[part])}", flush=True)
+        (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2))
+    total = time.perf_counter() - start
+    print(f"\n{total:.0f} s in all; wrote {args.out / 'gpu_check.json'}")
     return report
 
 
