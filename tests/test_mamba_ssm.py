@@ -14,8 +14,6 @@ tests are skipped with that reason.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from importlib.util import find_spec
 from pathlib import Path
@@ -23,7 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from cases.mamba_ssm import LM_CONFIGS, SKIP_REASON, _lm, _mixer, _perturb
+from cases.mamba_ssm import LM_CONFIGS, _lm, _mixer, _perturb
+from mamba_ssm_subprocess import IN_SUBPROCESS, run_in_mamba_ssm_subprocess, subprocess_only
 from torch import Tensor, nn
 
 from captum_mamba import (
@@ -35,46 +34,12 @@ from captum_mamba import (
     rules_applied,
 )
 
-IN_SUBPROCESS = os.environ.get("CAPTUM_MAMBA_SSM_SUBPROCESS") == "1"
-ROOT = Path(__file__).resolve().parents[1]
-
-#: Stand-in for mamba-ssm's compiled CUDA extension, enough to import mamba_ssm on CPU.
-STUB = '''"""Stand-in for mamba-ssm's compiled selective_scan_cuda: importable, not callable."""
-
-
-def _unavailable(*args, **kwargs):
-    raise RuntimeError("selective_scan_cuda is a CPU stand-in; use captum_mamba's rule forwards")
-
-
-fwd = bwd = _unavailable
-'''
-
-subprocess_only = pytest.mark.skipif(not IN_SUBPROCESS, reason=SKIP_REASON)
-
 
 @pytest.mark.slow
 def test_mamba_ssm_suite_in_subprocess(tmp_path: Path):
-    if IN_SUBPROCESS:
-        pytest.skip("already inside the mamba-ssm subprocess")
-    if find_spec("mamba_ssm") is None:
-        pytest.skip(
-            "mamba-ssm is not installed; on CPU install it with MAMBA_FORCE_BUILD=TRUE "
-            "MAMBA_SKIP_CUDA_BUILD=TRUE pip install --no-build-isolation mamba-ssm"
-        )
-    env = dict(os.environ, CAPTUM_MAMBA_SSM_SUBPROCESS="1", OMP_NUM_THREADS="1")
-    paths = [str(ROOT)]
-    if find_spec("selective_scan_cuda") is None:
-        (tmp_path / "selective_scan_cuda.py").write_text(STUB)
-        paths.insert(0, str(tmp_path))
-    env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")])
-    suite = [__file__, str(ROOT / "tests" / "test_conformance.py")]
-    command = [sys.executable, "-m", "pytest", *suite, "-q", "-p", "no:cacheprovider"]
-    result = subprocess.run(
-        command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
+    run_in_mamba_ssm_subprocess(
+        tmp_path, __file__, str(Path(__file__).with_name("test_conformance.py"))
     )
-    report = result.stdout[-6000:] + result.stderr[-3000:]
-    assert result.returncode == 0, report
-    assert " passed" in result.stdout and " failed" not in result.stdout, report
 
 
 def test_captum_mamba_imports_without_mamba_ssm_extension():

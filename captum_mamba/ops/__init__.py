@@ -1,6 +1,33 @@
-"""Scan ops: numerics of the state-space recurrences, independent of any rule."""
+"""Scan ops: numerics of the state-space recurrences, independent of any rule.
 
+Each op has several implementations with one autograd contract; see
+:mod:`captum_mamba.ops.backends` for how one is chosen (``impl=`` per call,
+:func:`implementation` for a block of code).
+"""
+
+from captum_mamba.ops.backends import (
+    IMPLEMENTATIONS,
+    get_implementation,
+    implementation,
+    replaced_kernels,
+    set_implementation,
+)
+from captum_mamba.ops.causal_conv import causal_conv1d
+from captum_mamba.ops.parallel_scan import ParallelSelectiveScan, parallel_selective_scan
 from captum_mamba.ops.selective_scan import SelectiveScan, selective_scan
 from captum_mamba.ops.ssd_scan import SSDScan, ssd_scan
 
-__all__ = ["SSDScan", "SelectiveScan", "selective_scan", "ssd_scan"]
+__all__ = [
+    "IMPLEMENTATIONS",
+    "ParallelSelectiveScan",
+    "SSDScan",
+    "SelectiveScan",
+    "causal_conv1d",
+    "get_implementation",
+    "implementation",
+    "parallel_selective_scan",
+    "replaced_kernels",
+    "selective_scan",
+    "set_implementation",
+    "ssd_scan",
+]

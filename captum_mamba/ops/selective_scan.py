@@ -1,4 +1,5 @@
-"""Scan ops: the selective-scan recurrence of Mamba-1 with a hand-written backward.
+"""Scan ops: the selective-scan recurrence of Mamba-1 with a hand-written backward, and
+the dispatch of :func:`selective_scan` to its implementations.
 
 The recurrence, per batch element ``b``, channel ``d`` and state ``n``::
 
@@ -16,12 +17,22 @@ shape). Only chunk-boundary states are kept for the backward; memory is
 Gradients are computed only for the inputs that require them. Passing ``dt``,
 ``B`` and ``C`` detached is exactly the SSM rule of MambaLRP: the backward then
 reduces to one reverse scan for ``x``.
+
+This loop is fast on a CPU but launch-bound on a GPU, where :func:`selective_scan`
+runs mamba-ssm's fused kernel or the chunked parallel scan of
+:mod:`captum_mamba.ops.parallel_scan` instead (see :mod:`captum_mamba.ops.backends`).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from captum_mamba.ops._common import check_one_dtype
+from captum_mamba.ops.backends import choose
+from captum_mamba.ops.fused import fused_selective_scan
+from captum_mamba.ops.parallel_scan import DEFAULT_CHUNK_ELEMENTS as PARALLEL_CHUNK_ELEMENTS
+from captum_mamba.ops.parallel_scan import parallel_selective_scan
 
 #: Elements of one ``(batch, chunk, channels, state)`` work buffer.
 DEFAULT_CHUNK_ELEMENTS = 1 << 18
@@ -168,7 +179,8 @@ def selective_scan(
     A: Tensor,
     B: Tensor,
     C: Tensor,
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    chunk_elements: int | None = None,
+    impl: str | None = None,
 ) -> Tensor:
     r"""Selective scan of Mamba-1 without the skip term, differentiable in every input.
 
@@ -178,9 +190,17 @@ def selective_scan(
         A (Tensor): ``(channels, state)`` continuous-time state matrix (negative).
         B (Tensor): ``(batch, length, state)`` input projection.
         C (Tensor): ``(batch, length, state)`` output projection.
-        chunk_elements (int, optional): size of one work buffer in elements; the time
-            chunk is ``chunk_elements // (batch * channels * state)`` steps.
-            Default: ``2**18`` (fits in a core's cache at 130M scale).
+        chunk_elements (int, optional): memory budget of the sequential and parallel
+            implementations in elements of one work buffer: the sequential scan runs
+            ``chunk_elements // (batch * channels * state)`` time steps per chunk, the
+            parallel one sizes its groups of chunks with it. Default: None, i.e.
+            ``2**18`` (sequential; fits in a core's cache at 130M scale) and ``2**26``
+            (parallel).
+        impl (str, optional): ``"auto"``, ``"sequential"``, ``"parallel"`` or ``"fused"``
+            (see :mod:`captum_mamba.ops.backends`); None for the setting of
+            :func:`captum_mamba.ops.implementation`, by default ``"auto"``: the
+            sequential scan on a CPU, on CUDA mamba-ssm's kernel if it imports and
+            takes the dtype, else the parallel scan. Default: None.
 
     Returns:
         Tensor: ``y`` of shape ``(batch, length, channels)``.
@@ -192,13 +212,18 @@ def selective_scan(
         >>> # SSM rule: the input-dependent coefficients are constants for the backward
         >>> y = selective_scan(x, dt.detach(), A, B.detach(), C.detach())
     """
-    if not (x.dtype == dt.dtype == A.dtype == B.dtype == C.dtype):
-        raise TypeError(
-            "selective_scan needs one dtype for x, dt, A, B and C, got "
-            f"{x.dtype}, {dt.dtype}, {A.dtype}, {B.dtype}, {C.dtype}"
-        )
+    check_one_dtype("selective_scan", x, dt, A, B, C)
     batch, _, channels = x.shape
-    chunk = _chunk_length(batch, channels, A.shape[1], chunk_elements)
+    state = A.shape[1]
+    unsuitable = f"mamba-ssm takes state sizes up to 256, got {state}" if state > 256 else None
+    chosen = choose("selective_scan", impl, x, unsuitable)
+    if chosen == "fused":
+        return fused_selective_scan(x, dt, A, B, C)
+    if chosen == "parallel":
+        budget = PARALLEL_CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
+        return parallel_selective_scan(x, dt, A, B, C, chunk_elements=budget)
+    budget = DEFAULT_CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
+    chunk = _chunk_length(batch, channels, state, budget)
     return SelectiveScan.apply(
         x.contiguous(), dt.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(), chunk
     )

@@ -28,6 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from captum_mamba.ops._common import check_one_dtype, chunked
+from captum_mamba.ops.backends import choose
+from captum_mamba.ops.fused import fused_ssd_scan
+
 #: Time steps per chunk of :func:`ssd_scan` (Mamba-2 models use 256).
 DEFAULT_CHUNK_SIZE = 64
 
@@ -46,14 +50,6 @@ def _segment_sums(log_decay: Tensor) -> Tensor:
     return sums.masked_fill(~lower, float("-inf"))
 
 
-def _chunked(tensor: Tensor, chunk: int) -> Tensor:
-    """Pad dim 1 with zeros to a multiple of ``chunk`` and split it into ``(chunks, chunk)``."""
-    pad = -tensor.shape[1] % chunk
-    if pad:
-        tensor = F.pad(tensor, (0, 0) * (tensor.dim() - 2) + (0, pad))
-    return tensor.reshape(tensor.shape[0], -1, chunk, *tensor.shape[2:])
-
-
 def _ssd(u: Tensor, log_decay: Tensor, B: Tensor, C: Tensor, chunk: int) -> Tensor:
     """``y[t] = sum_{s<=t} (C[t].B[s]) exp(sum_{k=s+1..t} log_decay[k]) u[s]``, chunked.
 
@@ -68,7 +64,7 @@ def _ssd(u: Tensor, log_decay: Tensor, B: Tensor, C: Tensor, chunk: int) -> Tens
         Tensor: ``y`` with the shape of ``u``.
     """
     length = u.shape[1]
-    u, log_decay, B, C = (_chunked(t, chunk) for t in (u, log_decay, B, C))
+    u, log_decay, B, C = (chunked(t, chunk) for t in (u, log_decay, B, C))
     # Layout: b batch, c chunk, t/s time in chunk, g group, j head in group, p head dim, n state.
     log_decay = log_decay.permute(0, 1, 3, 4, 2)  # (b, c, g, j, t)
     cumulative = log_decay.cumsum(-1)
@@ -137,7 +133,13 @@ class SSDScan(torch.autograd.Function):
 
 
 def ssd_scan(
-    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    impl: str | None = None,
 ) -> Tensor:
     r"""SSD scan of Mamba-2 without the skip term, differentiable in every input.
 
@@ -149,6 +151,11 @@ def ssd_scan(
             group ``h // (heads // groups)``.
         C (Tensor): ``(batch, length, groups, state)`` output projection.
         chunk_size (int, optional): time steps per chunk. Default: 64.
+        impl (str, optional): ``"auto"``, ``"chunked"`` (this module's scan) or
+            ``"fused"`` (mamba-ssm's ``mamba_chunk_scan_combined``); None for the
+            setting of :func:`captum_mamba.ops.implementation`, by default ``"auto"``:
+            the fused kernel on CUDA if it imports and takes the dtype, else the
+            chunked scan. Default: None.
 
     Returns:
         Tensor: ``y`` of shape ``(batch, length, heads, head_dim)``.
@@ -160,17 +167,15 @@ def ssd_scan(
         >>> # SSM rule: the input-dependent coefficients are constants for the backward
         >>> y = ssd_scan(x, dt.detach(), A, B.detach(), C.detach())
     """
-    if not (x.dtype == dt.dtype == A.dtype == B.dtype == C.dtype):
-        raise TypeError(
-            "ssd_scan needs one dtype for x, dt, A, B and C, got "
-            f"{x.dtype}, {dt.dtype}, {A.dtype}, {B.dtype}, {C.dtype}"
-        )
+    check_one_dtype("ssd_scan", x, dt, A, B, C)
     heads, groups = x.shape[2], B.shape[2]
     if heads % groups or C.shape != B.shape:
         raise ValueError(
             f"ssd_scan needs heads ({heads}) divisible by groups ({groups}) and B, C of one "
             f"shape, got B {tuple(B.shape)} and C {tuple(C.shape)}"
         )
+    if choose("ssd_scan", impl, x) == "fused":
+        return fused_ssd_scan(x, dt, A, B, C, chunk_size)
     return SSDScan.apply(
         x.contiguous(), dt.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(), chunk_size
     )

@@ -13,20 +13,14 @@ given); it uses nothing from captum_mamba.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
+from mamba_ssm_subprocess import IN_SUBPROCESS
+from mamba_ssm_subprocess import SKIP_REASON as SKIP_REASON
 from torch import Tensor, nn
 
 from captum_mamba import MambaRules
 from cases import ArchitectureCase
-
-IN_SUBPROCESS = os.environ.get("CAPTUM_MAMBA_SSM_SUBPROCESS") == "1"
-SKIP_REASON = (
-    "needs mamba_ssm imported, which rebinds transformers' Mamba to CUDA kernels; runs in "
-    "the isolated subprocess of tests/test_mamba_ssm.py::test_mamba_ssm_suite_in_subprocess"
-)
 
 
 def _silu(x: Tensor, rule: bool) -> Tensor:
