@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from captum_mamba import MambaLRP, MambaRules
+from captum_mamba.attr import MambaLRP
 from captum_mamba.baselines.captum_methods import MethodSettings, build_methods
 from captum_mamba.data import SST2_FILE, default_data_dir, load_sst2
 from captum_mamba.metrics import perturbation_curves, replacement_embedding, resample_curve
+from captum_mamba.rules import MambaRules
 from captum_mamba.sentiment import encode, load_or_train_classifier
 from captum_mamba.visualization.plots import plot_conservation, plot_morf_lerf
 from captum_mamba.visualization.text import batch_text_heatmap_figure, token_texts
