@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 from transformers.models.jamba.modeling_jamba import (
     JambaForCausalLM,
     JambaMambaDecoderLayer,

@@ -20,6 +20,7 @@ import torch
 from captum.attr import LLMAttributionResult
 from torch import Tensor, nn
 
+from captum_mamba._captum import llm_attribution_result
 from captum_mamba.attr._forward import default_forward
 from captum_mamba.attr._targets import AttributionInputError, check_token_ids
 from captum_mamba.attr.layer_mamba_lrp import LayerMambaLRP
@@ -150,7 +151,7 @@ def attribute_generation(
 
     with torch.no_grad():
         probs = torch.softmax(logits_of(context[None])[0, positions], dim=-1)
-    return LLMAttributionResult(
+    return llm_attribution_result(
         input_tokens=_token_names(context, tokenizer),
         output_tokens=_token_names(generated, tokenizer),
         seq_attr=token_attr.sum(0),
