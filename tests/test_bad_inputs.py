@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -276,3 +277,56 @@ def test_layer_that_runs_twice(model):
 
     lrp = LayerMambaLRP(model, layer, forward_func=twice)
     expect_error(lambda: lrp.attribute(ids(), target=(-1, 0)), "ran 2 times", "exactly once")
+
+
+# Inputs and targets of other types than Captum expects (Captum asserts on them).
+
+NOT_TENSORS = {
+    "numpy": lambda x: x.numpy(),
+    "nested-list": lambda x: x.tolist(),
+    "list-of-rows": lambda x: list(x),
+    "tuple-with-list": lambda x: (x, x.tolist()),
+}
+
+
+@pytest.mark.parametrize("kind", list(NOT_TENSORS))
+def test_inputs_that_are_not_tensors(model, kind):
+    convert = NOT_TENSORS[kind]
+    expect_error(
+        lambda: MambaLRP(model).attribute(convert(embeds(model)), target=(-1, 0)),
+        "not a torch.Tensor",
+        "torch.as_tensor",
+    )
+    lrp = LayerMambaLRP(model, model.get_input_embeddings())
+    expect_error(
+        lambda: lrp.attribute(convert(ids()), target=(-1, 0)), "not a torch.Tensor", "torch.tensor"
+    )
+
+
+TARGET_FORMS = {
+    "list-of-lists": [[-1, 3], [2, 5]],
+    "list-of-tensors": [torch.tensor([-1, 3]), torch.tensor([2, 5])],
+    "list-of-mixed": [(-1, 3), [2, torch.tensor(5)]],
+    "numpy-array": np.array([[-1, 3], [2, 5]]),
+    "list-of-numpy-rows": list(np.array([[-1, 3], [2, 5]])),
+}
+
+
+@pytest.mark.parametrize("form", list(TARGET_FORMS))
+def test_targets_as_lists_of_lists_tensors_and_numpy(model, form):
+    lrp = MambaLRP(model)
+    expected = lrp.attribute(embeds(model), target=[(-1, 3), (2, 5)])
+    torch.testing.assert_close(lrp.attribute(embeds(model), target=TARGET_FORMS[form]), expected)
+
+
+@pytest.mark.parametrize(
+    ("target", "fragment"),
+    [
+        ([[-1, 3], [2, 5.0]], "must be an int"),
+        ([torch.tensor([-1.0, 3.0]), (2, 5)], "dtype torch.float32"),
+        ([[-1, 3, 0], (2, 5)], "has 3 indices"),
+        (np.array([[-1.5, 3], [2, 5]]), "dtype torch.float64"),
+    ],
+)
+def test_bad_targets_of_other_types(model, target, fragment):
+    expect_error(lambda: MambaLRP(model).attribute(embeds(model), target=target), fragment)

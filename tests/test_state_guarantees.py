@@ -14,7 +14,14 @@ from helpers import assert_unchanged, snapshot
 from torch import Tensor, nn
 from transformers import MambaForCausalLM
 
-from captum_mamba import AttributionInputError, Epsilon, LayerMambaLRP, MambaLRP, MambaRules
+from captum_mamba import (
+    AttributionInputError,
+    Epsilon,
+    LayerMambaLRP,
+    MambaLRP,
+    MambaRules,
+    register_container,
+)
 
 VOCAB = 64
 
@@ -203,3 +210,53 @@ def test_one_model_on_two_threads(make_lm):
         for result in results:
             torch.testing.assert_close(result, expected[index], rtol=0, atol=1e-12)
     assert_unchanged(before, model)
+
+
+@register_container
+class SharedBackboneClassifier(nn.Module):
+    """A classifier on the backbone of a language model: the two share every Mamba block."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.config.hidden_size, 3, bias=False, dtype=torch.float64)
+
+    def forward(self, inputs_embeds: Tensor) -> Tensor:
+        hidden = self.backbone(inputs_embeds=inputs_embeds, use_cache=False).last_hidden_state
+        return self.head(hidden[:, -1])
+
+
+def test_models_sharing_modules_on_many_threads(make_lm):
+    """8 threads x 50 calls, mixed rule presets and methods, over a language model, its
+    backbone and a classifier sharing that backbone: every result equals the sequential
+    one and no model keeps anything (rule forwards, hooks) afterwards."""
+    lm = make_lm(seed=8, vocab_size=VOCAB)
+    classifier = SharedBackboneClassifier(lm.backbone).eval()
+    embeds = lm.get_input_embeddings()(tokens(3)).detach()
+    backbone_sum = lambda e: lm.backbone(inputs_embeds=e).last_hidden_state[:, -1].sum(-1)  # noqa: E731
+    presets = [
+        MambaRules(),
+        MambaRules.gradient_x_input(),
+        MambaRules(linear=Epsilon(0.1)),
+        MambaRules.norm_only(),
+    ]
+    methods = [
+        lambda rules: MambaLRP(lm, rules=rules).attribute(embeds, target=(-1, 2)),
+        lambda rules: MambaLRP(lm.backbone, forward_func=backbone_sum, rules=rules).attribute(
+            embeds
+        ),
+        lambda rules: MambaLRP(classifier, forward_func=classifier, rules=rules).attribute(
+            embeds, target=1
+        ),
+        lambda rules: LayerMambaLRP(lm, lm.get_input_embeddings(), rules=rules).attribute(
+            tokens(3), target=(-1, 2)
+        ),
+    ]
+    jobs = [(lambda m=methods[i % 4], r=presets[(i // 2) % 4]: m(r)) for i in range(8)]
+    snapshots = [snapshot(model) for model in (lm, classifier)]
+    expected = [job() for job in jobs]
+    for index, results in enumerate(run_on_threads(jobs, repeats=50)):
+        for result in results:
+            torch.testing.assert_close(result, expected[index], rtol=0, atol=1e-12)
+    for before, model in zip(snapshots, (lm, classifier), strict=True):
+        assert_unchanged(before, model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,34 @@ TargetType = int | tuple[int, ...] | Tensor | list[Any] | None
 
 class AttributionInputError(ValueError):
     """An input, target or forward output cannot be explained; the message says why."""
+
+
+def as_input_tuple(inputs: Any, what: str = "embeddings") -> tuple[Tensor, ...]:
+    """The inputs of an attribution call as a tuple of tensors, as Captum formats them.
+
+    Captum rejects anything else with a bare ``AssertionError``; this names the problem.
+
+    Args:
+        inputs (Any): a tensor or a tuple of tensors.
+        what (str, optional): what the inputs are, for the message (``"embeddings"`` or
+            ``"token ids"``). Default: ``"embeddings"``.
+
+    Returns:
+        tuple of Tensor: the inputs.
+
+    Raises:
+        AttributionInputError: for any other type, e.g. numpy arrays or (nested) lists.
+    """
+    items = inputs if isinstance(inputs, tuple) else (inputs,)
+    for index, item in enumerate(items):
+        if not isinstance(item, Tensor):
+            name = "inputs" if not isinstance(inputs, tuple) else f"inputs[{index}]"
+            fix = "torch.tensor(ids)" if what == "token ids" else "torch.as_tensor(x)"
+            raise AttributionInputError(
+                f"{name} is a {type(item).__module__}.{type(item).__name__}, not a torch.Tensor; "
+                f"pass {what} as a tensor, e.g. {fix}"
+            )
+    return items
 
 
 def check_embeddings(inputs: tuple[Tensor, ...], dtype: torch.dtype) -> None:
@@ -118,7 +147,11 @@ def batch_size(inputs: tuple[Any, ...]) -> int:
 
 def _check_index(value: Any, size: int, what: str) -> int:
     if isinstance(value, Tensor):
+        if value.numel() != 1 or value.is_floating_point() or value.dtype == torch.bool:
+            raise AttributionInputError(f"{what} must be an int, got tensor {value.tolist()!r}")
         value = value.item()
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
         raise AttributionInputError(f"{what} must be an int, got {value!r}")
     if not -size <= value < size:
@@ -148,6 +181,19 @@ def _target_values(target: Tensor) -> int | list[Any]:
     if target.dim() == 1:
         return [int(v) for v in target.tolist()]
     return [tuple(int(v) for v in row) for row in target.tolist()]
+
+
+def _index_tuple(target: Any) -> tuple[Any, ...]:
+    """One example's target (an int, a tuple or list of ints, or an integer tensor or
+    array) as a tuple of indices."""
+    if hasattr(target, "__array__") and not isinstance(target, Tensor):
+        target = torch.as_tensor(target)
+    if isinstance(target, Tensor):
+        value = _target_values(target)
+        return tuple(value) if isinstance(value, list) else (value,)
+    if isinstance(target, tuple | list):
+        return tuple(target)
+    return (target,)
 
 
 def select_target(output: Any, target: TargetType, batch: int) -> Tensor:
@@ -181,6 +227,10 @@ def select_target(output: Any, target: TargetType, batch: int) -> Tensor:
             "it must return one row per example, (batch, ...)"
         )
     shape = output.shape
+    if isinstance(target, numbers.Integral) and not isinstance(target, bool):
+        target = int(target)
+    elif hasattr(target, "__array__") and not isinstance(target, Tensor | list | tuple):
+        target = torch.as_tensor(target)
     if isinstance(target, Tensor):
         target = _target_values(target)
     if target is None:
@@ -200,8 +250,7 @@ def select_target(output: Any, target: TargetType, batch: int) -> Tensor:
                 f"{len(target)} targets given for a batch of {batch} examples"
             )
         rows = [
-            output[(i, *_check_index_tuple(t if isinstance(t, tuple) else (t,), shape))]
-            for i, t in enumerate(target)
+            output[(i, *_check_index_tuple(_index_tuple(t), shape))] for i, t in enumerate(target)
         ]
         selected = torch.stack(rows)
     else:

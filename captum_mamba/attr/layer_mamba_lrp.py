@@ -9,7 +9,7 @@ import torch
 from captum.attr import GradientAttribution, LayerAttribution
 from torch import Tensor, nn
 
-from captum_mamba._captum import format_additional_forward_args, format_tensor_into_tuples
+from captum_mamba._captum import format_additional_forward_args
 from captum_mamba.adapters import plan_rules, rules_applied
 from captum_mamba.attr._forward import (
     argument_names,
@@ -24,6 +24,7 @@ from captum_mamba.attr._forward import (
 from captum_mamba.attr._targets import (
     AttributionInputError,
     TargetType,
+    as_input_tuple,
     batch_size,
     check_relevance,
     check_token_ids,
@@ -129,7 +130,7 @@ class LayerMambaLRP(LayerAttribution, GradientAttribution):
             >>> relevance, delta = lrp.attribute(ids, target=(-1, token),
             ...                                  return_convergence_delta=True)
         """
-        formatted = format_tensor_into_tuples(inputs)
+        formatted = as_input_tuple(inputs, "token ids")
         batch = batch_size(formatted)
         extra = format_additional_forward_args(additional_forward_args) or ()
         check_devices(self.model, argument_names(formatted, extra))

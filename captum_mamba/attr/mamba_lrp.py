@@ -28,6 +28,7 @@ from captum_mamba.attr._forward import (
 )
 from captum_mamba.attr._targets import (
     TargetType,
+    as_input_tuple,
     check_embeddings,
     check_relevance,
     select_target,
@@ -144,7 +145,7 @@ class MambaLRP(GradientAttribution):
             >>> relevance = lrp.attribute(embeds, target=(-1, token_id))
         """
         tuple_input = is_tuple(inputs)
-        formatted = format_tensor_into_tuples(inputs)
+        formatted = as_input_tuple(inputs)
         extra = format_additional_forward_args(additional_forward_args) or ()
         check_devices(self.model, argument_names(formatted, extra))
         dtype = compute_dtype(self.model)
