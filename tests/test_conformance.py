@@ -190,7 +190,7 @@ def test_padded_batch_equals_unpadded_examples(case: ArchitectureCase, side: str
     torch.testing.assert_close(relevance[1:2, real], alone, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("preset", ["mamba_lrp", "gradient_x_input", "no_ssm", "norm_only"])
+@pytest.mark.parametrize("preset", list(PRESETS))
 @pytest.mark.parametrize(("case", "config"), by_case_config())
 def test_captum_lrp_equals_mamba_lrp(case: ArchitectureCase, config: str, preset: str) -> None:
     rules = PRESETS[preset]
