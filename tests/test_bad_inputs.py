@@ -8,7 +8,17 @@ import torch
 from torch import nn
 from transformers import MambaForCausalLM
 
-from captum_mamba import AttributionInputError, LayerMambaLRP, MambaLRP, UnsupportedModelError
+from captum_mamba import (
+    AttributionInputError,
+    Epsilon,
+    Gamma,
+    LayerMambaLRP,
+    MambaAttentionRollout,
+    MambaAttr,
+    MambaLRP,
+    MambaRules,
+    UnsupportedModelError,
+)
 from captum_mamba.models import mamba_config
 
 VOCAB = 64
@@ -330,3 +340,75 @@ def test_targets_as_lists_of_lists_tensors_and_numpy(model, form):
 )
 def test_bad_targets_of_other_types(model, target, fragment):
     expect_error(lambda: MambaLRP(model).attribute(embeds(model), target=target), fragment)
+
+
+# Arguments checked at construction: one-line TypeError or ValueError with the fix.
+
+CONSTRUCTION = {
+    "epsilon-zero": (lambda m: Epsilon(0), ValueError, "for no stabiliser use LRP0()"),
+    "epsilon-nan": (lambda m: Epsilon(float("nan")), ValueError, "finite number > 0"),
+    "epsilon-negative": (lambda m: Epsilon(-1), ValueError, "> 0"),
+    "epsilon-string": (lambda m: Epsilon("1e-6"), ValueError, "finite number"),
+    "gamma-negative": (lambda m: Gamma(-1), ValueError, "gamma must be >= 0"),
+    "gamma-inf": (lambda m: Gamma(float("inf")), ValueError, "finite"),
+    "gamma-epsilon-zero": (lambda m: Gamma(0.25, 0.0), ValueError, "epsilon must be > 0"),
+    "linear-as-string": (lambda m: MambaRules(linear="lrp0"), TypeError, "LRP0()"),
+    "linear-as-class": (lambda m: MambaRules(linear=Epsilon), TypeError, "an instance"),
+    "switch-not-bool": (lambda m: MambaRules(norm="yes"), TypeError, "True or False"),
+    "override-unknown-setting": (
+        lambda m: MambaRules().override("lm_head", epsilon=0.1),
+        ValueError,
+        "unknown rule setting",
+    ),
+    "override-no-change": (lambda m: MambaRules().override("lm_head"), ValueError, "at least"),
+    "override-bad-selector": (lambda m: MambaRules().override(3, norm=False), TypeError, "class"),
+    "rules-class": (lambda m: MambaLRP(m, rules=MambaRules), TypeError, "call the class"),
+    "rules-dict": (lambda m: MambaLRP(m, rules={"norm": True}), TypeError, "MambaRules"),
+    "model-none": (lambda m: MambaLRP(None), TypeError, "torch.nn.Module"),
+    "layer-model-none": (lambda m: LayerMambaLRP(None, None), TypeError, "torch.nn.Module"),
+    "layer-not-module": (lambda m: LayerMambaLRP(m, "embeddings"), TypeError, "layer"),
+    "rollout-leaf-zero": (lambda m: MambaAttentionRollout(m, leaf_size=0), ValueError, ">= 1"),
+    "rollout-chunk-negative": (
+        lambda m: MambaAttentionRollout(m, chunk_elements=-5),
+        ValueError,
+        ">= 1",
+    ),
+    "rollout-start-out-of-range": (
+        lambda m: MambaAttentionRollout(m, start_layer=2),
+        ValueError,
+        "out of range",
+    ),
+    "attr-start-negative-out-of-range": (
+        lambda m: MambaAttr(m, start_layer=-3),
+        ValueError,
+        "out of range",
+    ),
+    "rollout-start-float": (lambda m: MambaAttentionRollout(m, start_layer=0.5), ValueError, "int"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONSTRUCTION))
+def test_bad_arguments_at_construction(model, case):
+    build, error, fragment = CONSTRUCTION[case]
+    with pytest.raises(error) as info:
+        build(model)
+    message = str(info.value)
+    assert "\n" not in message and fragment.lower() in message.lower(), message
+
+
+def test_overflowing_embeddings_are_refused(model):
+    expect_error(
+        lambda: MambaLRP(model).attribute(embeds(model) * 1e30, target=(-1, 0)),
+        "overflow",
+        "float64",
+    )
+
+
+def test_captum_lrp_refuses_non_finite_inputs(model):
+    from captum.attr import LRP
+
+    from captum_mamba import prepare_captum_lrp
+
+    bad = embeds(model)
+    bad[0, 1, 2] = float("nan")
+    expect_error(lambda: LRP(prepare_captum_lrp(model)).attribute(bad, target=(-1, 0)), "NaN")

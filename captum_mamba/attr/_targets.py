@@ -86,6 +86,12 @@ def check_embeddings(inputs: tuple[Tensor, ...], dtype: torch.dtype) -> None:
             raise AttributionInputError(
                 f"{name} contains NaN or inf; explain finite embeddings only"
             )
+        largest = float(x.detach().abs().amax()) if x.numel() else 0.0
+        if largest**2 > torch.finfo(dtype).max:
+            raise AttributionInputError(
+                f"{name} has values up to {largest:.3g}, whose squares overflow {dtype} in the "
+                "model's norms; rescale the inputs or explain the model in torch.float64"
+            )
 
 
 def check_token_ids(ids: Tensor, vocab_size: int | None) -> None:

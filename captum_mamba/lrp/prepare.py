@@ -26,12 +26,14 @@ from collections.abc import Callable
 from copy import deepcopy
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from captum_mamba.adapters import Backend, plan_rules
 from captum_mamba.adapters.backend import SITE_KINDS
 from captum_mamba.adapters.base import PlanEntry, RuleForward
 from captum_mamba.attr._forward import backbone_and_head, check_model, default_forward
+from captum_mamba.attr._targets import AttributionInputError
 from captum_mamba.lrp.captum_rules import LRP0Rule
 from captum_mamba.lrp.modules import CaptumOps, OpLeaf, default_leaf_rule, keep_rule
 from captum_mamba.lrp.registry import captum_linear_rule, rule_for
@@ -62,7 +64,18 @@ class CaptumLRPModel(nn.Module):
 
     def forward(self, *inputs: Any) -> Tensor:
         """The model output for ``inputs`` (for language models: input embeddings and an
-        optional ``(batch, seq)`` attention mask), in the dtype of the model."""
+        optional ``(batch, seq)`` attention mask), in the dtype of the model.
+
+        Raises:
+            AttributionInputError: if a floating-point input contains NaN or inf (Captum's
+                LRP would return NaN relevance without a word).
+        """
+        for index, value in enumerate(inputs):
+            floating = isinstance(value, Tensor) and value.is_floating_point()
+            if floating and not torch.isfinite(value.detach()).all():
+                raise AttributionInputError(
+                    f"inputs[{index}] contains NaN or inf; explain finite inputs only"
+                )
         return self._forward_func(self.model, *inputs)
 
 

@@ -192,8 +192,9 @@ class MambaRules:
         """
         if not changes:
             raise ValueError("override() needs at least one setting, e.g. linear=Epsilon(1e-6)")
+        override = Override(selector, changes)  # validates the names
         replace(self, **changes)  # validates the values
-        return replace(self, overrides=(*self.overrides, Override(selector, changes)))
+        return replace(self, overrides=(*self.overrides, override))
 
     def resolve(self, path: str, owners: tuple[nn.Module, ...]) -> MambaRules:
         """The settings that apply at one module or operation path (no overrides left).
