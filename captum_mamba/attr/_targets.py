@@ -161,7 +161,7 @@ def _check_index(value: Any, size: int, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise AttributionInputError(f"{what} must be an int, got {value!r}")
     if not -size <= value < size:
-        raise AttributionInputError(f"{what} {value} is out of range for size {size}")
+        raise AttributionInputError(f"{what} (value {value}) is out of range for size {size}")
     return value
 
 
