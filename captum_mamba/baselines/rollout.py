@@ -2,7 +2,10 @@
 
 Each layer's hidden attention is averaged over channels (summed over the scans of the
 layer, e.g. both directions of a bidirectional Vim block, a backward scan's attention
-flipped to the original order), the residual connection is accounted for by adding the
+flipped to the original order); the softmax attention of the attention layers of hybrid
+models is averaged over heads and enters the rollout the same way, so a hybrid's rollout
+chains Mamba and attention layers in their order. The residual connection is accounted
+for by adding the
 identity, rows are normalised to sum to one, and the layers are chained by matrix
 products (Abnar & Zuidema's rollout). The relevance of token ``j`` for the output at
 position ``t`` is the rollout entry ``[t, j]``.
@@ -198,7 +201,8 @@ class MambaAttentionRollout(Attribution):
         return length, stop, format_additional_forward_args(additional_forward_args) or ()
 
     def _layer_attention(self, layer: LayerRecord, rows: int) -> Tensor:
-        """Channel mean of the layer's hidden attention over its first ``rows`` rows."""
+        """The layer's attention over its first ``rows`` rows: the channel mean of each
+        scan's hidden attention plus the head mean of each softmax attention."""
         total = None
         for ssm in layer.ssms:
             mean = mean_hidden_attention(
@@ -206,7 +210,10 @@ class MambaAttentionRollout(Attribution):
             )
             mean = in_original_order(mean, ssm)[:, :rows, :rows]
             total = mean if total is None else total + mean
-        return mask_attention(total, layer.attention_mask)
+        for attention in layer.attentions:
+            mean = attention.weights.mean(1)[:, :rows, :rows]
+            total = mean if total is None else total + mean
+        return mask_attention(total, layer.padding_mask)
 
     def attribute(
         self,
