@@ -184,3 +184,14 @@ def test_a_filled_cache_is_refused() -> None:
             rules_applied(model, MambaRules()),
         ):
             model(inputs_embeds=embeds[:, -1:], cache=cache, use_cache=True)
+
+
+def test_rollout_counts_the_layers_that_mix_positions() -> None:
+    model = NEMOTRON_H.build("groups-eager", 0, False)  # Mamba, MoE, attention, MLP blocks
+    embeds, _ = NEMOTRON_H.inputs(model, "groups-eager", 0)
+    with torch.no_grad():
+        last = MambaAttentionRollout(model, start_layer=-1).attribute(embeds)
+        second = MambaAttentionRollout(model, start_layer=1).attribute(embeds)
+    torch.testing.assert_close(last, second, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="out of range for a model with 2 layers"):
+        MambaAttentionRollout(model, start_layer=2)

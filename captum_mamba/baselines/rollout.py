@@ -24,7 +24,7 @@ from captum.attr import Attribution
 from torch import Tensor, nn
 
 from captum_mamba._captum import format_additional_forward_args
-from captum_mamba.adapters import plan_rules
+from captum_mamba.adapters import Plan, plan_rules
 from captum_mamba.attr._forward import check_model, default_forward
 from captum_mamba.attr._targets import AttributionInputError, TargetType
 from captum_mamba.baselines.hidden_attention import (
@@ -127,6 +127,26 @@ def in_original_order(attention: Tensor, ssm: SSMRecord) -> Tensor:
     return attention.flip(-1).flip(-2) if ssm.reverse else attention
 
 
+#: Op kinds that mix positions: the layers containing one are the layers of the rollout.
+MIXING_KINDS = ("ssm", "ssd", "attention")
+
+
+def _mixing_layers(plan: Plan) -> list[str]:
+    """Paths of the residual layers that contain a scan or a softmax attention (layers of
+    MLPs alone, as in Nemotron-H, are not recorded and do not count)."""
+    mixers = [
+        entry.path
+        for entry in plan.entries
+        if entry.handler is not None and set(entry.handler.sites.values()) & set(MIXING_KINDS)
+    ]
+    return [
+        entry.path
+        for entry in plan.entries
+        if entry.block
+        and any(path == entry.path or path.startswith(f"{entry.path}.") for path in mixers)
+    ]
+
+
 def _check_count(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -175,7 +195,7 @@ class MambaAttentionRollout(Attribution):
         plan = plan_rules(model, MambaRules.gradient_x_input())
         super().__init__(forward_func or default_forward(model, "inputs_embeds"))
         self.model = model
-        layers = sum(entry.block for entry in plan.entries) or 1
+        layers = len(_mixing_layers(plan)) or 1
         if isinstance(start_layer, bool) or not isinstance(start_layer, int):
             raise ValueError(f"start_layer must be an int, got {start_layer!r}")
         if not -layers <= start_layer < layers:
