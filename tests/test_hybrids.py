@@ -195,3 +195,27 @@ def test_rollout_counts_the_layers_that_mix_positions() -> None:
     torch.testing.assert_close(last, second, rtol=0, atol=0)
     with pytest.raises(ValueError, match="out of range for a model with 2 layers"):
         MambaAttentionRollout(model, start_layer=2)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("config", ["llama-mha-biased-gelu-tied-sdpa", "mistral-window-mqa-sdpa"])
+def test_sdpa_padding_masks_are_read_like_eager_ones(config: str, side: str) -> None:
+    model = LLAMA.build(config, 4, False)
+    embeds, _ = LLAMA.inputs(model, config, 4)
+    length = embeds.shape[1]
+    mask = torch.ones(2, length, dtype=torch.long)
+    pad = slice(0, 3) if side == "left" else slice(length - 3, length)
+    mask[1, pad] = 0
+    last = length - 1 if side == "left" else length - 4
+    relevance = MambaLRP(model).attribute(
+        embeds, target=[(length - 1, 1), (last, 2)], additional_forward_args=mask
+    )
+    assert torch.all(relevance[1, pad] == 0)
+    real = mask[1].bool()
+    alone = MambaLRP(model).attribute(embeds[1:2, real], target=[(length - 4, 2)])
+    assert relative_error(relevance[1:2, real], alone) <= 1e-6  # float32 rotary table
+    with torch.no_grad():
+        padded = default_forward(model, "inputs_embeds")(embeds, mask)[1, last]
+        with rules_applied(model, MambaRules()):
+            ruled = default_forward(model, "inputs_embeds")(embeds, mask)[1, last]
+    assert relative_error(ruled, padded) <= 1e-6
