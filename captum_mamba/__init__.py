@@ -25,11 +25,15 @@ from captum_mamba.attr import AttributionInputError, LayerMambaLRP, MambaLRP
 from captum_mamba.attr.generation import attribute_generation
 from captum_mamba.baselines import MambaAttentionRollout, MambaAttr, RandomAttribution
 from captum_mamba.lrp import (
+    ActivationRule,
+    AttnLRPRule,
     CaptumLRPModel,
+    CPLRPRule,
     EmbeddingRule,
     HalfRule,
     LRP0Rule,
     NormRule,
+    RouterRule,
     SiLURule,
     SSMRule,
     prepare_captum_lrp,
@@ -41,8 +45,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LRP0",
+    "ActivationRule",
     "ArchitectureAdapter",
+    "AttnLRPRule",
     "AttributionInputError",
+    "CPLRPRule",
     "CaptumLRPModel",
     "EmbeddingRule",
     "Epsilon",
@@ -59,6 +66,7 @@ __all__ = [
     "NormRule",
     "Override",
     "RandomAttribution",
+    "RouterRule",
     "SSMRule",
     "SiLURule",
     "UnsupportedModelError",

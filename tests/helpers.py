@@ -5,6 +5,7 @@ could leave behind on a model."""
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -144,3 +145,87 @@ def assert_unchanged(before: dict[str, Any], model: nn.Module) -> None:
     for name, state in before["modules"].items():
         for field, value in state.items():
             assert _same(value, after["modules"][name][field]), f"{name or '<model>'}.{field}"
+
+
+def half_product(a: Tensor, b: Tensor, uniform_rule: bool, product=torch.mul) -> Tensor:
+    """``product(a, b)``; the uniform rule gives each factor half of the relevance
+    (``0.5 (a [b] + [a] b)``, brackets constant)."""
+    if uniform_rule:
+        return 0.5 * (product(a, b.detach()) + product(a.detach(), b))
+    return product(a, b)
+
+
+def rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding of ``(batch, heads, length, dim)``, pair by pair: channels ``m`` and
+    ``m + r / 2`` (``r = 2 * half``, ``cos``/``sin`` ``(length, half)`` give each pair's
+    angle) rotate; channels from ``r`` on pass unchanged."""
+    half = cos.shape[-1]
+    out = x.clone()
+    for position in range(x.shape[2]):
+        for m in range(half):
+            c, s = cos[position, m], sin[position, m]
+            first, second = x[:, :, position, m], x[:, :, position, m + half]
+            out[:, :, position, m] = first * c - second * s
+            out[:, :, position, m + half] = second * c + first * s
+    return out
+
+
+def rope_table(rotary: nn.Module, length: int) -> tuple[Tensor, Tensor]:
+    """``cos`` and ``sin`` ``(length, half)`` of a transformers rotary embedding module at
+    positions ``0..length-1`` (its own table: transformers computes it in float32), one
+    angle per channel pair."""
+    positions = torch.arange(length)[None]
+    cos, sin = rotary(torch.zeros(1, length, 1, dtype=torch.float64), positions)
+    half = cos.shape[-1] // 2
+    return cos[0, :, :half].double(), sin[0, :, :half].double()
+
+
+def softmax_attention(
+    q: Tensor, k: Tensor, v: Tensor, scaling: float, window: int | None, rule: Any
+) -> Tensor:
+    """Causal softmax attention, one query position at a time: query ``i`` attends to the
+    keys ``j <= i`` (and ``j > i - window``); key/value head ``h // (heads / kv_heads)``
+    serves query head ``h``. ``rule``: True (AttnLRP: uniform rule on ``q k`` and
+    ``weights v``), ``"cp_lrp"`` (constant weights) or False.
+
+    Returns:
+        ``(batch, length, heads * dim)``.
+    """
+    heads, length = q.shape[1], q.shape[2]
+    group = heads // k.shape[1]
+    uniform = rule is True
+    rows = []
+    for i in range(length):
+        start = 0 if window is None else max(0, i - window + 1)
+        outputs = []
+        for h in range(heads):
+            keys, values = k[:, h // group, start : i + 1], v[:, h // group, start : i + 1]
+            scores = half_product(keys, q[:, h, i, None, :], uniform).sum(-1) * scaling
+            weights = torch.exp(scores - scores.max(-1, keepdim=True).values.detach())
+            weights = weights / weights.sum(-1, keepdim=True)
+            if rule == "cp_lrp":
+                weights = weights.detach()
+            outputs.append(half_product(weights[..., None], values, uniform).sum(1))
+        rows.append(torch.cat(outputs, -1))
+    return torch.stack(rows, 1)
+
+
+def activation(x: Tensor, function: str, identity_rule: bool) -> Tensor:
+    """SiLU, GELU (erf) or squared ReLU with the identity rule written per function: the
+    SiLU's sigmoid and GELU's ``Phi`` constant, the squared ReLU as ``relu * relu`` with
+    the uniform rule."""
+    if function == "silu":
+        return silu(x, identity_rule)
+    if function == "gelu":
+        phi = 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+        return x * (phi.detach() if identity_rule else phi)
+    if function == "relu2":
+        positive = torch.where(x > 0, x, torch.zeros_like(x))
+        return half_product(positive, positive, identity_rule)
+    raise ValueError(function)
+
+
+def gated_mlp(x: Tensor, gate_w: Tensor, up_w: Tensor, down_w: Tensor, function: str, rules):
+    """``down(act(gate x) * up x)`` with the identity and half rules (weights as matrices)."""
+    activated = activation(x @ gate_w.T, function, rules.activation)
+    return half_product(activated, x @ up_w.T, rules.gate) @ down_w.T

@@ -12,8 +12,8 @@ import torch
 from cases.hf_mamba import build_lm
 from helpers import assert_unchanged, relative_error, snapshot
 from torch import Tensor, nn
-from transformers import LlamaConfig, Mamba2Config, MambaModel
-from transformers.models.llama.modeling_llama import LlamaAttention
+from transformers import GPT2Config, Mamba2Config, MambaModel
+from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
 from transformers.models.mamba.modeling_mamba import MambaMixer, MambaRMSNorm
 from transformers.models.mamba2.modeling_mamba2 import Mamba2Block
 
@@ -179,10 +179,7 @@ ATTENTIONS = {
         lambda: nn.MultiheadAttention(16, 2, batch_first=True),
         r"torch\.nn\.modules\.activation\.MultiheadAttention",
     ),
-    "llama": (
-        lambda: LlamaAttention(LlamaConfig(hidden_size=16, num_attention_heads=2), layer_idx=1),
-        r"LlamaAttention",
-    ),
+    "gpt2": (lambda: GPT2Attention(GPT2Config(n_embd=16, n_head=2), layer_idx=1), r"GPT2Attention"),
 }
 
 

@@ -274,7 +274,7 @@ def test_inputs_on_cpu_for_a_cuda_model(model):
 
 
 def test_model_without_mamba_blocks():
-    with pytest.raises(UnsupportedModelError, match="no supported Mamba block"):
+    with pytest.raises(UnsupportedModelError, match="no supported block"):
         MambaLRP(nn.Sequential(nn.Linear(4, 4)))
 
 

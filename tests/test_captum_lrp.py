@@ -260,5 +260,5 @@ def test_registry_extends_to_user_modules() -> None:
 
 
 def test_unsupported_model() -> None:
-    with pytest.raises(UnsupportedModelError, match="contains no supported Mamba block"):
+    with pytest.raises(UnsupportedModelError, match="contains no supported block"):
         prepare_captum_lrp(nn.Sequential(nn.Linear(2, 2)))

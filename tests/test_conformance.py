@@ -2,17 +2,21 @@
 
 For each case of ``tests/cases`` (one per adapter, with an independent float64 reference):
 
-- MambaLRP equals the reference for every rule preset and every single-rule ablation;
-- with bias-free layers relevance is conserved, and switching any rule off breaks it;
+- MambaLRP equals the reference for every rule preset (MambaLRP with AttnLRP, with
+  CP-LRP, Gradient x Input, LN-rule only) and every single-rule ablation;
+- with bias-free layers relevance is conserved under the case's conserving preset
+  (CP-LRP for models with softmax attention), and switching any rule off breaks it;
 - the forward under the rules equals the reference and the model's own forward;
 - the model is left exactly as it was;
 - a batch equals its examples one by one; padded batches equal unpadded examples;
 - Captum's ``LRP`` and ``LayerLRP`` on the prepared copy equal MambaLRP / LayerMambaLRP;
-- the recorded hidden attention reconstructs every scan's output, and rollout and
-  Mamba-Attr run.
+- the recorded hidden attention reconstructs every scan's output, the recorded softmax
+  attention equals transformers' own, and rollout and Mamba-Attr run.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -31,6 +35,7 @@ CASES, SKIPPED = load_cases()
 SEEDS = (0, 1, 2)
 PRESETS = {
     "mamba_lrp": MambaRules(),
+    "cp_lrp": MambaRules.cp_lrp(),
     "gradient_x_input": MambaRules.gradient_x_input(),
     "norm_only": MambaRules.norm_only(),
     **{f"no_{kind}": MambaRules(**{kind: False}) for kind in MambaRules.kinds()},
@@ -98,10 +103,11 @@ def test_presets_and_ablations_match_reference(
 def test_conservation_without_biases(case: ArchitectureCase, config: str, seed: int) -> None:
     model = case.build(config, seed, True)
     inputs, targets = case.inputs(model, config, seed)
-    relevance, delta = _lrp(case, model, MambaRules()).attribute(
+    rules = PRESETS[case.conserving]
+    relevance, delta = _lrp(case, model, rules).attribute(
         inputs, target=targets, return_convergence_delta=True
     )
-    explained = select(case.reference(model, inputs, MambaRules()), targets)
+    explained = select(case.reference(model, inputs, rules), targets)
     total = relevance.flatten(1).sum(1)
     scale = 1 + relevance.abs().flatten(1).sum(1)
     assert ((total - explained).abs() / scale).max() <= 1e-10
@@ -112,9 +118,10 @@ def test_conservation_without_biases(case: ArchitectureCase, config: str, seed: 
 def test_each_rule_is_needed_for_conservation(case: ArchitectureCase, config: str) -> None:
     model = case.build(config, 0, True)
     inputs, targets = case.inputs(model, config, 0)
-    explained = select(case.reference(model, inputs, MambaRules()), targets).abs()
+    conserving = PRESETS[case.conserving]
+    explained = select(case.reference(model, inputs, conserving), targets).abs()
     for kind in case.rule_kinds:
-        _, delta = _lrp(case, model, MambaRules(**{kind: False})).attribute(
+        _, delta = _lrp(case, model, replace(conserving, **{kind: False})).attribute(
             inputs, target=targets, return_convergence_delta=True
         )
         assert (delta.abs() / explained).max() > 1e-6, kind  # vs <= 1e-10 with all rules
@@ -187,7 +194,8 @@ def test_padded_batch_equals_unpadded_examples(case: ArchitectureCase, side: str
     assert torch.all(relevance[1, pad] == 0)
     real = mask[1].bool()
     alone = MambaLRP(model).attribute(inputs[1:2, real], target=[(lengths[1] - 1, 2)])
-    torch.testing.assert_close(relevance[1:2, real], alone, rtol=1e-9, atol=1e-12)
+    tolerance = case.padding_rtol  # 1e-9 (1e-12 absolute) unless positions round differently
+    torch.testing.assert_close(relevance[1:2, real], alone, rtol=tolerance, atol=1e-3 * tolerance)
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
@@ -271,10 +279,34 @@ def test_token_ids_through_layer_mamba_lrp_conserve(case: ArchitectureCase) -> N
     model = case.build(case.configs[0], 9, True)
     embedding = model.get_input_embeddings()
     ids = torch.randint(0, embedding.num_embeddings, (2, 7), generator=torch.Generator())
-    relevance, delta = LayerMambaLRP(model, embedding).attribute(
+    rules = PRESETS[case.conserving]
+    relevance, delta = LayerMambaLRP(model, embedding, rules=rules).attribute(
         ids, target=(6, 5), return_convergence_delta=True
     )
-    explained = case.reference(model, embedding(ids).detach(), MambaRules())[:, 6, 5]
+    explained = case.reference(model, embedding(ids).detach(), rules)[:, 6, 5]
     assert relevance.shape == (*ids.shape, embedding.embedding_dim)
     torch.testing.assert_close(relevance.sum((1, 2)), explained, rtol=1e-10, atol=1e-12)
     assert (delta.abs() / explained.abs()).max() <= 1e-10
+
+
+EAGER_ATTENTION = [
+    pytest.param(case, config, id=f"{case.name}-{config}")
+    for case in CASES
+    for config in case.eager_attention
+]
+
+
+@pytest.mark.parametrize(("case", "config"), EAGER_ATTENTION)
+def test_recorded_softmax_attention_equals_the_models(case: ArchitectureCase, config: str) -> None:
+    model = case.build(config, 10, False)
+    inputs, _ = case.inputs(model, config, 10)
+    forward = default_forward(model, "inputs_embeds")
+    with torch.no_grad():
+        _, layers = record_layers(model, lambda: forward(inputs))
+        own = model(inputs_embeds=inputs, use_cache=False, output_attentions=True).attentions
+    recorded = [attention.weights for layer in layers for attention in layer.attentions]
+    assert len(recorded) == len(own) > 0
+    for weights, expected in zip(recorded, own, strict=True):
+        # transformers computes norms and the softmax in float32; large scores amplify it
+        assert relative_error(weights, expected) <= 1e-5
+        torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights[..., 0]))

@@ -178,7 +178,7 @@ def test_prefix_of_inputs_gives_the_leading_block() -> None:
 
 
 def test_recording_rejects_models_without_mamba_and_names_layers(make_lm) -> None:
-    with pytest.raises(UnsupportedModelError, match="no supported Mamba block"):
+    with pytest.raises(UnsupportedModelError, match="no supported block"):
         record_layers(nn.Sequential(nn.Linear(2, 2)), lambda: None)
     model, embeds = _inputs(make_lm, num_hidden_layers=3)
     with torch.no_grad():

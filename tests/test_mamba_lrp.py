@@ -293,7 +293,7 @@ def test_int_target_out_of_range_on_classifier(lm) -> None:
 def test_non_mamba_model_is_rejected() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
     for build in (lambda: MambaLRP(model), lambda: MambaLRP(model, forward_func=model)):
-        with pytest.raises(UnsupportedModelError, match="no supported Mamba block") as error:
+        with pytest.raises(UnsupportedModelError, match="no supported block") as error:
             build()
         assert_one_line(error)
 

@@ -26,7 +26,7 @@ concatenation, flips, multiplication by a 0/1 padding mask) may be written outsi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -42,9 +42,16 @@ SITE_KINDS: Mapping[str, str | None] = {
     "gate": "gate",
     "ssm": "ssm",
     "ssd": "ssm",
+    "activation": "activation",
+    "attention": "attention",
+    "mixture": "router",
     "add": None,
     "scale": None,
     "time_step": None,
+    "rotary": None,
+    "routing": None,
+    "grouped_linear": None,
+    "constant": None,
 }
 
 
@@ -211,6 +218,75 @@ class BlockOps:
         """Time step ``clamp(softplus(raw + bias), low, high)``."""
         self.rules(site)
         return R.time_step(raw, _param(bias, raw), low, high)
+
+    def activation(self, site: str, x: Tensor, function: str) -> Tensor:
+        """Elementwise activation of an MLP (transformers name, e.g. ``"silu"``,
+        ``"relu2"``), identity rule with ``activation``."""
+        return R.activation(x, function, self.rules(site).activation)
+
+    def attention(
+        self, site: str, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scaling: float
+    ) -> Tensor:
+        """Softmax attention, AttnLRP or CP-LRP with ``attention``.
+
+        Args:
+            site (str): the site.
+            q (Tensor): ``(batch, heads, queries, dim)`` (position embedding applied).
+            k (Tensor): ``(batch, kv_heads, keys, dim)``.
+            v (Tensor): ``(batch, kv_heads, keys, dim_v)``.
+            bias (Tensor or None): additive mask (see
+                :func:`captum_mamba.adapters.blocks.attention_bias`).
+            scaling (float): factor of the scores.
+
+        Returns:
+            Tensor: ``(batch, heads, queries, dim_v)``.
+        """
+        setting = self.rules(site).attention
+        return R.attention(
+            q,
+            k,
+            v,
+            bias,
+            scaling,
+            uniform_rule=setting is True,
+            constant_weights=setting == "cp_lrp",
+        )
+
+    def rotary(self, site: str, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Rotary position embedding of ``(batch, heads, length, dim)`` queries or keys."""
+        self.rules(site)
+        return R.rotary(x, cos, sin)
+
+    def grouped_linear(
+        self, site: str, x: Tensor, weight: Tensor, group_sizes: Sequence[int]
+    ) -> Tensor:
+        """Rows of ``x`` grouped by expert through ``weight[expert]`` ``(experts, out, in)``,
+        with the linear rule."""
+        return R.grouped_linear(x, _param(weight, x), group_sizes, self.rules(site).linear)
+
+    def routing(self, site: str, x: Tensor, select: Callable[[Tensor], Tensor]) -> Tensor:
+        """Router weights ``select(x)`` ``(tokens, experts)`` of a mixture of experts, zero
+        for the experts a token is not sent to. No rule: they feed the mixture, whose
+        router rule treats them as constants."""
+        self.rules(site)
+        return select(x)
+
+    def mixture(
+        self, site: str, weights: Tensor, values: Tensor, index: Tensor, size: int
+    ) -> Tensor:
+        """Weighted sum of expert outputs per token, router rule with ``router``.
+
+        Args:
+            site (str): the site.
+            weights (Tensor): ``(pairs,)`` router weight of each (token, expert) pair.
+            values (Tensor): ``(pairs, hidden)`` expert outputs.
+            index (Tensor): ``(pairs,)`` token of each pair.
+            size (int): number of tokens.
+
+        Returns:
+            Tensor: ``(size, hidden)``.
+        """
+        return R.mixture(weights, values, index, size, self.rules(site).router)
 
 
 class Backend:

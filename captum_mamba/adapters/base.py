@@ -47,7 +47,7 @@ OpsForward = Callable[..., Any]
 
 
 class UnsupportedModelError(TypeError):
-    """The model contains a module that no rule covers, or no supported Mamba block."""
+    """The model contains a module that no rule covers, or no supported block."""
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,8 @@ class ArchitectureAdapter:
         handlers (tuple of ModuleHandler): the computed modules.
         containers (tuple of type): modules whose forward only routes tensors between
             their children (models, backbones).
-        blocks (tuple of type): the state-space mixers of the family; a model must contain
-            one of some adapter to be explained.
+        blocks (tuple of type): the mixers of the family (state-space mixers, softmax
+            attention); a model must contain a block of some adapter to be explained.
     """
 
     name: str
@@ -230,6 +230,15 @@ def _match(module: nn.Module, known: Mapping[type, Any] | set[type], path: str) 
     return None
 
 
+def is_computed(module: nn.Module) -> bool:
+    """Whether an adapter's handler computes ``module`` (rather than it being a container
+    or a leaf), e.g. a language model whose forward scales its logits."""
+    try:
+        return _match(module, _handlers(), "") is not None
+    except UnsupportedModelError:
+        return False
+
+
 class RuleForward:
     """An instance-level ``forward`` installed by captum-mamba (never taken for a user's).
 
@@ -314,8 +323,8 @@ def plan_rules(model: nn.Module, rules: MambaRules) -> Plan:
     Raises:
         UnsupportedModelError: for a module on the relevance path that no rule covers,
             a subclass that overrides a known forward, an instance-level forward, or a
-            model without any supported Mamba block; the message names the module's path
-            and type and what to do.
+            model without any supported block (a Mamba mixer or an attention layer of an
+            adapter); the message names the module's path and type and what to do.
         ValueError: if an override of ``rules`` matches no module.
     """
     if not isinstance(rules, MambaRules):
@@ -373,7 +382,8 @@ def plan_rules(model: nn.Module, rules: MambaRules) -> Plan:
     blocks = _blocks()
     if not any(isinstance(entry.module, blocks) for entry in entries):
         raise UnsupportedModelError(
-            f"{type(model).__name__} contains no supported Mamba block; "
+            f"{type(model).__name__} contains no supported block (Mamba mixer or attention "
+            "layer of a registered adapter); "
             f"supported architectures: {supported_architectures()}"
         )
     return Plan(tuple(entries), tuple(visited.values()))

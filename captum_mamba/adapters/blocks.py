@@ -1,24 +1,31 @@
-"""Architecture adapters: the maths of the Mamba blocks, written once for every family.
+"""Architecture adapters: the maths of the blocks, written once for every family.
 
 - :func:`selective_branch`: the Mamba-1 branch ``scan(silu(conv(x))) * silu(z)``, used by
   transformers' ``MambaMixer`` and ``FalconMambaMixer``, mamba-ssm's ``Mamba`` (both
   directions of Vim's fork) and this package's Vision Mamba.
-- :func:`ssd_mixer`: the Mamba-2 mixer, used by transformers' ``Mamba2Mixer`` and
-  mamba-ssm's ``Mamba2``.
+- :func:`ssd_mixer`: the Mamba-2 mixer, used by transformers' ``Mamba2Mixer`` (and the
+  Mamba-2 mixers of Bamba, Nemotron-H, Granite-4.0) and mamba-ssm's ``Mamba2``.
 - :func:`residual_block`: the pre-norm residual block ``x + mixer(norm(x))``.
+- :func:`self_attention`: the softmax self-attention of transformers' hybrid and
+  transformer models (rotary embedding, grouped heads, the model's mask).
+- :func:`glu`: the gated product ``act(gate) * up`` of gated MLPs and experts.
+- :func:`mixture_of_experts`: routed experts combined by their router weights.
 
 Each is written in the operations of :class:`~captum_mamba.adapters.backend.BlockOps`
 and so runs on every backend. The site names used here are listed in
-:data:`SELECTIVE_SITES`, :data:`SSD_SITES` and :data:`RESIDUAL_SITES` for the handlers.
+:data:`SELECTIVE_SITES`, :data:`SSD_SITES`, :data:`RESIDUAL_SITES`,
+:data:`ATTENTION_SITES`, :data:`GLU_SITES` and :func:`moe_sites` for the handlers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from transformers import activations
 
 from captum_mamba.adapters.backend import BlockOps
 
@@ -247,3 +254,261 @@ def gated_norm(
 
 #: Sites of :func:`gated_norm`.
 GATED_NORM_SITES = {"norm": "norm", "gate_act": "silu", "gate": "gate"}
+
+
+# --- softmax attention -----------------------------------------------------------------
+
+#: Sites of :func:`self_attention` without a rotary embedding.
+ATTENTION_SITES = {"attention": "attention"}
+#: Sites of :func:`self_attention` with a rotary embedding of queries and keys.
+ROTARY_ATTENTION_SITES = {"q_rotary": "rotary", "k_rotary": "rotary", "attention": "attention"}
+#: Children :func:`self_attention` calls.
+ATTENTION_CALLS = ("q_proj", "k_proj", "v_proj", "o_proj")
+#: Attention implementations of transformers whose mask :func:`attention_bias` reads.
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
+
+
+def attention_bias(
+    module: nn.Module,
+    attention_mask: Tensor | None,
+    queries: Tensor,
+    keys: Tensor,
+    is_causal: bool | None = None,
+) -> Tensor | None:
+    """The additive mask of an attention layer, read as the model's attention function
+    reads the mask the model passes (``config._attn_implementation``).
+
+    - ``"eager"``: a float mask is added to the scores as it is (0 where attended, the
+      dtype's lowest value elsewhere); None is no mask.
+    - ``"sdpa"``: a boolean mask marks the attended keys; None means causal attention
+      when the module is causal (``is_causal``) and there is more than one query, as in
+      ``scaled_dot_product_attention(..., is_causal=True)``.
+
+    Sliding windows, chunked attention and padding are part of the mask that
+    transformers builds for the layer type, so they are reproduced exactly.
+
+    Args:
+        module (nn.Module): the attention module (``config``, ``is_causal``).
+        attention_mask (Tensor or None): the mask the layer received.
+        queries (Tensor): ``(batch, heads, queries, dim)``.
+        keys (Tensor): ``(batch, kv_heads, keys, dim)``.
+        is_causal (bool, optional): ``is_causal`` passed to the attention function,
+            overriding the module's. Default: None.
+
+    Returns:
+        Tensor or None: a bias broadcastable to ``(batch, heads, queries, keys)``, in
+        the dtype of ``queries``.
+
+    Raises:
+        NotImplementedError: for other attention implementations (flash, flex), whose
+            masks are not tensors of this form.
+    """
+    implementation = getattr(module.config, "_attn_implementation", None) or "eager"
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise NotImplementedError(
+            f"{type(module).__name__} uses the attention implementation {implementation!r}; "
+            "explanations support 'eager' and 'sdpa': load the model with "
+            "attn_implementation='sdpa'"
+        )
+    dtype, lowest = queries.dtype, torch.finfo(queries.dtype).min
+    length, width = queries.shape[-2], keys.shape[-2]
+    if attention_mask is None:
+        causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+        if implementation != "sdpa" or not causal or length == 1:
+            return None
+        allowed = torch.ones(length, width, dtype=torch.bool, device=queries.device).tril()
+        return torch.zeros((), dtype=dtype, device=queries.device).masked_fill(~allowed, lowest)
+    mask = attention_mask[..., :width]
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, lowest)
+    return mask.to(dtype)
+
+
+def check_no_cached_keys(module: nn.Module, cache: Any) -> None:
+    """Refuse a cache holding keys of earlier tokens: explanations run over whole
+    sequences."""
+    length = getattr(cache, "get_seq_length", None)
+    if callable(length) and length(getattr(module, "layer_idx", 0)) > 0:
+        raise NotImplementedError(
+            "MambaLRP explains whole sequences; call the model without a filled cache "
+            "(use_cache=False) and pass the full prefix instead"
+        )
+
+
+def self_attention(
+    ops: BlockOps,
+    module: nn.Module,
+    hidden_states: Tensor,
+    attention_mask: Tensor | None = None,
+    position_embeddings: tuple[Tensor, Tensor] | None = None,
+    cache: Any = None,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
+    r"""Softmax self-attention of transformers' attention modules, with AttnLRP or CP-LRP.
+
+    Computes::
+
+        q, k, v = q_proj(x), k_proj(x), v_proj(x)        (split into heads)
+        q, k = rotary(q), rotary(k)                      (if position embeddings are given)
+        out = o_proj(softmax(q k^T * scaling + mask) v)  (key/value heads shared by groups)
+
+    Args:
+        ops (BlockOps): the operations of the module.
+        module (nn.Module): the attention module (``q_proj``, ``k_proj``, ``v_proj``,
+            ``o_proj``, ``head_dim``, ``scaling``, ``config``).
+        hidden_states (Tensor): ``(batch, seq, hidden)``.
+        attention_mask (Tensor, optional): the mask the model built for the layer.
+            Default: None.
+        position_embeddings (tuple of Tensor, optional): ``(cos, sin)`` of the rotary
+            embedding. Default: None (no rotary embedding).
+        cache (optional): must hold no keys yet. Default: None.
+        **kwargs: further arguments of the module's forward (``is_causal`` is read).
+
+    Returns:
+        tuple: ``(output, None)`` like the modules (no attention weights returned).
+    """
+    check_no_cached_keys(module, cache)
+    x = ops.compute(hidden_states)
+    batch, length, _ = x.shape
+    shape = (batch, length, -1, module.head_dim)
+    q = module.q_proj(x).view(shape).transpose(1, 2)
+    k = module.k_proj(x).view(shape).transpose(1, 2)
+    v = module.v_proj(x).view(shape).transpose(1, 2)
+    if position_embeddings is not None:
+        cos, sin = position_embeddings
+        q, k = ops.rotary("q_rotary", q, cos, sin), ops.rotary("k_rotary", k, cos, sin)
+    bias = attention_bias(module, attention_mask, q, k, kwargs.get("is_causal"))
+    out = ops.attention("attention", q, k, v, bias, module.scaling)
+    return module.o_proj(out.transpose(1, 2).reshape(batch, length, -1)), None
+
+
+# --- gated MLPs and mixtures of experts ---------------------------------------------------
+
+#: Activation modules of transformers' ``ACT2FN`` by the name of their function in
+#: :data:`captum_mamba.rules.functional.ACTIVATIONS`.
+_ACTIVATION_MODULES: dict[type, str] = {
+    activations.SiLUActivation: "silu",
+    nn.SiLU: "silu",
+    nn.ReLU: "relu",
+    activations.ReLUSquaredActivation: "relu2",
+    activations.GELUActivation: "gelu",
+    activations.GELUTanh: "gelu_pytorch_tanh",
+}
+
+
+def activation_name(module: nn.Module, act_fn: Any) -> str:
+    """The name of the elementwise activation ``act_fn`` of ``module`` (an ``ACT2FN``
+    module) for :meth:`~captum_mamba.adapters.backend.BlockOps.activation`.
+
+    Raises:
+        NotImplementedError: for an activation without an identity rule here.
+    """
+    cls = type(act_fn)
+    known = [b for b in cls.__mro__ if b in _ACTIVATION_MODULES and cls.forward is b.forward]
+    name = _ACTIVATION_MODULES[known[0]] if known else None
+    if name is None:
+        raise NotImplementedError(
+            f"{type(module).__name__} uses the activation {type(act_fn).__name__}; the "
+            f"identity rule supports {', '.join(sorted(set(_ACTIVATION_MODULES.values())))}"
+        )
+    return name
+
+
+#: Sites of :func:`glu`.
+GLU_SITES = {"act": "activation", "gate": "gate"}
+
+
+def glu(ops: BlockOps, gate: Tensor, up: Tensor, function: str) -> Tensor:
+    r"""Gated product ``act(gate) * up`` of a gated MLP (SwiGLU and friends): identity
+    rule on the activation, half rule on the product (under the identity rule both
+    factors are linear in the MLP input, so the product is homogeneous of degree two
+    and Gradient x Input would count its relevance twice)."""
+    return ops.gate("gate", ops.activation("act", gate, function), up)
+
+
+#: Sites of the routing, expert projections and mixture of :func:`mixture_of_experts`.
+MOE_SITES = {
+    "routing": "routing",
+    "up": "grouped_linear",
+    "act": "activation",
+    "down": "grouped_linear",
+    "mixture": "mixture",
+}
+#: Sites of :func:`mixture_of_experts` with gated experts.
+GATED_MOE_SITES = {**MOE_SITES, "gate": "gate"}
+
+
+@dataclass(frozen=True)
+class Experts:
+    """The routed experts of a mixture of experts, whatever the names in their family.
+
+    Args:
+        up (Tensor): ``(experts, width, in)`` input projections; for gated experts the
+            gate and up projections stacked (``width = 2 * intermediate``, gate first).
+        down (Tensor): ``(experts, out, intermediate)`` output projections.
+        function (str): the activation (transformers name).
+        gated (bool): ``down(act(gate) * up)`` rather than ``down(act(up))``.
+    """
+
+    up: Tensor
+    down: Tensor
+    function: str
+    gated: bool
+
+
+def mixture_of_experts(
+    ops: BlockOps, experts: Experts, x: Tensor, select: Callable[[Tensor], Tensor], routed: Tensor
+) -> Tensor:
+    r"""Routed experts combined by their router weights, with the router rule.
+
+    Computes ``out[t] = sum_e w[t, e] expert_e(routed[t])`` over the experts ``e`` with a
+    non-zero weight ``w = select(x)`` (the top-k of each token). The router weights
+    feed the mixture, where the router rule treats them as constants: relevance flows
+    into the selected experts only, in proportion to their weighted outputs, and is
+    conserved exactly from the mixture to the experts' inputs (with bias-free
+    experts: each expert is a gated or plain MLP under the identity and half rules).
+    An expert whose weight is exactly zero contributes nothing and is not run.
+
+    Args:
+        ops (BlockOps): the operations of the mixture-of-experts module.
+        experts (Experts): the expert weights.
+        x (Tensor): ``(tokens, hidden)`` router input.
+        select (Callable): ``select(x)`` -> ``(tokens, experts)`` router weights, zero
+            for the experts a token is not sent to.
+        routed (Tensor): ``(tokens, in)`` expert input (``x``, or its latent
+            projection).
+
+    Returns:
+        Tensor: ``(tokens, out)``.
+    """
+    weights = ops.routing("routing", x, select)
+    with torch.no_grad():
+        token, expert = weights.detach().nonzero().unbind(1)
+        order = torch.argsort(expert, stable=True)
+        token, expert = token[order], expert[order]
+        sizes = torch.bincount(expert, minlength=experts.up.shape[0]).tolist()
+    hidden = ops.grouped_linear("up", routed[token], experts.up, sizes)
+    if experts.gated:
+        gate, up = hidden.chunk(2, dim=-1)
+        hidden = glu(ops, gate, up, experts.function)
+    else:
+        hidden = ops.activation("act", hidden, experts.function)
+    values = ops.grouped_linear("down", hidden, experts.down, sizes)
+    return ops.mixture("mixture", weights[token, expert], values, token, x.shape[0])
+
+
+def top_k_dense(weights: Tensor, index: Tensor, experts: int) -> Tensor:
+    """``(tokens, experts)`` router weights from the top-k ``weights`` and their expert
+    ``index`` (both ``(tokens, k)``), zero elsewhere."""
+    dense = weights.new_zeros(weights.shape[0], experts)
+    return dense.scatter(1, index, weights)
+
+
+def unchanged_forward(ops: BlockOps, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The module's own forward, for modules whose output does not depend on the values
+    of their tensor inputs (rotary position embeddings: site kind ``"constant"``)."""
+    return type(module).forward(module, *args, **kwargs)
+
+
+#: Sites of :func:`unchanged_forward`.
+CONSTANT_SITES = {"": "constant"}

@@ -1,67 +1,116 @@
 """Architecture adapter for Hugging Face transformers' Jamba (``JambaModel``,
-``JambaForCausalLM``): its Mamba layers and gated MLPs.
+``JambaForCausalLM``, ``JambaForSequenceClassification``): Mamba layers, attention layers,
+gated MLPs and mixtures of experts.
 
-A Jamba Mamba layer is ``h = x + mamba(norm(x)); out = h + mlp(norm(h))`` with
+A Jamba layer is ``h = x + mixer(norm(x)); out = h + feed_forward(norm(h))`` with
 
-- ``JambaMambaMixer``: Mamba-1 with RMS norms (with weights) on ``dt``, ``B`` and ``C``
-  inside the mixer, as FalconMamba: the selective branch of
+- mixer ``JambaMambaMixer``: Mamba-1 with RMS norms (with weights) on ``dt``, ``B`` and
+  ``C`` inside the mixer, as FalconMamba: the selective branch of
   :mod:`~captum_mamba.adapters.hf_mamba` (identity rule on both SiLUs, SSM rule, half
   rule on the gate); the extra norms sit on the branch the SSM rule detaches;
-- ``JambaMLP``: ``down(silu(gate(x)) * up(x))``: identity rule on the SiLU, half rule on
-  the product of the two input-dependent branches (it is homogeneous of degree two in
-  ``x`` under the identity rule, so Gradient x Input would count its relevance twice);
+- or mixer ``JambaAttention``: softmax attention without position embedding, over the
+  model's causal and padding mask, grouped key/value heads
+  (:func:`~captum_mamba.adapters.blocks.self_attention`): AttnLRP (uniform rule on
+  ``q k^T`` and ``weights v``, softmax by its gradient) or CP-LRP (constant weights);
+- feed-forward ``JambaMLP``: ``down(act(gate(x)) * up(x))``: identity rule on the
+  activation, half rule on the product of the two input-dependent branches;
+- or feed-forward ``JambaSparseMoeBlock``: the router (``JambaTopKRouter``) picks the
+  top-k experts of the softmax of its logits and weights them by their (unnormalised)
+  probabilities; the experts (``JambaExperts``) are gated MLPs as above
+  (:func:`~captum_mamba.adapters.blocks.mixture_of_experts`). Router rule: the weights
+  are constants, relevance flows into the selected experts in proportion to their
+  weighted outputs;
 - ``JambaRMSNorm``: LN-rule; the two residual sums as sums (LRP-0).
 
-With every rule on and bias-free layers relevance is conserved exactly. Attention layers
-and mixture-of-experts feed-forward blocks are refused by the allow-list (configurations
-with ``attn_layer_offset >= attn_layer_period`` or ``num_experts=1`` have none).
+Conservation: with bias-free layers (Jamba has none in attention, MLPs and experts) and
+CP-LRP every step is linear in the path relevance takes, or a product split evenly, so
+relevance is conserved exactly; with AttnLRP the softmax's bias term absorbs part of it.
+The router's softmax and top-k are computed in the explanation's dtype (transformers
+uses float32).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 from transformers.models.jamba.modeling_jamba import (
+    JambaAttention,
+    JambaAttentionDecoderLayer,
     JambaForCausalLM,
+    JambaForSequenceClassification,
     JambaMambaDecoderLayer,
     JambaMambaMixer,
     JambaMLP,
     JambaModel,
     JambaRMSNorm,
+    JambaSparseMoeBlock,
+    JambaTopKRouter,
 )
 
 from captum_mamba.adapters.backend import BlockOps
 from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
-from captum_mamba.adapters.blocks import SELECTIVE_SITES, check_silu
+from captum_mamba.adapters.blocks import (
+    ATTENTION_CALLS,
+    ATTENTION_SITES,
+    GATED_MOE_SITES,
+    GLU_SITES,
+    SELECTIVE_SITES,
+    Experts,
+    activation_name,
+    mixture_of_experts,
+    self_attention,
+    top_k_dense,
+)
+from captum_mamba.adapters.hf_llama import MLP_CALLS, mlp_forward
 from captum_mamba.adapters.hf_mamba import MIXER_CALLS, NORM_SITES, mixer_forward, norm_forward
 
 
-def mlp_forward(ops: BlockOps, mlp: JambaMLP, x: Tensor) -> Tensor:
-    """Gated MLP ``down(silu(gate(x)) * up(x))`` with the identity and half rules."""
-    check_silu(mlp, mlp.config.hidden_act)
-    return mlp.down_proj(ops.gate("gate", ops.silu("act", mlp.gate_proj(x)), mlp.up_proj(x)))
+def router_weights(router: JambaTopKRouter, x: Tensor) -> Tensor:
+    """``(tokens, experts)`` weights: the top-k of ``softmax(x W^T)``, zero elsewhere."""
+    probabilities = torch.softmax(F.linear(x, router.weight.to(x.dtype)), dim=-1)
+    weights, index = torch.topk(probabilities, router.top_k, dim=-1)
+    return top_k_dense(weights, index, router.num_experts)
+
+
+def moe_forward(ops: BlockOps, moe: JambaSparseMoeBlock, hidden_states: Tensor) -> Tensor:
+    """Mixture of gated-MLP experts with the router, identity and half rules."""
+    x = ops.compute(hidden_states)
+    flat = x.reshape(-1, x.shape[-1])
+    function = activation_name(moe.experts, moe.experts.act_fn)
+    experts = Experts(moe.experts.gate_up_proj, moe.experts.down_proj, function, gated=True)
+    out = mixture_of_experts(ops, experts, flat, lambda u: router_weights(moe.router, u), flat)
+    return out.reshape(x.shape)
 
 
 def layer_forward(
     ops: BlockOps,
-    layer: JambaMambaDecoderLayer,
+    layer: JambaMambaDecoderLayer | JambaAttentionDecoderLayer,
     hidden_states: Tensor,
     attention_mask: Tensor | None = None,
     cache: Any = None,
     **kwargs: Any,
 ) -> Tensor:
-    """Mamba layer: two pre-norm residual sums, the mixer's then the feed-forward's."""
+    """Mamba or attention layer: two pre-norm residual sums, the mixer's then the
+    feed-forward's."""
     x = ops.compute(hidden_states)
-    mixed = layer.mamba(layer.input_layernorm(x), attention_mask=attention_mask, cache=cache)
+    normed = layer.input_layernorm(x)
+    if isinstance(layer, JambaMambaDecoderLayer):
+        mixed = layer.mamba(normed, attention_mask=attention_mask, cache=cache)
+    else:
+        mixed, _ = layer.self_attn(normed, attention_mask=attention_mask, cache=cache, **kwargs)
     h = ops.add("residual", x, mixed)
     return ops.add("ff_residual", h, layer.feed_forward(layer.pre_ff_layernorm(h)))
 
 
+LAYER_SITES = {"residual": "add", "ff_residual": "add"}
+
 HF_JAMBA = register_adapter(
     ArchitectureAdapter(
         name="transformers Jamba",
-        models=("JambaModel", "JambaForCausalLM (Mamba layers and gated MLPs)"),
+        models=("JambaModel", "JambaForCausalLM", "JambaForSequenceClassification"),
         handlers=(
             ModuleHandler(JambaRMSNorm, norm_forward, NORM_SITES),
             ModuleHandler(
@@ -70,21 +119,25 @@ HF_JAMBA = register_adapter(
                 SELECTIVE_SITES,
                 (*MIXER_CALLS, "dt_layernorm", "b_layernorm", "c_layernorm"),
             ),
-            ModuleHandler(
-                JambaMLP,
-                mlp_forward,
-                {"act": "silu", "gate": "gate"},
-                ("gate_proj", "up_proj", "down_proj"),
-            ),
+            ModuleHandler(JambaAttention, self_attention, ATTENTION_SITES, ATTENTION_CALLS),
+            ModuleHandler(JambaMLP, mlp_forward, GLU_SITES, MLP_CALLS),
+            ModuleHandler(JambaSparseMoeBlock, moe_forward, GATED_MOE_SITES),
             ModuleHandler(
                 JambaMambaDecoderLayer,
                 layer_forward,
-                {"residual": "add", "ff_residual": "add"},
+                LAYER_SITES,
                 ("input_layernorm", "mamba", "pre_ff_layernorm", "feed_forward"),
                 role="block",
             ),
+            ModuleHandler(
+                JambaAttentionDecoderLayer,
+                layer_forward,
+                LAYER_SITES,
+                ("input_layernorm", "self_attn", "pre_ff_layernorm", "feed_forward"),
+                role="block",
+            ),
         ),
-        containers=(JambaModel, JambaForCausalLM),
-        blocks=(JambaMambaMixer,),
+        containers=(JambaModel, JambaForCausalLM, JambaForSequenceClassification),
+        blocks=(JambaMambaMixer, JambaAttention),
     )
 )

@@ -188,7 +188,7 @@ def gated_mlp_forward(ops: BlockOps, mlp: GatedMLP, x: Tensor) -> Tensor:
             f"MambaLRP supports SiLU-gated MLPs only, got activation {mlp.activation!r}"
         )
     y, gate = mlp.fc1(x).chunk(2, dim=-1)
-    return mlp.fc2(ops.gate("gate", y, ops.silu("act", gate)))
+    return mlp.fc2(ops.gate("gate", y, ops.activation("act", gate, "silu")))
 
 
 def _residual_dtype(residual: Tensor, residual_in_fp32: bool) -> Tensor:
@@ -287,7 +287,7 @@ MAMBA_SSM = register_adapter(
                 ("in_proj", "conv1d", "norm", "out_proj"),
             ),
             ModuleHandler(
-                GatedMLP, gated_mlp_forward, {"act": "silu", "gate": "gate"}, ("fc1", "fc2")
+                GatedMLP, gated_mlp_forward, {"act": "activation", "gate": "gate"}, ("fc1", "fc2")
             ),
             ModuleHandler(
                 Block,

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from captum_mamba.adapters.base import is_computed
 from captum_mamba.attr._targets import AttributionInputError
 from captum_mamba.rules import MambaRules
 
@@ -163,11 +164,14 @@ def _check_embeds(model: nn.Module, inputs: Tensor) -> None:
 
 
 def backbone_and_head(model: nn.Module) -> tuple[nn.Module | None, nn.Module | None]:
-    """The backbone and output head of a language model, if it has both.
+    """The backbone and output head of a language model, if it has both and its own
+    forward only routes between them.
 
     The backbone is the attribute named by transformers' ``base_model_prefix`` (e.g.
     ``backbone`` for Mamba, ``model`` for Jamba) or ``backbone`` (mamba-ssm); the head is
-    ``get_output_embeddings()`` or ``lm_head``.
+    ``get_output_embeddings()`` or ``lm_head``. A model whose forward an adapter computes
+    (e.g. Granite's, which divides the logits by ``logits_scaling``) has neither: it is
+    run as a whole.
 
     Args:
         model (nn.Module): the model.
@@ -175,6 +179,8 @@ def backbone_and_head(model: nn.Module) -> tuple[nn.Module | None, nn.Module | N
     Returns:
         tuple: ``(backbone, head)``, each None when missing.
     """
+    if is_computed(model):
+        return None, None
     backbone = getattr(model, getattr(model, "base_model_prefix", "") or "backbone", None)
     if not isinstance(backbone, nn.Module) or backbone is model:
         backbone = getattr(model, "backbone", None)

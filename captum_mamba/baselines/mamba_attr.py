@@ -5,7 +5,8 @@ Per layer ``l``:
 - ``P_l = mean_d max(alpha_l[d], 0) / max_{d,i,j} max(alpha_l, 0)``: the positive part
   of the hidden attention, min-max normalised (its minimum is 0: the upper triangle
   is zero) and averaged over channels (summed over the scans of a layer, normalised by
-  their largest element);
+  their largest element); the softmax attention of an attention layer (hybrid models)
+  enters the same way, averaged over heads;
 - ``s_l[j] = max_h max(dy/dr_l[j, h], 0)``, min-max normalised over the tokens: the
   positive gradient of the explained output with respect to the residual stream
   ``r_l`` entering layer ``l``;
@@ -121,10 +122,15 @@ class MambaAttr(MambaAttentionRollout, GradientAttribution):
             mean = in_original_order(mean, ssm)[:, :rows, :rows]
             positive = mean if positive is None else positive + mean
             largest = peak if largest is None else torch.maximum(largest, peak)
+        for attention in layer.attentions:
+            mean = attention.weights.mean(1)[:, :rows, :rows]
+            peak = attention.weights.flatten(1).amax(1)
+            positive = mean if positive is None else positive + mean
+            largest = peak if largest is None else torch.maximum(largest, peak)
         largest = largest.where(largest > 0, torch.ones_like(largest))
         if grad is None:
             weight = positive.new_ones(positive.shape[0], rows)
         else:
             weight = min_max(grad[:, :rows].detach().clamp_min(0).amax(-1))
         attention = positive / largest[:, None, None] * weight[:, None, :]
-        return mask_attention(attention, layer.attention_mask)
+        return mask_attention(attention, layer.padding_mask)

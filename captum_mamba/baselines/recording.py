@@ -1,10 +1,12 @@
-"""Baselines: recording the state-space scans of a forward pass, for every architecture.
+"""Baselines: recording the state-space scans and softmax attentions of a forward pass,
+for every architecture.
 
 :class:`SSMRecorder` is a backend of :mod:`captum_mamba.adapters.backend`: the model runs
 its handler forwards (the same code as MambaLRP, here with every rule off, so values and
 gradients are the model's own), and every selective scan (Mamba-1) or multi-head scan
 (Mamba-2) is recorded with its inputs as
-:class:`~captum_mamba.baselines.hidden_attention.SelectiveSSMInputs`, grouped by the
+:class:`~captum_mamba.baselines.hidden_attention.SelectiveSSMInputs`, and every softmax
+attention (the attention layers of hybrid models) with its weights, grouped by the
 residual layer (handler role ``"block"``) that ran it. The hidden-attention baselines read
 the records; they need no code per architecture.
 """
@@ -15,11 +17,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from captum_mamba.adapters import Backend, BlockOps, PlanEntry, rules_applied
 from captum_mamba.baselines.hidden_attention import SelectiveSSMInputs, ssd_as_selective
 from captum_mamba.rules import MambaRules
+from captum_mamba.rules import functional as R
 
 
 @dataclass(frozen=True)
@@ -41,27 +45,58 @@ class SSMRecord:
     reverse: bool
 
 
+@dataclass(frozen=True)
+class AttentionRecord:
+    """One softmax attention of a forward pass.
+
+    Args:
+        path (str): the attention's site path, e.g. ``"model.layers.1.self_attn.attention"``.
+        weights (Tensor): ``(batch, heads, queries, keys)`` attention weights (detached).
+    """
+
+    path: str
+    weights: Tensor
+
+    @property
+    def causal(self) -> bool:
+        """Whether no query attends to a later key."""
+        return bool((torch.triu(self.weights, diagonal=1) == 0).all())
+
+
 @dataclass
 class LayerRecord:
-    """The scans of one residual layer.
+    """The scans and softmax attentions of one residual layer.
 
     Args:
         path (str): the layer's path.
         hidden_states (Tensor or None): the residual stream entering the layer (part of
-            the autograd graph of the forward pass); None for scans outside any layer.
-        attention_mask (Tensor or None): the padding mask given to the layer.
+            the autograd graph of the forward pass); None for records outside any layer.
+        attention_mask (Tensor or None): the padding mask given to the layer (for an
+            attention layer: as the model passes it, see ``padding_mask``).
         ssms (list of SSMRecord): its scans, in execution order.
+        attentions (list of AttentionRecord): its softmax attentions, in execution order.
     """
 
     path: str
     hidden_states: Tensor | None
     attention_mask: Tensor | None
     ssms: list[SSMRecord] = field(default_factory=list)
+    attentions: list[AttentionRecord] = field(default_factory=list)
 
     @property
     def bidirectional(self) -> bool:
-        """Whether a scan of the layer runs backwards."""
-        return any(ssm.reverse for ssm in self.ssms)
+        """Whether a scan of the layer runs backwards or an attention is not causal."""
+        return any(ssm.reverse for ssm in self.ssms) or not all(
+            attention.causal for attention in self.attentions
+        )
+
+    @property
+    def padding_mask(self) -> Tensor | None:
+        """The ``(batch, seq)`` 0/1 padding mask of the layer, if it was given one (the
+        4-D masks of attention layers are not padding masks: masked keys already have
+        zero weight)."""
+        mask = self.attention_mask
+        return mask if isinstance(mask, Tensor) and mask.dim() == 2 else None
 
 
 class RecordingOps(BlockOps):
@@ -107,6 +142,15 @@ class RecordingOps(BlockOps):
         self.recorder.add(SSMRecord(self._site_path(site), inputs, output, False))
         return y
 
+    def attention(
+        self, site: str, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scaling: float
+    ) -> Tensor:
+        out = super().attention(site, q, k, v, bias, scaling)
+        with torch.no_grad():
+            weights = R.attention_weights(q, k, bias, scaling)
+        self.recorder.add_attention(AttentionRecord(self._site_path(site), weights))
+        return out
+
     def _site_path(self, site: str) -> str:
         return f"{self.path}.{site}" if self.path else site
 
@@ -149,10 +193,18 @@ class SSMRecorder(Backend):
         else:
             self.layers.append(LayerRecord(record.path, None, None, [record]))
 
+    def add_attention(self, record: AttentionRecord) -> None:
+        """File a softmax attention under the innermost running layer (or a layer of its
+        own)."""
+        if self._open:
+            self._open[-1].attentions.append(record)
+        else:
+            self.layers.append(LayerRecord(record.path, None, None, attentions=[record]))
+
 
 def record_layers(model: nn.Module, forward: Callable[[], Any]) -> tuple[Any, list[LayerRecord]]:
     """Run ``forward()`` with the model's plain forward (every rule off) and record its
-    scans.
+    scans and softmax attentions.
 
     Args:
         model (nn.Module): the model that ``forward`` runs.
@@ -160,7 +212,7 @@ def record_layers(model: nn.Module, forward: Callable[[], Any]) -> tuple[Any, li
 
     Returns:
         tuple: the output of ``forward`` and the recorded layers (those with at least one
-        scan), in execution order.
+        scan or attention; layers of MLPs alone are left out), in execution order.
 
     Raises:
         UnsupportedModelError: if a module of ``model`` is not covered by an adapter.
@@ -168,4 +220,4 @@ def record_layers(model: nn.Module, forward: Callable[[], Any]) -> tuple[Any, li
     recorder = SSMRecorder()
     with rules_applied(model, MambaRules.gradient_x_input(), recorder):
         output = forward()
-    return output, [layer for layer in recorder.layers if layer.ssms]
+    return output, [layer for layer in recorder.layers if layer.ssms or layer.attentions]

@@ -2,7 +2,10 @@
 
 Each layer's hidden attention is averaged over channels (summed over the scans of the
 layer, e.g. both directions of a bidirectional Vim block, a backward scan's attention
-flipped to the original order), the residual connection is accounted for by adding the
+flipped to the original order); the softmax attention of the attention layers of hybrid
+models is averaged over heads and enters the rollout the same way, so a hybrid's rollout
+chains Mamba and attention layers in their order. The residual connection is accounted
+for by adding the
 identity, rows are normalised to sum to one, and the layers are chained by matrix
 products (Abnar & Zuidema's rollout). The relevance of token ``j`` for the output at
 position ``t`` is the rollout entry ``[t, j]``.
@@ -21,7 +24,7 @@ from captum.attr import Attribution
 from torch import Tensor, nn
 
 from captum_mamba._captum import format_additional_forward_args
-from captum_mamba.adapters import plan_rules
+from captum_mamba.adapters import Plan, plan_rules
 from captum_mamba.attr._forward import check_model, default_forward
 from captum_mamba.attr._targets import AttributionInputError, TargetType
 from captum_mamba.baselines.hidden_attention import (
@@ -124,6 +127,26 @@ def in_original_order(attention: Tensor, ssm: SSMRecord) -> Tensor:
     return attention.flip(-1).flip(-2) if ssm.reverse else attention
 
 
+#: Op kinds that mix positions: the layers containing one are the layers of the rollout.
+MIXING_KINDS = ("ssm", "ssd", "attention")
+
+
+def _mixing_layers(plan: Plan) -> list[str]:
+    """Paths of the residual layers that contain a scan or a softmax attention (layers of
+    MLPs alone, as in Nemotron-H, are not recorded and do not count)."""
+    mixers = [
+        entry.path
+        for entry in plan.entries
+        if entry.handler is not None and set(entry.handler.sites.values()) & set(MIXING_KINDS)
+    ]
+    return [
+        entry.path
+        for entry in plan.entries
+        if entry.block
+        and any(path == entry.path or path.startswith(f"{entry.path}.") for path in mixers)
+    ]
+
+
 def _check_count(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -172,7 +195,7 @@ class MambaAttentionRollout(Attribution):
         plan = plan_rules(model, MambaRules.gradient_x_input())
         super().__init__(forward_func or default_forward(model, "inputs_embeds"))
         self.model = model
-        layers = sum(entry.block for entry in plan.entries) or 1
+        layers = len(_mixing_layers(plan)) or 1
         if isinstance(start_layer, bool) or not isinstance(start_layer, int):
             raise ValueError(f"start_layer must be an int, got {start_layer!r}")
         if not -layers <= start_layer < layers:
@@ -198,7 +221,8 @@ class MambaAttentionRollout(Attribution):
         return length, stop, format_additional_forward_args(additional_forward_args) or ()
 
     def _layer_attention(self, layer: LayerRecord, rows: int) -> Tensor:
-        """Channel mean of the layer's hidden attention over its first ``rows`` rows."""
+        """The layer's attention over its first ``rows`` rows: the channel mean of each
+        scan's hidden attention plus the head mean of each softmax attention."""
         total = None
         for ssm in layer.ssms:
             mean = mean_hidden_attention(
@@ -206,7 +230,10 @@ class MambaAttentionRollout(Attribution):
             )
             mean = in_original_order(mean, ssm)[:, :rows, :rows]
             total = mean if total is None else total + mean
-        return mask_attention(total, layer.attention_mask)
+        for attention in layer.attentions:
+            mean = attention.weights.mean(1)[:, :rows, :rows]
+            total = mean if total is None else total + mean
+        return mask_attention(total, layer.padding_mask)
 
     def attribute(
         self,

@@ -9,10 +9,15 @@ and :mod:`~captum_mamba.lrp.prepare` the prepared model that Captum explains. Ca
 
 from captum_mamba._captum import EpsilonRule, GammaRule, PropagationRule
 from captum_mamba.lrp.captum_rules import (
+    ActivationRule,
+    AttnLRPRule,
+    ConstantRule,
+    CPLRPRule,
     EmbeddingRule,
     HalfRule,
     LRP0Rule,
     NormRule,
+    RouterRule,
     SiLURule,
     SSMRule,
 )
@@ -26,8 +31,12 @@ from captum_mamba.lrp.registry import (
 )
 
 __all__ = [
+    "ActivationRule",
+    "AttnLRPRule",
+    "CPLRPRule",
     "CaptumLRPModel",
     "CaptumOps",
+    "ConstantRule",
     "EmbeddingRule",
     "EpsilonRule",
     "GammaRule",
@@ -37,6 +46,7 @@ __all__ = [
     "NormRule",
     "OpLeaf",
     "PropagationRule",
+    "RouterRule",
     "SSMRule",
     "SiLURule",
     "captum_linear_rule",

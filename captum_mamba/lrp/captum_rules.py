@@ -75,6 +75,42 @@ class HalfRule(LRP0Rule):
     """Half rule for the gate ``y * silu(z)``: each factor receives half of the relevance."""
 
 
+class ActivationRule(LRP0Rule):
+    """Identity rule for the activation of an MLP: ``f(x) / x`` is a constant."""
+
+
+class AttnLRPRule(LRP0Rule):
+    """AttnLRP on softmax attention: uniform rule on ``q k^T`` and ``weights v``."""
+
+
+class CPLRPRule(LRP0Rule):
+    """CP-LRP on softmax attention: the attention weights are constants."""
+
+
+class RouterRule(LRP0Rule):
+    """Router rule of a mixture of experts: the router weights are constants."""
+
+
+class ConstantRule(PropagationRule):
+    """For modules whose output does not depend on the values of their inputs (rotary
+    position embeddings: a function of the positions): no relevance passes, so the
+    module gets no hooks, and it may return a tuple."""
+
+    def forward_hook(self, module: nn.Module, inputs: Any, outputs: Any) -> None:
+        """No relevance passes: nothing to hook."""
+        self._handle_input_hooks = []
+
+    def forward_hook_weights(self, module: nn.Module, inputs: Any, outputs: Any) -> None:
+        """No weights to change."""
+
+    def forward_pre_hook_activations(self, module: nn.Module, inputs: Any) -> Any:
+        """The inputs as they are."""
+        return inputs
+
+    def _manipulate_weights(self, module: nn.Module, inputs: Any, outputs: Any) -> None:
+        """No weights to change."""
+
+
 class EmbeddingRule(LRP0Rule):
     """Relevance stops at an embedding's output: token ids carry no relevance.
 

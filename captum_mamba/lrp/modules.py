@@ -19,23 +19,42 @@ before the call, also when the call raised.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
 from captum_mamba._captum import PropagationRule
 from captum_mamba.adapters import BlockOps
-from captum_mamba.lrp.captum_rules import HalfRule, LRP0Rule, NormRule, SiLURule, SSMRule
+from captum_mamba.lrp.captum_rules import (
+    ActivationRule,
+    AttnLRPRule,
+    ConstantRule,
+    CPLRPRule,
+    HalfRule,
+    LRP0Rule,
+    NormRule,
+    RouterRule,
+    SiLURule,
+    SSMRule,
+)
 from captum_mamba.rules import functional as R
 
-#: Op kind -> the Captum rule that switches its MambaLRP rule on.
+#: Op kind -> the Captum rule that switches its MambaLRP rule on (setting True).
 MAMBA_RULES: dict[str, type[PropagationRule]] = {
     "norm": NormRule,
     "silu": SiLURule,
     "gate": HalfRule,
     "ssm": SSMRule,
     "ssd": SSMRule,
+    "activation": ActivationRule,
+    "attention": AttnLRPRule,
+    "mixture": RouterRule,
 }
+#: Op kind -> the Captum rules of its further setting values (see ``MambaRules``).
+CHOICE_RULES: dict[str, dict[str, type[PropagationRule]]] = {"attention": {"cp_lrp": CPLRPRule}}
+#: Op kinds through which no relevance passes: their leaves get no hooks.
+CONSTANT_KINDS = frozenset({"constant"})
 
 #: Attributes that one Captum LRP call leaves on a rule object.
 _CALL_STATE = (
@@ -105,11 +124,22 @@ def keep_rule(module: nn.Module) -> None:
     module.__class__ = _KEPT_RULE_CLASSES[cls]
 
 
-def rule_active(module: nn.Module, kind: str) -> bool:
-    """Whether ``module`` carries the Captum rule that switches on the MambaLRP rule of
-    ``kind`` (always False for kinds without one)."""
+def rule_setting(module: nn.Module, kind: str) -> bool | str:
+    """The setting of the MambaLRP rule of ``kind`` that the Captum rule carried by
+    ``module`` stands for: True for its rule (:data:`MAMBA_RULES`), a choice such as
+    ``"cp_lrp"`` (:data:`CHOICE_RULES`), False for any other rule."""
+    rule = getattr(module, "rule", None)
+    for value, rule_type in CHOICE_RULES.get(kind, {}).items():
+        if isinstance(rule, rule_type):
+            return value
     rule_type = MAMBA_RULES.get(kind)
-    return rule_type is not None and isinstance(getattr(module, "rule", None), rule_type)
+    return rule_type is not None and isinstance(rule, rule_type)
+
+
+def rule_active(module: nn.Module, kind: str) -> bool:
+    """Whether ``module`` carries a Captum rule that switches on a MambaLRP rule of
+    ``kind`` (always False for kinds without one)."""
+    return rule_setting(module, kind) is not False
 
 
 class OpLeaf(nn.Module):
@@ -137,6 +167,18 @@ class OpLeaf(nn.Module):
         "norm": lambda on, x, *, weight, eps, group_size: _grouped_norm(
             x, weight, eps, group_size, on
         ),
+        "activation": lambda on, x, *, function: R.activation(x, function, on),
+        "attention": lambda setting, q, k, v, *, bias, scaling: R.attention(
+            q, k, v, bias, scaling, setting is True, setting == "cp_lrp"
+        ),
+        "rotary": lambda on, x, *, cos, sin: R.rotary(x, cos, sin),
+        "grouped_linear": lambda on, x, *, weight, group_sizes, rule: R.grouped_linear(
+            x, weight, group_sizes, rule
+        ),
+        "routing": lambda on, x, *, select: select(x),
+        "mixture": lambda on, weights, values, *, index, size: R.mixture(
+            weights, values, index, size, on
+        ),
     }
 
     def __init__(self, kind: str) -> None:
@@ -146,7 +188,7 @@ class OpLeaf(nn.Module):
         self.kind = kind
 
     def forward(self, *inputs: Tensor, **params: Any) -> Tensor:
-        return self._COMPUTE[self.kind](rule_active(self, self.kind), *inputs, **params)
+        return self._COMPUTE[self.kind](rule_setting(self, self.kind), *inputs, **params)
 
     def extra_repr(self) -> str:
         return self.kind
@@ -174,7 +216,7 @@ class CaptumOps(BlockOps):
     def _run(self, site: str, kind: str, *inputs: Tensor, **params: Any) -> Tensor:
         leaf = self._leaf(site)
         if leaf is self.module:
-            return OpLeaf._COMPUTE[kind](rule_active(leaf, kind), *inputs, **params)
+            return OpLeaf._COMPUTE[kind](rule_setting(leaf, kind), *inputs, **params)
         return leaf(*inputs, **params)
 
     def compute(self, x: Tensor) -> Tensor:
@@ -246,8 +288,43 @@ class CaptumOps(BlockOps):
     ) -> Tensor:
         return self._run(site, "time_step", raw, bias=bias, low=low, high=high)
 
+    def activation(self, site: str, x: Tensor, function: str) -> Tensor:
+        return self._run(site, "activation", x, function=function)
 
-def default_leaf_rule(kind: str, on: bool) -> PropagationRule:
-    """The Captum rule of a leaf of ``kind``: its MambaLRP rule if ``on``, else LRP-0."""
+    def attention(
+        self, site: str, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scaling: float
+    ) -> Tensor:
+        return self._run(site, "attention", q, k, v, bias=bias, scaling=scaling)
+
+    def rotary(self, site: str, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        return self._run(site, "rotary", x, cos=cos, sin=sin)
+
+    def grouped_linear(
+        self, site: str, x: Tensor, weight: Tensor, group_sizes: Sequence[int]
+    ) -> Tensor:
+        rule = self.rules(site).linear
+        return self._run(
+            site, "grouped_linear", x, weight=weight, group_sizes=group_sizes, rule=rule
+        )
+
+    def routing(self, site: str, x: Tensor, select: Callable[[Tensor], Tensor]) -> Tensor:
+        return self._run(site, "routing", x, select=select)
+
+    def mixture(
+        self, site: str, weights: Tensor, values: Tensor, index: Tensor, size: int
+    ) -> Tensor:
+        return self._run(site, "mixture", weights, values, index=index, size=size)
+
+
+def default_leaf_rule(kind: str, setting: Any) -> PropagationRule:
+    """The Captum rule of a leaf of ``kind`` for the value of its MambaLRP setting: the
+    rule of that value (e.g. :class:`CPLRPRule` for ``"cp_lrp"``), its MambaLRP rule if
+    the value is true, else LRP-0; :class:`ConstantRule` for kinds that pass no
+    relevance."""
+    if kind in CONSTANT_KINDS:
+        return ConstantRule()
+    choice = CHOICE_RULES.get(kind, {}).get(setting) if isinstance(setting, str) else None
+    if choice is not None:
+        return choice()
     rule_type = MAMBA_RULES.get(kind)
-    return rule_type() if on and rule_type is not None else LRP0Rule()
+    return rule_type() if setting and rule_type is not None else LRP0Rule()

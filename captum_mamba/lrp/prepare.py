@@ -117,9 +117,9 @@ def _prepare_entry(copy: nn.Module, entry: PlanEntry, backend: Backend) -> None:
     for site, kind in entry.handler.sites.items():
         rules = entry.site_rules[site]
         setting = SITE_KINDS[kind]
-        on = setting is not None and bool(getattr(rules, setting))
+        value = None if setting is None else getattr(rules, setting)
         if site == "":
-            _set_rule(module, user or rule_for(module, rules) or default_leaf_rule(kind, on))
+            _set_rule(module, user or rule_for(module, rules) or default_leaf_rule(kind, value))
             continue
         if site in module._modules or hasattr(module, site):
             raise AttributeError(
@@ -128,7 +128,7 @@ def _prepare_entry(copy: nn.Module, entry: PlanEntry, backend: Backend) -> None:
             )
         leaf = OpLeaf(kind)
         setattr(module, site, leaf)
-        _set_rule(leaf, default_leaf_rule(kind, on))
+        _set_rule(leaf, default_leaf_rule(kind, value))
     ops = backend.ops(module, entry.path, entry.site_rules)
     module.forward = RuleForward(entry.handler.forward, ops, module)
 

@@ -1,7 +1,9 @@
 """Rules: which propagation rule each kind of operation gets, with presets and overrides.
 
 A :class:`MambaRules` holds one setting per *rule kind* (the non-linear operations of a
-Mamba block: ``norm``, ``silu``, ``ssm``, ``gate``), the rule of the linear and
+Mamba block: ``norm``, ``silu``, ``ssm``, ``gate``; of the attention, MLP and
+mixture-of-experts blocks of hybrid models: ``activation``, ``attention``, ``router``),
+the rule of the linear and
 convolutional layers, and an ordered list of :class:`Override` objects that change
 settings for parts of the model selected by module path or type. MambaLRP, the
 ablations and Captum's ``LRP`` on a prepared model all read the same object, so a rule
@@ -10,6 +12,18 @@ is named once for every backend.
 Presets are data (:data:`PRESETS`): each maps setting names to values, and the key
 ``"*"`` sets every rule kind at once. "Gradient x Input" switches every kind off through
 ``"*"``, so it stays correct when a new kind is added.
+
+The rules of the non-Mamba blocks (derived in :mod:`captum_mamba.rules.functional`):
+
+- ``attention``: AttnLRP (Achtibat et al., ICML 2024), the uniform rule on the products
+  ``q k^T`` and ``weights v`` with the softmax by its gradient (its AttnLRP rule); or
+  ``"cp_lrp"``: CP-LRP (Ali et al., ICML 2022), the attention weights are constants,
+  relevance flows through the values only and is conserved exactly;
+- ``activation``: the identity rule on the activation of every MLP (SiLU, GELU, ReLU,
+  squared ReLU); the product of a gated MLP gets the half rule of ``gate``;
+- ``router``: the router weights of a mixture of experts are constants (relevance flows
+  through the selected experts, conserved exactly);
+- every norm: the LN-rule of ``norm``.
 """
 
 from __future__ import annotations
@@ -26,6 +40,8 @@ from captum_mamba.rules.linear import LRP0, LinearRule
 
 #: Key of a preset that sets every rule kind.
 EVERY_KIND = "*"
+#: Values a rule kind takes besides True and False.
+CHOICES: Mapping[str, tuple[str, ...]] = MappingProxyType({"attention": ("cp_lrp",)})
 
 
 @dataclass(frozen=True)
@@ -95,8 +111,17 @@ class MambaRules:
             causal conv and on the gate branch is constant. Default: True.
         ssm (bool, optional): SSM rule, ``exp(dt A)``, ``dt B`` and ``C`` are constant,
             relevance flows through the scan input only. Default: True.
-        gate (bool, optional): half rule on the multiplicative gate
-            ``y * silu(z)``. Default: True.
+        gate (bool, optional): half rule on every product of two input-dependent
+            branches: the gate ``y * silu(z)`` of the Mamba blocks and the product of
+            gated MLPs (SwiGLU). Default: True.
+        activation (bool, optional): identity rule on the activation of MLPs (SiLU,
+            GELU, ReLU, squared ReLU): ``f(x) / x`` is constant. Default: True.
+        attention (bool or str, optional): rule of softmax attention: True for AttnLRP
+            (uniform rule on ``q k^T`` and ``weights v``, softmax by its gradient),
+            ``"cp_lrp"`` for CP-LRP (the attention weights are constants), False for
+            the plain gradient. Default: True.
+        router (bool, optional): router rule: the weights of the selected experts of a
+            mixture of experts are constants. Default: True.
         linear (LinearRule, optional): rule for linear and conv layers.
             Default: :class:`LRP0`.
         overrides (tuple of Override, optional): changes for parts of the model, later
@@ -107,7 +132,8 @@ class MambaRules:
 
     Examples::
 
-        >>> MambaRules()                       # MambaLRP
+        >>> MambaRules()                       # MambaLRP (+ AttnLRP for hybrids)
+        >>> MambaRules.cp_lrp()                # MambaLRP + CP-LRP on attention
         >>> MambaRules.gradient_x_input()      # all rules off
         >>> MambaRules.norm_only()             # "LRP (LN-rule only)" baseline
         >>> MambaRules(gate=False)             # ablation without the half rule
@@ -119,14 +145,19 @@ class MambaRules:
     silu: bool = True
     ssm: bool = True
     gate: bool = True
+    activation: bool = True
+    attention: bool | str = True
+    router: bool = True
     linear: LinearRule = field(default_factory=LRP0)
     overrides: tuple[Override, ...] = ()
 
     def __post_init__(self) -> None:
         for name in self.kinds():
             value = getattr(self, name)
-            if not isinstance(value, bool):
-                raise TypeError(f"MambaRules.{name} must be True or False, got {value!r}")
+            choices = CHOICES.get(name, ())
+            if not isinstance(value, bool) and value not in choices:
+                allowed = " or ".join(["True", "False", *(repr(c) for c in choices)])
+                raise TypeError(f"MambaRules.{name} must be {allowed}, got {value!r}")
         if not isinstance(self.linear, LinearRule):
             hint = "an instance such as LRP0(), Epsilon(1e-6) or Gamma(0.25)"
             raise TypeError(f"MambaRules.linear must be {hint}, got {self.linear!r}")
@@ -150,7 +181,8 @@ class MambaRules:
         """The rules of a named preset, see :data:`PRESETS`.
 
         Args:
-            name (str): ``"mamba_lrp"``, ``"gradient_x_input"`` or ``"norm_only"``.
+            name (str): ``"mamba_lrp"`` (= ``"attn_lrp"``), ``"cp_lrp"``,
+                ``"gradient_x_input"`` or ``"norm_only"``.
 
         Returns:
             MambaRules: the preset.
@@ -164,6 +196,17 @@ class MambaRules:
         every = settings.pop(EVERY_KIND, None)
         values = {kind: every for kind in cls.kinds()} if every is not None else {}
         return cls(**{**values, **settings})
+
+    @classmethod
+    def attn_lrp(cls) -> MambaRules:
+        """MambaLRP with AttnLRP on softmax attention: every rule on (the default)."""
+        return cls.preset("attn_lrp")
+
+    @classmethod
+    def cp_lrp(cls) -> MambaRules:
+        """MambaLRP with CP-LRP on softmax attention: the attention weights are constants,
+        so relevance is conserved exactly through attention layers too."""
+        return cls.preset("cp_lrp")
 
     @classmethod
     def gradient_x_input(cls) -> MambaRules:
@@ -219,6 +262,8 @@ class MambaRules:
 PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
         "mamba_lrp": MappingProxyType({}),
+        "attn_lrp": MappingProxyType({}),
+        "cp_lrp": MappingProxyType({"attention": "cp_lrp"}),
         "gradient_x_input": MappingProxyType({EVERY_KIND: False}),
         "norm_only": MappingProxyType({EVERY_KIND: False, "norm": True}),
     }

@@ -8,12 +8,16 @@ Gradient x Input on a forward pass built from these functions is MambaLRP.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from captum_mamba.ops import selective_scan
 from captum_mamba.ops.ssd_scan import ssd_scan
+from captum_mamba.rules.linear import LinearRule
 
 
 def rms_norm(x: Tensor, weight: Tensor | None, eps: float, ln_rule: bool) -> Tensor:
@@ -231,3 +235,227 @@ def multihead_ssm(
     if D is None:
         return y
     return y + x * (D[:, None] if D.dim() == 1 else D)
+
+
+def _gelu_ratio(x: Tensor) -> Tensor:
+    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def _gelu_tanh_ratio(x: Tensor) -> Tensor:
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+def _relu_ratio(x: Tensor) -> Tensor:
+    return (x > 0).to(x.dtype)
+
+
+def _relu2(x: Tensor) -> Tensor:
+    return torch.square(F.relu(x))
+
+
+def _gelu_tanh(x: Tensor) -> Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+#: Elementwise activations ``f(x) = x * r(x)`` by their transformers name: ``(f, r)``.
+ACTIVATIONS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
+    "silu": (F.silu, torch.sigmoid),
+    "swish": (F.silu, torch.sigmoid),
+    "relu": (F.relu, _relu_ratio),
+    "relu2": (_relu2, F.relu),
+    "gelu": (F.gelu, _gelu_ratio),
+    "gelu_pytorch_tanh": (_gelu_tanh, _gelu_tanh_ratio),
+}
+
+
+def activation(x: Tensor, function: str, identity_rule: bool) -> Tensor:
+    r"""Elementwise activation ``f(x) = x * r(x)`` of an MLP; the identity rule treats the
+    ratio ``r(x) = f(x) / x`` as a constant.
+
+    With the rule, relevance passes the activation unchanged (``R_in = R_out``, Eq. 9 of
+    AttnLRP). ``r`` is written in closed form (``sigmoid`` for SiLU, ``Phi`` for GELU,
+    ``relu`` for the squared ReLU ``relu(x)^2``), so no division by ``x`` is needed. The
+    squared ReLU is the product ``relu(x) * relu(x)`` of two factors that depend on the
+    same input: its uniform rule (half of the relevance to each factor, each factor
+    passing its half on as a ReLU does) gives the same ``R_in = R_out``.
+
+    Args:
+        x (Tensor): input.
+        function (str): ``"silu"`` (``"swish"``), ``"relu"``, ``"relu2"``, ``"gelu"``
+            or ``"gelu_pytorch_tanh"`` (transformers' ``ACT2FN`` names).
+        identity_rule (bool): detach ``r(x)``.
+
+    Returns:
+        Tensor: ``f(x)``.
+
+    Raises:
+        NotImplementedError: for another activation.
+    """
+    try:
+        plain, ratio = ACTIVATIONS[function]
+    except KeyError:
+        raise NotImplementedError(
+            f"the identity rule supports the activations {', '.join(ACTIVATIONS)}; got {function!r}"
+        ) from None
+    if identity_rule:
+        return x * ratio(x).detach()
+    return plain(x)
+
+
+def _repeat_heads(x: Tensor, heads: int) -> Tensor:
+    """``(batch, kv_heads, len, dim)`` keys or values for ``heads`` query heads (grouped-
+    and multi-query attention: query head ``h`` reads key/value head ``h // group``)."""
+    group = heads // x.shape[1]
+    return x if group == 1 else x.repeat_interleave(group, dim=1)
+
+
+def attention_weights(
+    q: Tensor, k: Tensor, bias: Tensor | None, scaling: float, uniform_rule: bool = False
+) -> Tensor:
+    r"""Softmax attention weights ``softmax(q k^T * scaling + bias)`` over the keys.
+
+    Args:
+        q (Tensor): ``(batch, heads, queries, dim)``.
+        k (Tensor): ``(batch, kv_heads, keys, dim)``; ``heads`` is a multiple of
+            ``kv_heads``.
+        bias (Tensor or None): additive mask broadcastable to
+            ``(batch, heads, queries, keys)`` (0 where attended, a large negative
+            number elsewhere).
+        scaling (float): factor of the scores.
+        uniform_rule (bool, optional): uniform rule on the product ``q k^T``: each
+            factor receives half of the relevance. Default: False.
+
+    Returns:
+        Tensor: ``(batch, heads, queries, keys)`` weights, rows summing to one.
+    """
+    scores = q @ _repeat_heads(k, q.shape[1]).transpose(-1, -2)
+    if uniform_rule:
+        scores = 0.5 * scores + 0.5 * scores.detach()
+    scores = scores * scaling
+    if bias is not None:
+        scores = scores + bias
+    return torch.softmax(scores, dim=-1)
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bias: Tensor | None,
+    scaling: float,
+    uniform_rule: bool,
+    constant_weights: bool,
+) -> Tensor:
+    r"""Softmax attention ``softmax(q k^T * scaling + bias) v`` with the AttnLRP or
+    CP-LRP rule.
+
+    AttnLRP (Achtibat et al., ICML 2024) applies the uniform rule to both bilinear
+    products: ``q k^T`` and ``weights v`` each pass half of their relevance to each
+    factor (in Gradient x Input form: half of the gradient, so ``q`` and ``k`` get a
+    quarter and ``v`` a half, as LXT's efficient implementation does). Its softmax
+    rule, ``R_in = x (R_out - s sum(R_out))`` (Proposition 3.1), is Gradient x Input of
+    the softmax itself, so the softmax keeps its true gradient. The softmax is not
+    homogeneous: its linearisation at ``x`` has a bias term, and the relevance of
+    that term is absorbed, so AttnLRP conserves relevance only approximately.
+
+    CP-LRP (Ali et al., ICML 2022) treats the attention weights as constants: the
+    output is then a fixed linear map of ``v`` whose rows sum to one, relevance flows
+    through the values only, none reaches ``q`` and ``k``, and it is conserved
+    exactly. The uniform rule does not apply then (the product has a single factor
+    that carries relevance).
+
+    Args:
+        q (Tensor): ``(batch, heads, queries, dim)``.
+        k (Tensor): ``(batch, kv_heads, keys, dim)``.
+        v (Tensor): ``(batch, kv_heads, keys, dim_v)``.
+        bias (Tensor or None): additive mask, see :func:`attention_weights`.
+        scaling (float): factor of the scores.
+        uniform_rule (bool): AttnLRP's uniform rule on the two products.
+        constant_weights (bool): CP-LRP: detach the weights (takes precedence).
+
+    Returns:
+        Tensor: ``(batch, heads, queries, dim_v)``.
+    """
+    uniform = uniform_rule and not constant_weights
+    weights = attention_weights(q, k, bias, scaling, uniform)
+    if constant_weights:
+        weights = weights.detach()
+    out = weights @ _repeat_heads(v, q.shape[1])
+    if uniform:
+        return 0.5 * out + 0.5 * out.detach()
+    return out
+
+
+def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    r"""Rotary position embedding of the first ``r = cos.shape[-1]`` channels of each
+    head: ``x cos + rotate_half(x) sin`` (the rest passes unchanged).
+
+    A linear map of ``x`` with position-dependent constant coefficients: relevance
+    passes by its gradient (LRP-0), no rule is needed.
+
+    Args:
+        x (Tensor): ``(batch, heads, length, dim)`` queries or keys.
+        cos (Tensor): ``(batch or 1, length, r)``.
+        sin (Tensor): like ``cos``.
+
+    Returns:
+        Tensor: the rotated ``x``.
+    """
+    width = cos.shape[-1]
+    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
+    rotated, passed = x[..., :width], x[..., width:]
+    half = width // 2
+    turned = torch.cat([-rotated[..., half:], rotated[..., :half]], dim=-1)
+    out = rotated * cos + turned * sin
+    return out if passed.shape[-1] == 0 else torch.cat([out, passed], dim=-1)
+
+
+def grouped_linear(
+    x: Tensor, weight: Tensor, group_sizes: Sequence[int], rule: LinearRule
+) -> Tensor:
+    r"""Consecutive groups of rows of ``x`` through their own weight matrix (the experts
+    of a mixture of experts), with a linear rule.
+
+    Args:
+        x (Tensor): ``(rows, in)``, sorted by group.
+        weight (Tensor): ``(groups, out, in)``.
+        group_sizes (sequence of int): rows of each group, summing to ``rows``.
+        rule (LinearRule): the linear rule (LRP-0, epsilon, gamma).
+
+    Returns:
+        Tensor: ``(rows, out)``, row ``i`` of group ``g`` being ``weight[g] @ x[i]``.
+    """
+    sizes = list(group_sizes)
+
+    def op(inputs: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
+        parts = inputs.split(sizes)
+        return torch.cat([F.linear(part, w[g]) for g, part in enumerate(parts)], dim=0)
+
+    return rule.apply(op, x, weight, None)
+
+
+def mixture(weights: Tensor, values: Tensor, index: Tensor, size: int, router_rule: bool) -> Tensor:
+    r"""Mixture of experts ``out[t] = sum_p weights[p] * values[p]`` over the (token,
+    expert) pairs ``p`` with ``index[p] = t``; the router rule treats the weights as
+    constants.
+
+    With the rule the output is a fixed linear combination of the selected experts'
+    outputs: relevance flows into the experts in proportion to their weighted
+    contributions, the router receives none, and relevance is conserved exactly from
+    the mixture to the experts. Without it the products ``weight * expert output``
+    have two input-dependent factors and Gradient x Input counts them twice.
+
+    Args:
+        weights (Tensor): ``(pairs,)`` router weights.
+        values (Tensor): ``(pairs, hidden)`` expert outputs.
+        index (Tensor): ``(pairs,)`` token of each pair.
+        size (int): number of tokens.
+        router_rule (bool): detach the weights.
+
+    Returns:
+        Tensor: ``(size, hidden)``.
+    """
+    if router_rule:
+        weights = weights.detach()
+    out = values.new_zeros(size, values.shape[-1])
+    return out.index_add(0, index, weights[:, None].to(values.dtype) * values)

@@ -48,10 +48,22 @@ class ArchitectureCase:
             default forward of language models.
         captum_forward: ``forward_func`` of ``prepare_captum_lrp``; None for the default.
         layer: path of a leaf layer (e.g. an ``out_proj``) read by layer attributions.
-        rule_kinds: rule kinds each of which, switched off, must break conservation.
+        rule_kinds: rule kinds each of which, switched off in the ``conserving`` preset,
+            must break conservation.
         padding: whether the model takes an attention mask.
-        num_layers: ``num_layers(model) -> int`` residual layers with scans (rollout).
+        num_layers: ``num_layers(model) -> int`` residual layers with scans or softmax
+            attention (rollout).
         isolated: the case runs only in its own subprocess (see ``load_cases``).
+        conserving: the preset under which relevance is conserved exactly with bias-free
+            layers (``"cp_lrp"`` for models with softmax attention: AttnLRP's softmax
+            absorbs relevance).
+        eager_attention: configurations computing attention eagerly, whose attention
+            weights transformers returns (``output_attentions=True``) for comparison
+            with the recorded ones.
+        padding_rtol: relative tolerance of padded against unpadded relevance. Left
+            padding shifts the positions of a model with rotary embeddings: the relative
+            positions, and so the model's function, stay the same, but transformers'
+            float32 position table rounds differently (about 1e-8).
     """
 
     name: str
@@ -68,6 +80,9 @@ class ArchitectureCase:
     rule_kinds: tuple[str, ...] = ("norm", "silu", "ssm", "gate")
     padding: bool = False
     isolated: bool = False
+    conserving: str = "mamba_lrp"
+    eager_attention: Sequence[str] = ()
+    padding_rtol: float = 1e-9
 
 
 def case_adapters() -> list[str]:

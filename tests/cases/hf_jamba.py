@@ -1,44 +1,61 @@
-"""Conformance case and independent float64 reference: transformers Jamba (Mamba layers
-with gated MLPs; configurations without attention and mixture-of-experts layers).
+"""Conformance case and independent float64 reference: transformers Jamba (Mamba and
+attention layers, gated MLPs and mixtures of experts; eager and SDPA attention, grouped-
+and multi-query heads).
 
 The reference re-implements the language model from its parameters with plain tensor ops
-and a loop over time steps (no captum_mamba code) and applies the rules as ``detach``
-calls, reading the switches of the ``rules`` object it is given.
+(no captum_mamba code): a loop over time steps for the scans, over query positions for
+the causal attention, over tokens and their top-k experts for the mixtures; it applies
+the rules as ``detach`` calls, reading the switches of the ``rules`` object it is given.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from helpers import causal_conv, gate, linear, rms, silu
+from helpers import (
+    activation,
+    causal_conv,
+    gate,
+    gated_mlp,
+    half_product,
+    linear,
+    rms,
+    silu,
+    softmax_attention,
+)
 from torch import Tensor
 from transformers import JambaConfig, JambaForCausalLM
 
 from cases import ArchitectureCase
 
 CONFIGS = {
-    "two-layers": dict(
-        hidden_size=16, intermediate_size=24, num_hidden_layers=2, vocab_size=32,
+    "attention-moe-eager": dict(
+        hidden_size=16, intermediate_size=24, num_hidden_layers=4, vocab_size=32,
         mamba_d_state=4, mamba_d_conv=4, mamba_expand=2, mamba_dt_rank=2,
+        attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=0,
+        num_experts=4, num_experts_per_tok=2, num_attention_heads=4, num_key_value_heads=2,
+        attn_implementation="eager",
     ),
-    "three-layers-biased": dict(
+    "attention-moe-mqa-biased-sdpa": dict(
         hidden_size=12, intermediate_size=20, num_hidden_layers=3, vocab_size=24,
         mamba_d_state=3, mamba_d_conv=3, mamba_expand=1, mamba_dt_rank=3,
-        mamba_proj_bias=True,
+        mamba_proj_bias=True, attn_layer_period=3, attn_layer_offset=1,
+        expert_layer_period=1, expert_layer_offset=0, num_experts=3, num_experts_per_tok=2,
+        num_attention_heads=3, num_key_value_heads=1, attn_implementation="sdpa",
     ),
 }  # fmt: skip
-#: No attention or mixture-of-experts layer in these configurations.
-MAMBA_ONLY = dict(
-    attn_layer_period=8, attn_layer_offset=7, num_experts=1, num_attention_heads=2,
-    num_key_value_heads=1,
-)  # fmt: skip
 LENGTH = 8
 
 
 def build_model(config: str, seed: int, zero_biases: bool) -> JambaForCausalLM:
+    fields = dict(CONFIGS[config])
+    implementation = fields.pop("attn_implementation")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = JambaForCausalLM(JambaConfig(**CONFIGS[config], **MAMBA_ONLY)).double().eval()
+        settings = JambaConfig(**fields)
+        settings._attn_implementation = implementation
+        settings._experts_implementation = "eager"  # grouped_mm has no float64
+        model = JambaForCausalLM(settings).double().eval()
         with torch.no_grad():
             for name, parameter in model.named_parameters():
                 if name.endswith(".D"):  # a small skip: the scan dominates the mixer output
@@ -51,8 +68,12 @@ def build_model(config: str, seed: int, zero_biases: bool) -> JambaForCausalLM:
                 elif name.endswith("bias"):
                     parameter.copy_(torch.zeros_like(parameter) if zero_biases else
                                     0.1 * torch.randn_like(parameter))  # fmt: skip
-                elif name.endswith(("x_proj.weight", "in_proj.weight")):
-                    parameter.mul_(10.0)  # initializer_range 0.02 would make the scan negligible
+                elif name.endswith(("x_proj.weight", "in_proj.weight", "experts.down_proj")):
+                    parameter.mul_(10.0)  # initializer_range 0.02 would make them negligible
+                elif name.endswith(("q_proj.weight", "k_proj.weight", "router.weight")):
+                    parameter.mul_(40.0)  # peaked attention and routing: the softmax matters
+                elif name.endswith("experts.gate_up_proj"):
+                    parameter.mul_(20.0)
     return model
 
 
@@ -79,18 +100,54 @@ def reference_mamba(mixer, u: Tensor, rules) -> Tensor:
     return linear(gate(y, silu(z, rules.silu), rules.gate), mixer.out_proj)
 
 
+def reference_attention(attention, x: Tensor, rules) -> Tensor:
+    heads, kv_heads = attention.config.num_attention_heads, attention.config.num_key_value_heads
+    q = linear(x, attention.q_proj).unflatten(-1, (heads, -1)).transpose(1, 2)
+    k = linear(x, attention.k_proj).unflatten(-1, (kv_heads, -1)).transpose(1, 2)
+    v = linear(x, attention.v_proj).unflatten(-1, (kv_heads, -1)).transpose(1, 2)
+    out = softmax_attention(q, k, v, q.shape[-1] ** -0.5, None, rules.attention)
+    return linear(out, attention.o_proj)
+
+
+def reference_moe(moe, x: Tensor, rules) -> Tensor:
+    """Token by token: the softmax of the router logits, the top-k experts by sorting,
+    each expert a gated MLP, their outputs weighted by the (unnormalised) probabilities."""
+    flat = x.reshape(-1, x.shape[-1])
+    inner = moe.experts.intermediate_dim
+    rows = []
+    for u in flat:
+        logits = moe.router.weight @ u
+        probabilities = torch.exp(logits - logits.max()) / torch.exp(logits - logits.max()).sum()
+        chosen = torch.argsort(probabilities.detach(), descending=True)[: moe.router.top_k]
+        total = torch.zeros_like(u)
+        for e in chosen.tolist():
+            weight = probabilities[e].detach() if rules.router else probabilities[e]
+            gate_up = moe.experts.gate_up_proj[e]
+            output = gated_mlp(
+                u[None], gate_up[:inner], gate_up[inner:], moe.experts.down_proj[e], "silu", rules
+            )[0]
+            total = total + weight * output
+        rows.append(total)
+    return torch.stack(rows).reshape(x.shape)
+
+
 def reference_logits(model: JambaForCausalLM, embeds: Tensor, rules) -> Tensor:
     hidden = embeds
     for layer in model.model.layers:
         norm = layer.input_layernorm
-        hidden = hidden + reference_mamba(
-            layer.mamba, rms(hidden, norm.weight, norm.variance_epsilon, rules.norm), rules
-        )
-        norm, mlp = layer.pre_ff_layernorm, layer.feed_forward
         normed = rms(hidden, norm.weight, norm.variance_epsilon, rules.norm)
-        activated = silu(linear(normed, mlp.gate_proj), rules.silu)
-        hidden = hidden + linear(gate(activated, linear(normed, mlp.up_proj), rules.gate),
-                                 mlp.down_proj)  # fmt: skip
+        if hasattr(layer, "mamba"):
+            hidden = hidden + reference_mamba(layer.mamba, normed, rules)
+        else:
+            hidden = hidden + reference_attention(layer.self_attn, normed, rules)
+        norm, ff = layer.pre_ff_layernorm, layer.feed_forward
+        normed = rms(hidden, norm.weight, norm.variance_epsilon, rules.norm)
+        if hasattr(ff, "router"):
+            hidden = hidden + reference_moe(ff, normed, rules)
+        else:
+            activated = activation(linear(normed, ff.gate_proj), "silu", rules.activation)
+            hidden = hidden + linear(half_product(activated, linear(normed, ff.up_proj),
+                                                  rules.gate), ff.down_proj)  # fmt: skip
     final = model.model.final_layernorm
     return linear(rms(hidden, final.weight, final.variance_epsilon, rules.norm), model.lm_head)
 
@@ -118,5 +175,8 @@ CASE = ArchitectureCase(
     own_output=model_logits,
     layer="model.layers.0.mamba.out_proj",
     num_layers=lambda model: len(model.model.layers),
+    rule_kinds=("norm", "silu", "ssm", "gate", "activation", "attention", "router"),
     padding=True,
+    conserving="cp_lrp",
+    eager_attention=("attention-moe-eager",),
 )

@@ -143,7 +143,8 @@ def _lm_logits(model, embeds: Tensor, rules) -> Tensor:
             residual = hidden + residual
             fc1 = _linear(_norm(residual, block.norm2, rules.norm), block.mlp.fc1)
             y, gate = fc1.chunk(2, -1)
-            hidden = _linear(_half(y * _silu(gate, rules.silu), rules.gate), block.mlp.fc2)
+            activated = _silu(gate, rules.activation)
+            hidden = _linear(_half(y * activated, rules.gate), block.mlp.fc2)
     final = _norm(hidden + residual, model.backbone.norm_f, rules.norm)
     return _linear(final, model.lm_head)
 

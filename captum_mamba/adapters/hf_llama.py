@@ -1,0 +1,147 @@
+"""Architecture adapter for Hugging Face transformers' Llama and Mistral (``LlamaModel``,
+``LlamaForCausalLM``, ``LlamaForSequenceClassification`` and their Mistral twins): pure
+transformers, explained with AttnLRP or CP-LRP.
+
+A decoder layer is ``h = x + attn(norm(x)); out = h + mlp(norm(h))`` with
+
+- ``*Attention``: queries, keys and values projected and split into heads, a rotary
+  embedding of queries and keys (a linear map with constant, position-dependent
+  coefficients: relevance passes by its gradient), softmax attention over the mask the
+  model builds (causal, padding, Mistral's sliding window; grouped key/value heads),
+  :func:`~captum_mamba.adapters.blocks.self_attention`. AttnLRP: uniform rule on
+  ``q k^T`` and ``weights v``, the softmax by its gradient (its AttnLRP rule);
+  CP-LRP: the attention weights are constants.
+- ``*MLP``: ``down(act(gate(x)) * up(x))``: identity rule on the activation, half
+  rule on the product (:func:`~captum_mamba.adapters.blocks.glu`).
+- ``*RMSNorm``: LN-rule. The two residual sums as sums (LRP-0).
+- ``*RotaryEmbedding``: a function of the positions only; no relevance passes it.
+
+With CP-LRP and bias-free layers relevance is conserved exactly (every step is then
+linear in the path relevance takes, or a product split evenly); AttnLRP loses or gains
+the relevance that the softmax's linearisation assigns to its bias term. These rules
+reproduce LXT's efficient AttnLRP (``tests/test_lxt_parity.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+from transformers.models.llama.modeling_llama import (
+    LlamaAttention,
+    LlamaDecoderLayer,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    LlamaMLP,
+    LlamaModel,
+    LlamaRMSNorm,
+    LlamaRotaryEmbedding,
+)
+from transformers.models.mistral.modeling_mistral import (
+    MistralAttention,
+    MistralDecoderLayer,
+    MistralForCausalLM,
+    MistralForSequenceClassification,
+    MistralMLP,
+    MistralModel,
+    MistralRMSNorm,
+    MistralRotaryEmbedding,
+)
+
+from captum_mamba.adapters.backend import BlockOps
+from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
+from captum_mamba.adapters.blocks import (
+    ATTENTION_CALLS,
+    CONSTANT_SITES,
+    GLU_SITES,
+    ROTARY_ATTENTION_SITES,
+    activation_name,
+    glu,
+    self_attention,
+    unchanged_forward,
+)
+from captum_mamba.adapters.hf_mamba import NORM_SITES, norm_forward
+
+
+def mlp_forward(ops: BlockOps, mlp: nn.Module, x: Tensor) -> Tensor:
+    """Gated MLP ``down(act(gate(x)) * up(x))`` with the identity and half rules."""
+    function = activation_name(mlp, mlp.act_fn)
+    return mlp.down_proj(glu(ops, mlp.gate_proj(x), mlp.up_proj(x), function))
+
+
+#: Children a gated MLP with ``gate_proj``, ``up_proj`` and ``down_proj`` calls.
+MLP_CALLS = ("gate_proj", "up_proj", "down_proj")
+
+
+def layer_forward(
+    ops: BlockOps,
+    layer: nn.Module,
+    hidden_states: Tensor,
+    attention_mask: Tensor | None = None,
+    position_embeddings: tuple[Tensor, Tensor] | None = None,
+    **kwargs: Any,
+) -> Tensor:
+    """Decoder layer: the attention's residual sum, then the MLP's."""
+    x = ops.compute(hidden_states)
+    attended, _ = layer.self_attn(
+        layer.input_layernorm(x),
+        attention_mask=attention_mask,
+        position_embeddings=position_embeddings,
+        **kwargs,
+    )
+    h = ops.add("residual", x, attended)
+    return ops.add("mlp_residual", h, layer.mlp(layer.post_attention_layernorm(h)))
+
+
+#: Sites of :func:`layer_forward`.
+LAYER_SITES = {"residual": "add", "mlp_residual": "add"}
+#: Children :func:`layer_forward` calls.
+LAYER_CALLS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
+
+
+def _handlers(
+    norm: type, rotary: type, attention: type, mlp: type, layer: type
+) -> tuple[ModuleHandler, ...]:
+    return (
+        ModuleHandler(norm, norm_forward, NORM_SITES),
+        ModuleHandler(rotary, unchanged_forward, CONSTANT_SITES),
+        ModuleHandler(attention, self_attention, ROTARY_ATTENTION_SITES, ATTENTION_CALLS),
+        ModuleHandler(mlp, mlp_forward, GLU_SITES, MLP_CALLS),
+        ModuleHandler(layer, layer_forward, LAYER_SITES, LAYER_CALLS, role="block"),
+    )
+
+
+HF_LLAMA = register_adapter(
+    ArchitectureAdapter(
+        name="transformers Llama and Mistral",
+        models=(
+            "LlamaModel",
+            "LlamaForCausalLM",
+            "LlamaForSequenceClassification",
+            "MistralModel",
+            "MistralForCausalLM",
+            "MistralForSequenceClassification",
+        ),
+        handlers=(
+            *_handlers(
+                LlamaRMSNorm, LlamaRotaryEmbedding, LlamaAttention, LlamaMLP, LlamaDecoderLayer
+            ),
+            *_handlers(
+                MistralRMSNorm,
+                MistralRotaryEmbedding,
+                MistralAttention,
+                MistralMLP,
+                MistralDecoderLayer,
+            ),
+        ),
+        containers=(
+            LlamaModel,
+            LlamaForCausalLM,
+            LlamaForSequenceClassification,
+            MistralModel,
+            MistralForCausalLM,
+            MistralForSequenceClassification,
+        ),
+        blocks=(LlamaAttention, MistralAttention),
+    )
+)
