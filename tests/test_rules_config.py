@@ -20,19 +20,19 @@ from captum_mamba.rules.config import EVERY_KIND
 
 def test_gradient_x_input_switches_every_kind_off_including_new_ones() -> None:
     @dataclasses.dataclass(frozen=True)
-    class WithAttention(MambaRules):
-        attention: bool = True
+    class WithNewKind(MambaRules):
+        new_kind: bool = True
 
-    assert "attention" in WithAttention.kinds()
-    off = WithAttention.gradient_x_input()
-    assert all(getattr(off, kind) is False for kind in WithAttention.kinds())
-    only = WithAttention.norm_only()
-    assert only.norm and not only.attention and not only.ssm
-    assert all(getattr(WithAttention(), kind) is True for kind in WithAttention.kinds())
+    assert "new_kind" in WithNewKind.kinds()
+    off = WithNewKind.gradient_x_input()
+    assert all(getattr(off, kind) is False for kind in WithNewKind.kinds())
+    only = WithNewKind.norm_only()
+    assert only.norm and not only.new_kind and not only.ssm and not only.attention
+    assert WithNewKind().new_kind is True
 
 
 def test_presets_are_data() -> None:
-    assert set(PRESETS) == {"mamba_lrp", "gradient_x_input", "norm_only"}
+    assert set(PRESETS) == {"mamba_lrp", "attn_lrp", "cp_lrp", "gradient_x_input", "norm_only"}
     assert PRESETS["gradient_x_input"] == {EVERY_KIND: False}
     assert MambaRules.preset("mamba_lrp") == MambaRules()
     with pytest.raises(ValueError, match="unknown preset 'lrp'; choose from"):
