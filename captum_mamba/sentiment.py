@@ -4,15 +4,16 @@ sentiment classifier of the demo, the tutorials and the study.
 :class:`MambaTextClassifier` is a transformers ``MambaModel`` with a linear head on
 the last position or on the mean over positions (both linear in the Mamba features,
 so MambaLRP conserves relevance up to the biases). Its embedding
-(:class:`CompactEmbedding`) keeps one row per token seen in the training data and
-takes the tokenizer's own ids, so explanations are shown on the real tokens.
+(:class:`CompactEmbedding`) keeps a row for each token frequent enough in the training
+texts and takes the tokenizer's own ids, so explanations are shown on the real tokens.
 
-Training runs the model inside ``rules_applied(model, MambaRules.gradient_x_input())``:
-the model's exact function through this package's chunked selective scan, whose
-backward is a hand-written adjoint scan, instead of transformers' CPU path (autograd
-through a Python loop over time). transformers keeps ``A`` of the scan in float32
-and this package's scan treats it as a constant, so ``A_log`` is not trained (it
-keeps its initial value ``log(1..N)``).
+Training runs the model inside ``rules_applied(model, MambaRules.gradient_x_input())``
+(:func:`fast_path`): the model's exact function through this package's chunked
+selective scan, whose backward is a hand-written adjoint scan, instead of transformers'
+CPU path (autograd through a Python loop over time). That path treats the scan's state
+matrix ``A`` as a constant (``captum_mamba.rules.selective_ssm`` detaches it), so
+``A_log`` gets no gradient and is not trained: it keeps its initial value
+``log(1..N)``.
 
 :func:`load_or_train_classifier` trains the sentiment classifier on
 ``rotten_tomatoes.csv`` (a seeded 10 % of it held out for per-epoch validation and
@@ -318,26 +319,37 @@ def normalise(text: str) -> str:
     return " ".join(text.split())
 
 
-def tokenize(tokenizer: Tokenizer, texts: Sequence[str], setup: ClassifierSetup) -> list[list[int]]:
+def tokenize(
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    setup: ClassifierSetup,
+    padding_id: int | None = None,
+) -> list[list[int]]:
     """Token ids of ``texts``: normalised (if ``setup.normalise``) and truncated.
 
     Args:
         tokenizer (Tokenizer): the tokenizer.
         texts (sequence of str): input texts.
         setup (ClassifierSetup): ``normalise``, ``max_length`` and ``truncation``.
+        padding_id (int, optional): id that stands for a text without tokens.
+            Default: the tokenizer's ``<|padding|>``.
 
     Returns:
-        list of list of int: one id list per text, never empty (an empty text is the
-        padding token).
+        list of list of int: one id list per text, never empty (a text without tokens
+        is the padding token).
     """
     if setup.normalise:
         texts = [normalise(text) for text in texts]
-    pad = tokenizer.token_to_id(PAD_TOKEN)
+    pad = tokenizer.token_to_id(PAD_TOKEN) if padding_id is None else padding_id
     rows = []
     for encoding in tokenizer.encode_batch(list(texts), add_special_tokens=False):
         ids = encoding.ids
         kept = (
             ids[: setup.max_length] if setup.truncation == "keep_head" else ids[-setup.max_length :]
+        )
+        _check(
+            bool(kept) or pad is not None,
+            f"a text has no tokens and the tokenizer has no {PAD_TOKEN} token; pass padding_id",
         )
         rows.append(kept or [pad])
     return rows
@@ -427,11 +439,13 @@ class TextClassifier:
             tuple: ``input_ids`` (tokenizer ids) and ``attention_mask``, both
             ``(batch, length)`` long.
         """
-        return pad_left(tokenize(self.tokenizer, texts, self.setup), self.padding_id)
+        rows = tokenize(self.tokenizer, texts, self.setup, self.padding_id)
+        return pad_left(rows, self.padding_id)
 
     def logits(self, texts: Sequence[str], batch_size: int = 256) -> Tensor:
         """Class logits ``(len(texts), num_labels)`` (no gradient, fast path)."""
-        return _logits(self.model, tokenize(self.tokenizer, texts, self.setup), batch_size)
+        rows = tokenize(self.tokenizer, texts, self.setup, self.padding_id)
+        return _logits(self.model, rows, batch_size)
 
     def accuracy(self, examples: Sequence[LabelledText]) -> float:
         """Fraction of ``examples`` whose label is the arg-max class."""
@@ -666,8 +680,8 @@ def train_classifier(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(setup.seed)
         model = build_model(setup, vocabulary, tokenizer, num_labels)
-    # transformers keeps the scan's A = -exp(A_log) in float32 and the fast scan treats
-    # it as a constant: A_log keeps its initial value.
+    # The fast path treats the scan's A = -exp(A_log) as a constant: A_log gets no
+    # gradient there and keeps its initial value.
     for block in model.backbone.layers:
         block.mixer.A_log.requires_grad_(False)
     optimiser = torch.optim.AdamW(
