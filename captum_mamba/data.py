@@ -1,16 +1,31 @@
-"""Study runner support: loaders for the labelled text sets and the tokenizer.
+"""Data: readers for labelled text sets (CSV, JSON lines, Parquet), splits and the tokenizer.
+
+Every reader checks each row and stops at the first bad one with a one-line
+:class:`DataFormatError` that names the file, the row (and the line, for text files)
+and how to fix it. Labels are class indices ``0..K-1``, or strings mapped to indices
+(:attr:`LabelledData.label_names` keeps the mapping).
 
 Paths are always arguments; :func:`default_data_dir` only suggests the shared folder
 that sits next to a checkout (``../shared/data``) or ``$CAPTUM_MAMBA_DATA``.
+
+Examples::
+
+    >>> data = read_labelled("reviews.csv", text_column="review", label_column="stars")
+    >>> train, validation = train_validation_split(data.examples, 0.1, seed=0)
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
+import random
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer
 
@@ -18,13 +33,65 @@ SST2_FILE = "sst2_validation.jsonl"
 ROTTEN_TOMATOES_FILE = "rotten_tomatoes.csv"
 TOKENIZER_FILE = "gpt-neox-20b-tokenizer.json"
 
+#: Class names of the two sentiment sets (label 1 = positive).
+SENTIMENT_LABELS = ("negative", "positive")
+
+FORMATS = ("csv", "tsv", "jsonl", "parquet")
+_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet"}
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+class DataFormatError(ValueError):
+    """A data file or one of its rows cannot be read; the message names file, row and fix."""
+
 
 @dataclass(frozen=True)
 class LabelledText:
-    """One labelled example (``label`` 1 = positive, 0 = negative)."""
+    """One labelled example; ``label`` is a class index (for sentiment, 1 = positive)."""
 
     text: str
     label: int
+
+
+@dataclass(frozen=True)
+class LabelledData:
+    """Examples read from one file, with the names of their classes.
+
+    Args:
+        examples (tuple of LabelledText): the rows in file order.
+        label_names (tuple of str): name of class ``k`` at position ``k``.
+        source (str): the file they were read from.
+    """
+
+    examples: tuple[LabelledText, ...]
+    label_names: tuple[str, ...]
+    source: str
+
+    @property
+    def num_labels(self) -> int:
+        """Number of classes ``K`` (labels are ``0..K-1``)."""
+        return len(self.label_names)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the texts, labels and class names (not of the file name)."""
+        return fingerprint(self.examples, self.label_names)
+
+
+def fingerprint(examples: Sequence[LabelledText], label_names: Sequence[str]) -> str:
+    """SHA-256 hex digest identifying labelled examples and their class names.
+
+    Args:
+        examples (sequence of LabelledText): the examples, in order.
+        label_names (sequence of str): the class names.
+
+    Returns:
+        str: 64 hex digits; any change of a text, a label, the order or a name changes it.
+    """
+    digest = hashlib.sha256(json.dumps(list(label_names)).encode())
+    for example in examples:
+        digest.update(json.dumps([example.text, example.label]).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
 
 
 def default_data_dir() -> Path:
@@ -41,6 +108,298 @@ def _require(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def _format_of(path: Path, file_format: str | None) -> str:
+    if file_format is not None:
+        if file_format not in FORMATS:
+            raise ValueError(
+                f"file_format must be one of {', '.join(FORMATS)}, got {file_format!r}"
+            )
+        return file_format
+    found = _SUFFIXES.get(path.suffix.lower())
+    if found is None:
+        raise DataFormatError(
+            f"{path}: cannot tell the format from the suffix {path.suffix!r}; "
+            f"rename it to .csv, .tsv, .jsonl or .parquet or pass file_format"
+        )
+    return found
+
+
+# A raw row: (where, for messages, e.g. "line 7 (row 6)"; mapping column -> value).
+RawRow = tuple[str, dict[Any, Any]]
+
+
+def _csv_rows(path: Path, delimiter: str, columns: tuple[str, str]) -> Iterator[RawRow]:
+    reader = None
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle, delimiter=delimiter, strict=True)
+            header = next(reader, None)
+            if not header:
+                raise DataFormatError(
+                    f"{path} is empty or starts with a blank line; "
+                    f"start it with a header row naming the columns {columns}"
+                )
+            _check_columns(path, header, columns)
+            start, number = reader.line_num + 1, 0
+            for record in reader:
+                if record:  # blank lines are skipped
+                    number += 1
+                    where = f"line {start} (row {number})"
+                    if len(record) > len(header):
+                        raise DataFormatError(
+                            f"{path} {where}: {len(record)} fields but {len(header)} columns; "
+                            f"quote the fields that contain {delimiter!r}"
+                        )
+                    yield where, dict(zip(header, record, strict=False))
+                start = reader.line_num + 1
+    except csv.Error as error:
+        line = reader.line_num if reader is not None else 1
+        raise DataFormatError(
+            f"{path} line {line}: malformed CSV ({error}); "
+            f"close the quotes of that record or double the quote characters inside it"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise DataFormatError(f"{path} is not UTF-8 text ({error}); save it as UTF-8") from None
+
+
+def _check_columns(path: Path, header: Sequence[str], columns: tuple[str, str]) -> None:
+    for role, column in zip(("text", "label"), columns, strict=True):
+        if column not in header:
+            raise DataFormatError(
+                f"{path} has no column {column!r} (columns: {', '.join(map(str, header))}); "
+                f"pass {role}_column= the name of the {role} column"
+            )
+
+
+def _jsonl_rows(path: Path) -> Iterator[RawRow]:
+    try:
+        with path.open(encoding="utf-8-sig") as handle:
+            number = 0
+            for line_number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                number += 1
+                where = f"line {line_number} (row {number})"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise DataFormatError(
+                        f"{path} {where}: not valid JSON ({error.msg}); "
+                        f"write one JSON object per line"
+                    ) from None
+                if not isinstance(row, dict):
+                    raise DataFormatError(
+                        f"{path} {where}: a JSON {type(row).__name__}, not an object; "
+                        f'write one object per line, e.g. {{"text": "...", "label": 0}}'
+                    )
+                yield where, row
+    except UnicodeDecodeError as error:
+        raise DataFormatError(f"{path} is not UTF-8 text ({error}); save it as UTF-8") from None
+
+
+def _parquet_rows(path: Path, columns: tuple[str, str]) -> Iterator[RawRow]:
+    try:
+        import pyarrow.parquet as parquet
+    except ImportError:
+        raise ImportError(
+            f"reading {path} needs pyarrow; pip install pyarrow, or convert it to CSV or JSONL"
+        ) from None
+    try:
+        table = parquet.read_table(path)
+    except Exception as error:  # pyarrow raises several types for unreadable files
+        raise DataFormatError(
+            f"{path} is not a readable Parquet file ({type(error).__name__}: {error}); "
+            f"write it again or convert it to CSV or JSONL"
+        ) from None
+    _check_columns(path, table.column_names, columns)
+    for number, row in enumerate(table.select(list(columns)).to_pylist(), 1):
+        yield f"row {number}", row
+
+
+def _raw_rows(path: Path, file_format: str, columns: tuple[str, str]) -> Iterator[RawRow]:
+    if file_format == "csv":
+        return _csv_rows(path, ",", columns)
+    if file_format == "tsv":
+        return _csv_rows(path, "\t", columns)
+    if file_format == "jsonl":
+        return _jsonl_rows(path)
+    return _parquet_rows(path, columns)
+
+
+def _label_value(value: Any) -> int | str | None:
+    """A label as a class index (``3``, ``"3"``) or a class name (a non-numeric string);
+    None for anything else (``1.5``, ``"1.0"``, ``True``, a list)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    if _INTEGER.fullmatch(value):
+        return int(value)
+    try:
+        float(value)
+    except ValueError:
+        return value or None
+    return None
+
+
+def read_labelled(
+    path: str | os.PathLike[str],
+    text_column: str = "text",
+    label_column: str = "label",
+    label_names: Sequence[str] | None = None,
+    file_format: str | None = None,
+) -> LabelledData:
+    """Read labelled texts from a CSV, TSV, JSON-lines or Parquet file.
+
+    CSV and TSV files need a header row; quoted fields may contain newlines and
+    delimiters. A JSON-lines file has one object per line (blank lines are skipped).
+    Parquet needs the optional ``pyarrow``.
+
+    Labels:
+
+    - with ``label_names``: a label is a class index ``0..K-1`` or one of the names;
+    - without: either every label is an integer (classes ``0..max``, named
+      ``"0"``, ``"1"``, ...) or none is (the distinct strings, sorted, become the
+      classes ``0..K-1``).
+
+    Args:
+        path (str or PathLike): the file.
+        text_column (str, optional): column (key) of the text. Default: ``"text"``.
+        label_column (str, optional): column (key) of the label. Default: ``"label"``.
+        label_names (sequence of str, optional): the class names, class ``k`` at
+            position ``k``. Default: None (inferred as above).
+        file_format (str, optional): ``"csv"``, ``"tsv"``, ``"jsonl"`` or
+            ``"parquet"``. Default: None (from the file suffix).
+
+    Returns:
+        LabelledData: the examples in file order with their class names.
+
+    Raises:
+        DataFormatError: for an unreadable file, a missing column, an empty text, a
+            non-integer label (unless every label is a string), or a label outside the
+            classes; the message names the file and the row (and line).
+
+    Examples::
+
+        >>> data = read_labelled("sst2_validation.jsonl", text_column="sentence",
+        ...                      label_names=("negative", "positive"))
+        >>> data.examples[0], data.num_labels
+    """
+    path = _require(path)
+    file_format = _format_of(path, file_format)
+    columns = (text_column, label_column)
+    names = None if label_names is None else tuple(str(name) for name in label_names)
+    if names is not None and (not names or len(set(names)) != len(names)):
+        raise ValueError(f"label_names must be distinct and non-empty, got {label_names!r}")
+    rows: list[tuple[str, str, Any]] = []
+    for where, row in _raw_rows(path, file_format, columns):
+        for column in columns:
+            if row.get(column) is None:
+                raise DataFormatError(
+                    f"{path} {where}: no value in column {column!r}; complete the row or remove it"
+                )
+        text = row[text_column]
+        if not isinstance(text, str):
+            raise DataFormatError(
+                f"{path} {where}: the text in column {text_column!r} is a "
+                f"{type(text).__name__}, not a string; write it as a string"
+            )
+        if not text.strip():
+            raise DataFormatError(
+                f"{path} {where}: empty text in column {text_column!r}; "
+                f"remove the row or fill in its text"
+            )
+        rows.append((where, text, row[label_column]))
+    if not rows:
+        raise DataFormatError(f"{path} has no rows; it needs at least one labelled example")
+    names, labels = _class_indices(path, rows, names)
+    examples = tuple(
+        LabelledText(text, label) for (_, text, _), label in zip(rows, labels, strict=True)
+    )
+    return LabelledData(examples, names, str(path))
+
+
+def _class_indices(
+    path: Path, rows: Sequence[tuple[str, str, Any]], names: tuple[str, ...] | None
+) -> tuple[tuple[str, ...], list[int]]:
+    values = [_label_value(label) for _, _, label in rows]
+    for (where, _, label), value in zip(rows, values, strict=True):
+        if value is None:
+            raise DataFormatError(
+                f"{path} {where}: label {label!r} is neither an integer class index nor a "
+                f"class name; write the class index (0, 1, ...) or the class name"
+            )
+    if names is None:
+        strings = [i for i, value in enumerate(values) if isinstance(value, str)]
+        if not strings:
+            names = tuple(str(k) for k in range(max(max(values), 0) + 1))
+        elif len(strings) == len(rows):
+            names = tuple(sorted(set(values)))
+        else:
+            where, _, label = rows[strings[0]]
+            raise DataFormatError(
+                f"{path} {where}: label {label!r} is not an integer class index like the "
+                f"other rows; fix the label or pass label_names to name the classes"
+            )
+    index = {name: k for k, name in enumerate(names)}
+    labels = []
+    for (where, _, label), value in zip(rows, values, strict=True):
+        if isinstance(value, str):
+            value = index.get(value, -1)
+        if not 0 <= value < len(names):
+            raise DataFormatError(
+                f"{path} {where}: label {label!r} is not one of the classes "
+                f"0..{len(names) - 1} ({', '.join(names)}); fix the label or pass label_names"
+            )
+        labels.append(value)
+    return names, labels
+
+
+def train_validation_split(
+    examples: Sequence[LabelledText], validation_fraction: float, seed: int = 0
+) -> tuple[list[LabelledText], list[LabelledText]]:
+    """Seeded split into training and validation examples, stratified by label.
+
+    Each class contributes ``round(validation_fraction * count)`` examples (at least
+    one if it has two or more) to the validation part; both parts keep the file order.
+
+    Args:
+        examples (sequence of LabelledText): the examples.
+        validation_fraction (float): share held out for validation, in ``(0, 1)``.
+        seed (int, optional): seed of the selection. Default: 0.
+
+    Returns:
+        tuple: ``(train, validation)`` lists; the same seed gives the same split.
+
+    Examples::
+
+        >>> train, validation = train_validation_split(data.examples, 0.1, seed=0)
+    """
+    if not 0 < validation_fraction < 1:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+    by_label: dict[int, list[int]] = {}
+    for index, example in enumerate(examples):
+        by_label.setdefault(example.label, []).append(index)
+    generator = random.Random(seed)
+    held_out: set[int] = set()
+    for label in sorted(by_label):
+        indices = by_label[label]
+        count = round(validation_fraction * len(indices))
+        count = min(max(count, 1 if len(indices) > 1 else 0), len(indices) - 1)
+        held_out.update(generator.sample(indices, count))
+    train = [e for i, e in enumerate(examples) if i not in held_out]
+    validation = [e for i, e in enumerate(examples) if i in held_out]
+    if not validation:
+        raise ValueError(
+            f"validation_fraction {validation_fraction} of {len(examples)} examples holds out "
+            f"nothing; use a larger fraction or more examples"
+        )
+    return train, validation
+
+
 def load_sst2(path: str | os.PathLike[str]) -> list[LabelledText]:
     """Read GLUE SST-2 validation rows ``{"sentence": str, "label": 0/1}`` (JSON lines).
 
@@ -48,11 +407,10 @@ def load_sst2(path: str | os.PathLike[str]) -> list[LabelledText]:
         path (str or PathLike): the ``.jsonl`` file.
 
     Returns:
-        list of LabelledText: the examples in file order.
+        list of LabelledText: the examples in file order (1 = positive).
     """
-    with _require(path).open(encoding="utf-8") as handle:
-        rows = [json.loads(line) for line in handle if line.strip()]
-    return [LabelledText(row["sentence"], int(row["label"])) for row in rows]
+    data = read_labelled(path, text_column="sentence", label_names=SENTIMENT_LABELS)
+    return list(data.examples)
 
 
 def load_rotten_tomatoes(path: str | os.PathLike[str]) -> list[LabelledText]:
@@ -62,10 +420,9 @@ def load_rotten_tomatoes(path: str | os.PathLike[str]) -> list[LabelledText]:
         path (str or PathLike): the ``.csv`` file.
 
     Returns:
-        list of LabelledText: the examples in file order.
+        list of LabelledText: the examples in file order (1 = positive).
     """
-    with _require(path).open(encoding="utf-8", newline="") as handle:
-        return [LabelledText(row["text"], int(row["label"])) for row in csv.DictReader(handle)]
+    return list(read_labelled(path, label_names=SENTIMENT_LABELS).examples)
 
 
 def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:

@@ -1,7 +1,7 @@
 """Demo: explain real sentiment predictions of a Mamba model with MambaLRP.
 
-``captum-mamba-demo`` trains (once, about a minute, then cached) a small Mamba
-sentiment classifier on Rotten Tomatoes reviews, predicts a few SST-2 validation
+``captum-mamba-demo`` trains (once, well under a minute on a CPU, then cached) a small
+Mamba sentiment classifier on Rotten Tomatoes reviews, predicts a few SST-2 validation
 sentences, explains each prediction with MambaLRP, prints the token relevances and
 the conservation check, and writes a heatmap (PNG and standalone HTML).
 
@@ -18,14 +18,12 @@ import torch
 
 from captum_mamba.attr import LayerMambaLRP
 from captum_mamba.data import SST2_FILE, default_data_dir, load_sst2
-from captum_mamba.sentiment import SentimentSetup, encode, load_or_train_classifier
+from captum_mamba.sentiment import ClassifierSetup, default_cache_dir, load_or_train_classifier
 from captum_mamba.visualization import (
     batch_text_heatmap_figure,
     batch_text_heatmap_html,
     token_texts,
 )
-
-LABELS = ("negative", "positive")
 
 
 def _format_tokens(tokens: list[str], relevance: torch.Tensor) -> str:
@@ -34,11 +32,11 @@ def _format_tokens(tokens: list[str], relevance: torch.Tensor) -> str:
 
 
 def explain_sentiment(args: argparse.Namespace) -> None:
-    """Explain SST-2 predictions of the cached sentiment classifier."""
-    setup = SentimentSetup()
-    model, tokenizer, sst2_accuracy = load_or_train_classifier(args.data, setup=setup)
+    """Explain SST-2 predictions of the demo's (cached) sentiment classifier."""
+    classifier = load_or_train_classifier(args.data, args.cache_dir, ClassifierSetup.quick())
+    model, tokenizer, labels = classifier.model, classifier.tokenizer, classifier.label_names
     examples = load_sst2(Path(args.data) / SST2_FILE)[: args.count]
-    ids, mask = encode(tokenizer, [e.text for e in examples], setup.max_length)
+    ids, mask = classifier.encode([e.text for e in examples])
     with torch.no_grad():
         logits = model(ids, attention_mask=mask)
     predicted = logits.argmax(-1)
@@ -50,7 +48,10 @@ def explain_sentiment(args: argparse.Namespace) -> None:
         return_convergence_delta=True,
     )
     token_relevance = relevance.sum(-1)
-    print(f"Mamba sentiment classifier, SST-2 validation accuracy {sst2_accuracy:.3f}\n")
+    print(
+        f"Mamba sentiment classifier ({classifier.setup.describe()}), accuracy "
+        f"{classifier.metrics['test_accuracy']:.3f} on all SST-2 validation sentences\n"
+    )
     all_tokens, rows = [], []
     for i, example in enumerate(examples):
         real = mask[i].bool()
@@ -59,7 +60,7 @@ def explain_sentiment(args: argparse.Namespace) -> None:
         explained = logits[i, predicted[i]].item()
         print(f"[{i}] {example.text}")
         print(
-            f"    label {LABELS[example.label]}, predicted {LABELS[predicted[i]]} "
+            f"    label {labels[example.label]}, predicted {labels[predicted[i]]} "
             f"(logit {explained:+.3f}); sum of relevances {scores.sum().item():+.3f}, "
             f"delta {delta[i].item():+.1e} (absorbed by the conv biases)"
         )
@@ -68,15 +69,15 @@ def explain_sentiment(args: argparse.Namespace) -> None:
         rows.append(scores)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    labels = [f"[{i}] predicted {LABELS[p]}" for i, p in enumerate(predicted.tolist())]
+    row_labels = [f"[{i}] predicted {labels[p]}" for i, p in enumerate(predicted.tolist())]
     figure = batch_text_heatmap_figure(
         all_tokens,
         {"MambaLRP": rows},
-        text_labels=labels,
+        text_labels=row_labels,
         title="MambaLRP relevance for the predicted class",
     )
     figure.savefig(out / "sentiment_heatmap.png", dpi=150, bbox_inches="tight")
-    batch_text_heatmap_html(all_tokens, {"MambaLRP": rows}, text_labels=labels).save(
+    batch_text_heatmap_html(all_tokens, {"MambaLRP": rows}, text_labels=row_labels).save(
         out / "sentiment_heatmap.html"
     )
     print(f"heatmaps written to {out / 'sentiment_heatmap.png'} and .html")
@@ -98,15 +99,36 @@ def explain_hub_model(args: argparse.Namespace) -> None:
     print(_format_tokens(tokens, relevance.sum(-1)[0]))
 
 
+def positive_integer(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(default_data_dir()), help="shared data folder")
     parser.add_argument("--out", default="outputs/demo", help="folder for the heatmaps")
-    parser.add_argument("--count", type=int, default=4, help="SST-2 sentences to explain")
+    parser.add_argument(
+        "--count", type=positive_integer, default=4, help="SST-2 sentences to explain"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help=f"classifier checkpoints (default: $CAPTUM_MAMBA_CACHE or {default_cache_dir()})",
+    )
+    parser.add_argument(
+        "--threads",
+        type=positive_integer,
+        default=1,
+        help="torch CPU threads (default: 1; the demo's small model is not faster with more)",
+    )
     parser.add_argument("--hub-model", help="e.g. state-spaces/mamba-130m-hf (needs internet)")
     parser.add_argument("--prompt", default="The Eiffel Tower is located in the city of")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     if args.hub_model:
         explain_hub_model(args)
     else:

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +52,9 @@ from captum_mamba.metrics import (
     replacement_embedding,
     resample_curve,
 )
+
+if TYPE_CHECKING:
+    from captum_mamba.sentiment import ClassifierSetup
 
 Tokenize = Callable[[str], Tensor]
 
@@ -330,38 +333,35 @@ def run_study(
 
 def _sentiment_study(args: argparse.Namespace) -> StudyResult:
     from captum_mamba.data import SST2_FILE, default_data_dir, load_sst2
-    from captum_mamba.sentiment import PAD_TOKEN, SentimentSetup, encode, load_or_train_classifier
+    from captum_mamba.sentiment import load_or_train_classifier
 
     data_dir = Path(args.data_dir or default_data_dir())
     torch.manual_seed(args.seed)
-    overrides = {
-        "epochs": args.epochs,
-        "learning_rate": args.learning_rate,
-        "hidden_size": args.hidden_size,
-        "num_layers": args.num_layers,
-    }
-    setup = SentimentSetup(**{k: v for k, v in overrides.items() if v is not None})
-    model, tokenizer, full_accuracy = load_or_train_classifier(data_dir, args.cache_dir, setup)
+    setup = _classifier_setup(args)
+    classifier = load_or_train_classifier(data_dir, args.cache_dir, setup)
+    model = classifier.model
     examples = load_sst2(data_dir / SST2_FILE)
     count = min(args.num_examples, len(examples))
     chosen = sorted(random.Random(args.seed).sample(range(len(examples)), count))
     subset = [examples[i] for i in chosen]
 
     def tokenize(text: str) -> Tensor:
-        return encode(tokenizer, [text], setup.max_length)[0]
+        return classifier.encode([text])[0]
 
     names = METHOD_NAMES if args.methods == "all" else tuple(args.methods.split(","))
     settings = MethodSettings(
         ig_steps=args.ig_steps, smoothgrad_samples=args.smoothgrad_samples, seed=args.seed
     )
     caption = (
-        f"Mamba sentiment classifier ({setup.hidden_size} hidden, {setup.num_layers} layers, "
-        f"{setup.epochs} epochs, checkpoint key {setup.key()}), "
-        f"SST-2 validation accuracy {full_accuracy:.3f} (all {len(examples)} sentences); "
+        f"Mamba sentiment classifier ({setup.describe()}; best epoch "
+        f"{classifier.metrics['best_epoch']}, validation accuracy "
+        f"{classifier.metrics['validation_accuracy']:.3f} on a held-out 10 % of "
+        f"rotten_tomatoes.csv), SST-2 validation accuracy "
+        f"{classifier.metrics['test_accuracy']:.3f} (all {len(examples)} sentences); "
         f"{count} sentences studied (seed {args.seed}), replacement '{args.replacement}', "
         f"explained logit: {args.target} class."
     )
-    token_id = tokenizer.token_to_id(PAD_TOKEN) if args.replacement == "token" else None
+    token_id = classifier.padding_id if args.replacement == "token" else None
     result = run_study(
         model,
         tokenize,
@@ -379,6 +379,18 @@ def _sentiment_study(args: argparse.Namespace) -> StudyResult:
     for name, path in result.files.items():
         print(f"{name}: {path}")
     return result
+
+
+def _classifier_setup(args: argparse.Namespace) -> ClassifierSetup:
+    """The study's classifier setup with the command line's overrides (checked)."""
+    from captum_mamba.sentiment import ClassifierSetup
+
+    return ClassifierSetup().replace(
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
+    )
 
 
 def _memory_worker(method: str, length: int, seed: int) -> dict[str, Any]:
@@ -459,7 +471,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--smoothgrad-samples", type=int, default=10)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    setup = run.add_argument_group("classifier (default: SentimentSetup() defaults)")
+    setup = run.add_argument_group("classifier (default: ClassifierSetup() defaults)")
     setup.add_argument("--epochs", type=int, default=None)
     setup.add_argument("--learning-rate", type=float, default=None)
     setup.add_argument("--hidden-size", type=int, default=None)
@@ -479,7 +491,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point, see the module docstring."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        for name in ("num_examples", "ig_steps", "smoothgrad_samples"):
+            if getattr(args, name) < 1:
+                option = "--" + name.replace("_", "-")
+                parser.error(f"{option} must be at least 1, got {getattr(args, name)}")
+        try:
+            _classifier_setup(args)
+        except ValueError as error:
+            parser.error(str(error))
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.command == "run":

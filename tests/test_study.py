@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import math
 
+import pytest
 import torch
 from torch import Tensor
 
 from captum_mamba.baselines.captum_methods import METHOD_NAMES, MethodSettings
 from captum_mamba.models import mamba_config
-from captum_mamba.sentiment import MambaSentimentClassifier
-from captum_mamba.study import markdown_table, run_study
+from captum_mamba.sentiment import MambaTextClassifier
+from captum_mamba.study import main, markdown_table, run_study
 
 SENTENCES = [
     ("a gorgeous , witty film", 1),
@@ -21,9 +22,9 @@ SENTENCES = [
 ]
 
 
-def tiny_classifier() -> MambaSentimentClassifier:
+def tiny_classifier() -> MambaTextClassifier:
     torch.manual_seed(0)
-    return MambaSentimentClassifier(mamba_config(hidden_size=8, state_size=2, vocab_size=40)).eval()
+    return MambaTextClassifier(mamba_config(hidden_size=8, state_size=2, vocab_size=40)).eval()
 
 
 def tokenize(text: str) -> Tensor:
@@ -77,3 +78,22 @@ def test_mambalrp_rows_conserve_on_a_bias_free_classifier(tmp_path) -> None:
     (record,) = result.records
     for total, output in zip(record.relevance_sum, record.output, strict=True):
         assert abs(total - output) <= 1e-6 * max(1.0, abs(output))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["--epochs", "0"], "epochs must be at least 1, got 0"),
+        (["--hidden-size", "-8"], "hidden_size must be at least 1, got -8"),
+        (["--learning-rate", "0"], "learning_rate must be positive"),
+        (["--num-examples", "0"], "--num-examples must be at least 1, got 0"),
+        (["--ig-steps", "0"], "--ig-steps must be at least 1"),
+        (["--threads", "0"], "--threads must be at least 1, got 0"),
+    ],
+)
+def test_study_command_refuses_out_of_range_arguments(capsys, arguments, expected) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["run", "--data-dir", "nowhere", *arguments])
+    assert caught.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("python -m captum_mamba.study: error:") and expected in error

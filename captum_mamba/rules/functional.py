@@ -157,7 +157,7 @@ def selective_ssm(
     """
     if ssm_rule:
         dt, B, C = dt.detach(), B.detach(), C.detach()
-    y = selective_scan(x, dt, A.detach(), B, C)
+    y = selective_scan(x, dt, A.detach() if ssm_rule else A, B, C)
     return y if D is None else y + x * D
 
 
@@ -231,7 +231,7 @@ def multihead_ssm(
     """
     if ssm_rule:
         dt, B, C = dt.detach(), B.detach(), C.detach()
-    y = ssd_scan(x, dt, A.detach(), B, C, chunk_size)
+    y = ssd_scan(x, dt, A.detach() if ssm_rule else A, B, C, chunk_size)
     if D is None:
         return y
     return y + x * (D[:, None] if D.dim() == 1 else D)

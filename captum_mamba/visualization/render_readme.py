@@ -21,7 +21,7 @@ from captum_mamba.baselines.captum_methods import MethodSettings, build_methods
 from captum_mamba.data import SST2_FILE, default_data_dir, load_sst2
 from captum_mamba.metrics import perturbation_curves, replacement_embedding, resample_curve
 from captum_mamba.rules import MambaRules
-from captum_mamba.sentiment import encode, load_or_train_classifier
+from captum_mamba.sentiment import load_or_train_classifier
 from captum_mamba.visualization.plots import plot_conservation, plot_morf_lerf
 from captum_mamba.visualization.text import batch_text_heatmap_figure, token_texts
 
@@ -55,7 +55,8 @@ def render(data_dir: Path, output: Path, num_sentences: int = 24) -> list[Path]:
     """
     torch.set_num_threads(1)
     output.mkdir(parents=True, exist_ok=True)
-    classifier, tokenizer, _ = load_or_train_classifier(data_dir)
+    trained = load_or_train_classifier(data_dir)
+    classifier, tokenizer = trained.model, trained.tokenizer
     embedding = classifier.get_input_embeddings()
 
     def classify(embeds: Tensor, attention_mask: Tensor) -> Tensor:
@@ -64,7 +65,7 @@ def render(data_dir: Path, output: Path, num_sentences: int = 24) -> list[Path]:
     methods = build_methods(CURVE_METHODS, classifier, classify, MethodSettings(ig_steps=16))
 
     def explain(sentence: str) -> tuple[Tensor, Tensor, Tensor, int, dict[str, Tensor]]:
-        ids, mask = encode(tokenizer, [sentence], 48)
+        ids, mask = trained.encode([sentence])
         embeds = embedding(ids).detach()
         with torch.no_grad():
             target = int(classify(embeds, mask).argmax(-1))
@@ -104,7 +105,7 @@ def render(data_dir: Path, output: Path, num_sentences: int = 24) -> list[Path]:
     paths.append(output / "perturbation_curves.png")
     figure.savefig(paths[-1], dpi=110)
 
-    ids, mask = encode(tokenizer, sentences, 48)
+    ids, mask = trained.encode(sentences)
     embeds = embedding(ids).detach()
     with torch.no_grad():
         logits = classify(embeds, mask)
