@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from captum_mamba import MambaRules
@@ -83,6 +84,28 @@ class ArchitectureCase:
     conserving: str = "mamba_lrp"
     eager_attention: Sequence[str] = ()
     padding_rtol: float = 1e-9
+
+
+def lm_logits(model: nn.Module, embeds: Tensor, **kwargs: Any) -> Tensor:
+    """A transformers language model's own forward through its backbone (named by
+    ``base_model_prefix``) and head, without the float32 cast of the logits."""
+    backbone = getattr(model, model.base_model_prefix)
+    hidden = backbone(inputs_embeds=embeds, use_cache=False, **kwargs).last_hidden_state
+    return model.lm_head(hidden)
+
+
+def random_embeddings(
+    length: int, targets: Sequence[Any]
+) -> Callable[[nn.Module, str, int], tuple[Tensor, list[Any]]]:
+    """``inputs(model, config, seed)``: seeded random float64 embeddings of ``length`` tokens,
+    one example per target."""
+
+    def inputs(model: nn.Module, config: str, seed: int) -> tuple[Tensor, list[Any]]:
+        generator = torch.Generator().manual_seed(1000 + seed)
+        shape = (len(targets), length, model.config.hidden_size)
+        return torch.randn(*shape, generator=generator).double(), list(targets)
+
+    return inputs
 
 
 def case_adapters() -> list[str]:

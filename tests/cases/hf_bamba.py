@@ -23,7 +23,7 @@ from helpers import (
 from torch import Tensor
 from transformers import BambaConfig, BambaForCausalLM
 
-from cases import ArchitectureCase
+from cases import ArchitectureCase, lm_logits, random_embeddings
 from cases.hf_mamba2 import reference_mixer
 
 CONFIGS = {
@@ -100,27 +100,15 @@ def reference_logits(model: BambaForCausalLM, embeds: Tensor, rules) -> Tensor:
     return linear(rms(hidden, final.weight, final.variance_epsilon, rules.norm), model.lm_head)
 
 
-def model_logits(model: BambaForCausalLM, embeds: Tensor, **kwargs) -> Tensor:
-    """The model's own forward."""
-    hidden = model.model(inputs_embeds=embeds, use_cache=False, **kwargs).last_hidden_state
-    return model.lm_head(hidden)
-
-
-def inputs(model: BambaForCausalLM, config: str, seed: int) -> tuple[Tensor, list]:
-    generator = torch.Generator().manual_seed(1000 + seed)
-    embeds = torch.randn(2, LENGTH, model.config.hidden_size, generator=generator)
-    return embeds.double(), [(LENGTH - 1, 3), (4, 7)]
-
-
 ADAPTER = "transformers Bamba"
 CASE = ArchitectureCase(
     name="hf_bamba",
     adapter=ADAPTER,
     configs=tuple(CONFIGS),
     build=build_model,
-    inputs=inputs,
+    inputs=random_embeddings(LENGTH, [(LENGTH - 1, 3), (4, 7)]),
     reference=reference_logits,
-    own_output=model_logits,
+    own_output=lm_logits,
     layer="model.layers.0.mamba.out_proj",
     num_layers=lambda model: len(model.model.layers),
     rule_kinds=("norm", "silu", "ssm", "gate", "activation", "attention"),

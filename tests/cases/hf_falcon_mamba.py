@@ -14,7 +14,7 @@ from helpers import causal_conv, gate, linear, rms, silu
 from torch import Tensor
 from transformers import FalconMambaConfig, FalconMambaForCausalLM
 
-from cases import ArchitectureCase
+from cases import ArchitectureCase, lm_logits, random_embeddings
 
 CONFIGS = {
     "small": dict(
@@ -72,18 +72,6 @@ def reference_logits(model: FalconMambaForCausalLM, embeds: Tensor, rules) -> Te
     return linear(rms(hidden, final.weight, final.variance_epsilon, rules.norm), model.lm_head)
 
 
-def model_logits(model: FalconMambaForCausalLM, embeds: Tensor, **kwargs) -> Tensor:
-    """The model's own forward, without the float32 cast of the logits."""
-    hidden = model.backbone(inputs_embeds=embeds, use_cache=False, **kwargs).last_hidden_state
-    return model.lm_head(hidden)
-
-
-def inputs(model: FalconMambaForCausalLM, config: str, seed: int) -> tuple[Tensor, list]:
-    generator = torch.Generator().manual_seed(1000 + seed)
-    embeds = torch.randn(2, LENGTH, model.config.hidden_size, generator=generator)
-    return embeds.double(), [(LENGTH - 1, 3), (4, 7)]
-
-
 ADAPTER = "transformers FalconMamba"
 
 CASE = ArchitectureCase(
@@ -91,9 +79,9 @@ CASE = ArchitectureCase(
     adapter=ADAPTER,
     configs=tuple(CONFIGS),
     build=build_model,
-    inputs=inputs,
+    inputs=random_embeddings(LENGTH, [(LENGTH - 1, 3), (4, 7)]),
     reference=reference_logits,
-    own_output=model_logits,
+    own_output=lm_logits,
     layer="backbone.layers.0.mixer.out_proj",
     num_layers=lambda model: len(model.backbone.layers),
     padding=True,

@@ -27,7 +27,7 @@ from helpers import (
 from torch import Tensor
 from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM
 
-from cases import ArchitectureCase
+from cases import ArchitectureCase, random_embeddings
 from cases.hf_mamba2 import reference_mixer
 
 MUP = dict(
@@ -151,19 +151,13 @@ def model_logits(model: GraniteMoeHybridForCausalLM, embeds: Tensor, **kwargs) -
     return model(inputs_embeds=embeds, use_cache=False, **kwargs).logits
 
 
-def inputs(model: GraniteMoeHybridForCausalLM, config: str, seed: int) -> tuple[Tensor, list]:
-    generator = torch.Generator().manual_seed(1000 + seed)
-    embeds = torch.randn(2, LENGTH, model.config.hidden_size, generator=generator)
-    return embeds.double(), [(LENGTH - 1, 3), (4, 7)]
-
-
 ADAPTER = "transformers GraniteMoeHybrid"
 CASE = ArchitectureCase(
     name="hf_granitemoehybrid",
     adapter=ADAPTER,
     configs=tuple(CONFIGS),
     build=build_model,
-    inputs=inputs,
+    inputs=random_embeddings(LENGTH, [(LENGTH - 1, 3), (4, 7)]),
     reference=reference_logits,
     own_output=model_logits,
     layer="model.layers.0.mamba.out_proj",

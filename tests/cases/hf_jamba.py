@@ -26,7 +26,7 @@ from helpers import (
 from torch import Tensor
 from transformers import JambaConfig, JambaForCausalLM
 
-from cases import ArchitectureCase
+from cases import ArchitectureCase, lm_logits, random_embeddings
 
 CONFIGS = {
     "attention-moe-eager": dict(
@@ -152,27 +152,15 @@ def reference_logits(model: JambaForCausalLM, embeds: Tensor, rules) -> Tensor:
     return linear(rms(hidden, final.weight, final.variance_epsilon, rules.norm), model.lm_head)
 
 
-def model_logits(model: JambaForCausalLM, embeds: Tensor, **kwargs) -> Tensor:
-    """The model's own forward, without the float32 cast of the logits."""
-    hidden = model.model(inputs_embeds=embeds, use_cache=False, **kwargs).last_hidden_state
-    return model.lm_head(hidden)
-
-
-def inputs(model: JambaForCausalLM, config: str, seed: int) -> tuple[Tensor, list]:
-    generator = torch.Generator().manual_seed(1000 + seed)
-    embeds = torch.randn(2, LENGTH, model.config.hidden_size, generator=generator)
-    return embeds.double(), [(LENGTH - 1, 3), (2, 7)]
-
-
 ADAPTER = "transformers Jamba"
 CASE = ArchitectureCase(
     name="hf_jamba",
     adapter=ADAPTER,
     configs=tuple(CONFIGS),
     build=build_model,
-    inputs=inputs,
+    inputs=random_embeddings(LENGTH, [(LENGTH - 1, 3), (2, 7)]),
     reference=reference_logits,
-    own_output=model_logits,
+    own_output=lm_logits,
     layer="model.layers.0.mamba.out_proj",
     num_layers=lambda model: len(model.model.layers),
     rule_kinds=("norm", "silu", "ssm", "gate", "activation", "attention", "router"),

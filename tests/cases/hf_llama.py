@@ -25,7 +25,7 @@ from helpers import (
 from torch import Tensor, nn
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
-from cases import ArchitectureCase
+from cases import ArchitectureCase, lm_logits, random_embeddings
 
 SHAPE = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=2, vocab_size=32)
 CONFIGS = {
@@ -107,27 +107,15 @@ def reference_logits(model: nn.Module, embeds: Tensor, rules) -> Tensor:
     return linear(rms(hidden, final.weight, final.variance_epsilon, rules.norm), model.lm_head)
 
 
-def model_logits(model: nn.Module, embeds: Tensor, **kwargs) -> Tensor:
-    """The model's own forward."""
-    hidden = model.model(inputs_embeds=embeds, use_cache=False, **kwargs).last_hidden_state
-    return model.lm_head(hidden)
-
-
-def inputs(model: nn.Module, config: str, seed: int) -> tuple[Tensor, list]:
-    generator = torch.Generator().manual_seed(1000 + seed)
-    embeds = torch.randn(2, LENGTH, model.config.hidden_size, generator=generator)
-    return embeds.double(), [(LENGTH - 1, 3), (2, 7)]
-
-
 ADAPTER = "transformers Llama and Mistral"
 CASE = ArchitectureCase(
     name="hf_llama",
     adapter=ADAPTER,
     configs=tuple(CONFIGS),
     build=build_model,
-    inputs=inputs,
+    inputs=random_embeddings(LENGTH, [(LENGTH - 1, 3), (2, 7)]),
     reference=reference_logits,
-    own_output=model_logits,
+    own_output=lm_logits,
     layer="model.layers.0.self_attn.o_proj",
     num_layers=lambda model: len(model.model.layers),
     rule_kinds=("norm", "activation", "gate", "attention"),

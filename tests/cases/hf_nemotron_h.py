@@ -16,7 +16,7 @@ from helpers import activation, linear, rms, softmax_attention
 from torch import Tensor, nn
 from transformers import NemotronHConfig, NemotronHForCausalLM
 
-from cases import ArchitectureCase
+from cases import ArchitectureCase, lm_logits, random_embeddings
 from cases.hf_mamba2 import reference_mixer
 
 CONFIGS = {
@@ -133,27 +133,15 @@ def reference_logits(model: NemotronHForCausalLM, embeds: Tensor, rules) -> Tens
     return linear(rms(hidden, final.weight, final.variance_epsilon, rules.norm), model.lm_head)
 
 
-def model_logits(model: NemotronHForCausalLM, embeds: Tensor, **kwargs) -> Tensor:
-    """The model's own forward, without the float32 cast of the logits."""
-    hidden = model.model(inputs_embeds=embeds, use_cache=False, **kwargs).last_hidden_state
-    return model.lm_head(hidden)
-
-
-def inputs(model: NemotronHForCausalLM, config: str, seed: int) -> tuple[Tensor, list]:
-    generator = torch.Generator().manual_seed(1000 + seed)
-    embeds = torch.randn(2, LENGTH, model.config.hidden_size, generator=generator)
-    return embeds.double(), [(LENGTH - 1, 3), (4, 7)]
-
-
 ADAPTER = "transformers Nemotron-H"
 CASE = ArchitectureCase(
     name="hf_nemotron_h",
     adapter=ADAPTER,
     configs=tuple(CONFIGS),
     build=build_model,
-    inputs=inputs,
+    inputs=random_embeddings(LENGTH, [(LENGTH - 1, 3), (4, 7)]),
     reference=reference_logits,
-    own_output=model_logits,
+    own_output=lm_logits,
     layer="model.layers.0.mixer.out_proj",
     num_layers=lambda model: sum(
         block.block_type in ("linear_attention", "full_attention") for block in model.model.layers
