@@ -68,8 +68,9 @@ def add(a: Tensor, b: Tensor) -> Tensor:
     return a + b
 
 
-def scale(x: Tensor, factor: float) -> Tensor:
-    """Product ``factor * x`` with a constant; relevance passes unchanged."""
+def scale(x: Tensor, factor: float | Tensor) -> Tensor:
+    """Product ``factor * x`` with a constant (a number or a tensor broadcast to ``x``);
+    relevance passes unchanged."""
     return x * factor
 
 
@@ -143,12 +144,17 @@ def selective_ssm(
     Relevance then flows only through ``x``; the state matrix ``A`` and the skip
     weight ``D`` are parameters and never receive relevance.
 
+    ``B`` and ``C`` are shared by all channels, or by consecutive groups of channels
+    (the multi-head Mamba-1 mixer of Zamba gives each head its own): group ``g`` is
+    then scanned on its own over channels ``g * channels / groups`` onwards.
+
     Args:
         x (Tensor): ``(batch, length, channels)`` scan input.
         dt (Tensor): ``(batch, length, channels)`` positive time steps.
         A (Tensor): ``(channels, state)`` continuous state matrix.
-        B (Tensor): ``(batch, length, state)`` input projection.
-        C (Tensor): ``(batch, length, state)`` output projection.
+        B (Tensor): ``(batch, length, state)`` or ``(batch, length, groups, state)``
+            input projection.
+        C (Tensor): output projection, the shape of ``B``.
         D (Tensor or None): ``(channels,)`` skip weight.
         ssm_rule (bool): detach ``dt``, ``B`` and ``C``.
 
@@ -157,7 +163,21 @@ def selective_ssm(
     """
     if ssm_rule:
         dt, B, C = dt.detach(), B.detach(), C.detach()
-    y = selective_scan(x, dt, A.detach(), B, C)
+    if B.dim() == 3:
+        y = selective_scan(x, dt, A.detach(), B, C)
+    else:
+        width = x.shape[-1] // B.shape[2]
+        parts = [
+            selective_scan(
+                x[..., g * width : (g + 1) * width],
+                dt[..., g * width : (g + 1) * width],
+                A[g * width : (g + 1) * width].detach(),
+                B[:, :, g],
+                C[:, :, g],
+            )
+            for g in range(B.shape[2])
+        ]
+        y = torch.cat(parts, dim=-1)
     return y if D is None else y + x * D
 
 
