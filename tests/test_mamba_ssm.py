@@ -206,15 +206,76 @@ def test_unsupported_cases_are_reported():
             vocab_size=16,
             ssm_cfg={"d_state": 4},
             attn_layer_idx=[1],
-            attn_cfg={"num_heads": 2},
+            attn_cfg={"num_heads": 2, "causal": True},
         )
     ).double()
+    hybrid.backbone.layers[1].mixer.rotary_emb_dim = 16  # needs flash-attn to construct
     ids = torch.randint(0, 16, (1, 5))
-    with pytest.raises(UnsupportedModelError, match=r"backbone\.layers\.1\.mixer \(.*MHA\)"):
+    with pytest.raises(NotImplementedError) as error:
         LayerMambaLRP(hybrid, hybrid.backbone.embedding).attribute(ids, target=(-1, 0))
+    assert "rotary_emb_dim=16" in str(error.value) and "\n" not in str(error.value)
+    hybrid.backbone.layers[1].mixer = nn.MultiheadAttention(8, 2, batch_first=True)
+    with pytest.raises(UnsupportedModelError, match=r"backbone\.layers\.1\.mixer \(.*Multihead"):
+        LayerMambaLRP(hybrid, hybrid.backbone.embedding)
     model = _lm("mamba1-rmsnorm", seed=0)
     with (
         pytest.raises(NotImplementedError, match="attention mask"),
         rules_applied(model, MambaRules()),
     ):
         model.backbone(ids, attention_mask=torch.tensor([[0, 1, 1, 1, 1]]))
+
+
+MHA_OPTIONS = {
+    "causal": {"num_heads": 2, "causal": True},
+    "gqa-conv-mlp-bidirectional": {
+        "num_heads": 4, "num_heads_kv": 2, "causal": False, "d_conv": 3, "mlp_dim": 8,
+        "softmax_scale": 0.5,
+    },
+}  # fmt: skip
+
+
+@subprocess_only
+@pytest.mark.parametrize("options", list(MHA_OPTIONS))
+def test_mha_matches_its_own_cpu_forward(options: str):
+    from mamba_ssm.modules.mha import MHA
+
+    torch.manual_seed(3)
+    mha = _perturb(MHA(8, **MHA_OPTIONS[options]).double().eval(), zero_biases=False)
+    hidden = torch.randn(2, 7, 8, dtype=torch.float64)
+    with torch.no_grad():
+        own = mha(hidden)  # SDPA and nn.Conv1d: mamba-ssm's MHA runs on CPU
+        for rules in (MambaRules(), MambaRules.cp_lrp(), MambaRules.gradient_x_input()):
+            with rules_applied(mha, rules):
+                torch.testing.assert_close(mha(hidden), own, rtol=1e-12, atol=1e-12)
+
+
+@subprocess_only
+def test_bidirectional_mha_in_a_user_network_conserves_with_cp_lrp():
+    from mamba_ssm.modules.mha import MHA
+
+    @register_container
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            options = MHA_OPTIONS["gqa-conv-mlp-bidirectional"]
+            self.mixer = MHA(8, qkv_proj_bias=False, out_proj_bias=False, **options)
+            self.head = nn.Linear(8, 3, bias=False)
+
+        def forward(self, embeds: Tensor) -> Tensor:
+            return self.head((embeds + self.mixer(embeds)).mean(1))
+
+    torch.manual_seed(4)
+    model = _perturb(Encoder().double().eval(), zero_biases=True)
+    with torch.no_grad():
+        model.mixer.conv1d.bias.zero_()
+        model.mixer.in_proj.weight.mul_(4.0)
+    embeds = torch.randn(2, 6, 8, dtype=torch.float64)
+    relevance, delta = MambaLRP(model, forward_func=model, rules=MambaRules.cp_lrp()).attribute(
+        embeds, target=1, return_convergence_delta=True
+    )
+    assert delta.abs().max() < 1e-12
+    assert relevance[:, -1].abs().sum() > 0  # every position reaches the mean
+    _, delta = MambaLRP(model, forward_func=model, rules=MambaRules()).attribute(
+        embeds, target=1, return_convergence_delta=True
+    )
+    assert delta.abs().max() > 1e-6  # AttnLRP's softmax absorbs relevance

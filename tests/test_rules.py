@@ -158,6 +158,30 @@ def test_ssm_rule_jacobian_is_the_frozen_linear_map(seed: int) -> None:
     torch.testing.assert_close((grads[0] * x).sum(), out.sum(), rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize("rule", [True, False])
+def test_selective_ssm_with_grouped_b_c_is_each_group_with_its_own(rule: bool) -> None:
+    # Zamba's multi-head Mamba-1 mixer: consecutive channel groups with their own B and C.
+    gen = torch.Generator().manual_seed(7)
+    x, dt, A, _, _, D = ssm_inputs(channels=6, seed=7)
+    B = torch.randn(1, x.shape[1], 3, A.shape[1], generator=gen, dtype=DTYPE)
+    C = torch.randn(1, x.shape[1], 3, A.shape[1], generator=gen, dtype=DTYPE)
+    expected = torch.zeros_like(x)
+    for g in range(3):
+        channels = slice(2 * g, 2 * g + 2)
+        M = explicit_ssm_matrix(dt[..., channels], A[channels], B[:, :, g], C[:, :, g], 0.0)
+        expected[0, :, channels] = torch.einsum("tsd,sd->td", M, x[0, :, channels])
+    expected = expected + x * D
+    leaf = x.clone().requires_grad_()
+    out = selective_ssm(leaf, dt, A, B, C, D, ssm_rule=rule)
+    torch.testing.assert_close(out, expected, rtol=1e-13, atol=1e-13)
+    (grad,) = torch.autograd.grad(out[0, -1, 3], leaf)
+    M = explicit_ssm_matrix(dt[..., 2:4], A[2:4], B[:, :, 1], C[:, :, 1], 0.0)
+    column = torch.zeros_like(x)
+    column[0, :, 3] = M[-1, :, 1]
+    column[0, -1, 3] += D[3]
+    torch.testing.assert_close(grad, column, rtol=1e-13, atol=1e-13)
+
+
 def test_without_ssm_rule_gradients_reach_dt_b_c() -> None:
     x, dt, A, B, C, D = ssm_inputs(seed=3)
     inputs = tuple(t.requires_grad_() for t in (x, dt, B, C))

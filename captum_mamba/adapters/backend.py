@@ -155,8 +155,10 @@ class BlockOps:
             x (Tensor): ``(batch, seq, channels)`` scan input.
             dt (Tensor): ``(batch, seq, channels)`` time steps.
             A (Tensor): ``(channels, state)`` state matrix.
-            B (Tensor): ``(batch, seq, state)``.
-            C (Tensor): ``(batch, seq, state)``.
+            B (Tensor): ``(batch, seq, state)``, or ``(batch, seq, groups, state)`` for
+                consecutive groups of channels with their own ``B`` and ``C`` (the heads
+                of Zamba's multi-head mixer).
+            C (Tensor): the shape of ``B``.
             D (Tensor or None): ``(channels,)`` skip weight.
             reverse (bool, optional): the sequence is given in reversed order (the
                 backward scan of a bidirectional mixer); only recorders use it.
@@ -202,8 +204,9 @@ class BlockOps:
         self.rules(site)
         return R.add(a, b)
 
-    def scale(self, site: str, x: Tensor, factor: float) -> Tensor:
-        """Product with a constant."""
+    def scale(self, site: str, x: Tensor, factor: float | Tensor) -> Tensor:
+        """Product with a constant: a number, or a tensor broadcast to ``x`` (a constant
+        per channel, such as Falcon-H1's muP vector)."""
         self.rules(site)
         return R.scale(x, factor)
 

@@ -139,8 +139,9 @@ class SSDParams:
     """Parameters of one Mamba-2 mixer, whatever the names in its family.
 
     Args:
-        in_proj (nn.Module): projection to ``[z0, x0, z, xBC, dt]`` (``z0``/``x0``: the
-            optional gated-MLP channels of mamba-ssm, ``d_mlp`` each).
+        in_proj (nn.Module or Callable): projection to ``[z0, x0, z, xBC, dt]``
+            (``z0``/``x0``: the optional gated-MLP channels of mamba-ssm, ``d_mlp`` each);
+            a function of the operations where the family scales it (Falcon-H1).
         conv (nn.Module): causal depthwise ``nn.Conv1d`` over ``xBC``.
         out_proj (nn.Module): output projection.
         norm (nn.Module or None): gated norm ``norm(y, z)``; None to gate with
@@ -157,7 +158,7 @@ class SSDParams:
         dt_limit (tuple of float): clamp of the time step.
     """
 
-    in_proj: nn.Module
+    in_proj: nn.Module | Callable[[Tensor], Tensor]
     conv: nn.Module
     out_proj: nn.Module
     norm: nn.Module | None
@@ -324,11 +325,13 @@ def attention_bias(
     return mask.to(dtype)
 
 
-def check_no_cached_keys(module: nn.Module, cache: Any) -> None:
+def check_no_cached_keys(module: nn.Module, cache: Any, layer_idx: int | None = None) -> None:
     """Refuse a cache holding keys of earlier tokens: explanations run over whole
-    sequences."""
+    sequences. ``layer_idx`` is the cache layer of the call (default: the module's, for
+    attention modules shared by several depths pass the one of the call)."""
     length = getattr(cache, "get_seq_length", None)
-    if callable(length) and length(getattr(module, "layer_idx", 0)) > 0:
+    layer = getattr(module, "layer_idx", 0) if layer_idx is None else layer_idx
+    if callable(length) and length(layer) > 0:
         raise NotImplementedError(
             "MambaLRP explains whole sequences; call the model without a filled cache "
             "(use_cache=False) and pass the full prefix instead"
@@ -342,6 +345,7 @@ def self_attention(
     attention_mask: Tensor | None = None,
     position_embeddings: tuple[Tensor, Tensor] | None = None,
     cache: Any = None,
+    project: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]] | None = None,
     **kwargs: Any,
 ) -> tuple[Tensor, None]:
     r"""Softmax self-attention of transformers' attention modules, with AttnLRP or CP-LRP.
@@ -362,6 +366,10 @@ def self_attention(
         position_embeddings (tuple of Tensor, optional): ``(cos, sin)`` of the rotary
             embedding. Default: None (no rotary embedding).
         cache (optional): must hold no keys yet. Default: None.
+        project (Callable, optional): ``project(x) -> (q, k, v)`` before the split
+            into heads, for modules that compute more than the three projections
+            (Zamba2's per-depth adapters, Falcon-H1's key multiplier), written in the
+            operations of ``ops``. Default: None (``q_proj``, ``k_proj``, ``v_proj``).
         **kwargs: further arguments of the module's forward (``is_causal`` is read).
 
     Returns:
@@ -371,9 +379,11 @@ def self_attention(
     x = ops.compute(hidden_states)
     batch, length, _ = x.shape
     shape = (batch, length, -1, module.head_dim)
-    q = module.q_proj(x).view(shape).transpose(1, 2)
-    k = module.k_proj(x).view(shape).transpose(1, 2)
-    v = module.v_proj(x).view(shape).transpose(1, 2)
+    if project is None:
+        projected = module.q_proj(x), module.k_proj(x), module.v_proj(x)
+    else:
+        projected = project(x)
+    q, k, v = (t.view(shape).transpose(1, 2) for t in projected)
     if position_embeddings is not None:
         cos, sin = position_embeddings
         q, k = ops.rotary("q_rotary", q, cos, sin), ops.rotary("k_rotary", k, cos, sin)

@@ -23,6 +23,11 @@ Rule assignment:
 - ``Mamba2``: :func:`~captum_mamba.adapters.blocks.ssd_mixer`; the gated RMSNorm
   ``norm(y * silu(z))`` (or ``norm(y) * silu(z)``) gets the identity, half and LN-rules,
   the optional gated-MLP channels ``x0 * silu(z0)`` the identity and half rules.
+- ``MHA`` (the attention layers of a hybrid ``MambaLMHeadModel``, ``attn_layer_idx``):
+  softmax attention with grouped key/value heads, causal or not as configured: AttnLRP or
+  CP-LRP; its optional conv over ``[q, k, v]`` is linear, its optional gated-MLP channels
+  get the identity and half rules. Its rotary embedding (flash-attn's CUDA kernel) is
+  refused in one line.
 - ``GatedMLP``: identity and half rules on ``y * silu(gate)``.
 - ``Block`` and ``MixerModel``: the residual stream, computed without the fused Triton
   add+norm and keeping a float64 explanation in float64 (``residual_in_fp32`` only
@@ -53,6 +58,7 @@ from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel, MixerModel
 from mamba_ssm.modules.block import Block
 from mamba_ssm.modules.mamba2 import Mamba2
 from mamba_ssm.modules.mamba_simple import Mamba
+from mamba_ssm.modules.mha import MHA
 from mamba_ssm.modules.mlp import GatedMLP
 from mamba_ssm.ops.triton.layer_norm import RMSNorm
 from mamba_ssm.ops.triton.layernorm_gated import RMSNorm as RMSNormGated
@@ -191,6 +197,45 @@ def gated_mlp_forward(ops: BlockOps, mlp: GatedMLP, x: Tensor) -> Tensor:
     return mlp.fc2(ops.gate("gate", y, ops.activation("act", gate, "silu")))
 
 
+def _causal_bias(q: Tensor) -> Tensor:
+    """Additive mask of causal attention over ``(batch, heads, length, dim)`` queries."""
+    length = q.shape[-2]
+    allowed = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
+    lowest = torch.finfo(q.dtype).min
+    return torch.zeros((), dtype=q.dtype, device=q.device).masked_fill(~allowed, lowest)
+
+
+def mha_forward(ops: BlockOps, mha: MHA, x: Tensor, inference_params: Any = None) -> Tensor:
+    """mamba-ssm's multi-head attention (the attention layers of ``attn_layer_idx``):
+    ``in_proj``, the optional causal depthwise conv over ``[q, k, v]`` (linear), softmax
+    attention with grouped key/value heads (AttnLRP or CP-LRP), and the optional gated-MLP
+    channels ``up * silu(gate)`` (identity and half rules) next to the attention output."""
+    _full_sequence_only(inference_params)
+    if mha.rotary_emb_dim > 0:
+        raise NotImplementedError(
+            f"MHA with rotary_emb_dim={mha.rotary_emb_dim} is not supported (its rotary "
+            "embedding is flash-attn's CUDA kernel); explain attention layers without it"
+        )
+    x = ops.compute(x)
+    batch, length, _ = x.shape
+    projected = mha.in_proj(x)
+    qkv, mlp = projected.split([projected.shape[-1] - mha.mlp_dim, mha.mlp_dim], dim=-1)
+    if mha.d_conv > 0:
+        qkv = ops.causal_conv(mha.conv1d, qkv)
+    widths = [mha.num_heads * mha.head_dim] + [mha.num_heads_kv * mha.head_dim] * 2
+    q, k, v = (
+        t.view(batch, length, -1, mha.head_dim).transpose(1, 2) for t in qkv.split(widths, dim=-1)
+    )
+    scaling = mha.head_dim**-0.5 if mha.softmax_scale is None else mha.softmax_scale
+    bias = _causal_bias(q) if mha.causal and length > 1 else None
+    context = ops.attention("attention", q, k, v, bias, scaling).transpose(1, 2).flatten(2)
+    if mha.mlp_dim > 0:
+        up, gate = mlp.chunk(2, dim=-1)
+        gated = ops.gate("mlp_gate", up, ops.activation("mlp_act", gate, "silu"))
+        context = torch.cat([context, gated], dim=-1)
+    return mha.out_proj(context)
+
+
 def _residual_dtype(residual: Tensor, residual_in_fp32: bool) -> Tensor:
     if residual_in_fp32:
         return residual.to(torch.promote_types(residual.dtype, torch.float32))
@@ -256,7 +301,10 @@ NORM_SITES = {"norm": "norm", "residual": "add"}
 MAMBA_SSM = register_adapter(
     ArchitectureAdapter(
         name="mamba-ssm",
-        models=("MambaLMHeadModel (Mamba-1 and Mamba-2 mixers)", "models containing Mamba/Mamba2"),
+        models=(
+            "MambaLMHeadModel (Mamba-1 and Mamba-2 mixers, MHA attention layers)",
+            "models containing Mamba/Mamba2/MHA",
+        ),
         handlers=(
             ModuleHandler(RMSNorm, rms_norm_forward, NORM_SITES),
             ModuleHandler(RMSNormGated, gated_norm_forward, GATED_NORM_SITES),
@@ -287,6 +335,12 @@ MAMBA_SSM = register_adapter(
                 ("in_proj", "conv1d", "norm", "out_proj"),
             ),
             ModuleHandler(
+                MHA,
+                mha_forward,
+                {"attention": "attention", "mlp_act": "activation", "mlp_gate": "gate"},
+                ("in_proj", "conv1d", "out_proj"),
+            ),
+            ModuleHandler(
                 GatedMLP, gated_mlp_forward, {"act": "activation", "gate": "gate"}, ("fc1", "fc2")
             ),
             ModuleHandler(
@@ -304,6 +358,6 @@ MAMBA_SSM = register_adapter(
             ),
         ),
         containers=(MambaLMHeadModel,),
-        blocks=(Mamba, Mamba2),
+        blocks=(Mamba, Mamba2, MHA),
     )
 )

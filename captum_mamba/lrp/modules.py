@@ -275,7 +275,7 @@ class CaptumOps(BlockOps):
     def add(self, site: str, a: Tensor, b: Tensor) -> Tensor:
         return self._run(site, "add", a, b)
 
-    def scale(self, site: str, x: Tensor, factor: float) -> Tensor:
+    def scale(self, site: str, x: Tensor, factor: float | Tensor) -> Tensor:
         return self._run(site, "scale", x, factor=factor)
 
     def time_step(

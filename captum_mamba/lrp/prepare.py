@@ -4,6 +4,8 @@ Captum's LRP hooks leaf modules only, ignores functional operations and needs a
 rule on every leaf. :func:`prepare_captum_lrp` builds a copy of the model in which
 
 - parameters and buffers are shared with the original (nothing is copied);
+- a module registered at several places (a block shared by several depths) gets a
+  copy per place, so that each use has its own leaves;
 - every handled module (see :mod:`captum_mamba.adapters`) computes with its handler
   forward, the same code that :class:`~captum_mamba.MambaLRP` runs, through
   :class:`~captum_mamba.lrp.modules.CaptumOps`: each operation site is a leaf module
@@ -142,6 +144,26 @@ def _attach_leaf_rules(model: nn.Module, rules: MambaRules) -> None:
         _set_rule(module, _user_rule(module) or rule_for(module, rules) or LRP0Rule())
 
 
+def _one_module_per_use(model: nn.Module, shared: dict[int, object]) -> None:
+    """Give every further place of a module registered at several places (a shared
+    block reused at several depths, as Zamba2's used to be) its own copy, sharing
+    parameters and buffers (``shared``) but not rules: Captum's LRP hooks each leaf once
+    per forward and refuses a leaf that runs twice."""
+    seen = {id(model)}
+
+    def walk(module: nn.Module) -> None:
+        for name, child in list(module._modules.items()):
+            if child is None:
+                continue
+            if id(child) in seen:
+                child = deepcopy(child, dict(shared))
+                module._modules[name] = child
+            seen.add(id(child))
+            walk(child)
+
+    walk(model)
+
+
 def _default_prepared_forward(model: nn.Module) -> PreparedForward:
     backbone, _ = backbone_and_head(model)
     if backbone is not None or hasattr(model, "get_input_embeddings"):
@@ -195,10 +217,12 @@ def prepare_captum_lrp(
         ...     embeds, target=(-1, token_id))
     """
     rules = check_model(model, rules)
-    plan = plan_rules(model, rules)
-    shared: dict[int, object] = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    shared: dict[int, object] = dict(tensors)
     shared.update({id(m.rule): m.rule for m in model.modules() if "rule" in vars(m)})
     copy = deepcopy(model, shared)
+    _one_module_per_use(copy, tensors)
+    plan = plan_rules(copy, rules)
     backend = _CaptumBackend()
     for entry in plan.entries:
         _prepare_entry(copy, entry, backend)

@@ -68,8 +68,9 @@ def add(a: Tensor, b: Tensor) -> Tensor:
     return a + b
 
 
-def scale(x: Tensor, factor: float) -> Tensor:
-    """Product ``factor * x`` with a constant; relevance passes unchanged."""
+def scale(x: Tensor, factor: float | Tensor) -> Tensor:
+    """Product ``factor * x`` with a constant (a number or a tensor broadcast to ``x``);
+    relevance passes unchanged."""
     return x * factor
 
 
@@ -143,21 +144,40 @@ def selective_ssm(
     Relevance then flows only through ``x``; the state matrix ``A`` and the skip
     weight ``D`` are parameters and never receive relevance.
 
+    ``B`` and ``C`` are shared by all channels, or by consecutive groups of channels
+    (the multi-head Mamba-1 mixer of Zamba gives each head its own): group ``g`` is
+    then scanned on its own over channels ``g * channels / groups`` onwards.
+
     Args:
         x (Tensor): ``(batch, length, channels)`` scan input.
         dt (Tensor): ``(batch, length, channels)`` positive time steps.
         A (Tensor): ``(channels, state)`` continuous state matrix.
-        B (Tensor): ``(batch, length, state)`` input projection.
-        C (Tensor): ``(batch, length, state)`` output projection.
+        B (Tensor): ``(batch, length, state)`` or ``(batch, length, groups, state)``
+            input projection.
+        C (Tensor): output projection, the shape of ``B``.
         D (Tensor or None): ``(channels,)`` skip weight.
-        ssm_rule (bool): detach ``dt``, ``B`` and ``C``.
+        ssm_rule (bool): detach ``dt``, ``A``, ``B`` and ``C``.
 
     Returns:
         Tensor: ``(batch, length, channels)`` SSM output.
     """
     if ssm_rule:
-        dt, B, C = dt.detach(), B.detach(), C.detach()
-    y = selective_scan(x, dt, A.detach() if ssm_rule else A, B, C)
+        dt, A, B, C = dt.detach(), A.detach(), B.detach(), C.detach()
+    if B.dim() == 3:
+        y = selective_scan(x, dt, A, B, C)
+    else:
+        width = x.shape[-1] // B.shape[2]
+        parts = [
+            selective_scan(
+                x[..., g * width : (g + 1) * width],
+                dt[..., g * width : (g + 1) * width],
+                A[g * width : (g + 1) * width],
+                B[:, :, g],
+                C[:, :, g],
+            )
+            for g in range(B.shape[2])
+        ]
+        y = torch.cat(parts, dim=-1)
     return y if D is None else y + x * D
 
 
@@ -223,7 +243,7 @@ def multihead_ssm(
             ``heads // groups`` consecutive heads of a group.
         C (Tensor): ``(batch, length, groups, state)`` output projection.
         D (Tensor or None): ``(heads,)`` or ``(heads, head_dim)`` skip weight.
-        ssm_rule (bool): detach ``dt``, ``B`` and ``C``.
+        ssm_rule (bool): detach ``dt``, ``A``, ``B`` and ``C``.
         chunk_size (int): time steps per chunk of the scan.
 
     Returns:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from helpers import activation, half_product, softmax_attention
 from mamba_ssm_subprocess import IN_SUBPROCESS
 from mamba_ssm_subprocess import SKIP_REASON as SKIP_REASON
 from torch import Tensor, nn
@@ -130,7 +131,31 @@ def _mamba2(mixer, hidden: Tensor, rules) -> Tensor:
     return _linear(y, mixer.out_proj)
 
 
+def _mha(mha, hidden: Tensor, rules) -> Tensor:
+    """mamba-ssm's MHA, causal, one query position at a time (``softmax_attention``)."""
+    projected = _linear(hidden, mha.in_proj)
+    qkv, mlp = projected.split([projected.shape[-1] - mha.mlp_dim, mha.mlp_dim], -1)
+    if mha.d_conv > 0:
+        qkv = _causal_conv(qkv, mha.conv1d)
+    width, kv_width = mha.num_heads * mha.head_dim, mha.num_heads_kv * mha.head_dim
+    q, k, v = (
+        part.unflatten(-1, (-1, mha.head_dim)).transpose(1, 2)
+        for part in qkv.split([width, kv_width, kv_width], -1)
+    )
+    scale = mha.head_dim**-0.5 if mha.softmax_scale is None else mha.softmax_scale
+    out = softmax_attention(q, k, v, scale, None, rules.attention)
+    if mha.mlp_dim > 0:
+        up, gate = mlp.chunk(2, -1)
+        out = torch.cat([out, half_product(up, activation(gate, "silu", rules.activation),
+                                           rules.gate)], -1)  # fmt: skip
+    return _linear(out, mha.out_proj)
+
+
 def _mixer(mixer, hidden: Tensor, rules) -> Tensor:
+    if hasattr(mixer, "num_heads_kv"):
+        if not mixer.causal:
+            raise ValueError("the reference computes causal attention only")
+        return _mha(mixer, hidden, rules)
     return (_mamba1 if hasattr(mixer, "dt_rank") else _mamba2)(mixer, hidden, rules)
 
 
@@ -182,13 +207,13 @@ def _perturb(model: nn.Module, zero_biases: bool) -> nn.Module:
     return model
 
 
-def _lm(config: str, seed: int, zero_biases: bool = False) -> nn.Module:
+def _lm(config: str, seed: int, zero_biases: bool = False, configs=LM_CONFIGS) -> nn.Module:
     from mamba_ssm import MambaLMHeadModel
     from mamba_ssm.models.config_mamba import MambaConfig
 
     torch.manual_seed(seed)
     options = dict(d_model=8, n_layer=2, vocab_size=24, pad_vocab_size_multiple=8)
-    model = MambaLMHeadModel(MambaConfig(**options, **LM_CONFIGS[config]))
+    model = MambaLMHeadModel(MambaConfig(**{**options, **configs[config]}))
     return _perturb(model.double().eval(), zero_biases)
 
 
