@@ -22,16 +22,14 @@ from captum_mamba.attr._forward import (
     check_devices,
     check_model,
     compute_dtype,
+    count_tokens,
     default_forward,
+    explained_outputs,
+    explanation_backend,
     explanation_mode,
     plain_arguments,
 )
-from captum_mamba.attr._targets import (
-    TargetType,
-    check_embeddings,
-    check_relevance,
-    select_target,
-)
+from captum_mamba.attr._targets import TargetType, check_embeddings, check_relevance
 from captum_mamba.rules import MambaRules
 
 TensorOrTuple = Tensor | tuple[Tensor, ...]
@@ -77,6 +75,11 @@ class MambaLRP(GradientAttribution):
         rules (MambaRules, optional): which rules to apply. Default: all
             (MambaLRP). ``MambaRules.gradient_x_input()`` and
             ``MambaRules.norm_only()`` give the paper's baselines.
+        lean (bool, optional): memory-lean path: keep only the input of each residual
+            layer and recompute the layer in the backward pass (about a third more
+            time, a fraction of the memory; same relevance). None chooses it for
+            inputs of at least :data:`~captum_mamba.attr.LEAN_FROM_TOKENS` tokens
+            (batch x sequence). Default: None.
 
     Examples::
 
@@ -95,11 +98,13 @@ class MambaLRP(GradientAttribution):
         model: nn.Module,
         forward_func: Callable[..., Tensor] | None = None,
         rules: MambaRules | None = None,
+        lean: bool | None = None,
     ) -> None:
         self.rules = check_model(model, rules)
         plan_rules(model, self.rules)
         super().__init__(forward_func or default_forward(model, "inputs_embeds"))
         self.model = model
+        self.lean = lean
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -149,10 +154,12 @@ class MambaLRP(GradientAttribution):
         check_devices(self.model, argument_names(formatted, extra))
         dtype = compute_dtype(self.model)
         check_embeddings(formatted, dtype)
-        with explanation_mode(), rules_applied(self.model, self.rules):
+        backend = explanation_backend(self.lean, count_tokens(formatted[0]))
+        with explanation_mode(), rules_applied(self.model, self.rules, backend):
             leaves = tuple(as_leaf(x, dtype) for x in formatted)
-            output = self.forward_func(*leaves, *plain_arguments(extra))
-            explained = select_target(output, target, formatted[0].shape[0])
+            explained = explained_outputs(
+                self.forward_func, leaves, plain_arguments(extra), target, formatted[0].shape[0]
+            )
             grads = torch.autograd.grad(explained.sum(), leaves, allow_unused=True)
         attributions = tuple(
             x.detach() * (torch.zeros_like(x) if g is None else g)
