@@ -17,7 +17,16 @@ import torch
 from torch import Tensor, nn
 
 from captum_mamba import LayerMambaLRP, MambaLRP
+from captum_mamba.adapters.base import RuleForward
 from captum_mamba.attr import LEAN_FROM_TOKENS, MaskedTargetWarning, uses_lean
+from captum_mamba.baselines.captum_methods import (
+    INPUT_X_GRADIENT,
+    INTEGRATED_GRADIENTS,
+    SALIENCY,
+    SMOOTHGRAD,
+    MethodSettings,
+    build_method,
+)
 from captum_mamba.models import mamba_config, random_mamba_lm
 
 VOCAB = 64
@@ -119,6 +128,32 @@ def test_automatic_choice_recomputes_long_inputs(monkeypatch: pytest.MonkeyPatch
         assert len(runs) == 1
     finally:
         handle.remove()
+
+
+@pytest.mark.parametrize("name", [SALIENCY, INTEGRATED_GRADIENTS, SMOOTHGRAD, INPUT_X_GRADIENT])
+def test_captum_gradient_methods_run_through_the_package(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _model(7)
+    embeds = torch.randn(1, 6, 16, dtype=torch.float64, generator=torch.Generator())
+    settings = MethodSettings(ig_steps=4, smoothgrad_samples=3)
+    plain = build_method(name, model, settings=settings)(embeds, (-1, 3))
+    method = build_method(name, model, settings=settings)  # SmoothGrad: same noise again
+    runs: list[bool] = []
+
+    def record(module: nn.Module, args: object, output: object) -> None:
+        runs.append(isinstance(vars(module).get("forward"), RuleForward))
+
+    handle = model.backbone.layers[0].register_forward_hook(record)
+    norm = model.backbone.layers[0].norm.register_forward_hook(lambda *_: runs.append(False))
+    try:
+        monkeypatch.setattr("captum_mamba.attr._forward.LEAN_FROM_TOKENS", 6)
+        lean = method(embeds, (-1, 3))
+    finally:
+        handle.remove()
+        norm.remove()
+    assert runs.count(True) >= 1 and runs.count(True) == runs.count(False) // 2
+    assert (lean - plain).abs().max() <= 1e-12 * plain.abs().max()
 
 
 def test_explaining_padding_warns() -> None:
