@@ -399,7 +399,7 @@ def count_tokens(x: Tensor) -> int:
 
 #: Inputs of at least this many tokens (batch x sequence length) are explained on the
 #: memory-lean path (:func:`uses_lean`).
-LEAN_FROM_TOKENS = 4096
+LEAN_FROM_TOKENS = 2048
 
 
 def uses_lean(lean: bool | None, tokens: int) -> bool:
