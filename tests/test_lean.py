@@ -106,12 +106,29 @@ def test_other_targets_and_forwards_keep_the_full_output() -> None:
         MambaLRP(model).attribute(embeds, target=3)
 
 
+def test_tensor_targets() -> None:
+    model = _model(8)
+    embeds = torch.randn(2, 5, 16, dtype=torch.float64, generator=torch.Generator())
+    rows, handle = _head_rows(model)
+    try:
+        by_tensor = MambaLRP(model).attribute(embeds, target=torch.tensor([[4, 1], [2, 9]]))
+    finally:
+        handle.remove()
+    assert rows == [2]
+    by_list = MambaLRP(model, _full_logits(model)).attribute(embeds, target=[(4, 1), (2, 9)])
+    assert (by_tensor - by_list).abs().max() <= 1e-12 * by_list.abs().max()
+    with pytest.raises(ValueError, match="has 1 indices"):  # (2,): one class per example
+        MambaLRP(model).attribute(embeds, target=torch.tensor([4, 1]))
+
+
 def test_automatic_choice() -> None:
     assert not uses_lean(None, LEAN_FROM_TOKENS - 1)
     assert uses_lean(None, LEAN_FROM_TOKENS)
     assert uses_lean(True, 1) and not uses_lean(False, 10**9)
     with pytest.raises(TypeError, match="lean must be True, False or None"):
         uses_lean("yes", 5)
+    with pytest.raises(TypeError, match="lean must be True, False or None"):
+        MambaLRP(_model(0), lean=1)
 
 
 def test_automatic_choice_recomputes_long_inputs(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -387,8 +387,8 @@ def _is_position_target(target: TargetType) -> bool:
         return len(target) == 2
     if isinstance(target, list):
         return bool(target) and all(isinstance(t, tuple) and len(t) == 2 for t in target)
-    if isinstance(target, Tensor):
-        return target.dim() in (1, 2) and target.shape[-1] == 2 and target.numel() > 1
+    if isinstance(target, Tensor):  # (batch, 2); a 1-d tensor holds one index per example
+        return target.dim() == 2 and target.shape[-1] == 2
     return False
 
 

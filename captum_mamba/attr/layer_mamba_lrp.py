@@ -23,6 +23,7 @@ from captum_mamba.attr._forward import (
     explanation_backend,
     explanation_mode,
     plain_arguments,
+    uses_lean,
 )
 from captum_mamba.attr._targets import (
     AttributionInputError,
@@ -89,6 +90,7 @@ class LayerMambaLRP(LayerAttribution, GradientAttribution):
         LayerAttribution.__init__(self, forward_func or default_forward(model, "input_ids"), layer)
         GradientAttribution.__init__(self, self.forward_func)
         self.model = model
+        uses_lean(lean, 0)  # checks the setting
         self.lean = lean
 
     @property

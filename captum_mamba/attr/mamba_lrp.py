@@ -28,6 +28,7 @@ from captum_mamba.attr._forward import (
     explanation_backend,
     explanation_mode,
     plain_arguments,
+    uses_lean,
 )
 from captum_mamba.attr._targets import TargetType, check_embeddings, check_relevance
 from captum_mamba.rules import MambaRules
@@ -76,10 +77,11 @@ class MambaLRP(GradientAttribution):
             (MambaLRP). ``MambaRules.gradient_x_input()`` and
             ``MambaRules.norm_only()`` give the paper's baselines.
         lean (bool, optional): memory-lean path: keep only the input of each residual
-            layer and recompute the layer in the backward pass (about a third more
-            time, a fraction of the memory; same relevance). None chooses it for
-            inputs of at least :data:`~captum_mamba.attr.LEAN_FROM_TOKENS` tokens
-            (batch x sequence). Default: None.
+            layer and recompute the layer in the backward pass (one more forward pass
+            of the blocks, a fraction of the memory, the same relevance). None
+            chooses it for inputs of at least
+            :data:`~captum_mamba.attr.LEAN_FROM_TOKENS` tokens (batch x sequence).
+            Default: None.
 
     Examples::
 
@@ -104,6 +106,7 @@ class MambaLRP(GradientAttribution):
         plan_rules(model, self.rules)
         super().__init__(forward_func or default_forward(model, "inputs_embeds"))
         self.model = model
+        uses_lean(lean, 0)  # checks the setting
         self.lean = lean
 
     @property
