@@ -24,18 +24,16 @@ saved.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from captum_mamba.adapters.backend import Backend, BlockOps
 from captum_mamba.adapters.base import PlanEntry, RuleForward
-from captum_mamba.rules import MambaRules
 
 _INSIDE_BLOCK: ContextVar[bool] = ContextVar("captum_mamba_inside_block", default=False)
 _RECOMPUTING: ContextVar[bool] = ContextVar("captum_mamba_recomputing", default=False)
@@ -64,11 +62,8 @@ def _flag(var: ContextVar[bool]) -> Iterator[None]:
 
 class RecomputeBackend(Backend):
     """Backend that keeps only the inputs of each residual layer and recomputes the
-    layer in the backward pass (activation checkpointing per block).
-
-    Args:
-        inner (Backend, optional): the backend whose operations are run and
-            recomputed. Default: the rule functions (:class:`Backend`).
+    layer in the backward pass (activation checkpointing per block); the operations
+    are the rule functions, as in :class:`Backend`.
 
     Examples::
 
@@ -77,28 +72,21 @@ class RecomputeBackend(Backend):
         ...     (grad,) = torch.autograd.grad(logit, embeds)  # inside the block
     """
 
-    def __init__(self, inner: Backend | None = None) -> None:
-        self.inner = inner or Backend()
-
-    def ops(self, module: nn.Module, path: str, site_rules: Mapping[str, MambaRules]) -> BlockOps:
-        """The ops object of the inner backend."""
-        return self.inner.ops(module, path, site_rules)
-
     def call(self, entry: PlanEntry, ops: BlockOps, *args: Any, **kwargs: Any) -> Any:
-        """Run a residual layer under checkpointing (other modules as the inner backend
-        does)."""
+        """Run a residual layer under checkpointing, any other module directly."""
         if not entry.block or _INSIDE_BLOCK.get() or not torch.is_grad_enabled():
-            return self.inner.call(entry, ops, *args, **kwargs)
+            return super().call(entry, ops, *args, **kwargs)
         runs = [0]
+        compute = super().call
 
         def run(*args: Any, **kwargs: Any) -> Any:
             runs[0] += 1
             if runs[0] == 1:
                 with _flag(_INSIDE_BLOCK):
-                    return self.inner.call(entry, ops, *args, **kwargs)
+                    return compute(entry, ops, *args, **kwargs)
             _check_still_applied(entry)
             with _flag(_INSIDE_BLOCK), _flag(_RECOMPUTING):
-                return self.inner.call(entry, ops, *args, **kwargs)
+                return compute(entry, ops, *args, **kwargs)
 
         return checkpoint(run, *args, use_reentrant=False, **kwargs)
 
