@@ -22,6 +22,7 @@ from captum_mamba.adapters import (
     supported_architectures,
 )
 from captum_mamba.attr import AttributionInputError, LayerMambaLRP, MambaLRP
+from captum_mamba.attr.batches import attribute_batches
 from captum_mamba.attr.generation import attribute_generation
 from captum_mamba.baselines import MambaAttentionRollout, MambaAttr, RandomAttribution
 from captum_mamba.lrp import (
@@ -70,6 +71,7 @@ __all__ = [
     "SSMRule",
     "SiLURule",
     "UnsupportedModelError",
+    "attribute_batches",
     "attribute_generation",
     "prepare_captum_lrp",
     "register_adapter",

@@ -24,37 +24,25 @@ from captum.attr._core.lrp import SUPPORTED_LAYERS_WITH_RULES, SUPPORTED_NON_LIN
 from captum.attr._utils.lrp_rules import EpsilonRule, GammaRule, PropagationRule
 
 
-def llm_attribution_result(
-    *,
-    input_tokens: list[str],
-    output_tokens: list[str],
-    seq_attr: Any,
-    token_attr: Any,
-    output_probs: Any,
-) -> LLMAttributionResult:
-    """Captum's ``LLMAttributionResult`` on every supported Captum release.
+def init_llm_attribution_result(
+    result: LLMAttributionResult, *, output_probs: Any, **fields: Any
+) -> None:
+    """Initialise Captum's ``LLMAttributionResult`` (or a subclass) on every supported
+    Captum release.
 
     Captum 0.9 takes ``output_probs``; 0.7 and 0.8 do not, and get it as an attribute.
 
     Args:
-        input_tokens (list of str): labels of the input tokens.
-        output_tokens (list of str): labels of the explained tokens.
-        seq_attr (Tensor): ``(inputs,)`` relevance summed over the outputs.
-        token_attr (Tensor): ``(outputs, inputs)`` relevance.
+        result (LLMAttributionResult): the instance being initialised.
         output_probs (Tensor): ``(outputs,)`` probability of each output token.
-
-    Returns:
-        LLMAttributionResult: the result.
+        **fields: the other fields (``input_tokens``, ``output_tokens``, ``seq_attr``,
+            ``token_attr``).
     """
-    fields = dict(
-        input_tokens=input_tokens, output_tokens=output_tokens, seq_attr=seq_attr,
-        token_attr=token_attr,
-    )  # fmt: skip
     if "output_probs" in inspect.signature(LLMAttributionResult.__init__).parameters:
-        return LLMAttributionResult(**fields, output_probs=output_probs)
-    result = LLMAttributionResult(**fields)
-    result.output_probs = output_probs
-    return result
+        LLMAttributionResult.__init__(result, **fields, output_probs=output_probs)
+    else:
+        LLMAttributionResult.__init__(result, **fields)
+        result.output_probs = output_probs
 
 
 __all__ = [
@@ -66,6 +54,6 @@ __all__ = [
     "format_additional_forward_args",
     "format_output",
     "format_tensor_into_tuples",
+    "init_llm_attribution_result",
     "is_tuple",
-    "llm_attribution_result",
 ]

@@ -16,6 +16,7 @@ Command line (the sentiment classifier of :mod:`captum_mamba.sentiment` on SST-2
 
     python -m captum_mamba.study run --data-dir ../shared/data --num-examples 200
     python -m captum_mamba.study memory --length 1024     # peak memory, 130M shape
+    python -m captum_mamba.study memory --length 16384 --methods mambalrp-lean
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from captum_mamba.metrics import (
     replacement_embedding,
     resample_curve,
 )
+from captum_mamba.rules import MambaRules
 
 if TYPE_CHECKING:
     from captum_mamba.sentiment import ClassifierSetup
@@ -393,62 +395,213 @@ def _classifier_setup(args: argparse.Namespace) -> ClassifierSetup:
     )
 
 
-def _memory_worker(method: str, length: int, seed: int) -> dict[str, Any]:
-    """Build the 130M-shaped model, run ``method`` once at ``length``, report maxrss."""
-    from captum_mamba.attr import MambaLRP
-    from captum_mamba.baselines import MambaAttentionRollout
-    from captum_mamba.models import mamba_130m_config, random_mamba_lm
+#: Methods of :func:`measure_peak_memory`: a no-grad forward returning every position's
+#: logits (reference), no-grad forwards to the last position's logits (under the
+#: MambaLRP rules with this package's scans; transformers' own CPU path), attention
+#: rollout, MambaLRP on the automatic, fast and lean paths, MambaLRP with a forward that
+#: returns the logits of every position and no recomputation (the path before the lean
+#: one existed), LayerMambaLRP on token ids, and Captum's Saliency through this package's
+#: forward.
+MEMORY_METHODS = (
+    "forward",
+    "forward-rules",
+    "forward-hf",
+    "rollout",
+    "mambalrp",
+    "mambalrp-fast",
+    "mambalrp-lean",
+    "mambalrp-full-logits",
+    "layer-mambalrp",
+    "saliency",
+)
+#: Named model shapes of :func:`measure_peak_memory`: ``mamba-130m`` and a tiny one.
+MEMORY_SHAPES = {"130m": (768, 24, 16, 50280), "tiny": (16, 2, 4, 64)}
 
-    model = random_mamba_lm(mamba_130m_config(), seed=seed)
-    ids = torch.randint(0, model.config.vocab_size, (1, length), generator=torch.Generator())
+
+def parse_shape(shape: str) -> tuple[int, int, int, int]:
+    """``(hidden, layers, state, vocab)`` of a shape name of :data:`MEMORY_SHAPES` or of
+    ``"hidden,layers,state,vocab"``.
+
+    Raises:
+        ValueError: for anything else.
+    """
+    if shape in MEMORY_SHAPES:
+        return MEMORY_SHAPES[shape]
+    try:
+        hidden, layers, state, vocab = (int(v) for v in shape.split(","))
+    except ValueError:
+        raise ValueError(
+            f"shape must be one of {sorted(MEMORY_SHAPES)} or 'hidden,layers,state,vocab', "
+            f"got {shape!r}"
+        ) from None
+    return hidden, layers, state, vocab
+
+
+def _memory_model(shape: str, seed: int) -> nn.Module:
+    from captum_mamba.models import mamba_config, random_mamba_lm
+
+    hidden, layers, state, vocab = parse_shape(shape)
+    config = mamba_config(
+        hidden_size=hidden, num_hidden_layers=layers, state_size=state, vocab_size=vocab
+    )
+    return random_mamba_lm(config, seed=seed)
+
+
+def _memory_call(method: str, model: nn.Module, ids: Tensor) -> Callable[[], Any]:
+    """The measured call of ``method`` on ``ids`` ``(1, length)``."""
+    from captum_mamba.adapters import rules_applied
+    from captum_mamba.attr import LayerMambaLRP, MambaLRP
+    from captum_mamba.baselines import MambaAttentionRollout
+    from captum_mamba.baselines.captum_methods import SALIENCY, build_method
+
     embeds = model.get_input_embeddings()(ids).detach()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
-    if method == "forward":
-        with torch.no_grad():
-            default_forward(model, "inputs_embeds")(embeds)
-    elif method == "rollout":
-        MambaAttentionRollout(model).attribute(embeds)
-    elif method == "mambalrp":
-        MambaLRP(model).attribute(embeds, target=(-1, int(ids[0, -1])))
-    else:
-        raise ValueError(f"unknown method {method!r}")
-    seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # ru_maxrss is in KiB on Linux.
+    target = (-1, int(ids[0, -1]))
+    forward = default_forward(model, "inputs_embeds")
+
+    def all_logits(x: Tensor) -> Tensor:
+        return forward(x)  # a plain function: no head at the explained position only
+
+    def last_logits(x: Tensor) -> Tensor:
+        return forward.last_logits(x)
+
+    def forward_rules() -> Tensor:
+        with rules_applied(model, MambaRules()):
+            return forward.last_logits(embeds)
+
+    calls: dict[str, Callable[[], Any]] = {
+        "forward": lambda: forward(embeds),
+        "forward-rules": forward_rules,
+        "forward-hf": lambda: model(inputs_embeds=embeds, use_cache=False, logits_to_keep=1),
+        "rollout": lambda: MambaAttentionRollout(model).attribute(embeds),
+        "mambalrp": lambda: MambaLRP(model).attribute(embeds, target=target),
+        "mambalrp-fast": lambda: MambaLRP(model, lean=False).attribute(embeds, target=target),
+        "mambalrp-lean": lambda: MambaLRP(model, lean=True).attribute(embeds, target=target),
+        "mambalrp-full-logits": lambda: MambaLRP(model, all_logits, lean=False).attribute(
+            embeds, target=target
+        ),
+        "layer-mambalrp": lambda: LayerMambaLRP(model, model.get_input_embeddings()).attribute(
+            ids, target=target
+        ),
+        "saliency": lambda: build_method(SALIENCY, model, last_logits)(embeds, target[1]),
+    }
+    if method not in calls:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(MEMORY_METHODS)}")
+    if method.startswith("forward"):
+        return lambda: _no_grad(calls[method])
+    return calls[method]
+
+
+def _no_grad(call: Callable[[], Any]) -> Any:
+    with torch.no_grad():
+        return call()
+
+
+def _proc_status(field: str) -> int | None:
+    """A ``/proc/self/status`` field in KiB, or None where there is none (not Linux)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> bool:
+    """Reset the process's peak resident set (Linux ``clear_refs``); False if impossible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return _proc_status("VmHWM") is not None
+
+
+def _memory_worker(
+    method: str, length: int, seed: int, shape: str = "130m", repeats: int = 1
+) -> dict[str, Any]:
+    """Build the model, warm ``method`` up on 8 tokens, run it ``repeats`` times at
+    ``length`` and report the median time and the peak resident set above the resident
+    set before the first run."""
+    from captum_mamba.attr import uses_lean
+
+    model = _memory_model(shape, seed)
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (1, length), generator=generator)
+    _memory_call(method, model, ids[:, :8])()
+    call = _memory_call(method, model, ids)
+    exact = _reset_peak()
+    # ru_maxrss is in KiB on Linux; it cannot be reset, so it is the fallback only.
+    before = _proc_status("VmRSS") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    peak = _proc_status("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "method": method,
         "length": length,
+        "shape": shape,
         "threads": torch.get_num_threads(),
-        "seconds": round(seconds, 1),
+        "lean": uses_lean(None, length),
+        "seconds": round(sorted(times)[len(times) // 2], 3),
         "peak_rss_mib": round(peak / 1024, 1),
         "before_call_rss_mib": round(before / 1024, 1),
         "increase_mib": round((peak - before) / 1024, 1),
+        "mib_per_token": round((peak - before) / 1024 / length, 4),
+        "peak_reset": exact,
     }
 
 
 def measure_peak_memory(
-    method: str, length: int, seed: int = 0, threads: int | None = None
+    method: str,
+    length: int,
+    seed: int = 0,
+    threads: int | None = None,
+    shape: str = "130m",
+    timeout: float | None = None,
+    repeats: int = 1,
 ) -> dict[str, Any]:
-    """Peak resident memory of one attribution on the 130M-shaped model, measured in a
-    fresh subprocess (``resource.getrusage(...).ru_maxrss``).
+    """Peak resident memory of one attribution, measured in a fresh subprocess.
+
+    The subprocess builds the model and inputs, warms the method up on 8 tokens, resets
+    the peak resident set (Linux ``/proc/self/clear_refs``; elsewhere the unresettable
+    ``ru_maxrss`` is used) and runs the method once.
 
     Args:
-        method (str): ``"forward"`` (no-grad forward, for reference), ``"rollout"`` or
-            ``"mambalrp"``.
-        length (int): sequence length.
-        seed (int, optional): model seed. Default: 0.
+        method (str): one of :data:`MEMORY_METHODS`.
+        length (int): sequence length (batch 1).
+        seed (int, optional): model and input seed. Default: 0.
         threads (int, optional): torch CPU threads of the subprocess. Default: torch's.
+        shape (str, optional): a name of :data:`MEMORY_SHAPES` (``"130m"``: the shape of
+            ``mamba-130m``) or ``"hidden,layers,state,vocab"``; float32, random weights.
+            Default: ``"130m"``.
+        timeout (float, optional): seconds before the subprocess is stopped
+            (``subprocess.TimeoutExpired``). Default: None.
+        repeats (int, optional): runs after the warm-up; ``seconds`` is their median.
+            Default: 1.
 
     Returns:
-        dict: ``seconds``, ``peak_rss_mib`` (whole process), ``before_call_rss_mib``
-        (after building the model and inputs) and ``increase_mib``.
+        dict: ``seconds``, ``peak_rss_mib`` (whole process), ``before_call_rss_mib``,
+        ``increase_mib``, ``mib_per_token``, ``lean`` (whether MambaLRP chooses the lean
+        path at this length) and ``peak_reset`` (whether the peak was reset before the
+        call).
+
+    Raises:
+        RuntimeError: with the subprocess's error output if it fails.
     """
+    if method not in MEMORY_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(MEMORY_METHODS)}")
     command = [sys.executable, "-m", "captum_mamba.study", "memory-worker"]
     command += ["--method", method, "--length", str(length), "--seed", str(seed)]
+    command += ["--shape", shape, "--repeats", str(repeats)]
     if threads:
         command += ["--threads", str(threads)]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory worker {method} at {length} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -476,16 +629,24 @@ def _parser() -> argparse.ArgumentParser:
     setup.add_argument("--learning-rate", type=float, default=None)
     setup.add_argument("--hidden-size", type=int, default=None)
     setup.add_argument("--num-layers", type=int, default=None)
-    memory = commands.add_parser("memory", help="peak memory of rollout and MambaLRP, 130M shape")
+    memory = commands.add_parser("memory", help="peak memory of attribution methods, 130M shape")
     memory.add_argument("--length", type=int, default=1024)
-    memory.add_argument("--methods", default="forward,rollout,mambalrp")
+    memory.add_argument(
+        "--methods",
+        default="forward,rollout,mambalrp",
+        help=f"comma-separated, from {','.join(MEMORY_METHODS)}",
+    )
     memory.add_argument("--seed", type=int, default=0)
     memory.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    memory.add_argument("--shape", default="130m", help="130m, tiny or hidden,layers,state,vocab")
+    memory.add_argument("--repeats", type=int, default=1)
     worker = commands.add_parser("memory-worker", help=argparse.SUPPRESS)
     worker.add_argument("--method", required=True)
     worker.add_argument("--length", type=int, required=True)
     worker.add_argument("--seed", type=int, default=0)
     worker.add_argument("--threads", type=int, default=None)
+    worker.add_argument("--shape", default="130m")
+    worker.add_argument("--repeats", type=int, default=1)
     return parser
 
 
@@ -510,10 +671,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         _sentiment_study(args)
     elif args.command == "memory":
         for method in args.methods.split(","):
-            result = measure_peak_memory(method, args.length, args.seed, args.threads)
+            result = measure_peak_memory(
+                method, args.length, args.seed, args.threads, args.shape, repeats=args.repeats
+            )
             print(json.dumps(result), flush=True)
     else:
-        print(json.dumps(_memory_worker(args.method, args.length, args.seed)))
+        worker = _memory_worker(args.method, args.length, args.seed, args.shape, args.repeats)
+        print(json.dumps(worker))
 
 
 if __name__ == "__main__":

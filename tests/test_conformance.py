@@ -11,7 +11,10 @@ For each case of ``tests/cases`` (one per adapter, with an independent float64 r
 - a batch equals its examples one by one; padded batches equal unpadded examples;
 - Captum's ``LRP`` and ``LayerLRP`` on the prepared copy equal MambaLRP / LayerMambaLRP;
 - the recorded hidden attention reconstructs every scan's output, the recorded softmax
-  attention equals transformers' own, and rollout and Mamba-Attr run.
+  attention equals transformers' own, and rollout and Mamba-Attr run;
+- the memory-lean path (each residual layer recomputed in the backward pass) gives
+  bit-for-bit the relevance of the normal path, for MambaLRP and LayerMambaLRP at a
+  layer inside a block, and matches the reference.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from helpers import assert_unchanged, gradient_x_input, relative_error, select, 
 from torch import Tensor, nn
 
 from captum_mamba import LayerMambaLRP, MambaLRP, MambaRules, registered_adapters, rules_applied
+from captum_mamba.adapters import RecomputeBackend, plan_rules
 from captum_mamba.attr._forward import default_forward
 from captum_mamba.baselines import MambaAttentionRollout, MambaAttr, hidden_attention_matrices
 from captum_mamba.baselines.recording import record_layers
@@ -56,9 +60,11 @@ def by_case_config() -> list:
     ]
 
 
-def _lrp(case: ArchitectureCase, model: nn.Module, rules: MambaRules) -> MambaLRP:
+def _lrp(
+    case: ArchitectureCase, model: nn.Module, rules: MambaRules, lean: bool | None = None
+) -> MambaLRP:
     forward = case.forward_func(model) if case.forward_func else None
-    return MambaLRP(model, forward_func=forward, rules=rules)
+    return MambaLRP(model, forward_func=forward, rules=rules, lean=lean)
 
 
 def _reference_relevance(
@@ -73,12 +79,13 @@ def test_every_registered_adapter_has_a_case() -> None:
     assert not missing, f"adapters without a conformance case: {missing}"
 
 
+@pytest.mark.parametrize("lean", [False, True], ids=["fast", "lean"])
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize(("case", "config"), by_case_config())
-def test_matches_reference(case: ArchitectureCase, config: str, seed: int) -> None:
+def test_matches_reference(case: ArchitectureCase, config: str, seed: int, lean: bool) -> None:
     model = case.build(config, seed, False)
     inputs, targets = case.inputs(model, config, seed)
-    relevance = _lrp(case, model, MambaRules()).attribute(inputs, target=targets)
+    relevance = _lrp(case, model, MambaRules(), lean).attribute(inputs, target=targets)
     expected, _ = _reference_relevance(case, model, inputs, targets, MambaRules())
     assert relevance.dtype == torch.float64
     assert expected.abs().max() > 1e-6
@@ -310,3 +317,59 @@ def test_recorded_softmax_attention_equals_the_models(case: ArchitectureCase, co
         # transformers computes norms and the softmax in float32; large scores amplify it
         assert relative_error(weights, expected) <= 1e-5
         torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights[..., 0]))
+
+
+def _block_children(model: nn.Module) -> list[nn.Module]:
+    """The first child each residual layer calls (it runs again when the layer is
+    recomputed; the layer's own hooks do not)."""
+    entries = plan_rules(model, MambaRules()).entries
+    return [getattr(e.module, e.handler.calls[0]) for e in entries if e.block]
+
+
+@pytest.mark.parametrize("preset", ["mamba_lrp", "gradient_x_input"])
+@pytest.mark.parametrize(("case", "config"), by_case_config())
+def test_lean_path_is_bit_identical(case: ArchitectureCase, config: str, preset: str) -> None:
+    rules = PRESETS[preset]
+    model = case.build(config, 10, False)
+    inputs, targets = case.inputs(model, config, 10)
+    forward = (
+        case.forward_func(model) if case.forward_func else default_forward(model, "inputs_embeds")
+    )
+    runs: list[int] = []
+    hook = lambda *_: runs.append(1)  # noqa: E731
+    handles = [child.register_forward_hook(hook) for child in _block_children(model)]
+    results, calls = {}, {}
+    try:
+        for lean in (False, True):
+            runs.clear()
+            relevance = MambaLRP(model, forward, rules, lean).attribute(inputs, target=targets)
+            calls[lean] = len(runs)
+            layers = [model.get_submodule(case.layer), _block_children(model)[0]]
+            results[lean] = [relevance] + [
+                LayerMambaLRP(model, layer, forward, rules, lean).attribute(inputs, target=targets)
+                for layer in layers
+            ]
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert handles
+    assert calls == {False: len(handles), True: 2 * len(handles)}  # each block recomputed
+    for fast, lean in zip(results[False], results[True], strict=True):
+        assert fast.abs().max() > 0
+        assert fast.dtype == lean.dtype == torch.float64
+        assert (fast - lean).abs().max() <= 1e-12 * fast.abs().max()
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_lean_backward_outside_the_rules_raises(case: ArchitectureCase) -> None:
+    model = case.build(case.configs[0], 11, False)
+    inputs, targets = case.inputs(model, case.configs[0], 11)
+    forward = (
+        case.forward_func(model) if case.forward_func else default_forward(model, "inputs_embeds")
+    )
+    leaf = inputs.detach().clone().requires_grad_()
+    with rules_applied(model, MambaRules(), RecomputeBackend()):
+        explained = select(forward(leaf), targets)
+    with pytest.raises(RuntimeError, match="inside the rules_applied"):
+        torch.autograd.grad(explained.sum(), leaf)
+    assert all("forward" not in vars(module) for module in model.modules())

@@ -1,10 +1,10 @@
 """Architecture adapters: which module of a model is computed how under the rules.
 
 Every module of this package other than the infrastructure (:mod:`.backend`,
-:mod:`.base`, :mod:`.blocks`) is an adapter and is imported here, so adding an
-architecture is adding one file. An adapter whose model library is not installed (an
-optional dependency such as mamba-ssm, or a model family that an older transformers
-lacks) stays unregistered; :func:`unavailable_adapters` says why.
+:mod:`.base`, :mod:`.blocks`, :mod:`.recompute`) is an adapter and is imported here, so
+adding an architecture is adding one file. An adapter whose model library is not
+installed (an optional dependency such as mamba-ssm, or a model family that an older
+transformers lacks) stays unregistered; :func:`unavailable_adapters` says why.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from captum_mamba.adapters.base import (
     rules_applied,
     supported_architectures,
 )
+from captum_mamba.adapters.recompute import RecomputeBackend, recomputing
 
-_INFRASTRUCTURE = {"backend", "base", "blocks"}
+_INFRASTRUCTURE = {"backend", "base", "blocks", "recompute"}
 _UNAVAILABLE: dict[str, str] = {}
 
 
@@ -59,9 +60,11 @@ __all__ = [
     "ModuleHandler",
     "Plan",
     "PlanEntry",
+    "RecomputeBackend",
     "UnsupportedModelError",
     "plain_forward",
     "plan_rules",
+    "recomputing",
     "register_adapter",
     "register_container",
     "register_leaf",

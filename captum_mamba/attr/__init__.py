@@ -1,8 +1,25 @@
 """Attribution classes: MambaLRP in Captum's API."""
 
-from captum_mamba.attr._targets import AttributionInputError
-from captum_mamba.attr.generation import attribute_generation
+from captum_mamba.attr._forward import LEAN_FROM_TOKENS, uses_lean
+from captum_mamba.attr._targets import AttributionInputError, MaskedTargetWarning
+from captum_mamba.attr.batches import attribute_batches
+from captum_mamba.attr.generation import (
+    GenerationAttributionResult,
+    attribute_generation,
+    greedy_generate,
+)
 from captum_mamba.attr.layer_mamba_lrp import LayerMambaLRP
 from captum_mamba.attr.mamba_lrp import MambaLRP
 
-__all__ = ["AttributionInputError", "LayerMambaLRP", "MambaLRP", "attribute_generation"]
+__all__ = [
+    "LEAN_FROM_TOKENS",
+    "AttributionInputError",
+    "GenerationAttributionResult",
+    "LayerMambaLRP",
+    "MambaLRP",
+    "MaskedTargetWarning",
+    "attribute_batches",
+    "attribute_generation",
+    "greedy_generate",
+    "uses_lean",
+]

@@ -14,8 +14,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from captum_mamba.adapters import Backend, RecomputeBackend
 from captum_mamba.adapters.base import is_computed
-from captum_mamba.attr._targets import AttributionInputError
+from captum_mamba.attr._targets import (
+    AttributionInputError,
+    TargetType,
+    check_output,
+    gather_targets,
+    target_indices,
+    warn_masked_targets,
+)
 from captum_mamba.rules import MambaRules
 
 
@@ -191,31 +199,235 @@ def backbone_and_head(model: nn.Module) -> tuple[nn.Module | None, nn.Module | N
     return backbone, head
 
 
-def default_forward(model: nn.Module, keyword: str) -> Callable[..., Tensor]:
-    """Forward function of a Hugging Face (or mamba-ssm) model that returns its logits.
+class ModelForward:
+    """The default forward function of a Hugging Face (or mamba-ssm) model.
 
-    Language models are run as ``head(backbone(...))`` (see :func:`backbone_and_head`) so
-    that the logits keep the dtype of the computation (transformers casts them to
-    float32).
+    Calling it, ``forward(inputs, attention_mask=None)``, returns the logits. Language
+    models are run as ``head(backbone(...))`` (see :func:`backbone_and_head`) so that
+    the logits keep the dtype of the computation (transformers casts them to float32).
+
+    The attribution classes call :meth:`explained` instead, which runs the head only
+    at the explained positions: the full ``(batch, seq, vocab)`` logits (about 0.4 GiB
+    per 1,000 tokens at a vocabulary of 50k in float32, and as much again for their
+    gradient) are never formed. The explained values are the same.
+
+    Args:
+        model (nn.Module): a Hugging Face model.
+        keyword (str): ``"inputs_embeds"`` or ``"input_ids"``.
+    """
+
+    def __init__(self, model: nn.Module, keyword: str) -> None:
+        self.model = model
+        self.keyword = keyword
+        self.backbone, self.head = backbone_and_head(model)
+
+    def _check(self, inputs: Tensor, attention_mask: Any) -> dict[str, Any]:
+        if self.keyword == "inputs_embeds":
+            _check_embeds(self.model, inputs)
+        _check_mask(attention_mask, inputs)
+        return {self.keyword: inputs, "attention_mask": attention_mask, "use_cache": False}
+
+    def __call__(self, inputs: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """The logits ``(batch, seq, vocab)`` (or the model's first output).
+
+        Raises:
+            AttributionInputError: for embeddings of the wrong shape and for an
+                attention mask that is not a 0/1 tensor of shape ``(batch, seq)``.
+        """
+        kwargs = self._check(inputs, attention_mask)
+        if self.backbone is not None:
+            return self.head(_first(self.backbone(**kwargs)))
+        return _first(self.model(**kwargs))
+
+    def logits_at(self, inputs: Tensor, positions: Tensor) -> list[Tensor]:
+        """Logits of one example at some positions, the head run at those positions only.
+
+        Each position gets its own call of the head, so that the backward pass of one
+        of them does not multiply the whole vocabulary of every other position.
+
+        Args:
+            inputs (Tensor): ``(1, seq, ...)`` model inputs.
+            positions (Tensor): positions to read.
+
+        Returns:
+            list of Tensor: ``(vocab,)`` logits per position.
+        """
+        kwargs = self._check(inputs, None)
+        if self.backbone is None:
+            logits = _first(self.model(**kwargs))[0]
+            return [logits[int(p)] for p in positions]
+        hidden = _first(self.backbone(**kwargs))[0]
+        return [self.head(hidden[int(p)][None])[0] for p in positions]
+
+    def last_logits(self, inputs: Tensor) -> Tensor:
+        """Logits ``(batch, vocab)`` at the last position, the head run there only.
+
+        Args:
+            inputs (Tensor): ``(batch, seq, ...)`` model inputs.
+
+        Returns:
+            Tensor: the logits of the last position of each example.
+        """
+        kwargs = self._check(inputs, None)
+        if self.backbone is None:
+            return _first(self.model(**kwargs))[:, -1]
+        return self.head(_first(self.backbone(**kwargs))[:, -1:])[:, 0]
+
+    def vocab_size(self) -> int | None:
+        """Number of logits per position of a language model's head, else None."""
+        weight = getattr(self.head, "weight", None)
+        return weight.shape[0] if isinstance(weight, Tensor) and weight.dim() == 2 else None
+
+    def explained(
+        self,
+        inputs: Tensor,
+        attention_mask: Tensor | None,
+        target: TargetType,
+        batch: int,
+    ) -> tuple[Tensor, list[tuple[int, ...]], tuple[int, ...]]:
+        """The explained logits, with the head run at the explained positions only.
+
+        Args:
+            inputs (Tensor): the model inputs ``(batch, seq, ...)``.
+            attention_mask (Tensor or None): ``(batch, seq)`` 0/1 padding mask.
+            target: ``(position, token)`` per example, in Captum's conventions
+                (see :func:`~captum_mamba.attr._targets.select_target`).
+            batch (int): number of examples.
+
+        Returns:
+            tuple: the ``(batch,)`` explained logits, the index tuple of each example
+            and the shape the full logits would have.
+
+        Raises:
+            AttributionInputError: as :func:`select_target` for the full logits.
+        """
+        kwargs = self._check(inputs, attention_mask)
+        hidden = _first(self.backbone(**kwargs))
+        shape = (*hidden.shape[:2], self.vocab_size())
+        indices = target_indices(target, shape, batch)
+        rows = torch.arange(batch, device=hidden.device)
+        positions = torch.tensor([index[0] for index in indices], device=hidden.device)
+        logits = self.head(hidden[rows, positions][:, None])[:, 0]
+        return gather_targets(logits, [index[1:] for index in indices]), indices, shape
+
+
+def default_forward(model: nn.Module, keyword: str) -> ModelForward:
+    """Forward function of a Hugging Face (or mamba-ssm) model that returns its logits.
 
     Args:
         model (nn.Module): a Hugging Face model.
         keyword (str): ``"inputs_embeds"`` or ``"input_ids"``.
 
     Returns:
-        Callable: ``forward(inputs, attention_mask=None) -> Tensor``; it raises
+        ModelForward: ``forward(inputs, attention_mask=None) -> Tensor``; it raises
         :class:`AttributionInputError` for embeddings of the wrong shape and for an
         attention mask that is not a 0/1 tensor of shape ``(batch, seq)``.
     """
-    backbone, head = backbone_and_head(model)
+    return ModelForward(model, keyword)
 
-    def forward(inputs: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        if keyword == "inputs_embeds":
-            _check_embeds(model, inputs)
-        _check_mask(attention_mask, inputs)
-        kwargs = {keyword: inputs, "attention_mask": attention_mask, "use_cache": False}
-        if backbone is not None:
-            return head(_first(backbone(**kwargs)))
-        return _first(model(**kwargs))
 
-    return forward
+def _mask_argument(inputs: Tensor, extra: tuple[Any, ...]) -> Tensor | None:
+    """The padding mask among the forward arguments: the first additional argument if
+    it is an integer or boolean ``(batch, seq)`` tensor (the convention of the default
+    forward functions)."""
+    if not extra or not isinstance(extra[0], Tensor) or inputs.dim() < 2:
+        return None
+    mask = extra[0]
+    if mask.is_floating_point() or mask.shape != inputs.shape[:2]:
+        return None
+    return mask
+
+
+def explained_outputs(
+    forward_func: Callable[..., Any],
+    inputs: tuple[Tensor, ...],
+    extra: tuple[Any, ...],
+    target: TargetType,
+    batch: int,
+) -> Tensor:
+    """Run the forward function and select the explained output of each example.
+
+    With the default forward of a language model and ``(position, token)`` targets, the
+    head runs at the explained positions only (:meth:`ModelForward.explained`).
+    Explaining a padded position or a fully padded example warns
+    (:class:`~captum_mamba.attr._targets.MaskedTargetWarning`).
+
+    Args:
+        forward_func (Callable): the attribution's forward function.
+        inputs (tuple of Tensor): its inputs (leaves of the backward pass).
+        extra (tuple): its additional arguments.
+        target: Captum-style target (see :func:`select_target`).
+        batch (int): number of examples.
+
+    Returns:
+        Tensor: ``(batch,)`` explained outputs, part of the autograd graph.
+
+    Raises:
+        AttributionInputError: for outputs or targets that do not fit.
+    """
+    targeted = (
+        isinstance(forward_func, ModelForward)
+        and forward_func.backbone is not None
+        and forward_func.vocab_size() is not None
+        and len(inputs) == 1
+        and len(extra) <= 1
+        and _is_position_target(target)
+    )
+    if targeted:
+        mask = extra[0] if extra else None
+        explained, indices, shape = forward_func.explained(inputs[0], mask, target, batch)
+    else:
+        output = forward_func(*inputs, *extra)
+        check_output(output, batch)
+        indices, shape = target_indices(target, output.shape, batch), tuple(output.shape)
+        explained = gather_targets(output, indices)
+    mask = _mask_argument(inputs[0], extra)
+    if mask is not None:
+        warn_masked_targets(mask, indices, shape)
+    return explained
+
+
+def _is_position_target(target: TargetType) -> bool:
+    """Whether ``target`` names two indices per example (``(position, token)``)."""
+    if isinstance(target, tuple):
+        return len(target) == 2
+    if isinstance(target, list):
+        return bool(target) and all(isinstance(t, tuple) and len(t) == 2 for t in target)
+    if isinstance(target, Tensor):  # (batch, 2); a 1-d tensor holds one index per example
+        return target.dim() == 2 and target.shape[-1] == 2
+    return False
+
+
+def count_tokens(x: Tensor) -> int:
+    """Batch size times sequence length of an input ``(batch, seq, ...)``."""
+    return x.shape[0] * x.shape[1] if x.dim() >= 2 else x.numel()
+
+
+#: Inputs of at least this many tokens (batch x sequence length) are explained on the
+#: memory-lean path (:func:`uses_lean`).
+LEAN_FROM_TOKENS = 2048
+
+
+def uses_lean(lean: bool | None, tokens: int) -> bool:
+    """Whether an explanation of ``tokens`` tokens recomputes each residual layer in the
+    backward pass (:class:`~captum_mamba.adapters.RecomputeBackend`).
+
+    Args:
+        lean (bool or None): the attribution's setting; None chooses automatically:
+            lean from :data:`LEAN_FROM_TOKENS` tokens on.
+        tokens (int): batch size times sequence length.
+
+    Returns:
+        bool: True for the memory-lean path.
+    """
+    if lean is None:
+        return tokens >= LEAN_FROM_TOKENS
+    if not isinstance(lean, bool):
+        raise TypeError(f"lean must be True, False or None (automatic), got {lean!r}")
+    return lean
+
+
+def explanation_backend(lean: bool | None, tokens: int) -> Backend | None:
+    """The backend of an explanation: :class:`RecomputeBackend` on the memory-lean path
+    (:func:`uses_lean`), else None (the rule functions)."""
+    return RecomputeBackend() if uses_lean(lean, tokens) else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -202,6 +203,74 @@ def _index_tuple(target: Any) -> tuple[Any, ...]:
     return (target,)
 
 
+def target_indices(target: TargetType, shape: Sequence[int], batch: int) -> list[tuple[int, ...]]:
+    """The index tuple that ``target`` selects in each example of an output of ``shape``.
+
+    Args:
+        target (int, tuple, Tensor, list or None): as for :func:`select_target`.
+        shape (sequence of int): shape of the forward output, ``(batch, ...)``.
+        batch (int): number of examples.
+
+    Returns:
+        list of tuple of int: one index per non-batch dimension for each example
+        (empty tuples for ``target=None``).
+
+    Raises:
+        AttributionInputError: if ``target`` does not fit ``shape``.
+    """
+    shape = torch.Size(shape)
+    if isinstance(target, numbers.Integral) and not isinstance(target, bool):
+        target = int(target)
+    elif hasattr(target, "__array__") and not isinstance(target, Tensor | list | tuple):
+        target = torch.as_tensor(target)
+    if isinstance(target, Tensor):
+        target = _target_values(target)
+    if target is None:
+        if shape.numel() != batch:
+            raise AttributionInputError(
+                f"target is None but the output has shape {tuple(shape)}; pass a target "
+                "index (e.g. a class id, or (position, token) for language-model logits)"
+            )
+        return [()] * batch
+    if isinstance(target, int | tuple):
+        common = target if isinstance(target, tuple) else (target,)
+        return [_check_index_tuple(common, shape)] * batch
+    if isinstance(target, list):
+        if len(target) != batch:
+            raise AttributionInputError(
+                f"{len(target)} targets given for a batch of {batch} examples"
+            )
+        return [_check_index_tuple(_index_tuple(t), shape) for t in target]
+    raise AttributionInputError(f"unsupported target type {type(target).__name__}")
+
+
+def gather_targets(output: Tensor, indices: Sequence[tuple[int, ...]]) -> Tensor:
+    """``output[i, *indices[i]]`` for every example ``i``, in one indexing operation.
+
+    Args:
+        output (Tensor): forward output ``(batch, ...)``.
+        indices (sequence of tuple of int): from :func:`target_indices`.
+
+    Returns:
+        Tensor: ``(batch,)`` selected outputs.
+
+    Raises:
+        AttributionInputError: if a selected output is NaN or inf.
+    """
+    batch = len(indices)
+    if all(not index for index in indices):
+        selected = output.reshape(batch)
+    else:
+        columns = [torch.tensor(c, device=output.device) for c in zip(*indices, strict=True)]
+        selected = output[(torch.arange(batch, device=output.device), *columns)]
+    if not torch.isfinite(selected).all():
+        raise AttributionInputError(
+            "the explained output is NaN or inf; the model overflows on these inputs "
+            "(check its weights and dtype)"
+        )
+    return selected
+
+
 def select_target(output: Any, target: TargetType, batch: int) -> Tensor:
     """Select one scalar per example from ``output``, following Captum's conventions.
 
@@ -222,6 +291,20 @@ def select_target(output: Any, target: TargetType, batch: int) -> Tensor:
         AttributionInputError: if ``output`` is not a tensor with one row per
             example, ``target`` does not fit it, or a selected output is NaN or inf.
     """
+    check_output(output, batch)
+    return gather_targets(output, target_indices(target, output.shape, batch))
+
+
+def check_output(output: Any, batch: int) -> None:
+    """Check that a forward output is a tensor with one row per example.
+
+    Args:
+        output (Any): what the forward function returned.
+        batch (int): number of examples in the inputs.
+
+    Raises:
+        AttributionInputError: naming what was returned instead.
+    """
     if not isinstance(output, Tensor):
         raise AttributionInputError(
             f"the forward function returned {type(output).__name__}, not a tensor; "
@@ -232,41 +315,51 @@ def select_target(output: Any, target: TargetType, batch: int) -> Tensor:
             f"the forward function returned shape {tuple(output.shape)} for {batch} examples; "
             "it must return one row per example, (batch, ...)"
         )
-    shape = output.shape
-    if isinstance(target, numbers.Integral) and not isinstance(target, bool):
-        target = int(target)
-    elif hasattr(target, "__array__") and not isinstance(target, Tensor | list | tuple):
-        target = torch.as_tensor(target)
-    if isinstance(target, Tensor):
-        target = _target_values(target)
-    if target is None:
-        if output.numel() != batch:
-            raise AttributionInputError(
-                f"target is None but the output has shape {tuple(shape)}; pass a target "
-                "index (e.g. a class id, or (position, token) for language-model logits)"
-            )
-        selected = output.reshape(batch)
-    elif isinstance(target, int):
-        selected = output[(slice(None), *_check_index_tuple((target,), shape))]
-    elif isinstance(target, tuple):
-        selected = output[(slice(None), *_check_index_tuple(target, shape))]
-    elif isinstance(target, list):
-        if len(target) != batch:
-            raise AttributionInputError(
-                f"{len(target)} targets given for a batch of {batch} examples"
-            )
-        rows = [
-            output[(i, *_check_index_tuple(_index_tuple(t), shape))] for i, t in enumerate(target)
-        ]
-        selected = torch.stack(rows)
-    else:
-        raise AttributionInputError(f"unsupported target type {type(target).__name__}")
-    if not torch.isfinite(selected).all():
-        raise AttributionInputError(
-            "the explained output is NaN or inf; the model overflows on these inputs "
-            "(check its weights and dtype)"
+
+
+class MaskedTargetWarning(UserWarning):
+    """An explained output belongs to a padded position or to a fully padded example."""
+
+
+def warn_masked_targets(
+    attention_mask: Tensor, indices: Sequence[tuple[int, ...]], output_shape: Sequence[int]
+) -> None:
+    """Warn about explained outputs that only padding can produce.
+
+    An example whose mask is all zeros has no real token to explain. For outputs with
+    one row per position (``output_shape[1]`` equal to the mask's sequence length, as
+    language-model logits), an explained position whose mask entry is 0 is padding.
+
+    Args:
+        attention_mask (Tensor): ``(batch, seq)`` 0/1 padding mask of the inputs.
+        indices (sequence of tuple of int): the explained index of each example
+            (:func:`target_indices`).
+        output_shape (sequence of int): shape of the forward output.
+    """
+    present = attention_mask.reshape(attention_mask.shape[0], -1) != 0
+    empty = [i for i in range(present.shape[0]) if not bool(present[i].any())]
+    if empty:
+        warnings.warn(
+            f"example(s) {empty} are fully masked (attention_mask all 0): their relevance "
+            "explains padding only; drop them or fix the mask",
+            MaskedTargetWarning,
+            stacklevel=3,
         )
-    return selected
+    length = present.shape[1]
+    if len(output_shape) < 3 or output_shape[1] != length:
+        return
+    padded = [
+        i
+        for i, index in enumerate(indices)
+        if i not in empty and not bool(present[i, index[0] % length])
+    ]
+    if padded:
+        warnings.warn(
+            f"example(s) {padded} explain a padded position (attention_mask 0 there); "
+            "target the last real token instead, e.g. its index from attention_mask",
+            MaskedTargetWarning,
+            stacklevel=3,
+        )
 
 
 def check_relevance(attributions: tuple[Tensor, ...]) -> None:

@@ -2,29 +2,73 @@
 
 For a prompt and the tokens that follow it (generated greedily, or given), step
 ``j`` explains the logit (or log-probability) of generated token ``j`` given the
-prompt and the tokens generated before it. The model is causal, so the explanation
-of step ``j`` on the whole sequence equals the explanation on its prefix: all steps
-are explained in batched :class:`LayerMambaLRP` calls on the same token sequence,
-one batch row per step, each row with its own ``(position, token)`` target.
-Tokens after a step's prefix get exactly zero relevance.
+prompt and the tokens generated before it. The model is causal, so the explanation of
+step ``j`` on the whole sequence equals the explanation on its prefix: one forward pass
+of the whole sequence under the rules serves every step, and each step is one backward
+pass through it, from that step's logit. Tokens after a step's prefix get exactly zero
+relevance.
 
-The result is Captum's ``LLMAttributionResult``, so ``plot_token_attr()`` and
-``plot_seq_attr()`` work as for Captum's LLM attributions.
+Greedy generation (:func:`greedy_generate`) runs the prompt once and then one token at
+a time, continuing the convolution and scan states of every block
+(:class:`~captum_mamba.attr._stepping.StepBackend`), instead of recomputing the whole
+prefix for every new token.
+
+The result is a :class:`GenerationAttributionResult`, a Captum
+``LLMAttributionResult`` (``plot_token_attr()`` and ``plot_seq_attr()`` work as for
+Captum's LLM attributions) that also holds the explained value of each step and its
+convergence delta.
+
+**Conservation.** With bias-free layers, the relevances of step ``j`` sum to its
+logit. ``log_softmax = logit - logsumexp(all logits)`` is not covered by a rule: the
+gradient of the log-probability with respect to the logits is ``onehot - softmax``, so
+the relevances sum to ``logit_j - sum_k p_k logit_k`` (the logit against the
+probability-weighted mean logit), which differs from ``log p_j`` by the entropy of the
+predicted distribution. :attr:`GenerationAttributionResult.convergence_delta` reports
+``explained - sum(relevance)`` for every step (``-entropy`` for log-probabilities of
+bias-free models, 0 for their logits).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 from captum.attr import LLMAttributionResult
 from torch import Tensor, nn
 
-from captum_mamba._captum import llm_attribution_result
-from captum_mamba.attr._forward import default_forward
-from captum_mamba.attr._targets import AttributionInputError, check_token_ids
-from captum_mamba.attr.layer_mamba_lrp import LayerMambaLRP
+from captum_mamba._captum import init_llm_attribution_result
+from captum_mamba.adapters import recomputing, rules_applied
+from captum_mamba.attr._forward import (
+    ModelForward,
+    as_leaf,
+    check_model,
+    compute_dtype,
+    explanation_backend,
+    explanation_mode,
+)
+from captum_mamba.attr._stepping import StepBackend
+from captum_mamba.attr._targets import AttributionInputError, check_relevance, check_token_ids
 from captum_mamba.rules import MambaRules
+
+
+class GenerationAttributionResult(LLMAttributionResult):
+    """Captum's ``LLMAttributionResult`` with the explained value of every step and its
+    convergence delta.
+
+    Args:
+        explained (Tensor): ``(steps,)`` the explained logit or log-probability of each
+            generated token.
+        convergence_delta (Tensor): ``(steps,)`` ``explained`` minus the sum of the
+            step's relevances (see the module docstring).
+        **kwargs: the fields of ``LLMAttributionResult`` (``input_tokens``,
+            ``output_tokens``, ``seq_attr``, ``token_attr``, ``output_probs``).
+    """
+
+    def __init__(self, *, explained: Tensor, convergence_delta: Tensor, **kwargs: Any) -> None:
+        init_llm_attribution_result(self, **kwargs)
+        self.explained = explained
+        self.convergence_delta = convergence_delta
 
 
 def _as_row(ids: Tensor | list[int], what: str) -> Tensor:
@@ -36,39 +80,81 @@ def _as_row(ids: Tensor | list[int], what: str) -> Tensor:
             f"{what} must be one sequence of token ids, (seq,) or (1, seq); "
             f"got shape {tuple(ids.shape)}"
         )
+    if ids.numel() == 0:
+        raise AttributionInputError(f"{what} is empty; pass at least one token id")
+    check_token_ids(ids[None], None)
     return ids
 
 
 @torch.no_grad()
 def greedy_generate(
-    model: nn.Module, prompt_ids: Tensor, max_new_tokens: int, eos_token_id: int | None = None
+    model: nn.Module,
+    prompt_ids: Tensor | list[int],
+    max_new_tokens: int,
+    eos_token_id: int | None = None,
 ) -> Tensor:
-    """Greedy continuation of one prompt, recomputing the whole prefix at each step.
+    """Greedy continuation of one prompt, one token at a time from the model's state.
+
+    The prompt runs once; every new token then runs alone through the model, continuing
+    the convolution and scan states of each block (computed with this package's
+    scans, in the model's dtype, at least float32).
 
     Args:
-        model (nn.Module): a Hugging Face causal LM, e.g. ``MambaForCausalLM``.
-        prompt_ids (Tensor): ``(seq,)`` token ids of the prompt.
+        model (nn.Module): a Mamba causal LM, e.g. ``MambaForCausalLM``.
+        prompt_ids (Tensor or list of int): ``(seq,)`` or ``(1, seq)`` token ids.
         max_new_tokens (int): number of tokens to generate.
         eos_token_id (int, optional): stop after generating this token.
             Default: None.
 
     Returns:
         Tensor: ``(n,)`` generated token ids, ``n <= max_new_tokens``.
+
+    Raises:
+        AttributionInputError: on an empty prompt or ids that are not one sequence.
+        NotImplementedError: for a model with bidirectional mixers (or other
+            operations that cannot be continued token by token).
+
+    Examples::
+
+        >>> new_ids = greedy_generate(model, tokenizer("The cat").input_ids, 8)
     """
-    forward = default_forward(model, "input_ids")
-    sequence = prompt_ids
-    for _ in range(max_new_tokens):
-        token = forward(sequence[None])[0, -1].argmax()
-        sequence = torch.cat([sequence, token[None]])
-        if eos_token_id is not None and int(token) == eos_token_id:
-            break
-    return sequence[len(prompt_ids) :]
+    prompt = _as_row(prompt_ids, "prompt_ids")
+    forward = ModelForward(model, "input_ids")
+    tokens: list[Tensor] = []
+    piece = prompt
+    with rules_applied(model, MambaRules.gradient_x_input(), StepBackend()):
+        for _ in range(max_new_tokens):
+            token = forward.last_logits(piece[None])[0].argmax()
+            tokens.append(token)
+            if eos_token_id is not None and int(token) == eos_token_id:
+                break
+            piece = token[None]
+    return torch.stack(tokens) if tokens else prompt.new_empty(0)
 
 
 def _token_names(ids: Tensor, tokenizer: Any) -> list[str]:
     if tokenizer is None:
         return [str(i) for i in ids.tolist()]
     return [tokenizer.decode([i]) for i in ids.tolist()]
+
+
+def _check_steps_per_batch(steps_per_batch: Any) -> None:
+    if steps_per_batch is None:
+        return
+    if not isinstance(steps_per_batch, int) or isinstance(steps_per_batch, bool):
+        raise AttributionInputError(
+            f"steps_per_batch must be a positive int or None, got {steps_per_batch!r}"
+        )
+    if steps_per_batch <= 0:
+        raise AttributionInputError(
+            f"steps_per_batch must be a positive int or None, got {steps_per_batch}"
+        )
+    warnings.warn(
+        "steps_per_batch has no effect any more: every generated token is explained by "
+        "one backward pass through a single forward pass; remove the argument",
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
 def attribute_generation(
@@ -81,8 +167,13 @@ def attribute_generation(
     log_prob: bool = False,
     eos_token_id: int | None = None,
     steps_per_batch: int | None = None,
-) -> LLMAttributionResult:
+    lean: bool | None = None,
+) -> GenerationAttributionResult:
     r"""MambaLRP relevance of every earlier token for every generated token.
+
+    Costs one forward pass of the prompt and the generated tokens and one backward pass
+    per generated token (plus greedy generation, one forward pass of the prompt and one
+    of each new token).
 
     Args:
         model (nn.Module): a Mamba causal LM (``MambaForCausalLM``).
@@ -96,65 +187,98 @@ def attribute_generation(
             labels; ids are shown as numbers without it. Default: None.
         rules (MambaRules, optional): rules of the explanation. Default: all.
         log_prob (bool, optional): explain the log-probability of each generated
-            token instead of its logit. Default: False.
+            token instead of its logit (see the module docstring for what that does
+            to conservation). Default: False.
         eos_token_id (int, optional): end greedy generation after this token.
             Default: None.
-        steps_per_batch (int, optional): generated tokens explained per
-            attribution call (rows of one batch). Default: all in one call.
+        steps_per_batch (int, optional): deprecated, without effect (every step is
+            one backward pass of the same forward pass). Default: None.
+        lean (bool, optional): recompute each residual layer in every backward pass
+            instead of keeping its activations (see :class:`MambaLRP`); None chooses
+            it for sequences of at least :data:`~captum_mamba.attr.LEAN_FROM_TOKENS`
+            tokens. Default: None.
 
     Returns:
-        LLMAttributionResult: ``input_tokens`` are the prompt and the generated
+        GenerationAttributionResult: ``input_tokens`` are the prompt and the generated
         tokens but the last, ``output_tokens`` the generated tokens;
         ``token_attr[j, i]`` is the relevance of input token ``i`` for output token
         ``j`` (zero for ``i`` after ``j``'s prefix); ``seq_attr`` sums it over the
-        output tokens; ``output_probs`` holds the model's probability of each
-        output token.
+        output tokens; ``output_probs`` holds the model's probability of each output
+        token, ``explained`` the explained logit or log-probability and
+        ``convergence_delta`` its difference from the sum of the step's relevances.
 
     Raises:
-        AttributionInputError: on invalid ids or when there is nothing to explain.
+        AttributionInputError: on empty or invalid ids, an invalid
+            ``steps_per_batch``, or when there is nothing to explain.
 
     Examples::
 
         >>> result = attribute_generation(model, tokenizer("The cat").input_ids,
         ...                               max_new_tokens=5, tokenizer=tokenizer)
         >>> fig, ax = result.plot_token_attr()
+        >>> result.convergence_delta          # (5,), ~0 for logits of bias-free models
     """
+    rules = check_model(model, rules)
+    _check_steps_per_batch(steps_per_batch)
     prompt = _as_row(prompt_ids, "prompt_ids")
     embedding = model.get_input_embeddings()
     check_token_ids(prompt[None], embedding.num_embeddings)
     if target_ids is None:
         generated = greedy_generate(model, prompt, max_new_tokens, eos_token_id)
+        if generated.numel() == 0:
+            raise AttributionInputError(
+                f"no generated token to explain (max_new_tokens={max_new_tokens}); "
+                "pass max_new_tokens >= 1 or target_ids"
+            )
     else:
         generated = _as_row(target_ids, "target_ids").to(prompt.device)
         check_token_ids(generated[None], embedding.num_embeddings)
-    if generated.numel() == 0:
-        raise AttributionInputError("no generated token to explain")
 
     context = torch.cat([prompt, generated[:-1]])
     positions = torch.arange(len(prompt) - 1, len(context), device=context.device)
-    logits_of = default_forward(model, "input_ids")
-
-    def explained(ids: Tensor) -> Tensor:
-        logits = logits_of(ids)
-        return torch.log_softmax(logits, dim=-1) if log_prob else logits
-
-    lrp = LayerMambaLRP(model, embedding, forward_func=explained, rules=rules)
     steps = len(generated)
-    chunk = steps_per_batch or steps
-    rows = []
-    for start in range(0, steps, chunk):
-        stop = min(start + chunk, steps)
-        targets = [(int(positions[j]), int(generated[j])) for j in range(start, stop)]
-        relevance = lrp.attribute(context.expand(stop - start, -1), target=targets)
-        rows.append(relevance.sum(-1).detach())
-    token_attr = torch.cat(rows)
+    dtype = compute_dtype(model)
+    forward = ModelForward(model, "input_ids")
+    captured: list[Tensor] = []
 
-    with torch.no_grad():
-        probs = torch.softmax(logits_of(context[None])[0, positions], dim=-1)
-    return llm_attribution_result(
+    def capture(module: nn.Module, args: Any, output: Tensor) -> Tensor:
+        leaf = as_leaf(output, dtype)
+        if not recomputing():  # a recomputation for the lean path gets an unrecorded leaf
+            captured.append(leaf)
+        return leaf
+
+    backend = explanation_backend(lean, len(context))
+    rows = []
+    with explanation_mode(), rules_applied(model, rules, backend):
+        handle = embedding.register_forward_hook(capture)
+        try:
+            logits = forward.logits_at(context[None], positions)
+        finally:
+            handle.remove()
+        explained = []
+        for j, token in enumerate(generated.tolist()):
+            values = torch.log_softmax(logits[j], -1) if log_prob else logits[j]
+            explained.append(values[token])
+        explained_values = torch.stack(explained)
+        if not torch.isfinite(explained_values).all():
+            raise AttributionInputError(
+                "an explained output is NaN or inf; the model overflows on these tokens "
+                "(check its weights and dtype)"
+            )
+        (leaf,) = captured
+        for j in range(steps):
+            (grad,) = torch.autograd.grad(explained[j], leaf, retain_graph=j < steps - 1)
+            rows.append((leaf.detach() * grad)[0].sum(-1))
+    token_attr = torch.stack(rows)
+    check_relevance((token_attr,))
+    probs = torch.stack([torch.softmax(row.detach(), -1) for row in logits])
+    explained_values = explained_values.detach()
+    return GenerationAttributionResult(
         input_tokens=_token_names(context, tokenizer),
         output_tokens=_token_names(generated, tokenizer),
         seq_attr=token_attr.sum(0),
         token_attr=token_attr,
         output_probs=probs[torch.arange(steps, device=context.device), generated],
+        explained=explained_values,
+        convergence_delta=explained_values - token_attr.sum(1),
     )

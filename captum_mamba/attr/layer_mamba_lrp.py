@@ -10,16 +10,20 @@ from captum.attr import GradientAttribution, LayerAttribution
 from torch import Tensor, nn
 
 from captum_mamba._captum import format_additional_forward_args
-from captum_mamba.adapters import plan_rules, rules_applied
+from captum_mamba.adapters import plan_rules, recomputing, rules_applied
 from captum_mamba.attr._forward import (
     argument_names,
     as_leaf,
     check_devices,
     check_model,
     compute_dtype,
+    count_tokens,
     default_forward,
+    explained_outputs,
+    explanation_backend,
     explanation_mode,
     plain_arguments,
+    uses_lean,
 )
 from captum_mamba.attr._targets import (
     AttributionInputError,
@@ -28,7 +32,6 @@ from captum_mamba.attr._targets import (
     batch_size,
     check_relevance,
     check_token_ids,
-    select_target,
 )
 from captum_mamba.attr.mamba_lrp import relevance_delta
 from captum_mamba.rules import MambaRules
@@ -62,6 +65,9 @@ class LayerMambaLRP(LayerAttribution, GradientAttribution):
             and returns a tensor ``(batch, ...)``. Default: for Hugging Face models,
             ``forward(input_ids, attention_mask=None)`` returning the logits.
         rules (MambaRules, optional): which rules to apply. Default: all.
+        lean (bool, optional): memory-lean path (see :class:`MambaLRP`); None
+            chooses it for inputs of at least
+            :data:`~captum_mamba.attr.LEAN_FROM_TOKENS` tokens. Default: None.
 
     Examples::
 
@@ -76,6 +82,7 @@ class LayerMambaLRP(LayerAttribution, GradientAttribution):
         layer: nn.Module,
         forward_func: Callable[..., Tensor] | None = None,
         rules: MambaRules | None = None,
+        lean: bool | None = None,
     ) -> None:
         self.rules = check_model(model, rules)
         if not isinstance(layer, nn.Module):
@@ -84,6 +91,8 @@ class LayerMambaLRP(LayerAttribution, GradientAttribution):
         LayerAttribution.__init__(self, forward_func or default_forward(model, "input_ids"), layer)
         GradientAttribution.__init__(self, self.forward_func)
         self.model = model
+        uses_lean(lean, 0)  # checks the setting
+        self.lean = lean
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -138,22 +147,36 @@ class LayerMambaLRP(LayerAttribution, GradientAttribution):
         dtype = compute_dtype(self.model)
         captured: list[Tensor] = []
 
+        # When a residual layer is recomputed for the backward pass (lean path), the
+        # layer runs again: it gets a fresh leaf (so that the recomputation saves what
+        # the forward pass saved) that is not recorded.
         def capture_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-            captured.append(_leaf(args[0], module, dtype))
-            return (captured[-1], *args[1:])
+            leaf = _leaf(args[0], module, dtype)
+            if not recomputing():
+                captured.append(leaf)
+            return (leaf, *args[1:])
 
         def capture_output(module: nn.Module, args: Any, output: Any) -> Tensor:
-            captured.append(_leaf(output, module, dtype))
-            return captured[-1]
+            leaf = _leaf(output, module, dtype)
+            if not recomputing():
+                captured.append(leaf)
+            return leaf
 
-        with explanation_mode(), rules_applied(self.model, self.rules):
+        backend = explanation_backend(self.lean, count_tokens(formatted[0]))
+        with explanation_mode(), rules_applied(self.model, self.rules, backend):
             if attribute_to_layer_input:
                 handle = self.layer.register_forward_pre_hook(capture_input)
             else:
                 handle = self.layer.register_forward_hook(capture_output)
             try:
-                output = self.forward_func(*plain_arguments((*formatted, *extra)))
-                explained = select_target(output, target, batch)
+                arguments = plain_arguments((*formatted, *extra))
+                explained = explained_outputs(
+                    self.forward_func,
+                    arguments[: len(formatted)],
+                    arguments[len(formatted) :],
+                    target,
+                    batch,
+                )
                 if len(captured) != 1:
                     raise AttributionInputError(
                         f"layer {type(self.layer).__name__} ran {len(captured)} times in "

@@ -22,16 +22,19 @@ from captum_mamba.attr._forward import (
     check_devices,
     check_model,
     compute_dtype,
+    count_tokens,
     default_forward,
+    explained_outputs,
+    explanation_backend,
     explanation_mode,
     plain_arguments,
+    uses_lean,
 )
 from captum_mamba.attr._targets import (
     TargetType,
     as_input_tuple,
     check_embeddings,
     check_relevance,
-    select_target,
 )
 from captum_mamba.rules import MambaRules
 
@@ -78,6 +81,12 @@ class MambaLRP(GradientAttribution):
         rules (MambaRules, optional): which rules to apply. Default: all
             (MambaLRP). ``MambaRules.gradient_x_input()`` and
             ``MambaRules.norm_only()`` give the paper's baselines.
+        lean (bool, optional): memory-lean path: keep only the input of each residual
+            layer and recompute the layer in the backward pass (one more forward pass
+            of the blocks, a fraction of the memory, the same relevance). None
+            chooses it for inputs of at least
+            :data:`~captum_mamba.attr.LEAN_FROM_TOKENS` tokens (batch x sequence).
+            Default: None.
 
     Examples::
 
@@ -96,11 +105,14 @@ class MambaLRP(GradientAttribution):
         model: nn.Module,
         forward_func: Callable[..., Tensor] | None = None,
         rules: MambaRules | None = None,
+        lean: bool | None = None,
     ) -> None:
         self.rules = check_model(model, rules)
         plan_rules(model, self.rules)
         super().__init__(forward_func or default_forward(model, "inputs_embeds"))
         self.model = model
+        uses_lean(lean, 0)  # checks the setting
+        self.lean = lean
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -150,10 +162,12 @@ class MambaLRP(GradientAttribution):
         check_devices(self.model, argument_names(formatted, extra))
         dtype = compute_dtype(self.model)
         check_embeddings(formatted, dtype)
-        with explanation_mode(), rules_applied(self.model, self.rules):
+        backend = explanation_backend(self.lean, count_tokens(formatted[0]))
+        with explanation_mode(), rules_applied(self.model, self.rules, backend):
             leaves = tuple(as_leaf(x, dtype) for x in formatted)
-            output = self.forward_func(*leaves, *plain_arguments(extra))
-            explained = select_target(output, target, formatted[0].shape[0])
+            explained = explained_outputs(
+                self.forward_func, leaves, plain_arguments(extra), target, formatted[0].shape[0]
+            )
             grads = torch.autograd.grad(explained.sum(), leaves, allow_unused=True)
         attributions = tuple(
             x.detach() * (torch.zeros_like(x) if g is None else g)

@@ -13,6 +13,17 @@ per token, ``(batch, seq)``:
   dimension has no meaning; the token score is the **sum of absolute values**
   (the L1 norm of the token's gradient).
 - Attention rollout, Mamba-Attr and Random produce token scores directly.
+
+Captum's gradient methods (``InputXGradient``, ``IntegratedGradients``, ``Saliency``,
+SmoothGrad) run with the model's forward computed by this package's scans with every
+rule off (:func:`~captum_mamba.rules_applied` with ``MambaRules.gradient_x_input()``):
+the same function and its true gradient, without the per-time-step autograd graph of
+transformers' CPU path. From :data:`~captum_mamba.attr.LEAN_FROM_TOKENS` tokens (counting
+every Integrated Gradients step and SmoothGrad sample of the batch Captum builds) they
+recompute each residual layer in the backward pass, as MambaLRP's lean path does. Captum
+selects the target from the full output of the forward function, so for language models
+the logits of every position are formed unless the forward function returns only the
+explained position.
 """
 
 from __future__ import annotations
@@ -30,8 +41,9 @@ from captum.attr import (
 )
 from torch import Tensor, nn
 
+from captum_mamba.adapters import rules_applied
 from captum_mamba.attr import MambaLRP
-from captum_mamba.attr._forward import default_forward
+from captum_mamba.attr._forward import count_tokens, default_forward, explanation_backend
 from captum_mamba.attr._targets import TargetType
 from captum_mamba.baselines.mamba_attr import MambaAttr
 from captum_mamba.baselines.random import RandomAttribution
@@ -125,6 +137,20 @@ def _lrp(model: nn.Module, forward: Callable[..., Tensor], rules: MambaRules) ->
         return lrp.attribute(embeds, target=target, additional_forward_args=extra or None).sum(-1)
 
     return run
+
+
+def _through_package(model: nn.Module, run: TokenFunction, copies: int = 1) -> TokenFunction:
+    """``run`` with the model's forward computed by this package's scans, every rule off
+    (the gradients are the model's own), on the lean path for inputs of at least
+    ``LEAN_FROM_TOKENS`` tokens (batch x sequence x ``copies``, the inputs Captum batches
+    per example)."""
+
+    def wrapped(embeds: Tensor, target: TargetType, extra: tuple[Any, ...]) -> Tensor:
+        backend = explanation_backend(None, count_tokens(embeds) * copies)
+        with rules_applied(model, MambaRules.gradient_x_input(), backend):
+            return run(embeds, target, extra)
+
+    return wrapped
 
 
 def _captum_sum(method: Any, **kwargs: Any) -> TokenFunction:
@@ -231,10 +257,21 @@ def build_method(
         MAMBA_LRP: lambda: (_lrp(model, forward, MambaRules()), True),
         LN_RULE_ONLY: lambda: (_lrp(model, forward, MambaRules.norm_only()), True),
         NO_RULES: lambda: (_lrp(model, forward, MambaRules.gradient_x_input()), True),
-        INPUT_X_GRADIENT: lambda: (_captum_sum(InputXGradient(forward)), True),
-        INTEGRATED_GRADIENTS: lambda: (_integrated_gradients(forward, settings.ig_steps), True),
-        SMOOTHGRAD: lambda: (_smoothgrad(forward, settings), False),
-        SALIENCY: lambda: (_saliency(forward), False),
+        INPUT_X_GRADIENT: lambda: (
+            _through_package(model, _captum_sum(InputXGradient(forward))),
+            True,
+        ),
+        INTEGRATED_GRADIENTS: lambda: (
+            _through_package(
+                model, _integrated_gradients(forward, settings.ig_steps), settings.ig_steps
+            ),
+            True,
+        ),
+        SMOOTHGRAD: lambda: (
+            _through_package(model, _smoothgrad(forward, settings), settings.smoothgrad_samples),
+            False,
+        ),
+        SALIENCY: lambda: (_through_package(model, _saliency(forward)), False),
         ROLLOUT: lambda: (
             _token_method(MambaAttentionRollout(model, forward), position=settings.position),
             False,

@@ -14,8 +14,12 @@ from captum_mamba.ops.backends import (
 )
 from captum_mamba.ops.causal_conv import causal_conv1d
 from captum_mamba.ops.parallel_scan import ParallelSelectiveScan, parallel_selective_scan
-from captum_mamba.ops.selective_scan import SelectiveScan, selective_scan
-from captum_mamba.ops.ssd_scan import SSDScan, ssd_scan
+from captum_mamba.ops.selective_scan import (
+    SelectiveScan,
+    selective_scan,
+    selective_scan_with_state,
+)
+from captum_mamba.ops.ssd_scan import SSDScan, ssd_scan, ssd_scan_with_state
 
 __all__ = [
     "IMPLEMENTATIONS",
@@ -28,6 +32,8 @@ __all__ = [
     "parallel_selective_scan",
     "replaced_kernels",
     "selective_scan",
+    "selective_scan_with_state",
     "set_implementation",
     "ssd_scan",
+    "ssd_scan_with_state",
 ]

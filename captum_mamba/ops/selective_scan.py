@@ -89,13 +89,20 @@ def _chunk_starts(length: int, chunk: int) -> list[int]:
 
 
 def _forward_scan(
-    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int, keep_boundaries: bool
-) -> tuple[Tensor, Tensor | None]:
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk: int,
+    keep_boundaries: bool,
+    initial: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None, Tensor]:
     batch, length, channels = x.shape
     starts = _chunk_starts(length, chunk)
     buffers = _ChunkBuffers(x, min(chunk, length), A.shape[1])
     y = x.new_empty(batch, length, channels)
-    h = x.new_zeros(batch, channels, A.shape[1])
+    h = x.new_zeros(batch, channels, A.shape[1]) if initial is None else initial.clone()
     boundaries = x.new_empty(batch, len(starts), *h.shape[1:]) if keep_boundaries else None
     dtx = dt * x
     for index, start in enumerate(starts):
@@ -106,7 +113,7 @@ def _forward_scan(
         _scan_chunk(decay, states, h)
         y[:, start:stop] = torch.einsum("btdn,btn->btd", states, C[:, start:stop])
         h = states[:, -1].clone()
-    return y, boundaries
+    return y, boundaries, h
 
 
 class SelectiveScan(torch.autograd.Function):
@@ -115,7 +122,7 @@ class SelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dt, A, B, C, chunk):
         full = any(ctx.needs_input_grad[1:5])
-        y, boundaries = _forward_scan(x, dt, A, B, C, chunk, keep_boundaries=full)
+        y, boundaries, _ = _forward_scan(x, dt, A, B, C, chunk, keep_boundaries=full)
         ctx.chunk = chunk
         ctx.save_for_backward(x, dt, A, B, C, boundaries)
         return y
@@ -227,3 +234,48 @@ def selective_scan(
     return SelectiveScan.apply(
         x.contiguous(), dt.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(), chunk
     )
+
+
+@torch.no_grad()
+def selective_scan_with_state(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    state: Tensor | None = None,
+    chunk_elements: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""Selective scan of Mamba-1 continued from a state, returning the final state.
+
+    For generation token by token: scanning a sequence in pieces, each from the final
+    state of the previous piece, gives the scan of the whole sequence. Runs the
+    sequential implementation without autograd (no gradients).
+
+    Args:
+        x (Tensor): ``(batch, length, channels)`` scan input.
+        dt (Tensor): ``(batch, length, channels)`` positive time steps.
+        A (Tensor): ``(channels, state)`` continuous-time state matrix.
+        B (Tensor): ``(batch, length, state)`` input projection.
+        C (Tensor): ``(batch, length, state)`` output projection.
+        state (Tensor, optional): ``(batch, channels, state)`` state before the first
+            step; None for zeros. Default: None.
+        chunk_elements (int, optional): work-buffer budget as for
+            :func:`selective_scan`. Default: None (``2**18``).
+
+    Returns:
+        tuple: ``y`` ``(batch, length, channels)`` and the state after the last step
+        ``(batch, channels, state)``.
+
+    Examples::
+
+        >>> y1, h = selective_scan_with_state(x[:, :5], dt[:, :5], A, B[:, :5], C[:, :5])
+        >>> y2, h = selective_scan_with_state(x[:, 5:], dt[:, 5:], A, B[:, 5:], C[:, 5:], h)
+    """
+    check_one_dtype("selective_scan_with_state", x, dt, A, B, C)
+    batch, _, channels = x.shape
+    budget = DEFAULT_CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
+    chunk = _chunk_length(batch, channels, A.shape[1], budget)
+    tensors = (t.contiguous() for t in (x, dt, A, B, C))
+    y, _, final = _forward_scan(*tensors, chunk, keep_boundaries=False, initial=state)
+    return y, final

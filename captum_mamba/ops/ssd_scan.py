@@ -50,8 +50,11 @@ def _segment_sums(log_decay: Tensor) -> Tensor:
     return sums.masked_fill(~lower, float("-inf"))
 
 
-def _ssd(u: Tensor, log_decay: Tensor, B: Tensor, C: Tensor, chunk: int) -> Tensor:
-    """``y[t] = sum_{s<=t} (C[t].B[s]) exp(sum_{k=s+1..t} log_decay[k]) u[s]``, chunked.
+def _ssd_states(
+    u: Tensor, log_decay: Tensor, B: Tensor, C: Tensor, chunk: int, initial: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """``y[t] = sum_{s<=t} (C[t].B[s]) exp(sum_{k=s+1..t} log_decay[k]) u[s]``, chunked,
+    plus the contribution of an initial state, and the final state.
 
     Args:
         u (Tensor): ``(batch, length, groups, heads_per_group, head_dim)`` inputs.
@@ -59,9 +62,12 @@ def _ssd(u: Tensor, log_decay: Tensor, B: Tensor, C: Tensor, chunk: int) -> Tens
         B (Tensor): ``(batch, length, groups, state)``.
         C (Tensor): ``(batch, length, groups, state)``.
         chunk (int): time steps per chunk.
+        initial (Tensor, optional): ``(batch, groups, heads_per_group, head_dim, state)``
+            state before the first step; None for zeros. Default: None.
 
     Returns:
-        Tensor: ``y`` with the shape of ``u``.
+        tuple: ``y`` with the shape of ``u``, and the state after the last step (zero
+        padding of the last chunk leaves it unchanged: its decay is 1, its input 0).
     """
     length = u.shape[1]
     u, log_decay, B, C = (chunked(t, chunk) for t in (u, log_decay, B, C))
@@ -75,7 +81,7 @@ def _ssd(u: Tensor, log_decay: Tensor, B: Tensor, C: Tensor, chunk: int) -> Tens
     to_end = torch.exp(cumulative[..., -1:] - cumulative)  # decay from s to the chunk end
     chunk_states = torch.einsum("bcsgn,bcgjs,bcsgjp->bcgjpn", B, to_end, u)
     chunk_decay = torch.exp(cumulative[..., -1])  # (b, c, g, j)
-    state = torch.zeros_like(chunk_states[:, 0])
+    state = torch.zeros_like(chunk_states[:, 0]) if initial is None else initial
     starts = []
     for index in range(chunk_states.shape[1]):
         starts.append(state)
@@ -83,7 +89,12 @@ def _ssd(u: Tensor, log_decay: Tensor, B: Tensor, C: Tensor, chunk: int) -> Tens
     start_states = torch.stack(starts, dim=1)  # state before each chunk
     from_start = torch.exp(cumulative)  # decay from the chunk start to t
     y = y + torch.einsum("bctgn,bcgjpn,bcgjt->bctgjp", C, start_states, from_start)
-    return y.reshape(y.shape[0], -1, *y.shape[3:])[:, :length]
+    return y.reshape(y.shape[0], -1, *y.shape[3:])[:, :length], state
+
+
+def _ssd(u: Tensor, log_decay: Tensor, B: Tensor, C: Tensor, chunk: int) -> Tensor:
+    """:func:`_ssd_states` from a zero state, without the final state."""
+    return _ssd_states(u, log_decay, B, C, chunk)[0]
 
 
 def _grouped(x: Tensor, dt: Tensor, A: Tensor, groups: int) -> tuple[Tensor, Tensor]:
@@ -179,3 +190,48 @@ def ssd_scan(
     return SSDScan.apply(
         x.contiguous(), dt.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(), chunk_size
     )
+
+
+@torch.no_grad()
+def ssd_scan_with_state(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    state: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""SSD scan of Mamba-2 continued from a state, returning the final state.
+
+    For generation token by token: scanning a sequence in pieces, each from the final
+    state of the previous piece, gives the scan of the whole sequence. Runs the
+    chunked implementation without autograd (no gradients).
+
+    Args:
+        x (Tensor): ``(batch, length, heads, head_dim)`` scan input.
+        dt (Tensor): ``(batch, length, heads)`` positive time steps.
+        A (Tensor): ``(heads,)`` continuous-time decay rates.
+        B (Tensor): ``(batch, length, groups, state)`` input projection.
+        C (Tensor): ``(batch, length, groups, state)`` output projection.
+        chunk_size (int, optional): time steps per chunk. Default: 64.
+        state (Tensor, optional): ``(batch, heads, head_dim, state)`` state before the
+            first step; None for zeros. Default: None.
+
+    Returns:
+        tuple: ``y`` ``(batch, length, heads, head_dim)`` and the state after the last
+        step ``(batch, heads, head_dim, state)``.
+
+    Examples::
+
+        >>> y1, h = ssd_scan_with_state(x[:, :5], dt[:, :5], A, B[:, :5], C[:, :5])
+        >>> y2, h = ssd_scan_with_state(x[:, 5:], dt[:, 5:], A, B[:, 5:], C[:, 5:], state=h)
+    """
+    check_one_dtype("ssd_scan_with_state", x, dt, A, B, C)
+    batch, _, heads, head_dim = x.shape
+    groups = B.shape[2]
+    u, log_decay = _grouped(x, dt, A, groups)
+    grouped = (batch, groups, heads // groups, head_dim, B.shape[-1])
+    initial = None if state is None else state.reshape(grouped)
+    y, final = _ssd_states(u, log_decay, B, C, chunk_size, initial)
+    return y.reshape(x.shape), final.reshape(batch, heads, head_dim, B.shape[-1])

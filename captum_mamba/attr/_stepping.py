@@ -1,0 +1,125 @@
+"""Attribution classes: running a model token by token with its recurrent state.
+
+:class:`StepBackend` is a backend of :mod:`captum_mamba.adapters.backend` that keeps,
+for every causal convolution and every scan of the model, the state its next call
+continues from: the last ``kernel - 1`` inputs of the convolution and the final state of
+the scan. A forward pass of the prompt fills the states; each following forward pass of
+one token continues them, so generating ``n`` tokens costs one forward pass of the
+prompt and ``n`` forward passes of one token, instead of ``n`` forward passes of the
+growing prefix. The block forwards are the package's handler forwards, the same code as
+for explanations; only the three operations that mix time steps are continued here.
+
+It refuses (``NotImplementedError``) models whose handlers use operations it cannot
+continue: scans in reverse order (bidirectional mixers) and operations of unknown kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from captum_mamba.adapters import Backend, BlockOps, PlanEntry
+from captum_mamba.ops.selective_scan import selective_scan_with_state
+from captum_mamba.ops.ssd_scan import ssd_scan_with_state
+from captum_mamba.rules import MambaRules
+
+#: Site kinds of operations that act on each position alone (or are continued below).
+STEPPABLE_KINDS = frozenset({"norm", "silu", "gate", "ssm", "ssd", "add", "scale", "time_step"})
+
+
+class StepOps(BlockOps):
+    """Block operations that continue the convolutions and scans of the previous call.
+
+    The states live in the backend (:attr:`StepBackend.states`), keyed by module path
+    and site.
+    """
+
+    states: dict[tuple[str, str], Tensor]
+
+    def causal_conv(self, conv: nn.Module, x: Tensor) -> Tensor:
+        """Causal conv of ``x`` after the inputs kept from the previous call."""
+        kernel = conv.weight.shape[-1]
+        key = (self.path, f"conv:{id(conv)}")
+        previous = self.states.get(key)
+        if previous is None:
+            previous = x.new_zeros(x.shape[0], kernel - 1, x.shape[2])
+        full = torch.cat([previous, x], dim=1)
+        self.states[key] = full[:, full.shape[1] - (kernel - 1) :]
+        return super().causal_conv(conv, full)[:, previous.shape[1] :]
+
+    def ssm(
+        self,
+        site: str,
+        x: Tensor,
+        dt: Tensor,
+        A: Tensor,
+        B: Tensor,
+        C: Tensor,
+        D: Tensor | None,
+        reverse: bool = False,
+    ) -> Tensor:
+        """Mamba-1 scan continued from the state of the previous call."""
+        self.rules(site)
+        if reverse:
+            raise NotImplementedError(
+                f"{self.path}.{site} scans in reverse (a bidirectional mixer), which cannot "
+                "be continued token by token; pass target_ids instead of generating"
+            )
+        key = (self.path, site)
+        y, self.states[key] = selective_scan_with_state(
+            x, dt, A.to(x.dtype), B, C, self.states.get(key)
+        )
+        return y if D is None else y + x * D.to(x.dtype)
+
+    def ssd(
+        self,
+        site: str,
+        x: Tensor,
+        dt: Tensor,
+        A: Tensor,
+        B: Tensor,
+        C: Tensor,
+        D: Tensor | None,
+        chunk_size: int,
+    ) -> Tensor:
+        """Mamba-2 scan continued from the state of the previous call."""
+        self.rules(site)
+        key = (self.path, site)
+        y, self.states[key] = ssd_scan_with_state(
+            x, dt, A.to(x.dtype), B, C, chunk_size, self.states.get(key)
+        )
+        if D is None:
+            return y
+        D = D.to(x.dtype)
+        return y + x * (D[:, None] if D.dim() == 1 else D)
+
+
+class StepBackend(Backend):
+    """Backend whose forward passes continue the previous one (see the module docstring).
+
+    Attributes:
+        states (dict): ``(module path, site) -> state`` of every convolution and scan.
+    """
+
+    ops_class = StepOps
+
+    def __init__(self) -> None:
+        self.states: dict[tuple[str, str], Tensor] = {}
+
+    def ops(self, module: nn.Module, path: str, site_rules: Mapping[str, MambaRules]) -> BlockOps:
+        ops = super().ops(module, path, site_rules)
+        ops.states = self.states
+        return ops
+
+    def call(self, entry: PlanEntry, ops: BlockOps, *args: Any, **kwargs: Any) -> Any:
+        unknown = sorted(set(entry.handler.sites.values()) - STEPPABLE_KINDS)
+        if unknown:
+            raise NotImplementedError(
+                f"{entry.path or '<model>'} ({type(entry.module).__name__}) uses operations "
+                f"of kind {unknown}, which cannot be continued token by token; pass "
+                "target_ids instead of generating"
+            )
+        return super().call(entry, ops, *args, **kwargs)

@@ -1,0 +1,88 @@
+"""Smoke tests of the benchmark command and the peak-memory measurement (tiny model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from captum_mamba import benchmark
+from captum_mamba.study import MEMORY_METHODS, measure_peak_memory, parse_shape
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_tables_and_plot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    benchmark.main(
+        [
+            "--quick",
+            "--lengths",
+            "24",
+            "--long-lengths",
+            "--saliency-cap",
+            "0",
+            "--hf-max-length",
+            "0",
+            "--compare-length",
+            "0",
+            "--generation",
+            "--throughput",
+            "--thread-counts",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    printed = capsys.readouterr().out
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [row["length"] for row in results["lengths"]] == [24]
+    row = results["lengths"][0]
+    assert row["lrp"] > 0 and row["forward_rules"] > 0 and row["forward_hf"] is None
+    assert results["compare"] == []
+    generation = results["generation"]
+    assert generation["tokens"] == 4 and generation["generate"] > 0
+    assert generation["before_explain"] > 0 and generation["explain"] > 0
+    assert [r["batch_size"] for r in results["throughput"]] == [1, 4]
+    assert all(r["tokens_per_s"] > 0 for r in results["throughput"])
+    assert (tmp_path / "scaling.png").stat().st_size > 0
+    tables = (tmp_path / "tables.md").read_text()
+    assert "| tokens | path | MambaLRP s |" in tables and tables.strip() in printed
+    assert "generate + explain" in tables and "tokens/s" in tables
+
+
+def test_markdown_of_saliency_cap_and_paths() -> None:
+    row = dict(
+        length=1024,
+        lean=True,
+        lrp=2.0,
+        lrp_mib=100.0,
+        forward_rules=1.0,
+        forward_rules_mib=10.0,
+        forward_hf=None,
+        saliency=None,
+        saliency_note=">300 (cap)",
+    )
+    table = benchmark.markdown_tables({"lengths": [row]})
+    assert (
+        "| 1024 | lean | 2.00 | 1.95 | 100 | 0.098 | 1.00 | 10 | - | 2.00 | >300 (cap) |" in table
+    )
+    assert table.endswith("> 150.0x |")
+
+
+def test_peak_memory_of_the_lean_path() -> None:
+    lean = measure_peak_memory("mambalrp-lean", 256, shape="tiny", repeats=2)
+    assert lean["lean"] is False  # 256 tokens: the automatic choice would be fast
+    assert lean["seconds"] > 0 and lean["peak_rss_mib"] >= lean["before_call_rss_mib"]
+    assert lean["method"] == "mambalrp-lean" and lean["length"] == 256
+    assert set(MEMORY_METHODS) >= {"mambalrp-fast", "mambalrp-lean", "forward-rules"}
+    with pytest.raises(ValueError, match="unknown method 'lime'"):
+        measure_peak_memory("lime", 8, shape="tiny")
+
+
+def test_shapes() -> None:
+    assert parse_shape("130m") == (768, 24, 16, 50280)
+    assert parse_shape("8,2,4,32") == (8, 2, 4, 32)
+    with pytest.raises(ValueError, match="hidden,layers,state,vocab"):
+        parse_shape("big")
