@@ -6,6 +6,8 @@ files that need it call :func:`run_in_mamba_ssm_subprocess` from one test of the
 process; it re-runs the file with ``CAPTUM_MAMBA_SSM_SUBPROCESS=1`` and, where the
 extension is missing, with a stand-in ``selective_scan_cuda`` module on ``PYTHONPATH``
 (importable, raising if called). Tests marked :data:`subprocess_only` run only there.
+Where mamba-ssm is not installed they are skipped, or fail with
+``CAPTUM_MAMBA_REQUIRE_MAMBA_SSM=1`` (set by ``.ci/run``, which installs it).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 import pytest
 
 IN_SUBPROCESS = os.environ.get("CAPTUM_MAMBA_SSM_SUBPROCESS") == "1"
+#: Set to 1 (CI does) to fail instead of skipping when mamba-ssm is not installed.
+REQUIRE = "CAPTUM_MAMBA_REQUIRE_MAMBA_SSM"
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Stand-in for mamba-ssm's compiled CUDA extension, enough to import mamba_ssm on CPU.
@@ -50,10 +54,13 @@ def run_in_mamba_ssm_subprocess(tmp_path: Path, *test_files: str) -> None:
     if IN_SUBPROCESS:
         pytest.skip("already inside the mamba-ssm subprocess")
     if find_spec("mamba_ssm") is None:
-        pytest.skip(
+        reason = (
             "mamba-ssm is not installed; on CPU install it with MAMBA_FORCE_BUILD=TRUE "
             "MAMBA_SKIP_CUDA_BUILD=TRUE pip install --no-build-isolation mamba-ssm"
         )
+        if os.environ.get(REQUIRE) == "1":
+            pytest.fail(f"{reason} ({REQUIRE}=1, as in CI)")
+        pytest.skip(reason)
     env = dict(os.environ, CAPTUM_MAMBA_SSM_SUBPROCESS="1", OMP_NUM_THREADS="1")
     paths = [str(ROOT)]
     if find_spec("selective_scan_cuda") is None:

@@ -1,5 +1,7 @@
 """The supported Captum releases (0.7, 0.8, 0.9): every private name of
-``captum_mamba._captum`` resolves and every Captum-facing path works.
+``captum_mamba._captum`` resolves and every Captum-facing path works (Captum's
+``LLMGradientAttribution`` with ``LayerMambaLRP`` from 0.8 on: 0.7 takes only
+``LayerIntegratedGradients``).
 
 The installed release is checked in this process; the others are installed with
 ``pip install --no-deps --target`` into a temporary folder and checked in a subprocess
@@ -49,6 +51,18 @@ assert (layer_relevance - expected.attribute(embeds, target=(-1, 3))).abs().max(
 result = attribute_generation(model, ids[0], max_new_tokens=2)
 assert tuple(result.token_attr.shape) == (2, 7) and result.output_probs.shape == (2,)
 result.plot_token_attr()
+from captum.attr import LLMGradientAttribution, TextTokenInput
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+raw = Tokenizer(models.WordLevel({{f"w{{i}}": i for i in range(64)}}, unk_token="w0"))
+raw.pre_tokenizer = pre_tokenizers.Whitespace()
+tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw)
+# Captum 0.7's LLMGradientAttribution takes only LayerIntegratedGradients.
+if {version!r} != "0.7.0":
+    lrp = LayerMambaLRP(model, model.get_input_embeddings())
+    llm = LLMGradientAttribution(lrp, tokenizer)
+    llm_result = llm.attribute(TextTokenInput("w5 w17 w33", tokenizer), target=torch.tensor([3, 9]))
+    assert tuple(llm_result.token_attr.shape) == (2, 3), llm_result.token_attr.shape
 print("captum", captum.__version__, "ok")
 """
 

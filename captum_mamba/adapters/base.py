@@ -487,7 +487,8 @@ def plain_forward(handler: ModuleHandler, module: nn.Module, *args: Any, **kwarg
     Args:
         handler (ModuleHandler): the module's handler.
         module (nn.Module): the module.
-        *args, **kwargs: the forward's arguments.
+        *args (Any): positional arguments of the forward.
+        **kwargs (Any): keyword arguments of the forward.
 
     Returns:
         Any: the forward's output.

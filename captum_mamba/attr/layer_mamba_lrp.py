@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from captum.attr import GradientAttribution, LayerAttribution
+from captum.attr import LayerGradientXActivation
 from torch import Tensor, nn
 
 from captum_mamba._captum import format_additional_forward_args
@@ -50,7 +50,7 @@ def _leaf(value: Any, layer: nn.Module, dtype: torch.dtype) -> Tensor:
     return as_leaf(value, dtype)
 
 
-class LayerMambaLRP(LayerAttribution, GradientAttribution):
+class LayerMambaLRP(LayerGradientXActivation):
     r"""MambaLRP relevance of the input or output of one layer of a Mamba model.
 
     With ``layer = model.get_input_embeddings()`` this explains token ids: the
@@ -58,12 +58,17 @@ class LayerMambaLRP(LayerAttribution, GradientAttribution):
     explained output. Any block of the model can be chosen instead to read the
     relevance that flows through it.
 
+    MambaLRP is Gradient x Activation on a backward pass modified by the rules, so this
+    class is a Captum ``LayerGradientXActivation``: Captum's
+    ``LLMGradientAttribution`` accepts it as it accepts that class.
+
     Args:
         model (nn.Module): a model containing supported Mamba blocks.
         layer (nn.Module): the layer whose output (or input) is attributed.
         forward_func (Callable, optional): function of the inputs that runs ``model``
-            and returns a tensor ``(batch, ...)``. Default: for Hugging Face models,
-            ``forward(input_ids, attention_mask=None)`` returning the logits.
+            and returns a tensor ``(batch, ...)``. Default (or ``model`` itself): for
+            Hugging Face models, ``forward(input_ids, attention_mask=None)`` returning
+            the logits.
         rules (MambaRules, optional): which rules to apply. Default: all.
         lean (bool, optional): memory-lean path (see :class:`MambaLRP`); None
             chooses it for inputs of at least
@@ -88,11 +93,13 @@ class LayerMambaLRP(LayerAttribution, GradientAttribution):
         if not isinstance(layer, nn.Module):
             raise TypeError(f"layer must be a module of the model, got {type(layer).__name__}")
         plan_rules(model, self.rules)
-        LayerAttribution.__init__(self, forward_func or default_forward(model, "input_ids"), layer)
-        GradientAttribution.__init__(self, self.forward_func)
+        # The model is the forward function, as in Captum: its LLM attributions read the
+        # model from it and replace it with their own; the model runs as ``_logits``.
+        super().__init__(forward_func or model, layer)
         self.model = model
         uses_lean(lean, 0)  # checks the setting
         self.lean = lean
+        self._logits = default_forward(model, "input_ids")
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -169,9 +176,10 @@ class LayerMambaLRP(LayerAttribution, GradientAttribution):
             else:
                 handle = self.layer.register_forward_hook(capture_output)
             try:
+                forward = self._logits if self.forward_func is self.model else self.forward_func
                 arguments = plain_arguments((*formatted, *extra))
                 explained = explained_outputs(
-                    self.forward_func,
+                    forward,
                     arguments[: len(formatted)],
                     arguments[len(formatted) :],
                     target,
