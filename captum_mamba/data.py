@@ -553,6 +553,41 @@ def _class_indices(
     return names, labels
 
 
+def split_indices(
+    labels: Sequence[int], held_out_fraction: float, seed: int = 0
+) -> tuple[list[int], list[int]]:
+    """Seeded split of example indices, stratified by label (see
+    :func:`train_validation_split`).
+
+    Args:
+        labels (sequence of int): the class of each example.
+        held_out_fraction (float): share held out, in ``(0, 1)``.
+        seed (int, optional): seed of the selection. Default: 0.
+
+    Returns:
+        tuple: ``(kept, held_out)`` sorted index lists.
+    """
+    if not 0 < held_out_fraction < 1:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {held_out_fraction}")
+    by_label: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_label.setdefault(label, []).append(index)
+    generator = random.Random(seed)
+    held_out: set[int] = set()
+    for label in sorted(by_label):
+        indices = by_label[label]
+        count = round(held_out_fraction * len(indices))
+        count = min(max(count, 1 if len(indices) > 1 else 0), len(indices) - 1)
+        held_out.update(generator.sample(indices, count))
+    if not held_out:
+        raise ValueError(
+            f"validation_fraction {held_out_fraction} of {len(labels)} examples holds out "
+            f"nothing; use a larger fraction or more examples"
+        )
+    kept = [i for i in range(len(labels)) if i not in held_out]
+    return kept, sorted(held_out)
+
+
 def train_validation_split(
     examples: Sequence[LabelledText], validation_fraction: float, seed: int = 0
 ) -> tuple[list[LabelledText], list[LabelledText]]:
@@ -573,26 +608,8 @@ def train_validation_split(
 
         >>> train, validation = train_validation_split(data.examples, 0.1, seed=0)
     """
-    if not 0 < validation_fraction < 1:
-        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
-    by_label: dict[int, list[int]] = {}
-    for index, example in enumerate(examples):
-        by_label.setdefault(example.label, []).append(index)
-    generator = random.Random(seed)
-    held_out: set[int] = set()
-    for label in sorted(by_label):
-        indices = by_label[label]
-        count = round(validation_fraction * len(indices))
-        count = min(max(count, 1 if len(indices) > 1 else 0), len(indices) - 1)
-        held_out.update(generator.sample(indices, count))
-    train = [e for i, e in enumerate(examples) if i not in held_out]
-    validation = [e for i, e in enumerate(examples) if i in held_out]
-    if not validation:
-        raise ValueError(
-            f"validation_fraction {validation_fraction} of {len(examples)} examples holds out "
-            f"nothing; use a larger fraction or more examples"
-        )
-    return train, validation
+    kept, held_out = split_indices([e.label for e in examples], validation_fraction, seed)
+    return [examples[i] for i in kept], [examples[i] for i in held_out]
 
 
 def load_sst2(path: str | os.PathLike[str]) -> list[LabelledText]:

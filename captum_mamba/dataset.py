@@ -50,7 +50,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,12 +57,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from captum_mamba.adapters import UnsupportedModelError, rules_applied
-from captum_mamba.adapters.base import plan_rules
 from captum_mamba.baselines.captum_methods import MethodSettings
-from captum_mamba.loading import ExplainedModel
+from captum_mamba.loading import ExplainedModel, fast_forward
 from captum_mamba.methods import MethodRunner, build_runners, method_slug, resolve_methods
-from captum_mamba.rules import MambaRules
 from captum_mamba.sharding import (
     ShardLayout,
     barrier,
@@ -204,16 +200,6 @@ def explain_in_batches(
     return [s for s in scores if s is not None], seconds
 
 
-def fast_forward(model: torch.nn.Module) -> AbstractContextManager[Any]:
-    """The model's exact forward through this package's scans (fast on CPUs), or its
-    own forward if the adapters do not cover it."""
-    try:
-        plan_rules(model, MambaRules.gradient_x_input())
-    except UnsupportedModelError:
-        return nullcontext()
-    return rules_applied(model, MambaRules.gradient_x_input())
-
-
 @torch.no_grad()
 def _outputs(
     explained: ExplainedModel, sequences: Sequence[Tensor], batch_size: int, max_tokens: int | None
@@ -344,7 +330,8 @@ def _shard_rows(
     runners: Sequence[MethodRunner],
     texts: Sequence[str],
     labels: Sequence[int] | None,
-    example_ids: Sequence[int],
+    ids: Sequence[int],
+    indices: Sequence[int],
     target: str | int,
     token_target: int | None,
     kind: str,
@@ -353,22 +340,22 @@ def _shard_rows(
     max_tokens: int | None,
 ) -> dict[str, list[Any]]:
     """The result columns of one shard."""
-    ids = explained.encode([texts[i] for i in example_ids])
+    tokens = explained.encode([texts[i] for i in indices])
     embedding = explained.model.get_input_embeddings()
     with torch.no_grad():
-        sequences = [embedding(torch.tensor(row, device=device)).detach() for row in ids]
+        sequences = [embedding(torch.tensor(row, device=device)).detach() for row in tokens]
     outputs = _outputs(explained, sequences, batch_size, max_tokens)
     columns: dict[str, list[Any]] = {name: [] for name in ("example_id", "text", "label")}
     for name in ("predicted", "target", "target_name", "position", "output"):
         columns[name] = []
-    columns["token_ids"], columns["tokens"] = list(ids), []
+    columns["token_ids"], columns["tokens"] = list(tokens), []
     targets = []
-    for example, output, row in zip(example_ids, outputs, ids, strict=True):
-        label = None if labels is None else labels[example]
+    for index, output, row in zip(indices, outputs, tokens, strict=True):
+        label = None if labels is None else labels[index]
         chosen = _resolve_target(target, kind, output, label, token_target)
         targets.append(chosen if kind == "classifier" else (-1, chosen))
-        columns["example_id"].append(example)
-        columns["text"].append(texts[example])
+        columns["example_id"].append(ids[index])
+        columns["text"].append(texts[index])
         columns["label"].append(label)
         columns["predicted"].append(int(output.argmax()))
         columns["target"].append(chosen)
@@ -379,7 +366,7 @@ def _shard_rows(
     for runner in runners:
         slug = method_slug(runner.name)
         scores, seconds = explain_in_batches(
-            runner, sequences, targets, list(example_ids), batch_size, max_tokens
+            runner, sequences, targets, [ids[i] for i in indices], batch_size, max_tokens
         )
         columns[f"relevance_{slug}"] = [s.double().cpu().tolist() for s in scores]
         columns[f"delta_{slug}"] = [
@@ -487,6 +474,7 @@ def attribute_dataset(
     progress: bool = True,
     run_info: dict[str, Any] | None = None,
     on_shard: Callable[[int], None] | None = None,
+    example_ids: Sequence[int] | None = None,
 ) -> DatasetRun:
     r"""Explain every text of a data set and write the results as sharded Parquet.
 
@@ -522,6 +510,9 @@ def attribute_dataset(
             the data file); resuming requires them equal. Default: None.
         on_shard (Callable, optional): called with each shard number this process
             has written.
+        example_ids (sequence of int, optional): the id of each text (e.g. its row
+            in the file when ``texts`` is a sample); seeds the seeded methods.
+            Default: ``0..len(texts)-1``.
 
     Returns:
         DatasetRun: the shards computed, skipped and missing, and the merged file.
@@ -551,6 +542,9 @@ def attribute_dataset(
         raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
     if labels is not None and len(labels) != len(texts):
         raise ValueError(f"{len(labels)} labels for {len(texts)} texts; pass one label per text")
+    ids = list(range(len(texts))) if example_ids is None else [int(i) for i in example_ids]
+    if len(ids) != len(texts) or len(set(ids)) != len(ids):
+        raise ValueError(f"example_ids must be {len(texts)} distinct integers, one per text")
     settings = settings or MethodSettings()
     process = current_process(rank, world_size, device)
     try:
@@ -578,7 +572,7 @@ def attribute_dataset(
             "settings": asdict(settings),
             "target": target,
             "examples": len(texts),
-            "texts_fingerprint": _texts_fingerprint(texts, labels),
+            "texts_fingerprint": _texts_fingerprint(texts, labels, ids),
             "shard_size": shard_size,
             "batch_size": batch_size,
             "max_tokens": max_tokens,
@@ -610,6 +604,7 @@ def attribute_dataset(
                     runners,
                     texts,
                     labels,
+                    ids,
                     list(layout.examples(shard)),
                     target,
                     token_target,
@@ -645,10 +640,13 @@ def _package_version() -> str:
     return captum_mamba.__version__
 
 
-def _texts_fingerprint(texts: Sequence[str], labels: Sequence[int] | None) -> str:
+def _texts_fingerprint(
+    texts: Sequence[str], labels: Sequence[int] | None, example_ids: Sequence[int]
+) -> str:
     import hashlib
 
-    digest = hashlib.sha256(json.dumps(None if labels is None else list(labels)).encode())
+    head = [None if labels is None else list(labels), list(example_ids)]
+    digest = hashlib.sha256(json.dumps(head).encode())
     for text in texts:
         digest.update(json.dumps(text).encode())
         digest.update(b"\n")

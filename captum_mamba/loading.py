@@ -24,6 +24,7 @@ import importlib
 import json
 import re
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from captum_mamba.adapters import UnsupportedModelError, plan_rules, rules_applied
 from captum_mamba.attr._forward import default_forward
+from captum_mamba.rules import MambaRules
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -66,13 +69,43 @@ class ExplainedModel:
 
     def fingerprint(self) -> str:
         """SHA-256 (16 hex digits) of the model's parameters and buffers, in order."""
-        digest = hashlib.sha256()
-        for name, tensor in self.model.state_dict().items():
-            digest.update(name.encode())
-            data = tensor.detach().to("cpu").contiguous()
-            digest.update(str(data.dtype).encode())
-            digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-        return digest.hexdigest()[:16]
+        return model_fingerprint(self.model)
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 (16 hex digits) of a model's parameters and buffers, in order.
+
+    Args:
+        model (nn.Module): the model.
+
+    Returns:
+        str: 16 hex digits; any change of a weight changes it.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        data = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{data.dtype}{tuple(data.shape)}".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def fast_forward(model: nn.Module) -> AbstractContextManager[Any]:
+    """Context in which ``model`` computes its exact function through this package's
+    scans (fast on CPUs; ``rules_applied`` with every rule off), or its own forward if
+    the adapters do not cover it.
+
+    Args:
+        model (nn.Module): the model.
+
+    Returns:
+        context manager: the context.
+    """
+    try:
+        plan_rules(model, MambaRules.gradient_x_input())
+    except UnsupportedModelError:
+        return nullcontext()
+    return rules_applied(model, MambaRules.gradient_x_input())
 
 
 def _is_checkpoint(path: Path) -> bool:
@@ -145,10 +178,21 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def _text_classifier(path: Path, max_length: int | None) -> ExplainedModel:
-    from captum_mamba.sentiment import TextClassifier, tokenize
+def from_classifier(classifier: Any, source: str, max_length: int | None = None) -> ExplainedModel:
+    """An :class:`ExplainedModel` of a :class:`~captum_mamba.sentiment.TextClassifier`.
 
-    classifier = TextClassifier.load(path)
+    Args:
+        classifier (TextClassifier): the classifier.
+        source (str): where it came from (for captions).
+        max_length (int, optional): tokens kept per text. Default: None (the
+            classifier's setting).
+
+    Returns:
+        ExplainedModel: the classifier with its own tokenization (normalisation and
+        truncation as in training).
+    """
+    from captum_mamba.sentiment import tokenize
+
     setup = classifier.setup
     if max_length is not None:
         setup = setup.replace(max_length=max_length)
@@ -164,9 +208,9 @@ def _text_classifier(path: Path, max_length: int | None) -> ExplainedModel:
         default_forward(model, "inputs_embeds"),
         classifier.padding_id,
         classifier.label_names,
-        f"captum-mamba text classifier {path.name} ({setup.describe()}; "
+        f"captum-mamba text classifier {Path(source).name} ({setup.describe()}; "
         f"classes {', '.join(classifier.label_names)})",
-        str(path),
+        source,
     )
 
 
@@ -313,8 +357,10 @@ def load_explained(
                 f"{path} is a file but not a captum-mamba classifier checkpoint; pass that, "
                 f"a transformers or mamba-ssm model folder, a hub id or module:function"
             )
+        from captum_mamba.sentiment import TextClassifier
+
         try:
-            return _text_classifier(path, max_length)
+            return from_classifier(TextClassifier.load(path), str(path), max_length)
         except CheckpointError as error:
             raise ModelLoadError(str(error)) from None
     if path.is_dir() and (path / "config.json").is_file():
