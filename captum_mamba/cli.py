@@ -242,13 +242,34 @@ def _add_processes(parser: argparse.ArgumentParser, shard_size: int) -> None:
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+#: The alias programs and the command each stands for.
+ALIASES = {
+    "captum-mamba-demo": "demo",
+    "captum-mamba-study": "study",
+    "captum-mamba-benchmark": "benchmark",
+}
+
+
+def _name(prog: str, command: str) -> str:
+    """Name of a (sub)command in messages: ``captum-mamba study run``, or with an
+    alias ``captum-mamba-study run``."""
+    first, _, rest = command.partition(" ")
+    if ALIASES.get(prog) == first:
+        return f"{prog} {rest}".strip()
+    return f"captum-mamba {command}"
+
+
 def _parser(prog: str = "captum-mamba") -> _Parser:
     parser = _Parser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = commands.add_parser
 
-    demo = commands.add_parser("demo", help="explain sentiment predictions (trains once)")
+    def add(name: str, help: str, **options: Any) -> argparse.ArgumentParser:
+        return sub(name, help=help, prog=_name(prog, name), **options)
+
+    demo = add("demo", "explain sentiment predictions (trains once)")
     demo.add_argument(
         "--data-dir", "--data", dest="data_dir", default=None, help="shared data folder"
     )
@@ -259,7 +280,7 @@ def _parser(prog: str = "captum-mamba") -> _Parser:
     demo.add_argument("--prompt", default="The Eiffel Tower is located in the city of")
     _add_threads(demo)
 
-    train = commands.add_parser("train", help="train (or load from the cache) a text classifier")
+    train = add("train", "train (or load from the cache) a text classifier")
     _add_data(train, required=True)
     train.add_argument("--label-names", type=_label_names, help="class names, comma-separated")
     train.add_argument("--tokenizer", help="tokenizer.json (default: the shared GPT-NeoX one)")
@@ -270,9 +291,7 @@ def _parser(prog: str = "captum-mamba") -> _Parser:
     _add_setup(train)
     _add_threads(train)
 
-    attribute = commands.add_parser(
-        "attribute", help="explain every text of a data set; sharded Parquet results"
-    )
+    attribute = add("attribute", "explain every text of a data set; sharded Parquet results")
     _add_model(attribute)
     _add_data(attribute, required=True)
     attribute.add_argument("--label-names", type=_label_names, help="class names of the labels")
@@ -296,9 +315,14 @@ def _parser(prog: str = "captum-mamba") -> _Parser:
     _add_processes(attribute, 64)
     _add_threads(attribute)
 
-    study = commands.add_parser("study", help="comparative study, memory measurements")
+    study = add("study", "comparative study, memory measurements")
     studies = study.add_subparsers(dest="study_command", required=True, parser_class=_Parser)
-    run = studies.add_parser("run", help="faithfulness, conservation and cost of the methods")
+
+    def add_study(name: str, help: str | None) -> argparse.ArgumentParser:
+        options = {} if help is None else {"help": help}
+        return studies.add_parser(name, prog=_name(prog, f"study {name}"), **options)
+
+    run = add_study("run", "faithfulness, conservation and cost of the methods")
     run.add_argument("--data-dir", default=None, help="shared data folder (SST-2 default set)")
     _add_model(run)
     _add_data(run)
@@ -315,20 +339,20 @@ def _parser(prog: str = "captum-mamba") -> _Parser:
     _add_processes(run, 25)
     _add_threads(run)
 
-    memory = studies.add_parser("memory", help="peak memory of rollout and MambaLRP, 130M shape")
+    memory = add_study("memory", "peak memory of rollout and MambaLRP, 130M shape")
     memory.add_argument("--length", type=positive_int, default=1024)
     memory.add_argument("--methods", default="forward,rollout,mambalrp")
     memory.add_argument("--seed", type=int, default=0)
     _add_threads(memory)
-    worker = studies.add_parser("memory-worker")
+    worker = add_study("memory-worker", None)
     worker.add_argument("--method", required=True)
     worker.add_argument("--length", type=positive_int, required=True)
     worker.add_argument("--seed", type=int, default=0)
     worker.add_argument("--threads", type=positive_int, default=None)
 
-    commands.add_parser(
-        "benchmark", help="MambaLRP time vs forward and Saliency", add_help=False
-    ).add_argument("arguments", nargs=argparse.REMAINDER)
+    add("benchmark", "MambaLRP time vs forward and Saliency", add_help=False).add_argument(
+        "arguments", nargs=argparse.REMAINDER
+    )
     return parser
 
 
@@ -729,13 +753,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "captum-mamba") -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser(prog)
     if argv[:1] == ["benchmark"]:
-        name = f"{prog} benchmark" if prog == "captum-mamba" else prog
+        name = _name(prog, "benchmark")
         return _run(lambda: _benchmark(argv[1:], name), name)
     args = parser.parse_args(argv)
     command = args.command if args.command != "study" else f"study {args.study_command}"
-    name = f"{prog} {command}"
-    if prog != "captum-mamba":  # an alias: its name already says the command
-        name = prog if prog != "captum-mamba-study" else f"{prog} {args.study_command}"
+    name = _name(prog, command)
     _set_threads(args)
     handlers: dict[str, Callable[[argparse.Namespace], None]] = {
         "demo": _demo,

@@ -94,21 +94,37 @@ def resolve_methods(names: str | Sequence[str]) -> tuple[str, ...]:
         >>> resolve_methods("MAMBALRP, saliency")
         ('MambaLRP', 'Saliency')
     """
-    items = names.split(",") if isinstance(names, str) else list(names)
-    items = [str(item).strip() for item in items]
-    if [item.lower() for item in items] == ["all"]:
-        return ALL_METHODS
     known = {}
     for name in ALL_METHODS:
         known[name.lower()] = name
         known[method_slug(name)] = name
+
+    def lookup(text: str) -> str | None:
+        text = text.strip()
+        return (known.get(text.lower()) or known.get(method_slug(text))) if text else None
+
+    if isinstance(names, str):
+        if names.strip().lower() == "all":
+            return ALL_METHODS
+        # Some names hold commas ("Read position, then random"): take the longest
+        # run of comma-separated parts that names a method.
+        parts = names.split(",")
+        items, start = [], 0
+        while start < len(parts):
+            for stop in range(len(parts), start, -1):
+                if lookup(",".join(parts[start:stop])) is not None:
+                    break
+            items.append(",".join(parts[start:stop]))
+            start = stop
+    else:
+        items = [str(item) for item in names]
     chosen: list[str] = []
     for item in items:
-        name = known.get(item.lower()) or known.get(method_slug(item))
-        if not item or name is None:
+        name = lookup(item)
+        if name is None:
             raise ValueError(
-                f"unknown method {item!r}; choose from {', '.join(ALL_METHODS)} (any case), "
-                f"or 'all'"
+                f"unknown method {item.strip()!r}; choose from {', '.join(ALL_METHODS)} "
+                f"(any case), or 'all'"
             )
         if name not in chosen:
             chosen.append(name)
