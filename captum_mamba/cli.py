@@ -364,9 +364,11 @@ def check_output_dir(path: str | os.PathLike[str], option: str = "--output-dir")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise CommandError(f"{option} {path} is a file; pass a folder")
-    existing = path
+    existing = path.absolute()
     while not existing.exists():
         existing = existing.parent
+    if not existing.is_dir():
+        raise CommandError(f"{option} {path}: {existing} is a file; pass a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise CommandError(f"{option} {path}: {existing} is not writable; pass another folder")
     return path
