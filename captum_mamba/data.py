@@ -1,9 +1,11 @@
-"""Data: readers for labelled text sets (CSV, JSON lines, Parquet), splits and the tokenizer.
+"""Data: readers for text sets (CSV, TSV, JSON lines, Parquet, Hugging Face ``datasets``
+saved to disk), splits and the tokenizer.
 
 Every reader checks each row and stops at the first bad one with a one-line
 :class:`DataFormatError` that names the file, the row (and the line, for text files)
 and how to fix it. Labels are class indices ``0..K-1``, or strings mapped to indices
-(:attr:`LabelledData.label_names` keeps the mapping).
+(:attr:`LabelledData.label_names` keeps the mapping). :func:`read_texts` reads one or
+more text columns and an optional label column; :func:`read_labelled` needs a label.
 
 Paths are always arguments; :func:`default_data_dir` only suggests the shared folder
 that sits next to a checkout (``../shared/data``) or ``$CAPTUM_MAMBA_DATA``.
@@ -12,6 +14,7 @@ Examples::
 
     >>> data = read_labelled("reviews.csv", text_column="review", label_column="stars")
     >>> train, validation = train_validation_split(data.examples, 0.1, seed=0)
+    >>> table = read_texts("pairs.jsonl", text_columns=("premise", "hypothesis"))
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ TOKENIZER_FILE = "gpt-neox-20b-tokenizer.json"
 #: Class names of the two sentiment sets (label 1 = positive).
 SENTIMENT_LABELS = ("negative", "positive")
 
-FORMATS = ("csv", "tsv", "jsonl", "parquet")
+FORMATS = ("csv", "tsv", "jsonl", "parquet", "arrow")
 _SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet"}
 _INTEGER = re.compile(r"[+-]?\d+")
 
@@ -115,6 +118,8 @@ def _format_of(path: Path, file_format: str | None) -> str:
                 f"file_format must be one of {', '.join(FORMATS)}, got {file_format!r}"
             )
         return file_format
+    if path.is_dir():
+        return "arrow"
     found = _SUFFIXES.get(path.suffix.lower())
     if found is None:
         raise DataFormatError(
@@ -126,18 +131,21 @@ def _format_of(path: Path, file_format: str | None) -> str:
 
 # A raw row: (where, for messages, e.g. "line 7 (row 6)"; mapping column -> value).
 RawRow = tuple[str, dict[Any, Any]]
+# Columns to read: (role, column name), e.g. ("text", "review"), ("label", "stars").
+Columns = tuple[tuple[str, str], ...]
 
 
-def _csv_rows(path: Path, delimiter: str, columns: tuple[str, str]) -> Iterator[RawRow]:
+def _csv_rows(path: Path, delimiter: str, columns: Columns) -> Iterator[RawRow]:
     reader = None
     try:
         with path.open(encoding="utf-8-sig", newline="") as handle:
             reader = csv.reader(handle, delimiter=delimiter, strict=True)
             header = next(reader, None)
             if not header:
+                names = tuple(column for _, column in columns)
                 raise DataFormatError(
                     f"{path} is empty or starts with a blank line; "
-                    f"start it with a header row naming the columns {columns}"
+                    f"start it with a header row naming the columns {names}"
                 )
             _check_columns(path, header, columns)
             start, number = reader.line_num + 1, 0
@@ -162,12 +170,13 @@ def _csv_rows(path: Path, delimiter: str, columns: tuple[str, str]) -> Iterator[
         raise DataFormatError(f"{path} is not UTF-8 text ({error}); save it as UTF-8") from None
 
 
-def _check_columns(path: Path, header: Sequence[str], columns: tuple[str, str]) -> None:
-    for role, column in zip(("text", "label"), columns, strict=True):
+def _check_columns(path: Path, header: Sequence[str], columns: Columns) -> None:
+    for role, column in columns:
         if column not in header:
             raise DataFormatError(
                 f"{path} has no column {column!r} (columns: {', '.join(map(str, header))}); "
-                f"pass {role}_column= the name of the {role} column"
+                f"pass {role}_column= the name of the {role} column "
+                f"(--{role}-column on the command line)"
             )
 
 
@@ -197,13 +206,28 @@ def _jsonl_rows(path: Path) -> Iterator[RawRow]:
         raise DataFormatError(f"{path} is not UTF-8 text ({error}); save it as UTF-8") from None
 
 
-def _parquet_rows(path: Path, columns: tuple[str, str]) -> Iterator[RawRow]:
+def _pyarrow(path: Path) -> Any:
     try:
-        import pyarrow.parquet as parquet
+        import pyarrow
     except ImportError:
         raise ImportError(
-            f"reading {path} needs pyarrow; pip install pyarrow, or convert it to CSV or JSONL"
+            f"reading {path} needs pyarrow; pip install pyarrow (or captum-mamba[parquet]), "
+            f"or convert it to CSV or JSONL"
         ) from None
+    return pyarrow
+
+
+def _table_rows(path: Path, table: Any, columns: Columns) -> Iterator[RawRow]:
+    _check_columns(path, table.column_names, columns)
+    names = list(dict.fromkeys(column for _, column in columns))
+    for number, row in enumerate(table.select(names).to_pylist(), 1):
+        yield f"row {number}", row
+
+
+def _parquet_rows(path: Path, columns: Columns) -> Iterator[RawRow]:
+    _pyarrow(path)
+    import pyarrow.parquet as parquet
+
     try:
         table = parquet.read_table(path)
     except Exception as error:  # pyarrow raises several types for unreadable files
@@ -211,19 +235,72 @@ def _parquet_rows(path: Path, columns: tuple[str, str]) -> Iterator[RawRow]:
             f"{path} is not a readable Parquet file ({type(error).__name__}: {error}); "
             f"write it again or convert it to CSV or JSONL"
         ) from None
-    _check_columns(path, table.column_names, columns)
-    for number, row in enumerate(table.select(list(columns)).to_pylist(), 1):
-        yield f"row {number}", row
+    return _table_rows(path, table, columns)
 
 
-def _raw_rows(path: Path, file_format: str, columns: tuple[str, str]) -> Iterator[RawRow]:
-    if file_format == "csv":
-        return _csv_rows(path, ",", columns)
-    if file_format == "tsv":
-        return _csv_rows(path, "\t", columns)
-    if file_format == "jsonl":
-        return _jsonl_rows(path)
-    return _parquet_rows(path, columns)
+def _dataset_directory(path: Path, split: str | None) -> Path:
+    """The folder of one split of a ``datasets`` data set saved with ``save_to_disk``."""
+    if (path / "state.json").is_file():
+        return path
+    index = path / "dataset_dict.json"
+    if not index.is_file():
+        raise DataFormatError(
+            f"{path} is a folder but not a Hugging Face data set saved with save_to_disk "
+            f"(no state.json or dataset_dict.json); pass a data file or such a folder"
+        )
+    try:
+        splits = [str(name) for name in json.loads(index.read_text())["splits"]]
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataFormatError(
+            f"{index} is not a readable dataset_dict.json ({error}); save the data set again"
+        ) from None
+    if split is None and len(splits) == 1:
+        split = splits[0]
+    if split not in splits:
+        choice = "choose" if split is None else f"there is no split {split!r}; choose"
+        raise DataFormatError(
+            f"{path} holds the splits {', '.join(splits)}; {choice} one with split= "
+            f"(--split on the command line)"
+        )
+    return path / split
+
+
+def _arrow_table(path: Path, split: str | None) -> tuple[Any, tuple[str, ...] | None, Path]:
+    """The table of a saved ``datasets`` data set (read with pyarrow, without
+    ``datasets``), the class names of its label feature if it has any, and the folder."""
+    directory = _dataset_directory(path, split)
+    pyarrow = _pyarrow(path)
+    try:
+        state = json.loads((directory / "state.json").read_text())
+        files = [directory / entry["filename"] for entry in state["_data_files"]]
+        tables = []
+        for file in files:
+            with pyarrow.memory_map(str(file)) as source:
+                tables.append(pyarrow.ipc.open_stream(source).read_all())
+        table = pyarrow.concat_tables(tables) if len(tables) > 1 else tables[0]
+    except Exception as error:  # json, KeyError, OSError and pyarrow's errors
+        raise DataFormatError(
+            f"{directory} is not a readable saved data set ({type(error).__name__}: {error}); "
+            f"save it again with Dataset.save_to_disk"
+        ) from None
+    return table, _class_label_names(directory), directory
+
+
+def _class_label_names(directory: Path) -> dict[str, tuple[str, ...]]:
+    """Class names of the ``ClassLabel`` features in ``dataset_info.json``, by column."""
+    try:
+        features = json.loads((directory / "dataset_info.json").read_text())["features"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if not isinstance(features, dict):
+        return {}
+    return {
+        column: tuple(str(name) for name in feature["names"])
+        for column, feature in features.items()
+        if isinstance(feature, dict)
+        and feature.get("_type") == "ClassLabel"
+        and isinstance(feature.get("names"), list)
+    }
 
 
 def _label_value(value: Any) -> int | str | None:
@@ -245,18 +322,165 @@ def _label_value(value: Any) -> int | str | None:
     return None
 
 
+@dataclass(frozen=True)
+class TextTable:
+    """Texts read from one file (and their labels, if a label column was read).
+
+    Args:
+        texts (tuple of str): the texts in file order (several text columns joined).
+        labels (tuple of int, optional): class index of each text; None without a
+            label column.
+        label_names (tuple of str): name of class ``k`` at position ``k`` (empty
+            without labels and ``label_names``).
+        source (str): the file (or folder) they were read from.
+    """
+
+    texts: tuple[str, ...]
+    labels: tuple[int, ...] | None
+    label_names: tuple[str, ...]
+    source: str
+
+    def labelled(self) -> LabelledData:
+        """The texts as :class:`LabelledData` (needs labels)."""
+        if self.labels is None:
+            raise DataFormatError(
+                f"{self.source} was read without a label column; pass label_column= "
+                f"(--label-column on the command line)"
+            )
+        examples = tuple(
+            LabelledText(text, label) for text, label in zip(self.texts, self.labels, strict=True)
+        )
+        return LabelledData(examples, self.label_names, self.source)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the texts, labels and class names (not of the file name)."""
+        digest = hashlib.sha256(json.dumps([list(self.label_names), self.labels]).encode())
+        for text in self.texts:
+            digest.update(json.dumps(text).encode())
+            digest.update(b"\n")
+        return digest.hexdigest()
+
+
+def read_texts(
+    path: str | os.PathLike[str],
+    text_columns: str | Sequence[str] = "text",
+    label_column: str | None = None,
+    label_names: Sequence[str] | None = None,
+    file_format: str | None = None,
+    split: str | None = None,
+    separator: str = "\n",
+) -> TextTable:
+    """Read texts (one or more text columns) and optional labels from a CSV, TSV,
+    JSON-lines or Parquet file, or a Hugging Face ``datasets`` data set saved with
+    ``save_to_disk`` (read with pyarrow; ``datasets`` itself is not needed).
+
+    Rows are checked as in :func:`read_labelled`: every text column must hold a
+    non-empty string, and labels (if read) must name a class.
+
+    Args:
+        path (str or PathLike): the file, or the folder of a saved data set.
+        text_columns (str or sequence of str, optional): column(s) of the text; several
+            are joined with ``separator`` (e.g. a premise and a hypothesis).
+            Default: ``"text"``.
+        label_column (str, optional): column of the label. Default: None (no labels).
+        label_names (sequence of str, optional): the class names, class ``k`` at
+            position ``k``. Default: None (the ``ClassLabel`` names of a saved data
+            set, else inferred as in :func:`read_labelled`).
+        file_format (str, optional): one of :data:`FORMATS`. Default: None (from the
+            suffix; ``"arrow"`` for a folder).
+        split (str, optional): split of a saved ``DatasetDict``. Default: None (the
+            only split).
+        separator (str, optional): joins several text columns. Default: ``"\\n"``.
+
+    Returns:
+        TextTable: the texts, labels and class names.
+
+    Raises:
+        DataFormatError: as :func:`read_labelled`, naming the file and the row.
+
+    Examples::
+
+        >>> table = read_texts("news.csv", text_columns=("title", "body"),
+        ...                    label_column="topic")
+        >>> table.texts[0], table.labels[0], table.label_names
+    """
+    path = Path(path)
+    if not path.is_dir():
+        path = _require(path)
+    text_columns = (text_columns,) if isinstance(text_columns, str) else tuple(text_columns)
+    if not text_columns or not all(isinstance(c, str) and c for c in text_columns):
+        raise ValueError(f"text_columns must name at least one column, got {text_columns!r}")
+    file_format = _format_of(path, file_format)
+    columns: Columns = tuple(("text", column) for column in text_columns)
+    if label_column is not None:
+        columns += (("label", label_column),)
+    names = None if label_names is None else tuple(str(name) for name in label_names)
+    if names is not None and (not names or len(set(names)) != len(names)):
+        raise ValueError(f"label_names must be distinct and non-empty, got {label_names!r}")
+    source = path
+    if file_format == "csv":
+        rows = _csv_rows(path, ",", columns)
+    elif file_format == "tsv":
+        rows = _csv_rows(path, "\t", columns)
+    elif file_format == "jsonl":
+        rows = _jsonl_rows(path)
+    elif file_format == "parquet":
+        rows = _parquet_rows(path, columns)
+    else:
+        table, class_labels, source = _arrow_table(path, split)
+        rows = _table_rows(source, table, columns)
+        if names is None and label_column in class_labels:
+            names = class_labels[label_column]
+    texts: list[str] = []
+    raw_labels: list[tuple[str, Any]] = []
+    for where, row in rows:
+        for _, column in columns:
+            if row.get(column) is None:
+                raise DataFormatError(
+                    f"{source} {where}: no value in column {column!r}; "
+                    f"complete the row or remove it"
+                )
+        parts = []
+        for column in text_columns:
+            text = row[column]
+            if not isinstance(text, str):
+                raise DataFormatError(
+                    f"{source} {where}: the text in column {column!r} is a "
+                    f"{type(text).__name__}, not a string; write it as a string"
+                )
+            if not text.strip():
+                raise DataFormatError(
+                    f"{source} {where}: empty text in column {column!r}; "
+                    f"remove the row or fill in its text"
+                )
+            parts.append(text)
+        texts.append(separator.join(parts))
+        if label_column is not None:
+            raw_labels.append((where, row[label_column]))
+    if not texts:
+        what = "labelled example" if label_column is not None else "text"
+        raise DataFormatError(f"{source} has no rows; it needs at least one {what}")
+    labels = None
+    if label_column is not None:
+        names, found = _class_indices(source, raw_labels, names)
+        labels = tuple(found)
+    return TextTable(tuple(texts), labels, names or (), str(source))
+
+
 def read_labelled(
     path: str | os.PathLike[str],
     text_column: str = "text",
     label_column: str = "label",
     label_names: Sequence[str] | None = None,
     file_format: str | None = None,
+    split: str | None = None,
 ) -> LabelledData:
-    """Read labelled texts from a CSV, TSV, JSON-lines or Parquet file.
+    """Read labelled texts from a CSV, TSV, JSON-lines or Parquet file, or a saved
+    Hugging Face data set (see :func:`read_texts`).
 
     CSV and TSV files need a header row; quoted fields may contain newlines and
     delimiters. A JSON-lines file has one object per line (blank lines are skipped).
-    Parquet needs the optional ``pyarrow``.
+    Parquet and saved data sets need the optional ``pyarrow``.
 
     Labels:
 
@@ -271,8 +495,9 @@ def read_labelled(
         label_column (str, optional): column (key) of the label. Default: ``"label"``.
         label_names (sequence of str, optional): the class names, class ``k`` at
             position ``k``. Default: None (inferred as above).
-        file_format (str, optional): ``"csv"``, ``"tsv"``, ``"jsonl"`` or
-            ``"parquet"``. Default: None (from the file suffix).
+        file_format (str, optional): ``"csv"``, ``"tsv"``, ``"jsonl"``, ``"parquet"``
+            or ``"arrow"``. Default: None (from the file suffix).
+        split (str, optional): split of a saved ``DatasetDict``. Default: None.
 
     Returns:
         LabelledData: the examples in file order with their class names.
@@ -288,45 +513,15 @@ def read_labelled(
         ...                      label_names=("negative", "positive"))
         >>> data.examples[0], data.num_labels
     """
-    path = _require(path)
-    file_format = _format_of(path, file_format)
-    columns = (text_column, label_column)
-    names = None if label_names is None else tuple(str(name) for name in label_names)
-    if names is not None and (not names or len(set(names)) != len(names)):
-        raise ValueError(f"label_names must be distinct and non-empty, got {label_names!r}")
-    rows: list[tuple[str, str, Any]] = []
-    for where, row in _raw_rows(path, file_format, columns):
-        for column in columns:
-            if row.get(column) is None:
-                raise DataFormatError(
-                    f"{path} {where}: no value in column {column!r}; complete the row or remove it"
-                )
-        text = row[text_column]
-        if not isinstance(text, str):
-            raise DataFormatError(
-                f"{path} {where}: the text in column {text_column!r} is a "
-                f"{type(text).__name__}, not a string; write it as a string"
-            )
-        if not text.strip():
-            raise DataFormatError(
-                f"{path} {where}: empty text in column {text_column!r}; "
-                f"remove the row or fill in its text"
-            )
-        rows.append((where, text, row[label_column]))
-    if not rows:
-        raise DataFormatError(f"{path} has no rows; it needs at least one labelled example")
-    names, labels = _class_indices(path, rows, names)
-    examples = tuple(
-        LabelledText(text, label) for (_, text, _), label in zip(rows, labels, strict=True)
-    )
-    return LabelledData(examples, names, str(path))
+    table = read_texts(path, text_column, label_column, label_names, file_format, split)
+    return table.labelled()
 
 
 def _class_indices(
-    path: Path, rows: Sequence[tuple[str, str, Any]], names: tuple[str, ...] | None
+    path: Path, rows: Sequence[tuple[str, Any]], names: tuple[str, ...] | None
 ) -> tuple[tuple[str, ...], list[int]]:
-    values = [_label_value(label) for _, _, label in rows]
-    for (where, _, label), value in zip(rows, values, strict=True):
+    values = [_label_value(label) for _, label in rows]
+    for (where, label), value in zip(rows, values, strict=True):
         if value is None:
             raise DataFormatError(
                 f"{path} {where}: label {label!r} is neither an integer class index nor a "
@@ -339,14 +534,14 @@ def _class_indices(
         elif len(strings) == len(rows):
             names = tuple(sorted(set(values)))
         else:
-            where, _, label = rows[strings[0]]
+            where, label = rows[strings[0]]
             raise DataFormatError(
                 f"{path} {where}: label {label!r} is not an integer class index like the "
                 f"other rows; fix the label or pass label_names to name the classes"
             )
     index = {name: k for k, name in enumerate(names)}
     labels = []
-    for (where, _, label), value in zip(rows, values, strict=True):
+    for (where, label), value in zip(rows, values, strict=True):
         if isinstance(value, str):
             value = index.get(value, -1)
         if not 0 <= value < len(names):
@@ -356,6 +551,41 @@ def _class_indices(
             )
         labels.append(value)
     return names, labels
+
+
+def split_indices(
+    labels: Sequence[int], held_out_fraction: float, seed: int = 0
+) -> tuple[list[int], list[int]]:
+    """Seeded split of example indices, stratified by label (see
+    :func:`train_validation_split`).
+
+    Args:
+        labels (sequence of int): the class of each example.
+        held_out_fraction (float): share held out, in ``(0, 1)``.
+        seed (int, optional): seed of the selection. Default: 0.
+
+    Returns:
+        tuple: ``(kept, held_out)`` sorted index lists.
+    """
+    if not 0 < held_out_fraction < 1:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {held_out_fraction}")
+    by_label: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_label.setdefault(label, []).append(index)
+    generator = random.Random(seed)
+    held_out: set[int] = set()
+    for label in sorted(by_label):
+        indices = by_label[label]
+        count = round(held_out_fraction * len(indices))
+        count = min(max(count, 1 if len(indices) > 1 else 0), len(indices) - 1)
+        held_out.update(generator.sample(indices, count))
+    if not held_out:
+        raise ValueError(
+            f"validation_fraction {held_out_fraction} of {len(labels)} examples holds out "
+            f"nothing; use a larger fraction or more examples"
+        )
+    kept = [i for i in range(len(labels)) if i not in held_out]
+    return kept, sorted(held_out)
 
 
 def train_validation_split(
@@ -378,26 +608,8 @@ def train_validation_split(
 
         >>> train, validation = train_validation_split(data.examples, 0.1, seed=0)
     """
-    if not 0 < validation_fraction < 1:
-        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
-    by_label: dict[int, list[int]] = {}
-    for index, example in enumerate(examples):
-        by_label.setdefault(example.label, []).append(index)
-    generator = random.Random(seed)
-    held_out: set[int] = set()
-    for label in sorted(by_label):
-        indices = by_label[label]
-        count = round(validation_fraction * len(indices))
-        count = min(max(count, 1 if len(indices) > 1 else 0), len(indices) - 1)
-        held_out.update(generator.sample(indices, count))
-    train = [e for i, e in enumerate(examples) if i not in held_out]
-    validation = [e for i, e in enumerate(examples) if i in held_out]
-    if not validation:
-        raise ValueError(
-            f"validation_fraction {validation_fraction} of {len(examples)} examples holds out "
-            f"nothing; use a larger fraction or more examples"
-        )
-    return train, validation
+    kept, held_out = split_indices([e.label for e in examples], validation_fraction, seed)
+    return [examples[i] for i in kept], [examples[i] for i in held_out]
 
 
 def load_sst2(path: str | os.PathLike[str]) -> list[LabelledText]:

@@ -12,13 +12,14 @@ the next-token prediction of a pretrained Mamba language model for ``--prompt``.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 
 from captum_mamba.attr import LayerMambaLRP
-from captum_mamba.data import SST2_FILE, default_data_dir, load_sst2
-from captum_mamba.sentiment import ClassifierSetup, default_cache_dir, load_or_train_classifier
+from captum_mamba.data import SST2_FILE, load_sst2
+from captum_mamba.sentiment import ClassifierSetup, load_or_train_classifier
 from captum_mamba.visualization import (
     batch_text_heatmap_figure,
     batch_text_heatmap_html,
@@ -33,9 +34,9 @@ def _format_tokens(tokens: list[str], relevance: torch.Tensor) -> str:
 
 def explain_sentiment(args: argparse.Namespace) -> None:
     """Explain SST-2 predictions of the demo's (cached) sentiment classifier."""
-    classifier = load_or_train_classifier(args.data, args.cache_dir, ClassifierSetup.quick())
+    classifier = load_or_train_classifier(args.data_dir, args.cache_dir, ClassifierSetup.quick())
     model, tokenizer, labels = classifier.model, classifier.tokenizer, classifier.label_names
-    examples = load_sst2(Path(args.data) / SST2_FILE)[: args.count]
+    examples = load_sst2(Path(args.data_dir) / SST2_FILE)[: args.count]
     ids, mask = classifier.encode([e.text for e in examples])
     with torch.no_grad():
         logits = model(ids, attention_mask=mask)
@@ -67,7 +68,7 @@ def explain_sentiment(args: argparse.Namespace) -> None:
         print(f"    {_format_tokens(tokens, scores)}\n")
         all_tokens.append(tokens)
         rows.append(scores)
-    out = Path(args.out)
+    out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     row_labels = [f"[{i}] predicted {labels[p]}" for i, p in enumerate(predicted.tolist())]
     figure = batch_text_heatmap_figure(
@@ -99,40 +100,11 @@ def explain_hub_model(args: argparse.Namespace) -> None:
     print(_format_tokens(tokens, relevance.sum(-1)[0]))
 
 
-def positive_integer(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(default_data_dir()), help="shared data folder")
-    parser.add_argument("--out", default="outputs/demo", help="folder for the heatmaps")
-    parser.add_argument(
-        "--count", type=positive_integer, default=4, help="SST-2 sentences to explain"
-    )
-    parser.add_argument(
-        "--cache-dir",
-        default=None,
-        help=f"classifier checkpoints (default: $CAPTUM_MAMBA_CACHE or {default_cache_dir()})",
-    )
-    parser.add_argument(
-        "--threads",
-        type=positive_integer,
-        default=1,
-        help="torch CPU threads (default: 1; the demo's small model is not faster with more)",
-    )
-    parser.add_argument("--hub-model", help="e.g. state-spaces/mamba-130m-hf (needs internet)")
-    parser.add_argument("--prompt", default="The Eiffel Tower is located in the city of")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    if args.hub_model:
-        explain_hub_model(args)
-    else:
-        explain_sentiment(args)
+    """``python -m captum_mamba.demo``: ``captum-mamba demo`` (see :mod:`captum_mamba.cli`)."""
+    from captum_mamba.cli import main as cli_main
+
+    cli_main(["demo", *(sys.argv[1:] if argv is None else argv)], prog="captum-mamba-demo")
 
 
 if __name__ == "__main__":

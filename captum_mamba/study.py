@@ -5,47 +5,62 @@ For every example the runner embeds the tokens, explains the target logit (the
 predicted class by default) with every method, and records the token-perturbation
 curves (:mod:`captum_mamba.metrics.perturbation`), ``Delta A^F = A(LeRF) - A(MoRF)``,
 the insertion area, the sum of relevances next to the explained logit, and the
-wall-clock time of the attribution call. It writes:
+wall-clock time of the attribution call. Every study includes the position-only sanity
+baselines of :mod:`captum_mamba.methods` (``Recency``, ``Read position, then random``)
+next to ``Random``: a method must beat them for its score to mean anything.
+
+Perturbation protocols: removed tokens are replaced by the zero embedding, the mean
+embedding or a token's embedding (``replacement``); with ``keep_last=True`` the last
+token (the position a last-token classifier head or a next-token prediction reads) is
+never removed, and the curves run over the other tokens. Under zero replacement a
+last-token head collapses when its own token is removed (``RMSNorm(0) = 0`` and
+``SiLU(0) = 0`` make that position's features exactly zero), so removing the last
+token first scores well whatever the explanation; keeping the last token, or a head on
+the mean over positions, avoids that.
+
+The work is sharded like :func:`captum_mamba.dataset.attribute_dataset`: the records of
+``shard_size`` examples go to ``shards/shard-*.jsonl`` as each shard finishes; the
+tables are rewritten after every shard (partial results survive an interruption); a
+re-run computes only the missing shards, and under ``torchrun`` each process takes its
+share. It writes:
 
 - ``results.csv`` and ``results.md``: one row per method (means over examples);
 - ``examples.csv``: one row per method and example;
 - ``curves.png``: mean MoRF / LeRF / insertion curves per method;
 - ``conservation.png``: sum of relevances vs explained logit (signed methods).
 
-Command line (the sentiment classifier of :mod:`captum_mamba.sentiment` on SST-2)::
+Command line: ``captum-mamba study run`` (see :mod:`captum_mamba.cli`)::
 
-    python -m captum_mamba.study run --data-dir ../shared/data --num-examples 200
-    python -m captum_mamba.study memory --length 1024     # peak memory, 130M shape
-    python -m captum_mamba.study memory --length 16384 --methods mambalrp-lean
+    captum-mamba study run --data-dir ../shared/data --num-examples 200
+    captum-mamba study run --model news.ckpt --dataset news.csv --text-column body \
+        --label-column topic
+    captum-mamba study memory --length 1024     # peak memory, 130M shape
+    captum-mamba study memory --length 16384 --methods mambalrp-lean
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
+import hashlib
 import json
 import math
 import os
-import random
 import resource
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from captum_mamba.attr._forward import default_forward
-from captum_mamba.baselines.captum_methods import (
-    METHOD_NAMES,
-    MethodSettings,
-    TokenAttribution,
-    build_methods,
-)
+from captum_mamba.baselines.captum_methods import MethodSettings, TokenAttribution
+from captum_mamba.loading import fast_forward, model_fingerprint
+from captum_mamba.methods import ALL_METHODS, build_runners
 from captum_mamba.metrics import (
     conservation_stats,
     curve_area,
@@ -54,16 +69,26 @@ from captum_mamba.metrics import (
     resample_curve,
 )
 from captum_mamba.rules import MambaRules
-
-if TYPE_CHECKING:
-    from captum_mamba.sentiment import ClassifierSetup
+from captum_mamba.sharding import (
+    ShardLayout,
+    barrier,
+    current_process,
+    finish,
+    prepare_directory,
+    write_atomic,
+)
 
 Tokenize = Callable[[str], Tensor]
+#: Result files of a study (besides the shards).
+OUTPUT_FILES = ("results.csv", "results.md", "examples.csv", "curves.png", "conservation.png")
+#: Curve kinds recorded per example.
+KINDS = ("morf", "lerf", "insertion")
 
 
 @dataclass
 class MethodRecord:
-    """Per-example measurements of one method."""
+    """Per-example measurements of one method (faithfulness values are NaN for
+    examples without a curve: one token with ``keep_last``)."""
 
     name: str
     signed: bool
@@ -86,12 +111,16 @@ class StudyResult:
         records (list of MethodRecord): the per-example measurements.
         accuracy (float): accuracy of the model on the studied examples.
         files (dict): name -> path of every written file.
+        examples (int): examples in the tables (all, once the run is complete).
+        complete (bool): whether every shard of the run exists.
     """
 
     rows: list[dict[str, Any]]
     records: list[MethodRecord]
     accuracy: float
     files: dict[str, Path]
+    examples: int = 0
+    complete: bool = True
 
 
 def _text_and_label(example: Any) -> tuple[str, int]:
@@ -102,7 +131,7 @@ def _text_and_label(example: Any) -> tuple[str, int]:
 
 
 def _mean_sem(values: Sequence[float]) -> tuple[float, float]:
-    data = torch.tensor(values, dtype=torch.float64)
+    data = torch.tensor([v for v in values if not math.isnan(v)], dtype=torch.float64)
     if data.numel() == 0:
         return math.nan, math.nan
     sem = float(data.std() / math.sqrt(data.numel())) if data.numel() > 1 else math.nan
@@ -111,10 +140,12 @@ def _mean_sem(values: Sequence[float]) -> tuple[float, float]:
 
 def _summary(record: MethodRecord, accuracy: float) -> dict[str, Any]:
     delta, delta_sem = _mean_sem(record.delta)
-    stats = conservation_stats(
-        torch.tensor(record.relevance_sum, dtype=torch.float64),
-        torch.tensor(record.output, dtype=torch.float64),
-    )
+    stats = None
+    if record.signed:
+        stats = conservation_stats(
+            torch.tensor(record.relevance_sum, dtype=torch.float64),
+            torch.tensor(record.output, dtype=torch.float64),
+        )
     return {
         "method": record.name,
         "accuracy": accuracy,
@@ -123,13 +154,11 @@ def _summary(record: MethodRecord, accuracy: float) -> dict[str, Any]:
         "area_morf": _mean_sem(record.area_morf)[0],
         "area_lerf": _mean_sem(record.area_lerf)[0],
         "area_insertion": _mean_sem(record.area_insertion)[0],
-        "conservation_corr": stats.correlation if record.signed else math.nan,
-        "conservation_rel_error": stats.mean_relative_error if record.signed else math.nan,
-        "conservation_median_rel_error": (
-            stats.median_relative_error if record.signed else math.nan
-        ),
+        "conservation_corr": stats.correlation if stats else math.nan,
+        "conservation_rel_error": stats.mean_relative_error if stats else math.nan,
+        "conservation_median_rel_error": stats.median_relative_error if stats else math.nan,
         "ms_per_example": 1000 * _mean_sem(record.seconds)[0],
-        "examples": len(record.delta),
+        "examples": sum(not math.isnan(v) for v in record.delta),
     }
 
 
@@ -153,7 +182,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         "| conservation r | median rel. error | ms / example |"
     )
     lines = [header, "|" + "---|" * 8]
-    for row in sorted(rows, key=lambda r: -r["delta_af"]):
+    ranked = sorted(rows, key=lambda r: -r["delta_af"] if not math.isnan(r["delta_af"]) else 0)
+    for row in ranked:
         lines.append(
             f"| {row['method']} | {_format(row['accuracy'])} "
             f"| {_format(row['delta_af'])} ± {_format(row['delta_af_sem'])} "
@@ -176,14 +206,15 @@ def _plot(records: Sequence[MethodRecord], fractions: Tensor, directory: Path) -
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
     for axis, (kind, title) in zip(axes, titles.items(), strict=True):
         for record in records:
-            mean = torch.stack(record.curves[kind]).mean(0)
-            axis.plot(fractions.numpy(), mean.numpy(), label=record.name)
+            if record.curves.get(kind):
+                mean = torch.stack(record.curves[kind]).mean(0)
+                axis.plot(fractions.numpy(), mean.numpy(), label=record.name)
         axis.set_title(title)
         axis.set_xlabel("fraction of tokens perturbed")
     axes[0].set_ylabel("explained logit (mean)")
     axes[-1].legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(files["curves"], dpi=120)
+    write_atomic(files["curves"], lambda path: figure.savefig(path, dpi=120, format="png"))
     plt.close(figure)
 
     signed = [r for r in records if r.signed]
@@ -201,41 +232,205 @@ def _plot(records: Sequence[MethodRecord], fractions: Tensor, directory: Path) -
         axis.set_xlabel("explained logit")
         axis.set_ylabel("sum of relevance")
     figure.tight_layout()
-    figure.savefig(files["conservation"], dpi=120)
+    write_atomic(files["conservation"], lambda path: figure.savefig(path, dpi=120, format="png"))
     plt.close(figure)
     return files
 
 
 def _write_tables(
-    records: Sequence[MethodRecord], rows: Sequence[dict[str, Any]], directory: Path, caption: str
+    records: Sequence[MethodRecord],
+    rows: Sequence[dict[str, Any]],
+    example_ids: Sequence[int],
+    directory: Path,
+    caption: str,
 ) -> dict[str, Path]:
     files = {
         "results_csv": directory / "results.csv",
         "results_md": directory / "results.md",
         "examples_csv": directory / "examples.csv",
     }
-    with files["results_csv"].open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    files["results_md"].write_text(f"{caption}\n\n{markdown_table(rows)}\n")
-    columns = ["delta", "area_morf", "area_lerf", "area_insertion", "seconds"]
-    columns += ["relevance_sum", "output"]
-    with files["examples_csv"].open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["method", "example", *columns])
-        for record in records:
-            for index in range(len(record.delta)):
-                values = [getattr(record, name)[index] for name in columns]
-                writer.writerow([record.name, index, *values])
+
+    def results(path: Path) -> None:
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def examples(path: Path) -> None:
+        columns = ["delta", "area_morf", "area_lerf", "area_insertion", "seconds"]
+        columns += ["relevance_sum", "output"]
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["method", "example", *columns])
+            for record in records:
+                for index, example in enumerate(example_ids):
+                    values = [getattr(record, name)[index] for name in columns]
+                    writer.writerow([record.name, example, *values])
+
+    write_atomic(files["results_csv"], results)
+    write_atomic(
+        files["results_md"], lambda path: path.write_text(f"{caption}\n\n{markdown_table(rows)}\n")
+    )
+    write_atomic(files["examples_csv"], examples)
     return files
+
+
+Explainer = Callable[[Tensor, Any, int], Tensor]
+
+
+def _explainers(
+    methods: Sequence[str | TokenAttribution],
+    model: nn.Module,
+    forward: Callable[..., Tensor],
+    settings: MethodSettings,
+) -> list[tuple[str, bool, Explainer]]:
+    """``(name, signed, explain(embeds, target, example_id))`` of each method."""
+    names = [m for m in methods if isinstance(m, str)]
+    runners = iter(build_runners(names, model, forward, settings) if names else [])
+    result: list[tuple[str, bool, Explainer]] = []
+    for method in methods:
+        if isinstance(method, TokenAttribution):
+            built = method
+            result.append((built.name, built.signed, lambda e, t, i, m=built: m(e, t)))
+        else:
+            runner = next(runners)
+            explain = lambda e, t, i, r=runner: r(e, t, None, [i])  # noqa: E731
+            result.append((runner.name, runner.signed, explain))
+    return result
+
+
+def _filler(embedding: nn.Module, replacement: str, token_id: int | None) -> Tensor:
+    """The replacement vector; a token's is its embedding through the module (so
+    embeddings that map ids to rows, like CompactEmbedding, get the right row)."""
+    if replacement != "token":
+        return replacement_embedding(embedding, replacement, token_id)
+    if token_id is None:
+        raise ValueError("replacement='token' needs replacement_token_id (e.g. the padding id)")
+    size = getattr(embedding, "num_embeddings", None)
+    if size is not None and not 0 <= token_id < size:
+        raise ValueError(f"replacement_token_id must be in [0, {size}), got {token_id}")
+    with torch.no_grad():
+        return embedding(torch.tensor([token_id])).detach()[0]
+
+
+def _curves(
+    forward: Callable[..., Tensor],
+    embeds: Tensor,
+    scores: Tensor,
+    explained: int,
+    filler: Tensor,
+    keep_last: bool,
+) -> dict[str, Tensor] | None:
+    """Perturbation curves of one example; with ``keep_last`` over every token but
+    the last, which stays in place (None for a one-token example)."""
+    if not keep_last:
+        return perturbation_curves(forward, embeds, scores, explained, filler)
+    if embeds.shape[1] < 2:
+        return None
+    last = embeds[:, -1:]
+
+    def with_last(perturbed: Tensor) -> Tensor:
+        return forward(torch.cat([perturbed, last.expand(perturbed.shape[0], -1, -1)], 1))
+
+    return perturbation_curves(with_last, embeds[:, :-1], scores[:, :-1], explained, filler)
+
+
+def _example_record(
+    model: nn.Module,
+    forward: Callable[..., Tensor],
+    embeds: Tensor,
+    label: int,
+    target: str,
+    explainers: Sequence[tuple[str, bool, Explainer]],
+    example_id: int,
+    filler: Tensor,
+    fractions: Tensor,
+    keep_last: bool,
+    warm_up: bool,
+) -> dict[str, Any]:
+    """The measurements of one example (a JSON-serialisable dict); the forward passes
+    of the curves run on the fast path."""
+    with torch.no_grad(), fast_forward(model):
+        logits = forward(embeds)
+    predicted = int(logits[0].argmax())
+    explained = predicted if target == "predicted" else label
+    record: dict[str, Any] = {
+        "example": example_id,
+        "label": label,
+        "predicted": predicted,
+        "explained": explained,
+        "length": embeds.shape[1],
+        "methods": {},
+    }
+    for name, _, explain in explainers:
+        if warm_up:
+            explain(embeds, explained, example_id)  # not timed
+        start = time.perf_counter()
+        scores = explain(embeds, explained, example_id)
+        seconds = time.perf_counter() - start
+        with fast_forward(model):
+            curves = _curves(forward, embeds, scores, explained, filler, keep_last)
+        values: dict[str, Any] = {
+            "seconds": seconds,
+            "relevance_sum": float(scores.double().sum()),
+            "output": float(logits[0, explained]),
+            "curves": None,
+        }
+        for kind in KINDS:
+            values[f"area_{kind}"] = None
+        if curves is not None:
+            for kind, curve in curves.items():
+                values[f"area_{kind}"] = float(curve_area(curve.double())[0])
+            values["curves"] = {
+                kind: resample_curve(curve[0].double(), fractions).tolist()
+                for kind, curve in curves.items()
+            }
+        record["methods"][name] = values
+    return record
+
+
+def _number(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _load_records(
+    layout: ShardLayout, names: Sequence[tuple[str, bool]]
+) -> tuple[list[MethodRecord], list[int], int]:
+    """Records of every shard written so far: per-method lists, example ids, correct."""
+    records = [MethodRecord(name, signed) for name, signed in names]
+    example_ids: list[int] = []
+    correct = 0
+    for shard in range(layout.num_shards):
+        path = layout.path(shard)
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            example = json.loads(line)
+            example_ids.append(example["example"])
+            correct += example["predicted"] == example["label"]
+            for record in records:
+                values = example["methods"][record.name]
+                delta = None
+                if values["area_lerf"] is not None:
+                    delta = values["area_lerf"] - values["area_morf"]
+                record.delta.append(_number(delta))
+                for kind in KINDS:
+                    getattr(record, f"area_{kind}").append(_number(values[f"area_{kind}"]))
+                record.seconds.append(values["seconds"])
+                record.relevance_sum.append(values["relevance_sum"])
+                record.output.append(values["output"])
+                if values["curves"] is not None:
+                    for kind in KINDS:
+                        curve = torch.tensor(values["curves"][kind], dtype=torch.float64)
+                        record.curves.setdefault(kind, []).append(curve)
+    return records, example_ids, correct
 
 
 def run_study(
     model: nn.Module,
     tokenize: Tokenize,
     examples: Sequence[Any],
-    methods: Sequence[str | TokenAttribution] = METHOD_NAMES,
+    methods: Sequence[str | TokenAttribution] = ALL_METHODS,
     output_dir: str | os.PathLike[str] = "study_results",
     forward_func: Callable[..., Tensor] | None = None,
     replacement: str = "zero",
@@ -245,37 +440,66 @@ def run_study(
     num_fractions: int = 21,
     progress: bool = True,
     caption: str = "",
+    keep_last: bool = False,
+    shard_size: int = 25,
+    rank: int | None = None,
+    world_size: int | None = None,
+    overwrite: bool = False,
+    run_info: dict[str, Any] | None = None,
+    on_shard: Callable[[int], None] | None = None,
+    example_ids: Sequence[int] | None = None,
 ) -> StudyResult:
     r"""Run the comparative study of attribution methods on a labelled text data set.
 
-    Each example is explained on its own (batch of one, no padding); the explained
-    output is one class logit of ``(1, classes)`` outputs.
+    Each example is explained on its own (batch of one, no padding, so that the
+    times are per example); the explained output is one class logit of
+    ``(1, classes)`` outputs, for any number of classes.
 
     Args:
         model (nn.Module): the classifier (with ``get_input_embeddings()`` and
             supported Mamba blocks), in eval mode.
         tokenize (Callable): ``tokenize(text) -> (1, seq)`` long token ids.
         examples (sequence): labelled examples, objects with ``text`` and ``label``
-            (e.g. :class:`captum_mamba.data.LabelledText`) or ``(text, label)`` pairs.
+            (e.g. :class:`captum_mamba.data.LabelledText`) or ``(text, label)`` pairs;
+            an example's id (its seed, its row in ``examples.csv``) is its index here.
         methods (sequence, optional): method names of
-            :data:`~captum_mamba.baselines.captum_methods.METHOD_NAMES` or built
-            :class:`TokenAttribution` objects. Default: all methods.
-        output_dir (str or PathLike, optional): folder for tables and plots (created).
-            Default: ``"study_results"``.
+            :data:`~captum_mamba.methods.ALL_METHODS` (any case) or built
+            :class:`TokenAttribution` objects. Default: all methods, sanity
+            baselines included.
+        output_dir (str or PathLike, optional): folder for tables, plots and shards
+            (created). Default: ``"study_results"``.
         forward_func (Callable, optional): ``forward(embeds) -> (batch, classes)``.
             Default: ``model(inputs_embeds=embeds)`` via the Hugging Face convention.
         replacement (str, optional): ``"zero"``, ``"mean"`` or ``"token"``
             embedding for removed tokens. Default: ``"zero"``.
-        replacement_token_id (int, optional): token for ``replacement="token"``.
+        replacement_token_id (int, optional): token id for ``replacement="token"``
+            (embedded by the model's embedding module).
         target (str, optional): ``"predicted"`` (arg-max class) or ``"label"``.
             Default: ``"predicted"``.
-        settings (MethodSettings, optional): method hyper-parameters.
+        settings (MethodSettings, optional): method hyper-parameters and seed.
         num_fractions (int, optional): points of the averaged curves. Default: 21.
         progress (bool, optional): show a tqdm progress bar. Default: True.
         caption (str, optional): first line of ``results.md``. Default: ``""``.
+        keep_last (bool, optional): never remove the last token (curves over the
+            others). Default: False.
+        shard_size (int, optional): examples per shard file. Default: 25.
+        rank (int, optional): this process's rank (with ``world_size``). Default:
+            None (``torchrun``'s, else 0 of 1).
+        world_size (int, optional): number of processes. Default: None.
+        overwrite (bool, optional): replace a study with other settings in
+            ``output_dir``. Default: False (refuse; same settings resume).
+        run_info (dict, optional): further settings recorded in ``run.json``.
+        on_shard (Callable, optional): called with each shard number written.
+        example_ids (sequence of int, optional): id of each example (e.g. its row in
+            the file when ``examples`` is a sample). Default: ``0..len(examples)-1``.
 
     Returns:
-        StudyResult: summary rows, per-example records, accuracy and written files.
+        StudyResult: summary rows, per-example records, accuracy and written files
+        (of the examples done so far if other processes are still running).
+
+    Raises:
+        ValueError: for bad settings, before anything is computed.
+        RunSettingsError: if ``output_dir`` holds a study with other settings.
 
     Examples::
 
@@ -288,111 +512,99 @@ def run_study(
         raise ValueError(f"target must be 'predicted' or 'label', got {target!r}")
     if not examples:
         raise ValueError("run_study needs at least one example")
-    directory = Path(output_dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    for value, what, least in ((num_fractions, "num_fractions", 2), (shard_size, "shard_size", 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{what} must be an integer >= {least}, got {value!r}")
+    settings = settings or MethodSettings()
     forward = forward_func or default_forward(model, "inputs_embeds")
-    built = [
-        m if isinstance(m, TokenAttribution) else build_methods([m], model, forward, settings)[0]
-        for m in methods
-    ]
+    explainers = _explainers(methods, model, forward, settings)
+    names = [(name, signed) for name, signed, _ in explainers]
     embedding = model.get_input_embeddings()
-    filler = replacement_embedding(embedding, replacement, replacement_token_id)
+    filler = _filler(embedding, replacement, replacement_token_id)
     fractions = torch.linspace(0, 1, num_fractions, dtype=torch.float64)
-    records = [MethodRecord(m.name, m.signed) for m in built]
-    correct = 0
-    for number, example in enumerate(tqdm(examples, desc="study", disable=not progress)):
-        text, label = _text_and_label(example)
-        ids = tokenize(text)
-        embeds = embedding(ids).detach()
-        with torch.no_grad():
-            logits = forward(embeds)
-        predicted = int(logits[0].argmax())
-        correct += predicted == label
-        explained = predicted if target == "predicted" else label
-        for method, record in zip(built, records, strict=True):
-            if number == 0:
-                method(embeds, explained)  # warm-up, not timed
-            start = time.perf_counter()
-            scores = method(embeds, explained)
-            record.seconds.append(time.perf_counter() - start)
-            curves = perturbation_curves(forward, embeds, scores, explained, filler)
-            areas = {kind: float(curve_area(curve.double())[0]) for kind, curve in curves.items()}
-            record.area_morf.append(areas["morf"])
-            record.area_lerf.append(areas["lerf"])
-            record.area_insertion.append(areas["insertion"])
-            record.delta.append(areas["lerf"] - areas["morf"])
-            record.relevance_sum.append(float(scores.double().sum()))
-            record.output.append(float(logits[0, explained]))
-            for kind, curve in curves.items():
-                resampled = resample_curve(curve[0].double(), fractions)
-                record.curves.setdefault(kind, []).append(resampled)
-    accuracy = correct / len(examples)
+    pairs = [_text_and_label(example) for example in examples]
+    ids = list(range(len(pairs))) if example_ids is None else [int(i) for i in example_ids]
+    if len(ids) != len(pairs) or len(set(ids)) != len(ids):
+        raise ValueError(f"example_ids must be {len(pairs)} distinct integers, one per example")
+    digest = hashlib.sha256(json.dumps([pairs, ids]).encode()).hexdigest()[:16]
+    description = {
+        "format": "captum-mamba study 1",
+        "model_fingerprint": model_fingerprint(model),
+        "methods": [name for name, _ in names],
+        "examples": len(pairs),
+        "examples_fingerprint": digest,
+        "replacement": replacement,
+        "replacement_token_id": replacement_token_id,
+        "keep_last": keep_last,
+        "target": target,
+        "settings": asdict(settings),
+        "num_fractions": num_fractions,
+        "shard_size": shard_size,
+        **(run_info or {}),
+    }
+    process = current_process(rank, world_size)
+    try:
+        directory = prepare_directory(output_dir, description, overwrite, OUTPUT_FILES)
+        layout = ShardLayout(directory, len(pairs), shard_size, ".jsonl")
+        todo = layout.missing(process.shards(layout.num_shards))
+        bar = tqdm(
+            total=sum(len(layout.examples(k)) for k in todo), desc="study", disable=not progress
+        )
+        warm_up = True
+        with bar:
+            for shard in todo:
+                lines = []
+                for index in layout.examples(shard):
+                    text, label = pairs[index]
+                    embeds = embedding(tokenize(text)).detach()
+                    record = _example_record(
+                        model,
+                        forward,
+                        embeds,
+                        label,
+                        target,
+                        explainers,
+                        ids[index],
+                        filler,
+                        fractions,
+                        keep_last,
+                        warm_up,
+                    )
+                    warm_up = False
+                    lines.append(json.dumps(record) + "\n")
+                    bar.update(1)
+                content = "".join(lines)
+                write_atomic(layout.path(shard), lambda p, t=content: p.write_text(t))
+                _summarise(layout, names, directory, caption, fractions, plots=False)
+                if on_shard is not None:
+                    on_shard(shard)
+        barrier(process)
+        complete = not layout.missing()
+        final = complete and (process.rank == 0 or not process.group)
+        return _summarise(layout, names, directory, caption, fractions, plots=final)
+    finally:
+        finish(process)
+
+
+def _summarise(
+    layout: ShardLayout,
+    names: Sequence[tuple[str, bool]],
+    directory: Path,
+    caption: str,
+    fractions: Tensor,
+    plots: bool,
+) -> StudyResult:
+    """Tables (and plots) of every shard written so far."""
+    records, example_ids, correct = _load_records(layout, names)
+    complete = len(example_ids) == layout.count
+    accuracy = correct / len(example_ids) if example_ids else math.nan
     rows = [_summary(record, accuracy) for record in records]
-    files = _write_tables(records, rows, directory, caption)
-    files.update(_plot(records, fractions, directory))
-    return StudyResult(rows, records, accuracy, files)
-
-
-def _sentiment_study(args: argparse.Namespace) -> StudyResult:
-    from captum_mamba.data import SST2_FILE, default_data_dir, load_sst2
-    from captum_mamba.sentiment import load_or_train_classifier
-
-    data_dir = Path(args.data_dir or default_data_dir())
-    torch.manual_seed(args.seed)
-    setup = _classifier_setup(args)
-    classifier = load_or_train_classifier(data_dir, args.cache_dir, setup)
-    model = classifier.model
-    examples = load_sst2(data_dir / SST2_FILE)
-    count = min(args.num_examples, len(examples))
-    chosen = sorted(random.Random(args.seed).sample(range(len(examples)), count))
-    subset = [examples[i] for i in chosen]
-
-    def tokenize(text: str) -> Tensor:
-        return classifier.encode([text])[0]
-
-    names = METHOD_NAMES if args.methods == "all" else tuple(args.methods.split(","))
-    settings = MethodSettings(
-        ig_steps=args.ig_steps, smoothgrad_samples=args.smoothgrad_samples, seed=args.seed
-    )
-    caption = (
-        f"Mamba sentiment classifier ({setup.describe()}; best epoch "
-        f"{classifier.metrics['best_epoch']}, validation accuracy "
-        f"{classifier.metrics['validation_accuracy']:.3f} on a held-out 10 % of "
-        f"rotten_tomatoes.csv), SST-2 validation accuracy "
-        f"{classifier.metrics['test_accuracy']:.3f} (all {len(examples)} sentences); "
-        f"{count} sentences studied (seed {args.seed}), replacement '{args.replacement}', "
-        f"explained logit: {args.target} class."
-    )
-    token_id = classifier.padding_id if args.replacement == "token" else None
-    result = run_study(
-        model,
-        tokenize,
-        subset,
-        names,
-        args.output_dir,
-        replacement=args.replacement,
-        replacement_token_id=token_id,
-        target=args.target,
-        settings=settings,
-        caption=caption,
-    )
-    print(caption)
-    print(markdown_table(result.rows))
-    for name, path in result.files.items():
-        print(f"{name}: {path}")
-    return result
-
-
-def _classifier_setup(args: argparse.Namespace) -> ClassifierSetup:
-    """The study's classifier setup with the command line's overrides (checked)."""
-    from captum_mamba.sentiment import ClassifierSetup
-
-    return ClassifierSetup().replace(
-        epochs=args.epochs,
-        learning_rate=args.learning_rate,
-        hidden_size=args.hidden_size,
-        num_layers=args.num_layers,
-    )
+    if not complete:
+        caption = f"{caption}\n\n(partial: {len(example_ids)} of {layout.count} examples)".strip()
+    files = _write_tables(records, rows, example_ids, directory, caption) if example_ids else {}
+    if plots and example_ids:
+        files.update(_plot(records, fractions, directory))
+    return StudyResult(rows, records, accuracy, files, len(example_ids), complete)
 
 
 #: Methods of :func:`measure_peak_memory`: a no-grad forward returning every position's
@@ -601,83 +813,19 @@ def measure_peak_memory(
         command += ["--threads", str(threads)]
     done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=timeout)
     if done.returncode != 0:
-        raise RuntimeError(f"memory worker {method} at {length} failed:\n{done.stderr[-3000:]}")
+        lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+        raise RuntimeError(
+            f"the memory worker ({method}, {length} tokens) failed: {lines[-1].strip()}"
+        )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m captum_mamba.study",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run the study on SST-2 with the sentiment classifier")
-    run.add_argument("--data-dir", default=None, help="folder of the shared data")
-    run.add_argument("--cache-dir", default=None, help="classifier checkpoint folder")
-    run.add_argument("--output-dir", default="study_results")
-    run.add_argument("--num-examples", type=int, default=200)
-    run.add_argument("--methods", default="all", help="comma-separated names, or 'all'")
-    run.add_argument("--replacement", choices=("zero", "mean", "token"), default="zero")
-    run.add_argument("--target", choices=("predicted", "label"), default="predicted")
-    run.add_argument("--ig-steps", type=int, default=32)
-    run.add_argument("--smoothgrad-samples", type=int, default=10)
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    setup = run.add_argument_group("classifier (default: ClassifierSetup() defaults)")
-    setup.add_argument("--epochs", type=int, default=None)
-    setup.add_argument("--learning-rate", type=float, default=None)
-    setup.add_argument("--hidden-size", type=int, default=None)
-    setup.add_argument("--num-layers", type=int, default=None)
-    memory = commands.add_parser("memory", help="peak memory of attribution methods, 130M shape")
-    memory.add_argument("--length", type=int, default=1024)
-    memory.add_argument(
-        "--methods",
-        default="forward,rollout,mambalrp",
-        help=f"comma-separated, from {','.join(MEMORY_METHODS)}",
-    )
-    memory.add_argument("--seed", type=int, default=0)
-    memory.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    memory.add_argument("--shape", default="130m", help="130m, tiny or hidden,layers,state,vocab")
-    memory.add_argument("--repeats", type=int, default=1)
-    worker = commands.add_parser("memory-worker", help=argparse.SUPPRESS)
-    worker.add_argument("--method", required=True)
-    worker.add_argument("--length", type=int, required=True)
-    worker.add_argument("--seed", type=int, default=0)
-    worker.add_argument("--threads", type=int, default=None)
-    worker.add_argument("--shape", default="130m")
-    worker.add_argument("--repeats", type=int, default=1)
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point, see the module docstring."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command == "run":
-        for name in ("num_examples", "ig_steps", "smoothgrad_samples"):
-            if getattr(args, name) < 1:
-                option = "--" + name.replace("_", "-")
-                parser.error(f"{option} must be at least 1, got {getattr(args, name)}")
-        try:
-            _classifier_setup(args)
-        except ValueError as error:
-            parser.error(str(error))
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be at least 1, got {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.command == "run":
-        _sentiment_study(args)
-    elif args.command == "memory":
-        for method in args.methods.split(","):
-            result = measure_peak_memory(
-                method, args.length, args.seed, args.threads, args.shape, repeats=args.repeats
-            )
-            print(json.dumps(result), flush=True)
-    else:
-        worker = _memory_worker(args.method, args.length, args.seed, args.shape, args.repeats)
-        print(json.dumps(worker))
+    """``python -m captum_mamba.study``: the ``study`` commands of :mod:`captum_mamba.cli`
+    (``run``, ``memory``)."""
+    from captum_mamba.cli import main as cli_main
+
+    cli_main(["study", *(sys.argv[1:] if argv is None else argv)], prog="captum-mamba-study")
 
 
 if __name__ == "__main__":

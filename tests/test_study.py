@@ -83,12 +83,12 @@ def test_mambalrp_rows_conserve_on_a_bias_free_classifier(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("arguments", "expected"),
     [
-        (["--epochs", "0"], "epochs must be at least 1, got 0"),
-        (["--hidden-size", "-8"], "hidden_size must be at least 1, got -8"),
-        (["--learning-rate", "0"], "learning_rate must be positive"),
-        (["--num-examples", "0"], "--num-examples must be at least 1, got 0"),
-        (["--ig-steps", "0"], "--ig-steps must be at least 1"),
-        (["--threads", "0"], "--threads must be at least 1, got 0"),
+        (["--epochs", "0"], "--epochs: must be at least 1, got 0"),
+        (["--hidden-size", "-8"], "--hidden-size: must be at least 1, got -8"),
+        (["--learning-rate", "0"], "--learning-rate: must be a positive number"),
+        (["--num-examples", "0"], "--num-examples: must be at least 1, got 0"),
+        (["--ig-steps", "0"], "--ig-steps: must be at least 1"),
+        (["--threads", "0"], "--threads: must be at least 1, got 0"),
     ],
 )
 def test_study_command_refuses_out_of_range_arguments(capsys, arguments, expected) -> None:
@@ -96,4 +96,4 @@ def test_study_command_refuses_out_of_range_arguments(capsys, arguments, expecte
         main(["run", "--data-dir", "nowhere", *arguments])
     assert caught.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("python -m captum_mamba.study: error:") and expected in error
+    assert error.startswith("captum-mamba-study run: error:") and expected in error
