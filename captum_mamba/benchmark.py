@@ -18,7 +18,9 @@ initialised Mamba with the shape of ``mamba-130m`` (float32, batch 1) it prints:
 - ``--generation``: greedy generation of ``--gen-tokens`` tokens after a
   ``--gen-prompt``-token prompt and their explanation, against the previous method
   (a forward pass of the whole prefix per new token, one attribution row per token),
-  whose cost is extrapolated from sampled steps;
+  whose cost is extrapolated from sampled steps; with ``--gen-explain-steps K`` the
+  new explanation's cost is extrapolated too (one forward pass plus one backward pass
+  per token: timed explaining the last 1 and the last K tokens of the same sequence);
 - ``--throughput``: tokens per second of :func:`captum_mamba.attribute_batches` on
   texts of random lengths against batch size and threads;
 - ``--out DIR``: ``results.json``, ``tables.md`` and ``scaling.png`` (time and peak
@@ -266,11 +268,10 @@ def measure_generation(args: argparse.Namespace) -> GenerationResult:
             model(full, use_cache=False, logits_to_keep=1)
 
     rules_s, hf_s = _median_time(forward_rules, 1), _median_time(forward_hf, 1)
-    start = time.perf_counter()
-    attribute_generation(model, prompt, target_ids=generated)
-    explain = time.perf_counter() - start
+    explain, explain_samples = _explain_cost(model, prompt, generated, args.gen_explain_steps)
     explain_mib = _explain_peak_mib(args)
     before_generate, before_explain, samples = _before_generation_costs(model, prompt, generated)
+    samples.update(explain_samples)
     return GenerationResult(
         args.gen_prompt,
         len(generated),
@@ -285,12 +286,42 @@ def measure_generation(args: argparse.Namespace) -> GenerationResult:
     )
 
 
+def _explain_cost(
+    model: torch.nn.Module, prompt: torch.Tensor, generated: torch.Tensor, steps: int
+) -> tuple[float, dict[str, Any]]:
+    """Seconds to explain every generated token, measured or extrapolated.
+
+    With ``steps`` 0 (or at least the number of tokens) ``attribute_generation`` explains
+    them all. Otherwise its cost, one forward pass of the sequence and one backward pass
+    per explained token, is extrapolated linearly from two calls on the same sequence
+    that explain only its last token and its last ``steps`` tokens (the earlier generated
+    tokens moved into the prompt, so the forward pass is the same).
+    """
+    tokens = len(generated)
+    if steps <= 0 or steps >= tokens:
+        start = time.perf_counter()
+        attribute_generation(model, prompt, target_ids=generated)
+        return time.perf_counter() - start, {}
+
+    def explain_last(count: int) -> float:
+        context = torch.cat([prompt, generated[: tokens - count]])
+        start = time.perf_counter()
+        attribute_generation(model, context, target_ids=generated[tokens - count :])
+        return time.perf_counter() - start
+
+    one, many = explain_last(1), explain_last(steps)
+    per_token = max(many - one, 0.0) / (steps - 1)
+    samples = {"explain_last_1_s": one, f"explain_last_{steps}_s": many}
+    return one + (tokens - 1) * per_token, samples
+
+
 def _explain_peak_mib(args: argparse.Namespace) -> float:
     """Peak memory growth of the generation explanation, in a fresh subprocess."""
     command = [sys.executable, "-m", "captum_mamba.benchmark", "--generation-worker"]
     command += ["--hidden", str(args.hidden), "--layers", str(args.layers)]
     command += ["--state", str(args.state), "--vocab", str(args.vocab)]
     command += ["--gen-prompt", str(args.gen_prompt), "--gen-tokens", str(args.gen_tokens)]
+    command += ["--gen-explain-steps", str(args.gen_explain_steps)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"the generation worker failed:\n{done.stderr[-3000:]}")
@@ -308,6 +339,9 @@ def _generation_worker(args: argparse.Namespace) -> None:
         print("nan")
         return
     before = _proc_status("VmRSS")
+    steps = args.gen_explain_steps
+    if 0 < steps < len(targets):  # the same sequence, its last ``steps`` tokens explained
+        prompt, targets = torch.cat([prompt, targets[:-steps]]), targets[-steps:]
     attribute_generation(model, prompt, target_ids=targets)
     print(f"{(_proc_status('VmHWM') - before) / 1024:.1f}")
 
@@ -424,7 +458,9 @@ def markdown_tables(results: dict[str, Any]) -> str:
         parts.append(_table(header, cells))
     if results.get("generation"):
         g = GenerationResult(**results["generation"])
-        header = ["generation", "new s", "before s (extrapolated)", "before / new"]
+        sampled = [k for k in g.before_samples if k.startswith("explain_last_")]
+        new_note = " (explain extrapolated)" if sampled else ""
+        header = ["generation", "new s" + new_note, "before s (extrapolated)", "before / new"]
         total_new, total_before = g.generate + g.explain, g.before_generate + g.before_explain
         cells = [
             [name, _cell(new), _cell(before), f"{before / new:.1f}x"]
@@ -507,6 +543,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--generation", action="store_true")
     parser.add_argument("--gen-prompt", type=int, default=1024)
     parser.add_argument("--gen-tokens", type=int, default=256)
+    parser.add_argument(
+        "--gen-explain-steps",
+        type=int,
+        default=0,
+        help="explain only this many tokens and extrapolate (0: explain all)",
+    )
     parser.add_argument("--throughput", action="store_true")
     parser.add_argument("--texts", type=int, default=64)
     parser.add_argument("--text-lengths", type=int, nargs=2, default=[16, 256])

@@ -716,6 +716,7 @@ BENCHMARK_MINIMUM = {
     "compare_length": 0,
     "gen_prompt": 1,
     "gen_tokens": 1,
+    "gen_explain_steps": 0,
     "texts": 1,
     "text_lengths": 1,
     "batch_sizes": 1,
