@@ -477,7 +477,7 @@ def _set_threads(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from captum_mamba import demo
+    import captum_mamba.demo as demo
 
     check_output_dir(args.output_dir)
     args.data_dir = str(_data_dir(args))
@@ -736,7 +736,7 @@ def check_benchmark_arguments(argv: Sequence[str], prog: str) -> argparse.Namesp
     Returns:
         argparse.Namespace: the parsed arguments.
     """
-    from captum_mamba import benchmark
+    import captum_mamba.benchmark as benchmark
 
     parser = benchmark._parser()
     parser.prog = prog
@@ -759,7 +759,7 @@ def check_benchmark_arguments(argv: Sequence[str], prog: str) -> argparse.Namesp
 
 
 def _benchmark(arguments: Sequence[str], prog: str) -> None:
-    from captum_mamba import benchmark
+    import captum_mamba.benchmark as benchmark
 
     check_benchmark_arguments(arguments, prog)
     benchmark.main(list(arguments))

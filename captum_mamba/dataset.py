@@ -643,9 +643,9 @@ def attribute_dataset(
 
 
 def _package_version() -> str:
-    import captum_mamba
+    from importlib.metadata import version
 
-    return captum_mamba.__version__
+    return version("captum-mamba")
 
 
 def _texts_fingerprint(

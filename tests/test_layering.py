@@ -27,6 +27,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "captum_mamba.data",
         "captum_mamba.models",
         "captum_mamba.vision",
+        "captum_mamba.cli",
+        "captum_mamba.dataset",
+        "captum_mamba.loading",
+        "captum_mamba.methods",
+        "captum_mamba.sharding",
     ),
 )
 
