@@ -152,9 +152,10 @@ def console_scripts() -> set[str]:
 
 
 def _commands(code: str) -> list[list[str]]:
-    """Each command of a shell block, as words (comments, ``&&`` and ``;`` split off)."""
+    """Each command of a shell block, as words (comments, ``&&`` and ``;`` split off;
+    lines ending in a backslash continued)."""
     commands = []
-    for line in code.splitlines():
+    for line in code.replace("\\\n", " ").splitlines():
         words = shlex.split(line, comments=True)
         command: list[str] = []
         for word in [*words, "&&"]:
