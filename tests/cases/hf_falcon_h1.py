@@ -36,7 +36,7 @@ from helpers import (
 from torch import Tensor
 from transformers import FalconH1Config, FalconH1ForCausalLM
 
-from cases import ArchitectureCase
+from cases import ArchitectureCase, random_embeddings
 from cases.hf_mamba2 import sequential_ssd
 
 MUP = dict(
@@ -167,19 +167,13 @@ def model_logits(model: FalconH1ForCausalLM, embeds: Tensor, **kwargs) -> Tensor
     return model(inputs_embeds=embeds, use_cache=False, **kwargs).logits
 
 
-def inputs(model: FalconH1ForCausalLM, config: str, seed: int) -> tuple[Tensor, list]:
-    generator = torch.Generator().manual_seed(1000 + seed)
-    embeds = torch.randn(2, LENGTH, model.config.hidden_size, generator=generator)
-    return embeds.double(), [(LENGTH - 1, 3), (4, 7)]
-
-
 ADAPTER = "transformers Falcon-H1"
 CASE = ArchitectureCase(
     name="hf_falcon_h1",
     adapter=ADAPTER,
     configs=tuple(CONFIGS),
     build=build_model,
-    inputs=inputs,
+    inputs=random_embeddings(LENGTH, [(LENGTH - 1, 3), (4, 7)]),
     reference=reference_logits,
     own_output=model_logits,
     layer="model.layers.0.self_attn.o_proj",

@@ -18,7 +18,7 @@ from helpers import causal_conv, gate, gated_mlp, linear, rms, silu, softmax_att
 from torch import Tensor
 from transformers import ZambaConfig, ZambaForCausalLM
 
-from cases import ArchitectureCase
+from cases import ArchitectureCase, lm_logits, random_embeddings
 
 CONFIGS = {
     "gqa-eager": dict(
@@ -130,18 +130,6 @@ def reference_logits(model: ZambaForCausalLM, embeds: Tensor, rules) -> Tensor:
     return linear(rms(hidden, final.weight, final.variance_epsilon, rules.norm), model.lm_head)
 
 
-def model_logits(model: ZambaForCausalLM, embeds: Tensor, **kwargs) -> Tensor:
-    """The model's own forward, without the float32 cast of the logits."""
-    hidden = model.model(inputs_embeds=embeds, use_cache=False, **kwargs).last_hidden_state
-    return model.lm_head(hidden)
-
-
-def inputs(model: ZambaForCausalLM, config: str, seed: int) -> tuple[Tensor, list]:
-    generator = torch.Generator().manual_seed(1000 + seed)
-    embeds = torch.randn(2, LENGTH, model.config.hidden_size, generator=generator)
-    return embeds.double(), [(LENGTH - 1, 3), (2, 7)]
-
-
 def rollout_layers(model: ZambaForCausalLM) -> int:
     """Mamba layers, plus the shared block of every hybrid layer."""
     return sum(2 if hasattr(layer, "shared_transf") else 1 for layer in model.model.layers)
@@ -153,9 +141,9 @@ CASE = ArchitectureCase(
     adapter=ADAPTER,
     configs=tuple(CONFIGS),
     build=build_model,
-    inputs=inputs,
+    inputs=random_embeddings(LENGTH, [(LENGTH - 1, 3), (2, 7)]),
     reference=reference_logits,
-    own_output=model_logits,
+    own_output=lm_logits,
     layer="model.layers.1.shared_transf.self_attn.o_proj",
     num_layers=rollout_layers,
     rule_kinds=("norm", "silu", "ssm", "gate", "activation", "attention"),

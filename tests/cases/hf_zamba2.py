@@ -20,7 +20,7 @@ from helpers import activation, half_product, linear, rms, rope, rope_table, sof
 from torch import Tensor, nn
 from transformers import Zamba2Config, Zamba2ForCausalLM
 
-from cases import ArchitectureCase
+from cases import ArchitectureCase, lm_logits, random_embeddings
 from cases.hf_mamba2 import reference_mixer
 
 CONFIGS = {
@@ -123,18 +123,6 @@ def reference_logits(model: Zamba2ForCausalLM, embeds: Tensor, rules) -> Tensor:
     return linear(rms(hidden, final.weight, final.variance_epsilon, rules.norm), model.lm_head)
 
 
-def model_logits(model: Zamba2ForCausalLM, embeds: Tensor, **kwargs) -> Tensor:
-    """The model's own forward, without the float32 cast of the logits."""
-    hidden = model.model(inputs_embeds=embeds, use_cache=False, **kwargs).last_hidden_state
-    return model.lm_head(hidden)
-
-
-def inputs(model: Zamba2ForCausalLM, config: str, seed: int) -> tuple[Tensor, list]:
-    generator = torch.Generator().manual_seed(1000 + seed)
-    embeds = torch.randn(2, LENGTH, model.config.hidden_size, generator=generator)
-    return embeds.double(), [(LENGTH - 1, 3), (4, 7)]
-
-
 def rollout_layers(model: Zamba2ForCausalLM) -> int:
     """Mamba layers, plus the shared block of every hybrid layer."""
     return sum(2 if hasattr(layer, "shared_transformer") else 1 for layer in model.model.layers)
@@ -146,9 +134,9 @@ CASE = ArchitectureCase(
     adapter=ADAPTER,
     configs=tuple(CONFIGS),
     build=build_model,
-    inputs=inputs,
+    inputs=random_embeddings(LENGTH, [(LENGTH - 1, 3), (4, 7)]),
     reference=reference_logits,
-    own_output=model_logits,
+    own_output=lm_logits,
     layer="model.layers.3.shared_transformer.feed_forward.down_proj",
     num_layers=rollout_layers,
     rule_kinds=("norm", "silu", "ssm", "gate", "activation", "attention"),
