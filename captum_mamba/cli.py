@@ -208,7 +208,21 @@ def _add_setup(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--validation-fraction", type=_open_fraction, help="held out for early stopping"
     )
-    group.add_argument("--balance-classes", action="store_true", default=None)
+    group.add_argument(
+        "--balance-classes",
+        action=argparse.BooleanOptionalAction,
+        help="weight the loss so that every class counts as much (default: on)",
+    )
+    group.add_argument(
+        "--teacher-weight",
+        type=fraction,
+        help="share of the naive Bayes teacher in the training targets, 0 = labels only",
+    )
+    group.add_argument(
+        "--phrases-per-text",
+        type=non_negative_int,
+        help="teacher-labelled phrases drawn from each training text",
+    )
     group.add_argument("--train-seed", type=int, help="seed of the classifier (default: 0)")
 
 
@@ -430,6 +444,8 @@ def _setup(args: argparse.Namespace) -> Any:
         "batch_size": args.train_batch_size,
         "validation_fraction": args.validation_fraction,
         "balance_classes": args.balance_classes,
+        "teacher_weight": args.teacher_weight,
+        "phrases_per_text": args.phrases_per_text,
         "seed": args.train_seed,
     }
     return ClassifierSetup().replace(**changes)

@@ -14,6 +14,13 @@ CPU path (autograd through a Python loop over time). The state matrix is not tra
 ``A_log`` keeps its S4D-real initial value ``log(1..N)`` (the input-dependent time steps
 still set every decay), which keeps the classifiers of the README reproducible.
 
+Training targets mix each text's label with the class probabilities of a naive Bayes
+teacher fitted on the same training texts (:class:`NaiveBayesTeacher`), and random
+phrases of the training texts, labelled by the teacher, are added to the training data
+(:class:`ClassifierSetup` ``teacher_weight``, ``phrases_per_text``): distillation from a
+bag-of-words model that is hard to overfit, with phrase-level soft labels in place of
+the phrase labels that SST-2's training set has and the training file lacks.
+
 :func:`load_or_train_classifier` trains the sentiment classifier on
 ``rotten_tomatoes.csv`` (a seeded 10 % of it held out for per-epoch validation and
 early stopping), measures its accuracy on the SST-2 validation set (held out, never
@@ -219,6 +226,14 @@ class ClassifierSetup:
         label_smoothing (float): label smoothing of the cross-entropy, in ``[0, 1)``.
         balance_classes (bool): weight the loss so that every class counts as much as
             the others, whatever its share of the training data.
+        teacher_weight (float): share of the :class:`NaiveBayesTeacher`'s class
+            probabilities in the training target of each training text (the rest is its
+            label), in ``[0, 1]``; 0 trains on the labels alone, without phrases.
+        teacher_temperature (float): temperature of the teacher's probabilities
+            (``softmax(logits / temperature)``); larger is softer.
+        phrases_per_text (int): random phrases (runs of consecutive words) drawn from
+            each training text of three or more words and added to the training data,
+            labelled by the teacher alone (none when ``teacher_weight`` is 0).
         token_dropout (float): probability that a training token is replaced by the
             shared row of rare tokens, in ``[0, 1)``.
         feature_dropout (float): dropout on the pooled features in training, in ``[0, 1)``.
@@ -237,14 +252,17 @@ class ClassifierSetup:
     truncation: str = "keep_tail"
     normalise: bool = True
     min_token_count: int = 2
-    epochs: int = 6
+    epochs: int = 4
     batch_size: int = 64
     learning_rate: float = 3e-3
-    weight_decay: float = 0.5
+    weight_decay: float = 0.1
     label_smoothing: float = 0.0
-    balance_classes: bool = False
-    token_dropout: float = 0.3
-    feature_dropout: float = 0.3
+    balance_classes: bool = True
+    teacher_weight: float = 0.8
+    teacher_temperature: float = 2.0
+    phrases_per_text: int = 4
+    token_dropout: float = 0.1
+    feature_dropout: float = 0.1
     validation_fraction: float = 0.1
     patience: int = 2
     seed: int = 0
@@ -266,6 +284,18 @@ class ClassifierSetup:
             f"learning_rate must be positive, got {self.learning_rate}",
         )
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(
+            0 <= self.teacher_weight <= 1,
+            f"teacher_weight must be in [0, 1], got {self.teacher_weight}",
+        )
+        _check(
+            math.isfinite(self.teacher_temperature) and self.teacher_temperature > 0,
+            f"teacher_temperature must be positive, got {self.teacher_temperature}",
+        )
+        _check(
+            self.phrases_per_text >= 0,
+            f"phrases_per_text must be >= 0, got {self.phrases_per_text}",
+        )
         for name in ("label_smoothing", "token_dropout", "feature_dropout"):
             value = getattr(self, name)
             _check(0 <= value < 1, f"{name} must be in [0, 1), got {value}")
@@ -276,14 +306,14 @@ class ClassifierSetup:
 
     @classmethod
     def quick(cls) -> ClassifierSetup:
-        """The demo's small classifier: one layer of width 32, two epochs (seconds)."""
+        """The demo's small classifier: one layer of width 32, two epochs, one phrase per
+        text (seconds)."""
         return cls(
             hidden_size=32,
             num_layers=1,
             max_length=40,
             epochs=2,
-            weight_decay=0.1,
-            token_dropout=0.1,
+            phrases_per_text=1,
             feature_dropout=0.0,
         )
 
@@ -298,9 +328,15 @@ class ClassifierSetup:
 
     def describe(self) -> str:
         """One-line summary of the model size and schedule."""
+        teacher = (
+            f", naive Bayes teacher {self.teacher_weight:g} and {self.phrases_per_text} "
+            f"phrase(s) per text"
+            if self.teacher_weight
+            else ""
+        )
         return (
             f"{self.hidden_size} hidden, {self.num_layers} layer(s), state {self.state_size}, "
-            f"{self.pooling} pooling, at most {self.epochs} epochs"
+            f"{self.pooling} pooling, at most {self.epochs} epochs{teacher}"
         )
 
 
@@ -355,6 +391,110 @@ def tokenize(
         )
         rows.append(kept or [pad])
     return rows
+
+
+def text_words(text: str, setup: ClassifierSetup) -> list[str]:
+    """Whitespace-separated words of ``text``, after :func:`normalise` if ``setup.normalise``."""
+    return (normalise(text) if setup.normalise else text).split()
+
+
+class NaiveBayesTeacher:
+    r"""Multinomial naive Bayes over the distinct words of a text, with equal class priors:
+    the teacher whose class probabilities the classifiers are trained to match.
+
+    A bag-of-words model is hard to overfit on a few thousand texts and gives every
+    training text, and every phrase drawn from one, a graded class probability; the
+    Mamba classifier learns these soft labels besides the true labels (knowledge
+    distillation, Hinton et al. 2015), which also labels phrases that have no label of
+    their own. Equal priors make its predictions independent of the classes' shares
+    in the training data.
+
+    The logit of class ``k`` of a text is :math:`\sum_w \log P(w \mid k)` over the
+    distinct words ``w`` of the text seen in training, with
+    :math:`P(w \mid k) = (n_{kw} + s) / (n_k + s |V|)`, where :math:`n_{kw}` counts the
+    training texts of class ``k`` that contain ``w``, :math:`n_k` is the sum of
+    :math:`n_{kw}` over the vocabulary ``V`` and ``s`` the smoothing.
+
+    Args:
+        vocabulary (dict): row of ``log_probs`` of each known word.
+        log_probs (Tensor): ``(len(vocabulary), num_labels)`` :math:`\log P(w \mid k)`.
+
+    Examples::
+
+        >>> teacher = NaiveBayesTeacher.fit([["a", "gem"], ["a", "mess"]], [1, 0], 2)
+        >>> teacher.probabilities([["gem"]], temperature=2.0)   # positive > 0.5
+    """
+
+    def __init__(self, vocabulary: dict[str, int], log_probs: Tensor) -> None:
+        self.vocabulary = vocabulary
+        self.log_probs = log_probs
+
+    @classmethod
+    def fit(
+        cls,
+        texts: Sequence[Sequence[str]],
+        labels: Sequence[int],
+        num_labels: int,
+        smoothing: float = 1.0,
+    ) -> NaiveBayesTeacher:
+        """The teacher of word lists ``texts`` with class indices ``labels``.
+
+        Args:
+            texts (sequence of sequence of str): the words of each training text.
+            labels (sequence of int): class index of each text.
+            num_labels (int): number of classes.
+            smoothing (float, optional): additive smoothing ``s``. Default: 1.
+
+        Returns:
+            NaiveBayesTeacher: the fitted teacher.
+        """
+        vocabulary: dict[str, int] = {}
+        for words in texts:
+            for word in words:
+                vocabulary.setdefault(word, len(vocabulary))
+        counts = torch.zeros(len(vocabulary), num_labels, dtype=torch.float64)
+        for words, label in zip(texts, labels, strict=True):
+            counts[[vocabulary[word] for word in set(words)], label] += 1
+        counts += smoothing
+        return cls(vocabulary, (counts / counts.sum(0)).log())
+
+    def logits(self, texts: Sequence[Sequence[str]]) -> Tensor:
+        """Class logits ``(len(texts), num_labels)`` (float64) of word lists ``texts``."""
+        logits = self.log_probs.new_zeros(len(texts), self.log_probs.shape[1])
+        for row, words in enumerate(texts):
+            known = {self.vocabulary[word] for word in words if word in self.vocabulary}
+            logits[row] = self.log_probs[sorted(known)].sum(0)
+        return logits
+
+    def probabilities(self, texts: Sequence[Sequence[str]], temperature: float) -> Tensor:
+        """Class probabilities ``softmax(logits / temperature)`` of word lists ``texts``."""
+        return (self.logits(texts) / temperature).softmax(-1)
+
+
+def draw_phrases(
+    texts: Sequence[Sequence[str]], per_text: int, generator: torch.Generator
+) -> list[list[str]]:
+    """``per_text`` random phrases of each word list of three or more words: a run of
+    consecutive words whose length is uniform in ``1 .. len - 1`` and whose start is
+    uniform among those that fit.
+
+    Args:
+        texts (sequence of sequence of str): the words of each text.
+        per_text (int): phrases drawn from each text.
+        generator (torch.Generator): random source.
+
+    Returns:
+        list of list of str: the phrases, text by text.
+    """
+    phrases = []
+    for words in texts:
+        if len(words) < 3:
+            continue
+        for _ in range(per_text):
+            length = int(torch.randint(1, len(words), (), generator=generator))
+            start = int(torch.randint(0, len(words) - length + 1, (), generator=generator))
+            phrases.append(list(words[start : start + length]))
+    return phrases
 
 
 def pad_left(rows: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]:
@@ -584,13 +724,14 @@ def classifier_loss(
     model: MambaTextClassifier,
     rows: Tensor,
     mask: Tensor,
-    labels: Tensor,
+    targets: Tensor,
     setup: ClassifierSetup,
     class_weights: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Training loss of a batch: cross-entropy of the classifier's logits, with token
-    and feature dropout drawn from ``generator`` (none without a generator).
+    r"""Training loss of a batch: cross-entropy of the classifier's logits against class
+    indices or class probabilities, with token and feature dropout drawn from
+    ``generator`` (none without a generator).
 
     Run it inside :func:`fast_path` for the fast CPU backward.
 
@@ -598,7 +739,9 @@ def classifier_loss(
         model (MambaTextClassifier): the classifier (with a :class:`CompactEmbedding`).
         rows (Tensor): ``(batch, seq)`` embedding rows (not tokenizer ids), left-padded.
         mask (Tensor): ``(batch, seq)`` 0/1 mask of real tokens.
-        labels (Tensor): ``(batch,)`` class indices.
+        targets (Tensor): ``(batch,)`` class indices or ``(batch, num_labels)`` class
+            probabilities (the per-example loss is then
+            :math:`-\sum_k w_k\, p_k \log q_k` with class weights :math:`w_k`).
         setup (ClassifierSetup): dropout rates and label smoothing.
         class_weights (Tensor, optional): ``(num_labels,)`` loss weight per class.
         generator (torch.Generator, optional): random source of the dropouts.
@@ -616,8 +759,31 @@ def classifier_loss(
         keep = torch.rand(features.shape, generator=generator) >= setup.feature_dropout
         features = features * keep.to(features.dtype) / (1 - setup.feature_dropout)
     return F.cross_entropy(
-        model.head(features), labels, weight=class_weights, label_smoothing=setup.label_smoothing
+        model.head(features), targets, weight=class_weights, label_smoothing=setup.label_smoothing
     )
+
+
+def _training_targets(
+    train: Sequence[LabelledText],
+    labels: Tensor,
+    num_labels: int,
+    setup: ClassifierSetup,
+    generator: torch.Generator,
+) -> tuple[Tensor, list[list[str]], NaiveBayesTeacher | None]:
+    """Class probabilities to learn for the training texts, then for the phrases drawn
+    from them; the phrases; the teacher (``None`` if ``setup.teacher_weight`` is 0)."""
+    targets = F.one_hot(labels, num_labels).double()
+    if not setup.teacher_weight:
+        return targets.float(), [], None
+    words = [text_words(e.text, setup) for e in train]
+    teacher = NaiveBayesTeacher.fit(words, labels.tolist(), num_labels)
+    phrases = draw_phrases(words, setup.phrases_per_text, generator)
+    weight = setup.teacher_weight
+    texts = (1 - weight) * targets + weight * teacher.probabilities(
+        words, setup.teacher_temperature
+    )
+    targets = torch.cat([texts, teacher.probabilities(phrases, setup.teacher_temperature)])
+    return targets.float(), phrases, teacher
 
 
 def _class_weights(labels: Tensor, num_labels: int) -> Tensor:
@@ -679,6 +845,10 @@ def train_classifier(
     texts = tokenize(tokenizer, [e.text for e in train], setup)
     counts = Counter(token for text in texts for token in text)
     vocabulary = sorted(t for t, count in counts.items() if count >= setup.min_token_count)
+    generator = torch.Generator().manual_seed(setup.seed)
+    labels = torch.tensor([e.label for e in train])
+    targets, phrases, teacher = _training_targets(train, labels, num_labels, setup, generator)
+    texts += tokenize(tokenizer, [" ".join(phrase) for phrase in phrases], setup)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(setup.seed)
         model = build_model(setup, vocabulary, tokenizer, num_labels)
@@ -694,17 +864,27 @@ def train_classifier(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda step: max(0.0, 1 - step / (setup.epochs * steps_per_epoch))
     )
-    generator = torch.Generator().manual_seed(setup.seed)
     embedding = model.get_input_embeddings()
     rows = [embedding.row_ids(torch.tensor(text)).tolist() for text in texts]
-    labels = torch.tensor([e.label for e in train])
     class_weights = _class_weights(labels, num_labels) if setup.balance_classes else None
     validation_texts = tokenize(tokenizer, [e.text for e in validation], setup)
     validation_labels = torch.tensor([e.label for e in validation])
     progress(
-        f"training a {setup.describe()} classifier on {len(texts)} texts "
-        f"({len(vocabulary)} distinct tokens, {steps_per_epoch} steps per epoch)"
+        f"training a {setup.describe()} classifier on {len(train)} texts and "
+        f"{len(phrases)} phrases ({len(vocabulary)} distinct tokens, "
+        f"{steps_per_epoch} steps per epoch)"
     )
+    metrics: dict[str, Any] = {}
+    if teacher is not None and validation:
+        metrics["teacher_validation_accuracy"] = float(
+            (
+                teacher.logits([text_words(e.text, setup) for e in validation]).argmax(-1)
+                == validation_labels
+            )
+            .double()
+            .mean()
+        )
+        progress(f"teacher's validation accuracy {metrics['teacher_validation_accuracy']:.3f}")
     history: list[dict[str, float]] = []
     best: tuple[float, int, dict[str, Tensor]] | None = None
     for epoch in range(1, setup.epochs + 1):
@@ -715,7 +895,7 @@ def train_classifier(
             for step, batch in enumerate(batches, 1):
                 ids, mask = pad_left([rows[i] for i in batch], PADDING_ROW)
                 loss = classifier_loss(
-                    model, ids, mask, labels[batch], setup, class_weights, generator
+                    model, ids, mask, targets[batch], setup, class_weights, generator
                 )
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
@@ -741,7 +921,7 @@ def train_classifier(
         if best is not None and epoch - best[1] >= setup.patience:
             progress(f"no better validation accuracy for {setup.patience} epoch(s): stopping")
             break
-    metrics: dict[str, Any] = {"history": history, "best_epoch": len(history)}
+    metrics.update(history=history, best_epoch=len(history))
     if best is not None:
         model.load_state_dict(best[2])
         metrics.update(best_epoch=best[1], validation_accuracy=best[0])

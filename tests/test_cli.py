@@ -16,6 +16,7 @@ import torch
 from app_helpers import NEWS, tiny_classifier, word_tokenizer, write_news_csv
 
 from captum_mamba.cli import check_benchmark_arguments, main
+from captum_mamba.sentiment import TextClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("pyarrow", reason="Parquet results need pyarrow ([parquet] extra)")
@@ -92,6 +93,18 @@ CASES = [
     ),
     ("train epochs 0", lambda f: train(f, "--epochs", "0"), 2, ["--epochs: must be at least 1"]),
     ("train lr nan", lambda f: train(f, "--learning-rate", "nan"), 2, ["--learning-rate"]),
+    (
+        "train teacher weight 2",
+        lambda f: train(f, "--teacher-weight", "2"),
+        2,
+        ["--teacher-weight: must be at most 1.0"],
+    ),
+    (
+        "train phrases -1",
+        lambda f: train(f, "--phrases-per-text", "-1"),
+        2,
+        ["--phrases-per-text: must be at least 0"],
+    ),
     (
         "train validation fraction 1",
         lambda f: train(f, "--validation-fraction", "1"),
@@ -407,6 +420,7 @@ def test_three_class_csv_train_attribute_and_study(tmp_path, capsys) -> None:
     common = ["--text-column", "body", "--label-column", "topic"]
     setup = ["--hidden-size", "8", "--num-layers", "1", "--state-size", "2", "--epochs", "2"]
     setup += ["--train-batch-size", "6", "--validation-fraction", "0.2", "--threads", "1"]
+    setup += ["--teacher-weight", "0.5", "--phrases-per-text", "1", "--no-balance-classes"]
     cache = ["--cache-dir", str(tmp_path / "cache")]
     checkpoint = tmp_path / "news.ckpt"
     train_args = ["train", "--dataset", str(data), *common, *setup, *cache]
@@ -416,6 +430,8 @@ def test_three_class_csv_train_attribute_and_study(tmp_path, capsys) -> None:
     assert "classes business, sport, tech" in first.out and "training" in first.err
     main(train_args)  # loaded from the cache this time
     assert "training" not in capsys.readouterr().err
+    saved = TextClassifier.load(checkpoint).setup
+    assert (saved.teacher_weight, saved.phrases_per_text, saved.balance_classes) == (0.5, 1, False)
     out = tmp_path / "attributions"
     main(
         [

@@ -4,6 +4,7 @@ training on a tiny 3-class file, checkpoints, the cache key, and argument checks
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 
 import pytest
@@ -21,14 +22,17 @@ from captum_mamba.sentiment import (
     CheckpointError,
     ClassifierSetup,
     CompactEmbedding,
+    NaiveBayesTeacher,
     TextClassifier,
     build_model,
     cache_key,
     classifier_loss,
+    draw_phrases,
     fast_path,
     load_or_train,
     normalise,
     pad_left,
+    text_words,
     tokenize,
     train_classifier,
 )
@@ -388,7 +392,7 @@ def test_cache_key_covers_data_tokenizer_test_set_and_every_setup_field() -> Non
         "pooling": "last",
         "truncation": "keep_head",
         "normalise": False,
-        "balance_classes": True,
+        "balance_classes": not TINY.balance_classes,
     }
     for field in dataclasses.fields(ClassifierSetup):
         value = getattr(TINY, field.name)
@@ -418,6 +422,10 @@ BAD_SETUPS = [
     ("validation_fraction", 1.0, "validation_fraction must be in (0, 1)"),
     ("pooling", "max", "pooling must be one of"),
     ("truncation", "middle", "truncation must be one of"),
+    ("teacher_weight", 1.5, "teacher_weight must be in [0, 1]"),
+    ("teacher_temperature", 0.0, "teacher_temperature must be positive"),
+    ("teacher_temperature", float("inf"), "teacher_temperature must be positive"),
+    ("phrases_per_text", -1, "phrases_per_text must be >= 0"),
 ]
 
 
@@ -453,3 +461,106 @@ def test_demo_refuses_out_of_range_arguments(capsys, arguments, expected) -> Non
     assert caught.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Distillation: the naive Bayes teacher, the phrases, the training targets
+# ---------------------------------------------------------------------------------------
+
+
+def test_naive_bayes_teacher_equals_counting_by_hand() -> None:
+    texts = [["a", "gem", "gem"], ["a", "mess"], ["fine", "gem"], ["dull", "mess", "a"]]
+    labels = [1, 0, 1, 0]
+    teacher = NaiveBayesTeacher.fit(texts, labels, 2, smoothing=0.5)
+    words = ["a", "gem", "mess", "fine", "dull"]
+    # texts of each class that contain each word (a repeated word counts once)
+    contain = {0: {"a": 2, "gem": 0, "mess": 2, "fine": 0, "dull": 1},
+               1: {"a": 1, "gem": 2, "mess": 0, "fine": 1, "dull": 0}}  # fmt: skip
+
+    def log_p(word, label):
+        total = sum(contain[label].values()) + 0.5 * len(words)
+        return math.log((contain[label][word] + 0.5) / total)
+
+    query = [["gem", "a", "gem", "unseen"], [], ["dull"]]
+    expected = torch.tensor(
+        [[sum(log_p(w, k) for w in {"gem", "a"}) for k in (0, 1)], [0.0, 0.0],
+         [log_p("dull", k) for k in (0, 1)]],
+        dtype=torch.float64,
+    )  # fmt: skip
+    torch.testing.assert_close(teacher.logits(query), expected, rtol=1e-12, atol=1e-12)
+    assert teacher.logits([]).shape == (0, 2)
+    probabilities = teacher.probabilities(query, temperature=2.0)
+    difference = (expected[:, 1] - expected[:, 0]) / 2.0
+    torch.testing.assert_close(probabilities[:, 1], torch.sigmoid(difference))
+    torch.testing.assert_close(probabilities.sum(-1), torch.ones(3, dtype=torch.float64))
+    assert probabilities[0, 1] > 0.5 > probabilities[2, 1]
+
+
+def test_phrases_are_runs_of_consecutive_words() -> None:
+    texts = [[f"w{i}" for i in range(n)] for n in (1, 2, 3, 7, 12)]
+    phrases = draw_phrases(texts, 50, torch.Generator().manual_seed(3))
+    assert phrases == draw_phrases(texts, 50, torch.Generator().manual_seed(3))
+    assert len(phrases) == 3 * 50  # texts of fewer than three words give none
+    lengths = {3: set(), 7: set(), 12: set()}
+    for index, phrase in enumerate(phrases):
+        text = texts[2 + index // 50]
+        start = text.index(phrase[0])
+        assert phrase == text[start : start + len(phrase)]
+        lengths[len(text)].add(len(phrase))
+    # every length 1 .. len - 1 is drawn, the whole text never
+    assert lengths[3] == {1, 2} and lengths[7] == set(range(1, 7))
+    assert max(lengths[12]) <= 11
+
+
+def test_text_words_follow_the_setup() -> None:
+    assert text_words("It's GOOD.", ClassifierSetup()) == ["it", "'s", "good", "."]
+    assert text_words("It's GOOD.", ClassifierSetup(normalise=False)) == ["It's", "GOOD."]
+
+
+def test_teacher_targets_and_phrases_in_training() -> None:
+    """With the teacher, the loss of the first step is the cross-entropy against the
+    mixture of labels and teacher probabilities over texts and phrases; without it,
+    against the labels; the recorded teacher accuracy is the teacher's own."""
+    examples = colour_texts(60, seed=5)
+    setup = TINY.replace(
+        epochs=1, batch_size=1000, teacher_weight=0.25, phrases_per_text=2,
+        teacher_temperature=3.0, balance_classes=False,
+    )  # fmt: skip
+    lines: list[str] = []
+    classifier = train_classifier(
+        examples[:40], word_tokenizer(), setup, COLOURS, examples[40:], lines.append
+    )
+    words = [text_words(e.text, setup) for e in examples[:40]]
+    teacher = NaiveBayesTeacher.fit(words, [e.label for e in examples[:40]], 3)
+    phrases = draw_phrases(words, 2, torch.Generator().manual_seed(setup.seed))
+    assert f"on 40 texts and {len(phrases)} phrases" in lines[0]
+    validation = teacher.logits([text_words(e.text, setup) for e in examples[40:]])
+    accuracy = float((validation.argmax(-1) == torch.tensor([e.label for e in examples[40:]]))
+                     .double().mean())  # fmt: skip
+    assert classifier.metrics["teacher_validation_accuracy"] == pytest.approx(accuracy)
+
+    # the first (only) step's loss, recomputed from the untrained model
+    texts = [e.text for e in examples[:40]] + [" ".join(p) for p in phrases]
+    labels = F.one_hot(torch.tensor([e.label for e in examples[:40]]), 3).double()
+    targets = torch.cat([
+        0.75 * labels + 0.25 * teacher.probabilities(words, 3.0),
+        teacher.probabilities(phrases, 3.0),
+    ])  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(setup.seed)
+        vocabulary = classifier.model.get_input_embeddings().vocabulary
+        model = build_model(setup, vocabulary, word_tokenizer(), 3)
+    ids, mask = pad_left(tokenize(word_tokenizer(), texts, setup), 0)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).double()
+    expected = -(targets * logits.log_softmax(-1)).sum(-1).mean()
+    assert classifier.metrics["history"][0]["loss"] == pytest.approx(float(expected), rel=1e-5)
+
+    plain = train_classifier(
+        examples[:40], word_tokenizer(), setup.replace(teacher_weight=0.0), COLOURS, (), len
+    )
+    assert "teacher_validation_accuracy" not in plain.metrics
+    with torch.no_grad():
+        only_texts = logits[:40]
+    expected = F.cross_entropy(only_texts, labels.argmax(-1))
+    assert plain.metrics["history"][0]["loss"] == pytest.approx(float(expected), rel=1e-5)
