@@ -550,7 +550,8 @@ class TextClassifier:
         setup (ClassifierSetup): how it was built and trained.
         label_names (tuple of str): name of class ``k`` at position ``k``.
         metrics (dict): training record (``history``, ``best_epoch``,
-            ``validation_accuracy``, ``train_seconds``, ``test_accuracy`` if measured).
+            ``validation_accuracy``, ``teacher_validation_accuracy``, ``train_seconds``,
+            ``test_accuracy`` if measured).
 
     Examples::
 
@@ -803,7 +804,11 @@ def train_classifier(
 ) -> TextClassifier:
     """Train a classifier from scratch (seeded, on the CPU fast path).
 
-    Each step runs inside :func:`fast_path`, which computes the model's exact function
+    Unless ``setup.teacher_weight`` is 0, a :class:`NaiveBayesTeacher` is fitted on
+    ``train`` first; each text's target mixes its label with the teacher's class
+    probabilities, and ``setup.phrases_per_text`` phrases drawn from each text join the
+    training data with the teacher's probabilities as targets. Each step runs inside
+    :func:`fast_path`, which computes the model's exact function
     (and gradients) through this package's scans. After every epoch the accuracy on
     ``validation`` is measured; training stops after ``setup.patience`` epochs without
     improvement and the best epoch's weights are returned (the last epoch's without
@@ -823,8 +828,9 @@ def train_classifier(
 
     Returns:
         TextClassifier: the trained classifier in eval mode; ``metrics`` has the
-        per-epoch ``history``, ``best_epoch``, ``validation_accuracy`` (with
-        ``validation``) and ``train_seconds``.
+        per-epoch ``history``, ``best_epoch``, ``validation_accuracy`` and, with a
+        teacher, ``teacher_validation_accuracy`` (both with ``validation``), and
+        ``train_seconds``.
 
     Examples::
 
@@ -876,13 +882,9 @@ def train_classifier(
     )
     metrics: dict[str, Any] = {}
     if teacher is not None and validation:
+        predicted = teacher.logits([text_words(e.text, setup) for e in validation]).argmax(-1)
         metrics["teacher_validation_accuracy"] = float(
-            (
-                teacher.logits([text_words(e.text, setup) for e in validation]).argmax(-1)
-                == validation_labels
-            )
-            .double()
-            .mean()
+            (predicted == validation_labels).double().mean()
         )
         progress(f"teacher's validation accuracy {metrics['teacher_validation_accuracy']:.3f}")
     history: list[dict[str, float]] = []
