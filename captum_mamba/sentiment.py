@@ -71,6 +71,8 @@ PADDING_ROW, UNKNOWN_ROW = 0, 1
 POOLINGS = ("last", "mean")
 TRUNCATIONS = ("keep_tail", "keep_head")
 CHECKPOINT_FORMAT = "captum-mamba-classifier 1"
+#: Setup of checkpoints saved before the teacher's fields existed: trained without one.
+_SETUP_BEFORE_TEACHER = {"teacher_weight": 0.0}
 
 Progress = Callable[[str], None]
 
@@ -659,7 +661,7 @@ class TextClassifier:
                 f"{path} is corrupt or truncated (checksum mismatch); delete it and train again"
             )
         saved = torch.load(io.BytesIO(payload), weights_only=True)
-        setup = ClassifierSetup(**saved["setup"])
+        setup = ClassifierSetup(**(_SETUP_BEFORE_TEACHER | saved["setup"]))
         tokenizer = Tokenizer.from_str(saved["tokenizer"])
         model = build_model(
             setup, saved["vocabulary"], tokenizer, len(saved["label_names"]), saved["padding_id"]

@@ -4,6 +4,8 @@ training on a tiny 3-class file, checkpoints, the cache key, and argument checks
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import math
 import random
 
@@ -16,6 +18,7 @@ from tokenizers.pre_tokenizers import Whitespace
 
 from captum_mamba.data import LabelledData, LabelledText, read_labelled
 from captum_mamba.sentiment import (
+    CHECKPOINT_FORMAT,
     PAD_TOKEN,
     PADDING_ROW,
     UNKNOWN_ROW,
@@ -333,6 +336,26 @@ def test_checkpoint_round_trip(tmp_path, trained) -> None:
     assert not list(tmp_path.glob("sub/*.partial"))
 
 
+def test_checkpoints_from_before_the_teacher_load_as_trained_without_one(tmp_path, trained) -> None:
+    """A checkpoint whose setup lacks the teacher's fields (saved before they existed)
+    was trained on the labels alone, and its setup says so."""
+    path = trained.save(tmp_path / "old.ckpt")
+    payload = path.read_bytes().partition(b"\n")[2]
+    saved = torch.load(io.BytesIO(payload), weights_only=True)
+    for name in ("teacher_weight", "teacher_temperature", "phrases_per_text"):
+        del saved["setup"][name]
+    buffer = io.BytesIO()
+    torch.save(saved, buffer)
+    payload = buffer.getvalue()
+    header = f"{CHECKPOINT_FORMAT} sha256={hashlib.sha256(payload).hexdigest()}\n"
+    path.write_bytes(header.encode() + payload)
+    loaded = TextClassifier.load(path)
+    assert loaded.setup == trained.setup.replace(teacher_weight=0.0)
+    assert "teacher" not in loaded.setup.describe()
+    texts = [e.text for e in colour_texts(10, seed=3)]
+    assert torch.equal(loaded.logits(texts), trained.logits(texts))
+
+
 def flip_bit(data: bytes, index: int) -> bytes:
     return data[:index] + bytes([data[index] ^ 1]) + data[index + 1 :]
 
@@ -560,7 +583,5 @@ def test_teacher_targets_and_phrases_in_training() -> None:
         examples[:40], word_tokenizer(), setup.replace(teacher_weight=0.0), COLOURS, (), len
     )
     assert "teacher_validation_accuracy" not in plain.metrics
-    with torch.no_grad():
-        only_texts = logits[:40]
-    expected = F.cross_entropy(only_texts, labels.argmax(-1))
+    expected = F.cross_entropy(logits[:40], labels.argmax(-1))
     assert plain.metrics["history"][0]["loss"] == pytest.approx(float(expected), rel=1e-5)
