@@ -47,13 +47,18 @@ from __future__ import annotations
 from typing import Any
 
 from torch import Tensor, nn
+from transformers.models.mamba2 import modeling_mamba2
 from transformers.models.mamba2.modeling_mamba2 import (
     Mamba2Block,
     Mamba2ForCausalLM,
     Mamba2Mixer,
     Mamba2Model,
     Mamba2RMSNorm,
-    MambaRMSNormGated,
+)
+
+# transformers 5.25 renamed MambaRMSNormGated to Mamba2RMSNormGated
+MambaRMSNormGated = getattr(
+    modeling_mamba2, "Mamba2RMSNormGated", getattr(modeling_mamba2, "MambaRMSNormGated", None)
 )
 
 from captum_mamba.adapters.backend import BlockOps
