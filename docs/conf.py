@@ -1,10 +1,9 @@
 """Sphinx configuration of the captum-mamba documentation.
 
 Build with ``sphinx-build -W --keep-going -b html docs docs/_build/html`` (warnings are
-errors). Two pages are made from files outside ``docs/`` before each build: the tutorials
-are copied from ``tutorials/`` into ``docs/tutorials/`` and rendered without being executed
-(``tests/test_tutorials.py`` executes them), and ``docs/guarantees.md`` is the README's
-"Guarantees" section, its headings raised one level. Neither is committed.
+errors). The tutorials are copied from ``tutorials/`` into ``docs/tutorials/`` before each
+build (not committed) and rendered without being executed (``tests/test_tutorials.py``
+executes them).
 """
 
 from __future__ import annotations
@@ -65,22 +64,4 @@ def _copy_tutorials() -> None:
         shutil.copy2(notebook, target / notebook.name)
 
 
-def _guarantees_page() -> None:
-    """Write the README's "Guarantees" section as ``docs/guarantees.md``."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    heading = "\n## Guarantees\n"
-    if heading not in text:
-        raise RuntimeError("README.md has no '## Guarantees' section; update docs/conf.py")
-    start = text.index(heading) + 1
-    end = text.find("\n## ", start)
-    lines, fenced = [], False
-    for line in text[start : end if end != -1 else len(text)].splitlines():
-        fenced ^= line.startswith("```")
-        lines.append(line[1:] if line.startswith("##") and not fenced else line)
-    note = '*This page is the README\'s "Guarantees" section.*'
-    page = "\n".join([lines[0], "", note, *lines[1:]]) + "\n"
-    (DOCS / "guarantees.md").write_text(page, encoding="utf-8")
-
-
 _copy_tutorials()
-_guarantees_page()

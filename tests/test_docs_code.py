@@ -31,12 +31,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CAPTUM_MAMBA_DATA", ROOT.parent / "shared" / "data")).resolve()
-#: Pages made by docs/conf.py at build time from other files (checked there).
-GENERATED = {"guarantees.md"}
-DOCUMENTS = [
-    ROOT / "README.md",
-    *(path for path in sorted((ROOT / "docs").glob("*.md")) if path.name not in GENERATED),
-]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LANGUAGES = {"python", "bash", "text"}
 EXCERPT = re.compile(r"# excerpt of (\S+\.py)")
 FENCE = re.compile(r"^```(?P<info>[^\n`]*)\n(?P<code>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
