@@ -3,7 +3,7 @@
 Build with ``sphinx-build -W --keep-going -b html docs docs/_build/html`` (warnings are
 errors). The tutorials are copied from ``tutorials/`` into ``docs/tutorials/`` before each
 build (not committed) and rendered without being executed (``tests/test_tutorials.py``
-executes them).
+executes them). ``architectures.md`` includes the README's table of supported architectures.
 """
 
 from __future__ import annotations

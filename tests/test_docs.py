@@ -83,8 +83,9 @@ def built_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_site_builds_without_warnings_and_has_every_page(built_site: Path) -> None:
     for page in (
-        "index", "getting_started", "concepts", "comparing_methods", "captum_workflows",
-        "tutorials", "guarantees", "developer_guide", "api/index",
+        "index", "getting_started", "concepts", "architectures", "comparing_methods", "study",
+        "visualization", "captum_workflows", "datasets", "performance", "tutorials",
+        "guarantees", "package_layout", "developer_guide", "api/index",
     ):  # fmt: skip
         assert (built_site / f"{page}.html").is_file(), page
     notebooks = sorted(path.stem for path in (ROOT / "tutorials").glob("*.ipynb"))
