@@ -11,6 +11,10 @@
   file they name exists.
 - ``text`` blocks are output or formulas and are not executed; a block without a language
   fails, so that nothing is left unchecked by accident.
+
+The README's relative links (into ``docs/``, pictures) name files that exist, and a link to
+a heading of a Markdown page names one of its headings (the pages' own links are checked
+by the documentation build, which turns a missing target into an error).
 """
 
 from __future__ import annotations
@@ -185,3 +189,32 @@ def test_shell_block_names_existing_commands_and_files(block: Block) -> None:
             if path and not (ROOT / word).exists():
                 problems.append(f"no file {word}")
     assert not problems, f"{block.name}: {problems}"
+
+
+LINK = re.compile(r"\]\((?P<target>[^)\s]+)\)")
+
+
+def heading_anchors(path: Path) -> set[str]:
+    """The anchors GitHub (and MyST, ``myst_heading_anchors``) give the headings of a page."""
+    text = FENCE.sub("", path.read_text(encoding="utf-8"))
+    anchors = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *$", text, re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchors.add(slug)
+    return anchors
+
+
+def test_readme_links_resolve() -> None:
+    readme = ROOT / "README.md"
+    problems = []
+    for match in LINK.finditer(FENCE.sub("", readme.read_text(encoding="utf-8"))):
+        target = match["target"]
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue  # web addresses; the README's own headings
+        file, _, anchor = target.partition("#")
+        path = ROOT / file
+        if not path.exists():
+            problems.append(f"{target}: no file {file}")
+        elif anchor and anchor not in heading_anchors(path):
+            problems.append(f"{target}: {file} has no heading with the anchor #{anchor}")
+    assert not problems, problems
