@@ -13,7 +13,7 @@ from captum_mamba import LayerMambaLRP, MambaLRP
 
 VOCAB = 64
 HALF = (torch.bfloat16, torch.float16)
-#: Documented bound on |delta| / sum(|relevance|) (README "Guarantees", precision).
+#: Documented bound on |delta| / sum(|relevance|) (docs/guarantees.md, "Precision").
 CONSERVATION = {
     torch.float64: 1e-12,
     torch.float32: 1e-5,
@@ -86,7 +86,7 @@ def test_half_precision_embeddings(make_lm, dtype):
 )
 def test_relevance_close_to_float64(make_lm, dtype, bound):
     """Relative L1 distance to the float64 explanation of the same model is bounded
-    by the rounding of the weights to ``dtype`` (README "Guarantees", precision)."""
+    by the rounding of the weights to ``dtype`` (docs/guarantees.md, "Precision")."""
     reference, _ = explain(model_in(make_lm, torch.float64), tokens())
     relevance, _ = explain(model_in(make_lm, dtype), tokens())
     error = (relevance.double() - reference).abs().sum() / reference.abs().sum()
