@@ -22,12 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from captum_mamba.adapters import Backend, BlockOps, PlanEntry
+from captum_mamba.adapters.backend import KINDS
 from captum_mamba.ops.selective_scan import selective_scan_with_state
 from captum_mamba.ops.ssd_scan import ssd_scan_with_state
 from captum_mamba.rules import MambaRules
 
-#: Site kinds of operations that act on each position alone (or are continued below).
-STEPPABLE_KINDS = frozenset({"norm", "silu", "gate", "ssm", "ssd", "add", "scale", "time_step"})
+#: Site kinds that generation token by token runs: those that act on each position alone,
+#: and those that mix positions and are continued below (:class:`StepOps`).
+STEPPABLE_KINDS = frozenset(kind.name for kind in KINDS.values() if kind.steppable)
 
 
 class StepOps(BlockOps):
