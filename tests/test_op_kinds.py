@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from captum_mamba.adapters import Backend, BlockOps, ModuleHandler, PlanEntry
 from captum_mamba.adapters.backend import KINDS, OpKind
-from captum_mamba.attr._stepping import STEPPABLE_KINDS, StepBackend, StepOps
+from captum_mamba.attr._stepping import STEPPABLE_KINDS, StepBackend
 from captum_mamba.baselines import recording
 from captum_mamba.baselines.recording import RECORDS, AttentionRecord, SSMRecord, SSMRecorder
 from captum_mamba.baselines.rollout import MIXING_KINDS
@@ -260,12 +260,6 @@ def test_the_stepper_continues_every_steppable_kind(kind: str) -> None:
     ]
     stepped = torch.cat([run(backend, op, rules, part) for part in parts], dim=1)
     torch.testing.assert_close(stepped, op.function(False, **arguments), rtol=1e-9, atol=1e-12)
-
-
-def test_the_stepper_overrides_every_steppable_kind_that_mixes_positions() -> None:
-    for op in KINDS.values():
-        if op.steppable and op.mixes_positions:
-            assert getattr(StepOps, op.method) is not getattr(BlockOps, op.method), op.name
 
 
 def test_the_tables_are_derived_from_the_kinds() -> None:
