@@ -174,6 +174,20 @@ def test_every_kind_has_an_example() -> None:
     assert set(examples()) == set(KINDS)
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"inputs": ("x", "missing")},
+        {"function": None},
+        {"records": "weights"},
+        {"mixes_positions": False},
+    ],
+)
+def test_inconsistent_descriptors_are_refused(changes: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="ssm"):
+        OpKind(**{**vars(KINDS["ssm"]), **changes})
+
+
 def test_the_package_backends_are_found() -> None:
     names = {cls.__name__ for cls in package_backends()}
     assert {"Backend", "RecomputeBackend", "_CaptumBackend", "StepBackend", "SSMRecorder"} <= names

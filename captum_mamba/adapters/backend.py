@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -62,8 +62,8 @@ class OpKind:
             arguments of its Captum leaf (Captum's LRP hooks them), the others are
             keyword arguments. Empty for a kind through which no relevance passes.
         setting (str or None): the field of
-            :class:`~captum_mamba.rules.MambaRules` that governs its rule; None for
-            none.
+            :class:`~captum_mamba.rules.MambaRules` that governs its rule; None for a
+            kind without a rule.
         function (Callable or None): ``function(value, **arguments)``, the operation's
             value with the rule that the setting's ``value`` selects (rule functions
             of :mod:`captum_mamba.rules`).
@@ -85,7 +85,7 @@ class OpKind:
     function: Callable[..., Tensor] | None = None
     mixes_positions: bool = False
     steppable: bool = False
-    records: str | None = None
+    records: Literal["scan", "attention"] | None = None
 
     def __post_init__(self) -> None:
         if not set(self.inputs) <= set(self.arguments):
@@ -99,7 +99,8 @@ class OpKind:
 
 
 def _attention(setting: bool | str, **arguments: Any) -> Tensor:
-    """Attention with the rule of its setting: True for AttnLRP, ``"cp_lrp"``."""
+    """Softmax attention with the rule its setting selects: True for AttnLRP,
+    ``"cp_lrp"`` for CP-LRP, False for none."""
     return R.attention(
         **arguments, uniform_rule=setting is True, constant_weights=setting == "cp_lrp"
     )
