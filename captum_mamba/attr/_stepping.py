@@ -32,37 +32,23 @@ from captum_mamba.rules import MambaRules
 STEPPABLE_KINDS = frozenset(kind.name for kind in KINDS.values() if kind.steppable)
 
 
-def _continue_ssm(
-    state: Tensor | None,
-    x: Tensor,
-    dt: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor | None,
-    reverse: bool,
-) -> tuple[Tensor, Tensor]:
-    y, state = selective_scan_with_state(x, dt, A, B, C, state)
+def _continue_ssm(state: Tensor | None, arguments: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    x, D = arguments["x"], arguments["D"]
+    scan = (arguments[name] for name in ("dt", "A", "B", "C"))
+    y, state = selective_scan_with_state(x, *scan, state)
     return (y if D is None else y + x * D), state
 
 
-def _continue_ssd(
-    state: Tensor | None,
-    x: Tensor,
-    dt: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor | None,
-    chunk_size: int,
-) -> tuple[Tensor, Tensor]:
-    y, state = ssd_scan_with_state(x, dt, A, B, C, chunk_size, state)
+def _continue_ssd(state: Tensor | None, arguments: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    x, D = arguments["x"], arguments["D"]
+    scan = (arguments[name] for name in ("dt", "A", "B", "C", "chunk_size"))
+    y, state = ssd_scan_with_state(x, *scan, state)
     return (y if D is None else y + x * (D[:, None] if D.dim() == 1 else D)), state
 
 
-#: Steppable kinds that mix positions -> ``continued(state, **arguments)``, the output of
+#: Steppable kinds that mix positions -> ``continued(state, arguments)``, the output of
 #: the operation continued from ``state`` (None at the first call) and its final state.
-CONTINUED: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
+CONTINUED: dict[str, Callable[[Tensor | None, dict[str, Any]], tuple[Tensor, Tensor]]] = {
     "ssm": _continue_ssm,
     "ssd": _continue_ssd,
 }
@@ -101,7 +87,7 @@ class StepOps(BlockOps):
                 "be continued token by token; pass target_ids instead of generating"
             )
         key = (self.path, site)
-        y, self.states[key] = continued(self.states.get(key), **arguments)
+        y, self.states[key] = continued(self.states.get(key), arguments)
         return y
 
 
