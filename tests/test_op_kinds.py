@@ -284,3 +284,11 @@ def test_the_tables_are_derived_from_the_kinds() -> None:
     assert {k.name for k in KINDS.values() if k.steppable} == STEPPABLE_KINDS
     assert {k.name for k in KINDS.values() if not k.inputs} == CONSTANT_KINDS
     assert {k.setting for k in KINDS.values()} - {None} <= set(MambaRules.setting_names())
+
+
+def test_a_captum_leaf_refuses_an_operation_of_another_kind() -> None:
+    module = nn.Module()
+    module.s = OpLeaf("silu")
+    ops = CaptumOps(module, "m", {"s": MambaRules()})
+    with pytest.raises(TypeError, match="declared as a 'silu' site but runs 'gate'"):
+        ops.gate("s", **examples()["gate"])
