@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from captum_mamba.adapters import Backend, BlockOps, ModuleHandler, PlanEntry
 from captum_mamba.adapters.backend import KINDS, OpKind
-from captum_mamba.attr._stepping import STEPPABLE_KINDS, StepBackend
+from captum_mamba.attr._stepping import CONTINUED, STEPPABLE_KINDS, StepBackend
 from captum_mamba.baselines import recording
 from captum_mamba.baselines.recording import RECORDS, AttentionRecord, SSMRecord, SSMRecorder
 from captum_mamba.baselines.rollout import MIXING_KINDS
@@ -282,6 +282,8 @@ def test_the_tables_are_derived_from_the_kinds() -> None:
     assert {k.name for k in KINDS.values() if k.records is not None} == set(RECORDS)
     assert {k.name for k in KINDS.values() if k.mixes_positions} == MIXING_KINDS
     assert {k.name for k in KINDS.values() if k.steppable} == STEPPABLE_KINDS
+    continued = {k.name for k in KINDS.values() if k.steppable and k.mixes_positions}
+    assert continued == set(CONTINUED)
     assert {k.name for k in KINDS.values() if not k.inputs} == CONSTANT_KINDS
     assert {k.setting for k in KINDS.values()} - {None} <= set(MambaRules.setting_names())
 
