@@ -11,13 +11,23 @@ decides how each operation is computed:
 - :mod:`captum_mamba.lrp` subclasses it to call one Captum leaf module per operation, so
   that Captum's ``LRP`` sees every step;
 - :mod:`captum_mamba.baselines` subclasses it to record the inputs of each state-space
-  scan, from which the hidden-attention baselines are computed.
+  scan, from which the hidden-attention baselines are computed;
+- :mod:`captum_mamba.attr` subclasses it to continue the scans of the previous call
+  (generation token by token); backends can also wrap each module's call (recomputing
+  residual layers in the backward pass).
 
 Operations name their place in the module with a *site* string (e.g. ``"conv_act"``);
 the site ``""`` is the module itself. Each site is declared with its kind in the
-module's :class:`~captum_mamba.adapters.base.ModuleHandler`. Linear and convolutional
-layers are not sites: they are called as modules (``ops.linear(module.in_proj, x)``), so
-that their rule forward, user hooks and layer attributions apply.
+module's :class:`~captum_mamba.adapters.base.ModuleHandler`. Every kind is described
+once, by an :class:`OpKind` in :data:`KINDS` (its method and arguments, the rule setting
+that governs it, its rule function, whether it mixes positions, whether generation can
+step it, what the baselines record of it); every method of :class:`BlockOps` ends in
+:meth:`BlockOps.apply`, and each backend derives its tables from :data:`KINDS`
+(``tests/test_op_kinds.py`` runs every kind through every backend).
+
+Linear and convolutional layers are not sites: they are called as modules
+(``ops.linear(module.in_proj, x)``), so that their rule forward, user hooks and layer
+attributions apply.
 
 Only operations whose backward is a routing of values (slicing, reshaping,
 concatenation, flips, multiplication by a 0/1 padding mask) may be written outside
@@ -27,7 +37,9 @@ concatenation, flips, multiplication by a 0/1 padding mask) may be written outsi
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -35,33 +47,215 @@ from torch import Tensor, nn
 from captum_mamba.rules import MambaRules
 from captum_mamba.rules import functional as R
 
-#: Op kinds of sites, and the rule setting that switches each (None: no MambaLRP rule).
-SITE_KINDS: Mapping[str, str | None] = {
-    "norm": "norm",
-    "silu": "silu",
-    "gate": "gate",
-    "ssm": "ssm",
-    "ssd": "ssm",
-    "activation": "activation",
-    "attention": "attention",
-    "mixture": "router",
-    "add": None,
-    "scale": None,
-    "time_step": None,
-    "rotary": None,
-    "routing": None,
-    "grouped_linear": None,
-    "constant": None,
-}
+
+@dataclass(frozen=True)
+class OpKind:
+    """One kind of operation: the single description every backend derives its table from.
+
+    Args:
+        name (str): the kind, as module handlers declare it for their sites.
+        method (str or None): the :class:`BlockOps` method that runs it; None for a kind
+            that is the module's own forward (``constant``).
+        arguments (tuple of str): the method's arguments after ``site``, in order; the
+            backends receive them by name (:meth:`BlockOps.apply`).
+        inputs (tuple of str): the arguments on the relevance path: positional
+            arguments of its Captum leaf (Captum's LRP hooks them), the others are
+            keyword arguments. Empty for a kind through which no relevance passes.
+        setting (str or None): the field of
+            :class:`~captum_mamba.rules.MambaRules` that governs its rule; None for a
+            kind without a rule.
+        function (Callable or None): ``function(value, **arguments)``, the operation's
+            value with the rule that the setting's ``value`` selects (rule functions
+            of :mod:`captum_mamba.rules`).
+        mixes_positions (bool): its output at one position depends on other
+            positions (scans, attention): the hidden-attention baselines must read it.
+        steppable (bool): generation token by token continues it (a state per site for
+            the kinds that mix positions).
+        records (str or None): what the scan recorder of the baselines files for it:
+            ``"scan"`` (the scan's inputs, from which its hidden attention follows),
+            ``"attention"`` (the softmax weights) or None (nothing; a kind that mixes
+            positions is then refused by the baselines).
+    """
+
+    name: str
+    method: str | None
+    arguments: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()
+    setting: str | None = None
+    function: Callable[..., Tensor] | None = None
+    mixes_positions: bool = False
+    steppable: bool = False
+    records: Literal["scan", "attention"] | None = None
+
+    def __post_init__(self) -> None:
+        if not set(self.inputs) <= set(self.arguments):
+            raise ValueError(f"{self.name}: inputs {self.inputs} are not all arguments")
+        if (self.method is None) != (self.function is None):
+            raise ValueError(f"{self.name}: give both a method and a function, or neither")
+        if self.records not in (None, "scan", "attention"):
+            raise ValueError(f"{self.name}: records must be 'scan', 'attention' or None")
+        if self.records is not None and not self.mixes_positions:
+            raise ValueError(f"{self.name}: only kinds that mix positions are recorded")
+
+
+def _attention(setting: bool | str, **arguments: Any) -> Tensor:
+    """Softmax attention with the rule its setting selects: True for AttnLRP,
+    ``"cp_lrp"`` for CP-LRP, False for none."""
+    return R.attention(
+        **arguments, uniform_rule=setting is True, constant_weights=setting == "cp_lrp"
+    )
+
+
+#: The operation kinds, by name.
+KINDS: Mapping[str, OpKind] = MappingProxyType(
+    {
+        kind.name: kind
+        for kind in (
+            OpKind(
+                "norm",
+                "rms_norm",
+                ("x", "weight", "eps", "group_size"),
+                ("x",),
+                "norm",
+                lambda on, x, weight, eps, group_size: R.grouped_rms_norm(
+                    x, weight, eps, group_size, on
+                ),
+                steppable=True,
+            ),
+            OpKind(
+                "layer_norm",
+                "layer_norm",
+                ("x", "weight", "bias", "eps"),
+                ("x",),
+                "norm",
+                lambda on, x, weight, bias, eps: R.layer_norm(x, weight, bias, eps, on),
+                steppable=True,
+            ),
+            OpKind(
+                "silu",
+                "silu",
+                ("x",),
+                ("x",),
+                "silu",
+                lambda on, x: R.silu(x, on),
+                steppable=True,
+            ),
+            OpKind(
+                "gate",
+                "gate",
+                ("y", "gate"),
+                ("y", "gate"),
+                "gate",
+                lambda on, y, gate: R.gated_product(y, gate, on),
+                steppable=True,
+            ),
+            OpKind(
+                "ssm",
+                "ssm",
+                ("x", "dt", "A", "B", "C", "D", "reverse"),
+                ("x", "dt", "B", "C"),
+                "ssm",
+                lambda on, x, dt, A, B, C, D, reverse: R.selective_ssm(x, dt, A, B, C, D, on),
+                mixes_positions=True,
+                steppable=True,
+                records="scan",
+            ),
+            OpKind(
+                "ssd",
+                "ssd",
+                ("x", "dt", "A", "B", "C", "D", "chunk_size"),
+                ("x", "dt", "B", "C"),
+                "ssm",
+                lambda on, x, dt, A, B, C, D, chunk_size: R.multihead_ssm(
+                    x, dt, A, B, C, D, on, chunk_size
+                ),
+                mixes_positions=True,
+                steppable=True,
+                records="scan",
+            ),
+            OpKind(
+                "activation",
+                "activation",
+                ("x", "function"),
+                ("x",),
+                "activation",
+                lambda on, x, function: R.activation(x, function, on),
+            ),
+            OpKind(
+                "attention",
+                "attention",
+                ("q", "k", "v", "bias", "scaling"),
+                ("q", "k", "v"),
+                "attention",
+                _attention,
+                mixes_positions=True,
+                records="attention",
+            ),
+            OpKind(
+                "mixture",
+                "mixture",
+                ("weights", "values", "index", "size"),
+                ("weights", "values"),
+                "router",
+                lambda on, weights, values, index, size: R.mixture(
+                    weights, values, index, size, on
+                ),
+            ),
+            OpKind(
+                "grouped_linear",
+                "grouped_linear",
+                ("x", "weight", "group_sizes"),
+                ("x",),
+                "linear",
+                lambda rule, x, weight, group_sizes: R.grouped_linear(x, weight, group_sizes, rule),
+            ),
+            OpKind(
+                "add",
+                "add",
+                ("a", "b"),
+                ("a", "b"),
+                None,
+                lambda _, a, b: R.add(a, b),
+                steppable=True,
+            ),
+            OpKind(
+                "scale",
+                "scale",
+                ("x", "factor"),
+                ("x",),
+                None,
+                lambda _, x, factor: R.scale(x, factor),
+                steppable=True,
+            ),
+            OpKind(
+                "time_step",
+                "time_step",
+                ("raw", "bias", "low", "high"),
+                ("raw",),
+                None,
+                lambda _, raw, bias, low, high: R.time_step(raw, bias, low, high),
+                steppable=True,
+            ),
+            OpKind(
+                "rotary",
+                "rotary",
+                ("x", "cos", "sin"),
+                ("x",),
+                None,
+                lambda _, x, cos, sin: R.rotary(x, cos, sin),
+            ),
+            OpKind(
+                "routing", "routing", ("x", "select"), ("x",), None, lambda _, x, select: select(x)
+            ),
+            OpKind("constant", None),
+        )
+    }
+)
 
 
 def widened(x: Tensor) -> Tensor:
     """``x`` in at least float32: half-precision models are explained in float32."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-def _param(weight: Tensor | None, x: Tensor) -> Tensor | None:
-    return None if weight is None else weight.to(x.dtype)
 
 
 class BlockOps:
@@ -92,9 +286,34 @@ class BlockOps:
                 f"site {site!r}; add it to the sites of its ModuleHandler"
             ) from None
 
+    def setting(self, kind: str, site: str) -> Any:
+        """The value of the setting that governs ``kind`` at ``site`` (None for a kind
+        without one)."""
+        name = KINDS[kind].setting
+        rules = self.rules(site)
+        return None if name is None else getattr(rules, name)
+
+    def apply(self, kind: str, site: str, **arguments: Any) -> Tensor:
+        """Run one operation: every method of an operation kind ends here, so a backend
+        changes how all of them compute by overriding this one method.
+
+        Args:
+            kind (str): the operation's kind, a key of :data:`KINDS`.
+            site (str): its site.
+            **arguments: the kind's arguments (:attr:`OpKind.arguments`), by name.
+
+        Returns:
+            Tensor: the kind's function with the setting that applies at ``site``.
+        """
+        return KINDS[kind].function(self.setting(kind, site), **arguments)
+
     def compute(self, x: Tensor) -> Tensor:
         """``x`` in the dtype the explanation computes in (at least float32)."""
         return widened(x)
+
+    def parameter(self, value: Tensor | None, x: Tensor) -> Tensor | None:
+        """A parameter (weight, bias, skip) in the dtype of the operation's input ``x``."""
+        return None if value is None else value.to(x.dtype)
 
     def linear(self, layer: nn.Module, x: Tensor) -> Tensor:
         """A linear or convolutional layer (or any covered module), called as a module."""
@@ -108,11 +327,11 @@ class BlockOps:
 
     def silu(self, site: str, x: Tensor) -> Tensor:
         """SiLU, identity rule with ``silu``."""
-        return R.silu(x, self.rules(site).silu)
+        return self.apply("silu", site, x=x)
 
     def gate(self, site: str, y: Tensor, gate: Tensor) -> Tensor:
         """Product ``y * gate`` of two input-dependent branches, half rule with ``gate``."""
-        return R.gated_product(y, gate, self.rules(site).gate)
+        return self.apply("gate", site, y=y, gate=gate)
 
     def rms_norm(
         self,
@@ -124,18 +343,15 @@ class BlockOps:
     ) -> Tensor:
         """RMSNorm over the last dimension or over groups of ``group_size`` channels,
         LN-rule with ``norm``."""
-        ln_rule = self.rules(site).norm
-        if group_size is None or group_size == x.shape[-1]:
-            return R.rms_norm(x, _param(weight, x), eps, ln_rule)
-        groups = x.unflatten(-1, (-1, group_size))
-        out = R.rms_norm(groups, None, eps, ln_rule).flatten(-2)
-        return out if weight is None else _param(weight, x) * out
+        weight = self.parameter(weight, x)
+        return self.apply("norm", site, x=x, weight=weight, eps=eps, group_size=group_size)
 
     def layer_norm(
         self, site: str, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     ) -> Tensor:
         """LayerNorm, LN-rule with ``norm``."""
-        return R.layer_norm(x, _param(weight, x), _param(bias, x), eps, self.rules(site).norm)
+        weight, bias = self.parameter(weight, x), self.parameter(bias, x)
+        return self.apply("layer_norm", site, x=x, weight=weight, bias=bias, eps=eps)
 
     def ssm(
         self,
@@ -167,7 +383,8 @@ class BlockOps:
         Returns:
             Tensor: ``(batch, seq, channels)``.
         """
-        return R.selective_ssm(x, dt, A.to(x.dtype), B, C, _param(D, x), self.rules(site).ssm)
+        A, D = A.to(x.dtype), self.parameter(D, x)
+        return self.apply("ssm", site, x=x, dt=dt, A=A, B=B, C=C, D=D, reverse=reverse)
 
     def ssd(
         self,
@@ -195,20 +412,17 @@ class BlockOps:
         Returns:
             Tensor: ``(batch, seq, heads, head_dim)``.
         """
-        return R.multihead_ssm(
-            x, dt, A.to(x.dtype), B, C, _param(D, x), self.rules(site).ssm, chunk_size
-        )
+        A, D = A.to(x.dtype), self.parameter(D, x)
+        return self.apply("ssd", site, x=x, dt=dt, A=A, B=B, C=C, D=D, chunk_size=chunk_size)
 
     def add(self, site: str, a: Tensor, b: Tensor) -> Tensor:
         """Sum of two tensors on the relevance path (residual or branch sum)."""
-        self.rules(site)
-        return R.add(a, b)
+        return self.apply("add", site, a=a, b=b)
 
     def scale(self, site: str, x: Tensor, factor: float | Tensor) -> Tensor:
         """Product with a constant: a number, or a tensor broadcast to ``x`` (a constant
         per channel, such as Falcon-H1's muP vector)."""
-        self.rules(site)
-        return R.scale(x, factor)
+        return self.apply("scale", site, x=x, factor=factor)
 
     def time_step(
         self,
@@ -219,13 +433,13 @@ class BlockOps:
         high: float = float("inf"),
     ) -> Tensor:
         """Time step ``clamp(softplus(raw + bias), low, high)``."""
-        self.rules(site)
-        return R.time_step(raw, _param(bias, raw), low, high)
+        bias = self.parameter(bias, raw)
+        return self.apply("time_step", site, raw=raw, bias=bias, low=low, high=high)
 
     def activation(self, site: str, x: Tensor, function: str) -> Tensor:
         """Elementwise activation of an MLP (transformers name, e.g. ``"silu"``,
         ``"relu2"``), identity rule with ``activation``."""
-        return R.activation(x, function, self.rules(site).activation)
+        return self.apply("activation", site, x=x, function=function)
 
     def attention(
         self, site: str, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scaling: float
@@ -244,35 +458,25 @@ class BlockOps:
         Returns:
             Tensor: ``(batch, heads, queries, dim_v)``.
         """
-        setting = self.rules(site).attention
-        return R.attention(
-            q,
-            k,
-            v,
-            bias,
-            scaling,
-            uniform_rule=setting is True,
-            constant_weights=setting == "cp_lrp",
-        )
+        return self.apply("attention", site, q=q, k=k, v=v, bias=bias, scaling=scaling)
 
     def rotary(self, site: str, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """Rotary position embedding of ``(batch, heads, length, dim)`` queries or keys."""
-        self.rules(site)
-        return R.rotary(x, cos, sin)
+        return self.apply("rotary", site, x=x, cos=cos, sin=sin)
 
     def grouped_linear(
         self, site: str, x: Tensor, weight: Tensor, group_sizes: Sequence[int]
     ) -> Tensor:
         """Rows of ``x`` grouped by expert through ``weight[expert]`` ``(experts, out, in)``,
         with the linear rule."""
-        return R.grouped_linear(x, _param(weight, x), group_sizes, self.rules(site).linear)
+        weight = self.parameter(weight, x)
+        return self.apply("grouped_linear", site, x=x, weight=weight, group_sizes=group_sizes)
 
     def routing(self, site: str, x: Tensor, select: Callable[[Tensor], Tensor]) -> Tensor:
         """Router weights ``select(x)`` ``(tokens, experts)`` of a mixture of experts, zero
         for the experts a token is not sent to. No rule: they feed the mixture, whose
         router rule treats them as constants."""
-        self.rules(site)
-        return select(x)
+        return self.apply("routing", site, x=x, select=select)
 
     def mixture(
         self, site: str, weights: Tensor, values: Tensor, index: Tensor, size: int
@@ -289,7 +493,7 @@ class BlockOps:
         Returns:
             Tensor: ``(size, hidden)``.
         """
-        return R.mixture(weights, values, index, size, self.rules(site).router)
+        return self.apply("mixture", site, weights=weights, values=values, index=index, size=size)
 
 
 class Backend:

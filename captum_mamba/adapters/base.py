@@ -40,7 +40,7 @@ from weakref import WeakKeyDictionary
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captum_mamba.adapters.backend import SITE_KINDS, Backend, BlockOps
+from captum_mamba.adapters.backend import KINDS, Backend, BlockOps
 from captum_mamba.rules import MambaRules
 
 OpsForward = Callable[..., Any]
@@ -61,7 +61,7 @@ class ModuleHandler:
             operations of :class:`~captum_mamba.adapters.backend.BlockOps`; with every
             rule off it must compute the module's own function.
         sites (Mapping): site name -> op kind (a key of
-            :data:`~captum_mamba.adapters.backend.SITE_KINDS`) of every operation the
+            :data:`~captum_mamba.adapters.backend.KINDS`) of every operation the
             forward runs; ``""`` is the module itself, allowed only as the sole site (the
             module is then one operation, e.g. a norm).
         calls (tuple of str): names of the children the forward calls as modules; they
@@ -77,9 +77,9 @@ class ModuleHandler:
     role: str = "op"
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.sites.values()) - set(SITE_KINDS))
+        unknown = sorted(set(self.sites.values()) - set(KINDS))
         if unknown:
-            raise ValueError(f"unknown site kind(s) {unknown}; choose from {list(SITE_KINDS)}")
+            raise ValueError(f"unknown site kind(s) {unknown}; choose from {list(KINDS)}")
         if "" in self.sites and len(self.sites) > 1:
             raise ValueError("the site '' (the module itself) must be a handler's only site")
         if self.role not in ("op", "block"):

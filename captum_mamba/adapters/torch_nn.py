@@ -46,7 +46,7 @@ TORCH_NN = register_adapter(
         name="torch.nn",
         models=("nn.LayerNorm", "nn.RMSNorm", "nn.SiLU"),
         handlers=(
-            ModuleHandler(nn.LayerNorm, layer_norm_forward, {"": "norm"}),
+            ModuleHandler(nn.LayerNorm, layer_norm_forward, {"": "layer_norm"}),
             ModuleHandler(nn.RMSNorm, rms_norm_forward, {"": "norm"}),
             ModuleHandler(nn.SiLU, silu_forward, {"": "silu"}),
         ),

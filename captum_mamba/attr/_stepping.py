@@ -15,19 +15,43 @@ continue: scans in reverse order (bidirectional mixers) and operations of unknow
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from captum_mamba.adapters import Backend, BlockOps, PlanEntry
+from captum_mamba.adapters.backend import KINDS
 from captum_mamba.ops.selective_scan import selective_scan_with_state
 from captum_mamba.ops.ssd_scan import ssd_scan_with_state
 from captum_mamba.rules import MambaRules
 
-#: Site kinds of operations that act on each position alone (or are continued below).
-STEPPABLE_KINDS = frozenset({"norm", "silu", "gate", "ssm", "ssd", "add", "scale", "time_step"})
+#: Site kinds that generation token by token runs: those that act on each position alone,
+#: and those that mix positions and are continued (:data:`CONTINUED`).
+STEPPABLE_KINDS = frozenset(kind.name for kind in KINDS.values() if kind.steppable)
+
+
+def _continue_ssm(state: Tensor | None, arguments: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    x, D = arguments["x"], arguments["D"]
+    scan = (arguments[name] for name in ("dt", "A", "B", "C"))
+    y, state = selective_scan_with_state(x, *scan, state)
+    return (y if D is None else y + x * D), state
+
+
+def _continue_ssd(state: Tensor | None, arguments: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    x, D = arguments["x"], arguments["D"]
+    scan = (arguments[name] for name in ("dt", "A", "B", "C", "chunk_size"))
+    y, state = ssd_scan_with_state(x, *scan, state)
+    return (y if D is None else y + x * (D[:, None] if D.dim() == 1 else D)), state
+
+
+#: Steppable kinds that mix positions -> ``continued(state, arguments)``, the output of
+#: the operation continued from ``state`` (None at the first call) and its final state.
+CONTINUED: dict[str, Callable[[Tensor | None, dict[str, Any]], tuple[Tensor, Tensor]]] = {
+    "ssm": _continue_ssm,
+    "ssd": _continue_ssd,
+}
 
 
 class StepOps(BlockOps):
@@ -50,51 +74,21 @@ class StepOps(BlockOps):
         self.states[key] = full[:, full.shape[1] - (kernel - 1) :]
         return super().causal_conv(conv, full)[:, previous.shape[1] :]
 
-    def ssm(
-        self,
-        site: str,
-        x: Tensor,
-        dt: Tensor,
-        A: Tensor,
-        B: Tensor,
-        C: Tensor,
-        D: Tensor | None,
-        reverse: bool = False,
-    ) -> Tensor:
-        """Mamba-1 scan continued from the state of the previous call."""
+    def apply(self, kind: str, site: str, **arguments: Any) -> Tensor:
+        """Scans continue from the state of the previous call; other operations act on
+        each position alone."""
+        continued = CONTINUED.get(kind)
+        if continued is None:
+            return super().apply(kind, site, **arguments)
         self.rules(site)
-        if reverse:
+        if arguments.get("reverse"):
             raise NotImplementedError(
                 f"{self.path}.{site} scans in reverse (a bidirectional mixer), which cannot "
                 "be continued token by token; pass target_ids instead of generating"
             )
         key = (self.path, site)
-        y, self.states[key] = selective_scan_with_state(
-            x, dt, A.to(x.dtype), B, C, self.states.get(key)
-        )
-        return y if D is None else y + x * D.to(x.dtype)
-
-    def ssd(
-        self,
-        site: str,
-        x: Tensor,
-        dt: Tensor,
-        A: Tensor,
-        B: Tensor,
-        C: Tensor,
-        D: Tensor | None,
-        chunk_size: int,
-    ) -> Tensor:
-        """Mamba-2 scan continued from the state of the previous call."""
-        self.rules(site)
-        key = (self.path, site)
-        y, self.states[key] = ssd_scan_with_state(
-            x, dt, A.to(x.dtype), B, C, chunk_size, self.states.get(key)
-        )
-        if D is None:
-            return y
-        D = D.to(x.dtype)
-        return y + x * (D[:, None] if D.dim() == 1 else D)
+        y, self.states[key] = continued(self.states.get(key), arguments)
+        return y
 
 
 class StepBackend(Backend):

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_mamba.adapters import Backend, BlockOps, PlanEntry, rules_applied
+from captum_mamba.adapters.backend import KINDS
 from captum_mamba.baselines.hidden_attention import SelectiveSSMInputs, ssd_as_selective
 from captum_mamba.rules import MambaRules
 from captum_mamba.rules import functional as R
@@ -99,60 +100,63 @@ class LayerRecord:
         return mask if isinstance(mask, Tensor) and mask.dim() == 2 else None
 
 
+def _selective_record(path: str, arguments: dict[str, Any], y: Tensor) -> SSMRecord:
+    """A Mamba-1 scan (kind ``ssm``) as it ran."""
+    x = arguments["x"]
+    D = arguments["D"]
+    inputs = SelectiveSSMInputs(
+        *(arguments[name].detach().to(x.dtype) for name in ("x", "dt", "A", "B", "C")),
+        None if D is None else D.detach().to(x.dtype),
+    )
+    return SSMRecord(path, inputs, y.detach(), arguments["reverse"])
+
+
+def _ssd_record(path: str, arguments: dict[str, Any], y: Tensor) -> SSMRecord:
+    """A Mamba-2 scan (kind ``ssd``) as the selective scan it equals."""
+    x = arguments["x"]
+    D = arguments["D"]
+    detached = [arguments[name].detach().to(x.dtype) for name in ("x", "dt", "A", "B", "C")]
+    inputs = ssd_as_selective(*detached, None if D is None else D.detach().to(x.dtype))
+    return SSMRecord(path, inputs, y.detach().reshape(inputs.x.shape), False)
+
+
+def _attention_record(path: str, arguments: dict[str, Any], out: Tensor) -> AttentionRecord:
+    """A softmax attention (kind ``attention``): its weights."""
+    with torch.no_grad():
+        weights = R.attention_weights(
+            arguments["q"], arguments["k"], arguments["bias"], arguments["scaling"]
+        )
+    return AttentionRecord(path, weights)
+
+
+#: Op kind -> its record: every kind whose descriptor ``records`` something (``"scan"``:
+#: an :class:`SSMRecord`, ``"attention"``: an :class:`AttentionRecord`).
+RECORDS: dict[str, Callable[[str, dict[str, Any], Tensor], SSMRecord | AttentionRecord]] = {
+    "ssm": _selective_record,
+    "ssd": _ssd_record,
+    "attention": _attention_record,
+}
+
+
 class RecordingOps(BlockOps):
-    """Block operations that also record every scan into their recorder."""
+    """Block operations that also record every scan and softmax attention into their
+    recorder, and refuse operations that mix positions but are not recorded (the
+    baselines would silently miss them)."""
 
     recorder: SSMRecorder
 
-    def ssm(
-        self,
-        site: str,
-        x: Tensor,
-        dt: Tensor,
-        A: Tensor,
-        B: Tensor,
-        C: Tensor,
-        D: Tensor | None,
-        reverse: bool = False,
-    ) -> Tensor:
-        y = super().ssm(site, x, dt, A, B, C, D, reverse)
-        inputs = SelectiveSSMInputs(
-            *(t.detach().to(x.dtype) for t in (x, dt, A, B, C)),
-            None if D is None else D.detach().to(x.dtype),
-        )
-        self.recorder.add(SSMRecord(self._site_path(site), inputs, y.detach(), reverse))
-        return y
-
-    def ssd(
-        self,
-        site: str,
-        x: Tensor,
-        dt: Tensor,
-        A: Tensor,
-        B: Tensor,
-        C: Tensor,
-        D: Tensor | None,
-        chunk_size: int,
-    ) -> Tensor:
-        y = super().ssd(site, x, dt, A, B, C, D, chunk_size)
-        detached = [t.detach().to(x.dtype) for t in (x, dt, A, B, C)]
-        skip = None if D is None else D.detach().to(x.dtype)
-        inputs = ssd_as_selective(*detached, skip)
-        output = y.detach().reshape(inputs.x.shape)
-        self.recorder.add(SSMRecord(self._site_path(site), inputs, output, False))
-        return y
-
-    def attention(
-        self, site: str, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scaling: float
-    ) -> Tensor:
-        out = super().attention(site, q, k, v, bias, scaling)
-        with torch.no_grad():
-            weights = R.attention_weights(q, k, bias, scaling)
-        self.recorder.add_attention(AttentionRecord(self._site_path(site), weights))
+    def apply(self, kind: str, site: str, **arguments: Any) -> Tensor:
+        out = super().apply(kind, site, **arguments)
+        if KINDS[kind].records is not None:
+            path = f"{self.path}.{site}" if self.path else site
+            self.recorder.add(RECORDS[kind](path, arguments, out))
+        elif KINDS[kind].mixes_positions:
+            raise NotImplementedError(
+                f"{self.path or '<model>'}.{site} runs an operation of kind {kind!r}, which "
+                "mixes positions but is not recorded: the hidden-attention baselines "
+                "cannot explain this model"
+            )
         return out
-
-    def _site_path(self, site: str) -> str:
-        return f"{self.path}.{site}" if self.path else site
 
 
 class SSMRecorder(Backend):
@@ -186,20 +190,15 @@ class SSMRecorder(Backend):
         finally:
             self._open.pop()
 
-    def add(self, record: SSMRecord) -> None:
-        """File a scan under the innermost running layer (or a layer of its own)."""
+    def add(self, record: SSMRecord | AttentionRecord) -> None:
+        """File a scan or a softmax attention under the innermost running layer (or a
+        layer of its own)."""
         if self._open:
-            self._open[-1].ssms.append(record)
+            layer = self._open[-1]
         else:
-            self.layers.append(LayerRecord(record.path, None, None, [record]))
-
-    def add_attention(self, record: AttentionRecord) -> None:
-        """File a softmax attention under the innermost running layer (or a layer of its
-        own)."""
-        if self._open:
-            self._open[-1].attentions.append(record)
-        else:
-            self.layers.append(LayerRecord(record.path, None, None, attentions=[record]))
+            layer = LayerRecord(record.path, None, None)
+            self.layers.append(layer)
+        (layer.ssms if isinstance(record, SSMRecord) else layer.attentions).append(record)
 
 
 def record_layers(model: nn.Module, forward: Callable[[], Any]) -> tuple[Any, list[LayerRecord]]:

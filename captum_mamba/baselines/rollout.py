@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from captum_mamba._captum import format_additional_forward_args
 from captum_mamba.adapters import Plan, plan_rules
+from captum_mamba.adapters.backend import KINDS
 from captum_mamba.attr._forward import check_model, default_forward
 from captum_mamba.attr._targets import AttributionInputError, TargetType
 from captum_mamba.baselines.hidden_attention import (
@@ -128,7 +129,7 @@ def in_original_order(attention: Tensor, ssm: SSMRecord) -> Tensor:
 
 
 #: Op kinds that mix positions: the layers containing one are the layers of the rollout.
-MIXING_KINDS = ("ssm", "ssd", "attention")
+MIXING_KINDS = frozenset(kind.name for kind in KINDS.values() if kind.mixes_positions)
 
 
 def _mixing_layers(plan: Plan) -> list[str]:
@@ -137,7 +138,7 @@ def _mixing_layers(plan: Plan) -> list[str]:
     mixers = [
         entry.path
         for entry in plan.entries
-        if entry.handler is not None and set(entry.handler.sites.values()) & set(MIXING_KINDS)
+        if entry.handler is not None and set(entry.handler.sites.values()) & MIXING_KINDS
     ]
     return [
         entry.path

@@ -19,13 +19,13 @@ before the call, also when the call raised.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import Tensor, nn
 
 from captum_mamba._captum import PropagationRule
 from captum_mamba.adapters import BlockOps
+from captum_mamba.adapters.backend import KINDS
 from captum_mamba.lrp.captum_rules import (
     ActivationRule,
     AttnLRPRule,
@@ -38,23 +38,37 @@ from captum_mamba.lrp.captum_rules import (
     SiLURule,
     SSMRule,
 )
-from captum_mamba.rules import functional as R
+from captum_mamba.rules import MambaRules
 
-#: Op kind -> the Captum rule that switches its MambaLRP rule on (setting True).
-MAMBA_RULES: dict[str, type[PropagationRule]] = {
+#: Setting of ``MambaRules`` -> the Captum rule that switches its MambaLRP rule on (True).
+CAPTUM_RULES: dict[str, type[PropagationRule]] = {
     "norm": NormRule,
     "silu": SiLURule,
     "gate": HalfRule,
     "ssm": SSMRule,
-    "ssd": SSMRule,
     "activation": ActivationRule,
     "attention": AttnLRPRule,
-    "mixture": RouterRule,
+    "router": RouterRule,
 }
-#: Op kind -> the Captum rules of its further setting values (see ``MambaRules``).
-CHOICE_RULES: dict[str, dict[str, type[PropagationRule]]] = {"attention": {"cp_lrp": CPLRPRule}}
+#: Setting -> the Captum rules of its further values (see ``MambaRules``).
+CAPTUM_CHOICES: dict[str, dict[str, type[PropagationRule]]] = {"attention": {"cp_lrp": CPLRPRule}}
+
+#: Op kind -> the Captum rule that switches its MambaLRP rule on, for every kind governed
+#: by a rule setting of ``MambaRules`` (the linear rule of ``grouped_linear`` is read from
+#: the site's rules instead, as for linear layers).
+MAMBA_RULES: dict[str, type[PropagationRule]] = {
+    kind.name: CAPTUM_RULES[kind.setting]
+    for kind in KINDS.values()
+    if kind.setting in MambaRules.kinds()
+}
+#: Op kind -> the Captum rules of its setting's further values.
+CHOICE_RULES: dict[str, dict[str, type[PropagationRule]]] = {
+    kind.name: CAPTUM_CHOICES[kind.setting]
+    for kind in KINDS.values()
+    if kind.setting in CAPTUM_CHOICES
+}
 #: Op kinds through which no relevance passes: their leaves get no hooks.
-CONSTANT_KINDS = frozenset({"constant"})
+CONSTANT_KINDS = frozenset(kind.name for kind in KINDS.values() if not kind.inputs)
 
 #: Attributes that one Captum LRP call leaves on a rule object.
 _CALL_STATE = (
@@ -136,184 +150,60 @@ def rule_setting(module: nn.Module, kind: str) -> bool | str:
     return rule_type is not None and isinstance(rule, rule_type)
 
 
-def rule_active(module: nn.Module, kind: str) -> bool:
-    """Whether ``module`` carries a Captum rule that switches on a MambaLRP rule of
-    ``kind`` (always False for kinds without one)."""
-    return rule_setting(module, kind) is not False
-
-
 class OpLeaf(nn.Module):
-    """A leaf module computing one operation of a block, with its rule when it carries it.
+    """A leaf module computing one operation of a block, with the rule its setting selects.
 
-    Relevance-path tensors are positional arguments (Captum hooks them); parameters and
-    settings are keyword arguments.
+    Relevance-path tensors (:attr:`~captum_mamba.adapters.backend.OpKind.inputs`) are
+    positional arguments (Captum hooks them); the other arguments are keyword arguments.
 
     Args:
-        kind (str): the op kind, a key of
-            :data:`captum_mamba.adapters.backend.SITE_KINDS`.
+        kind (str): the op kind, a key of :data:`captum_mamba.adapters.backend.KINDS`
+            with a function.
     """
 
     rule = KeptRule()
-    _COMPUTE: ClassVar[dict[str, Any]] = {
-        "silu": lambda on, x: R.silu(x, on),
-        "gate": lambda on, y, g: R.gated_product(y, g, on),
-        "ssm": lambda on, x, dt, B, C, *, A, D: R.selective_ssm(x, dt, A, B, C, D, on),
-        "ssd": lambda on, x, dt, B, C, *, A, D, chunk_size: R.multihead_ssm(
-            x, dt, A, B, C, D, on, chunk_size
-        ),
-        "add": lambda on, a, b: R.add(a, b),
-        "scale": lambda on, x, *, factor: R.scale(x, factor),
-        "time_step": lambda on, raw, *, bias, low, high: R.time_step(raw, bias, low, high),
-        "norm": lambda on, x, *, weight, eps, group_size: _grouped_norm(
-            x, weight, eps, group_size, on
-        ),
-        "activation": lambda on, x, *, function: R.activation(x, function, on),
-        "attention": lambda setting, q, k, v, *, bias, scaling: R.attention(
-            q, k, v, bias, scaling, setting is True, setting == "cp_lrp"
-        ),
-        "rotary": lambda on, x, *, cos, sin: R.rotary(x, cos, sin),
-        "grouped_linear": lambda on, x, *, weight, group_sizes, rule: R.grouped_linear(
-            x, weight, group_sizes, rule
-        ),
-        "routing": lambda on, x, *, select: select(x),
-        "mixture": lambda on, weights, values, *, index, size: R.mixture(
-            weights, values, index, size, on
-        ),
-    }
 
     def __init__(self, kind: str) -> None:
         super().__init__()
-        if kind not in self._COMPUTE:
+        if KINDS.get(kind) is None or KINDS[kind].function is None:
             raise ValueError(f"no leaf for the op kind {kind!r}")
         self.kind = kind
 
-    def forward(self, *inputs: Tensor, **params: Any) -> Tensor:
-        return self._COMPUTE[self.kind](rule_setting(self, self.kind), *inputs, **params)
+    def forward(self, *inputs: Tensor, setting: Any, **arguments: Any) -> Tensor:
+        op = KINDS[self.kind]
+        return op.function(setting, **dict(zip(op.inputs, inputs, strict=True)), **arguments)
 
     def extra_repr(self) -> str:
         return self.kind
 
 
-def _grouped_norm(
-    x: Tensor, weight: Tensor | None, eps: float, group_size: int | None, ln_rule: bool
-) -> Tensor:
-    if group_size is None or group_size == x.shape[-1]:
-        return R.rms_norm(x, weight, eps, ln_rule)
-    out = R.rms_norm(x.unflatten(-1, (-1, group_size)), None, eps, ln_rule).flatten(-2)
-    return out if weight is None else weight * out
-
-
 class CaptumOps(BlockOps):
     """The operations of a handled module in a prepared copy: each runs its leaf.
 
-    The computation stays in the model's dtype (no widening), as Captum's own layers do.
+    The computation stays in the model's dtype (no widening, parameters as they are), as
+    Captum's own layers do.
     """
-
-    def _leaf(self, site: str) -> nn.Module:
-        self.rules(site)
-        return self.module if site == "" else getattr(self.module, site)
-
-    def _run(self, site: str, kind: str, *inputs: Tensor, **params: Any) -> Tensor:
-        leaf = self._leaf(site)
-        if leaf is self.module:
-            return OpLeaf._COMPUTE[kind](rule_setting(leaf, kind), *inputs, **params)
-        return leaf(*inputs, **params)
 
     def compute(self, x: Tensor) -> Tensor:
         return x
 
-    def silu(self, site: str, x: Tensor) -> Tensor:
-        return self._run(site, "silu", x)
+    def parameter(self, value: Tensor | None, x: Tensor) -> Tensor | None:
+        return value
 
-    def gate(self, site: str, y: Tensor, gate: Tensor) -> Tensor:
-        return self._run(site, "gate", y, gate)
-
-    def rms_norm(
-        self,
-        site: str,
-        x: Tensor,
-        weight: Tensor | None,
-        eps: float,
-        group_size: int | None = None,
-    ) -> Tensor:
-        return self._run(site, "norm", x, weight=weight, eps=eps, group_size=group_size)
-
-    def layer_norm(
-        self, site: str, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
-    ) -> Tensor:
-        leaf = self._leaf(site)
-        if leaf is not self.module:
-            raise NotImplementedError("a LayerNorm operation must be the module itself")
-        return R.layer_norm(x, weight, bias, eps, rule_active(leaf, "norm"))
-
-    def ssm(
-        self,
-        site: str,
-        x: Tensor,
-        dt: Tensor,
-        A: Tensor,
-        B: Tensor,
-        C: Tensor,
-        D: Tensor | None,
-        reverse: bool = False,
-    ) -> Tensor:
-        return self._run(site, "ssm", x, dt, B, C, A=A.to(x.dtype), D=D)
-
-    def ssd(
-        self,
-        site: str,
-        x: Tensor,
-        dt: Tensor,
-        A: Tensor,
-        B: Tensor,
-        C: Tensor,
-        D: Tensor | None,
-        chunk_size: int,
-    ) -> Tensor:
-        return self._run(site, "ssd", x, dt, B, C, A=A.to(x.dtype), D=D, chunk_size=chunk_size)
-
-    def add(self, site: str, a: Tensor, b: Tensor) -> Tensor:
-        return self._run(site, "add", a, b)
-
-    def scale(self, site: str, x: Tensor, factor: float | Tensor) -> Tensor:
-        return self._run(site, "scale", x, factor=factor)
-
-    def time_step(
-        self,
-        site: str,
-        raw: Tensor,
-        bias: Tensor | None = None,
-        low: float = 0.0,
-        high: float = float("inf"),
-    ) -> Tensor:
-        return self._run(site, "time_step", raw, bias=bias, low=low, high=high)
-
-    def activation(self, site: str, x: Tensor, function: str) -> Tensor:
-        return self._run(site, "activation", x, function=function)
-
-    def attention(
-        self, site: str, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scaling: float
-    ) -> Tensor:
-        return self._run(site, "attention", q, k, v, bias=bias, scaling=scaling)
-
-    def rotary(self, site: str, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        return self._run(site, "rotary", x, cos=cos, sin=sin)
-
-    def grouped_linear(
-        self, site: str, x: Tensor, weight: Tensor, group_sizes: Sequence[int]
-    ) -> Tensor:
-        rule = self.rules(site).linear
-        return self._run(
-            site, "grouped_linear", x, weight=weight, group_sizes=group_sizes, rule=rule
-        )
-
-    def routing(self, site: str, x: Tensor, select: Callable[[Tensor], Tensor]) -> Tensor:
-        return self._run(site, "routing", x, select=select)
-
-    def mixture(
-        self, site: str, weights: Tensor, values: Tensor, index: Tensor, size: int
-    ) -> Tensor:
-        return self._run(site, "mixture", weights, values, index=index, size=size)
+    def apply(self, kind: str, site: str, **arguments: Any) -> Tensor:
+        """Run the operation through the leaf of ``site`` (or the module itself), with the
+        setting that the leaf's Captum rule stands for."""
+        self.rules(site)
+        leaf = self.module if site == "" else getattr(self.module, site)
+        if leaf is not self.module and leaf.kind != kind:
+            raise TypeError(
+                f"{self.path}.{site} is declared as a {leaf.kind!r} site but runs {kind!r}"
+            )
+        setting = rule_setting(leaf, kind) if kind in MAMBA_RULES else self.setting(kind, site)
+        if leaf is self.module:
+            return KINDS[kind].function(setting, **arguments)
+        inputs = [arguments.pop(name) for name in KINDS[kind].inputs]
+        return leaf(*inputs, setting=setting, **arguments)
 
 
 def default_leaf_rule(kind: str, setting: Any) -> PropagationRule:

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_mamba.adapters import Backend, plan_rules
-from captum_mamba.adapters.backend import SITE_KINDS
+from captum_mamba.adapters.backend import KINDS
 from captum_mamba.adapters.base import PlanEntry, RuleForward
 from captum_mamba.attr._forward import backbone_and_head, check_model, default_forward
 from captum_mamba.attr._targets import AttributionInputError
@@ -118,7 +118,7 @@ def _prepare_entry(copy: nn.Module, entry: PlanEntry, backend: Backend) -> None:
         return
     for site, kind in entry.handler.sites.items():
         rules = entry.site_rules[site]
-        setting = SITE_KINDS[kind]
+        setting = KINDS[kind].setting
         value = None if setting is None else getattr(rules, setting)
         if site == "":
             _set_rule(module, user or rule_for(module, rules) or default_leaf_rule(kind, value))

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_mamba.ops._common import check_one_dtype, chunked
+from captum_mamba.ops._common import check_one_dtype, chunked, segment_sums
 
 #: Time steps per chunk (fewer when the element budget is small).
 DEFAULT_CHUNK_SIZE = 16
@@ -66,21 +66,6 @@ def plan_chunks(
     # The chunk-level matrix has group**2 * pair elements: at most group * chunk**2 * pair.
     group = min(chunks, chunk * chunk, chunk_elements // (pair * chunk * chunk))
     return chunk, max(1, group)
-
-
-def _segment_sums(steps: Tensor) -> Tensor:
-    """``out[..., t, s, :] = sum_{k=s+1..t} steps[..., k, :]`` for ``s < t``, else 0.
-
-    Args:
-        steps (Tensor): ``(..., L, D)`` with time at dim -2.
-
-    Returns:
-        Tensor: ``(..., L, L, D)``.
-    """
-    length, channels = steps.shape[-2:]
-    later = torch.ones(length, length, dtype=torch.bool, device=steps.device).tril(-1)
-    repeated = steps.unsqueeze(-2).expand(*steps.shape[:-1], length, channels)
-    return repeated.masked_fill(~later[:, :, None], 0.0).cumsum(-3)
 
 
 def _decays(segments: Tensor, A: Tensor) -> Tensor:
@@ -119,7 +104,7 @@ def _group_scan(
     batch, length, channels = u.shape
     # b batch, c/x/y chunk, t/s step in chunk, d channel, n state; zero padding is inert.
     u, dt, B, C = (chunked(t, chunk) for t in (u, dt, B, C))
-    segments = _segment_sums(dt)  # (b, c, t, s, d)
+    segments = segment_sums(dt, dim=-2)  # (b, c, t, s, d)
     scores = C[:, :, :, None, :] * B[:, :, None, :, :]  # (b, c, t, s, n)
     kernel = torch.einsum("bctsdn,bctsn->bctsd", _decays(segments, A), scores)
     y = torch.einsum("bctsd,bcsd->bctd", kernel, u)
@@ -128,7 +113,7 @@ def _group_scan(
     ends = torch.einsum("bcsdn,bcsn,bcsd->bcdn", to_end, B, u)  # chunk end, zero start
     from_start = dt.cumsum(2)  # (b, c, t, d): sum_{k<=t} dt[k]
     totals = from_start[:, :, -1]  # (b, c, d)
-    ends = torch.einsum("bxydn,bydn->bxdn", _decays(_segment_sums(totals), A), ends)
+    ends = torch.einsum("bxydn,bydn->bxdn", _decays(segment_sums(totals, dim=-2), A), ends)
     ends = ends + torch.exp(totals.cumsum(1)[..., None] * A) * h[:, None]
     starts = torch.cat([h[:, None], ends[:, :-1]], dim=1)  # state before each chunk
     y = y + torch.einsum("bctn,bctdn,bcdn->bctd", C, torch.exp(from_start[..., None] * A), starts)

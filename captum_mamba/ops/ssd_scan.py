@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_mamba.ops._common import check_one_dtype, chunked
+from captum_mamba.ops._common import check_one_dtype, chunked, segment_sums
 from captum_mamba.ops.backends import choose
 from captum_mamba.ops.fused import fused_ssd_scan
 
@@ -36,18 +36,11 @@ from captum_mamba.ops.fused import fused_ssd_scan
 DEFAULT_CHUNK_SIZE = 64
 
 
-def _segment_sums(log_decay: Tensor) -> Tensor:
-    """``out[..., t, s] = sum_{k=s+1..t} log_decay[..., k]`` for ``s <= t``, else ``-inf``.
-
-    Built from a cumulative sum of masked copies rather than a difference of two
-    cumulative sums, so that no large numbers cancel.
-    """
+def _log_decays(log_decay: Tensor) -> Tensor:
+    """``out[..., t, s] = sum_{k=s+1..t} log_decay[..., k]`` for ``s <= t``, else ``-inf``."""
     length = log_decay.shape[-1]
-    strictly_lower = torch.ones(length, length, dtype=torch.bool, device=log_decay.device).tril(-1)
-    repeated = log_decay[..., :, None].expand(*log_decay.shape, length)
-    sums = repeated.masked_fill(~strictly_lower, 0.0).cumsum(-2)
     lower = torch.ones(length, length, dtype=torch.bool, device=log_decay.device).tril()
-    return sums.masked_fill(~lower, float("-inf"))
+    return segment_sums(log_decay).masked_fill(~lower, float("-inf"))
 
 
 def _ssd_states(
@@ -74,7 +67,7 @@ def _ssd_states(
     # Layout: b batch, c chunk, t/s time in chunk, g group, j head in group, p head dim, n state.
     log_decay = log_decay.permute(0, 1, 3, 4, 2)  # (b, c, g, j, t)
     cumulative = log_decay.cumsum(-1)
-    within = torch.exp(_segment_sums(log_decay))  # (b, c, g, j, t, s)
+    within = torch.exp(_log_decays(log_decay))  # (b, c, g, j, t, s)
     scores = torch.einsum("bctgn,bcsgn->bcgts", C, B)
     y = torch.einsum("bcgts,bcgjts,bcsgjp->bctgjp", scores, within, u)
 

@@ -39,6 +39,29 @@ def rms_norm(x: Tensor, weight: Tensor | None, eps: float, ln_rule: bool) -> Ten
     return out if weight is None else weight * out
 
 
+def grouped_rms_norm(
+    x: Tensor, weight: Tensor | None, eps: float, group_size: int | None, ln_rule: bool
+) -> Tensor:
+    r"""RMSNorm over groups of ``group_size`` channels, ``weight * norm_groups(x)``, with the
+    LN-rule on ``1 / rms`` of each group.
+
+    Args:
+        x (Tensor): input ``(..., channels)``.
+        weight (Tensor or None): ``(channels,)`` scale, or None for no scale.
+        eps (float): added to the mean square before the square root.
+        group_size (int or None): channels normalised together (``channels`` must be a
+            multiple); None for all of them.
+        ln_rule (bool): detach the normalising factors from the backward.
+
+    Returns:
+        Tensor: the normalised input, same shape as ``x``.
+    """
+    if group_size is None or group_size == x.shape[-1]:
+        return rms_norm(x, weight, eps, ln_rule)
+    out = rms_norm(x.unflatten(-1, (-1, group_size)), None, eps, ln_rule).flatten(-2)
+    return out if weight is None else weight * out
+
+
 def layer_norm(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, ln_rule: bool
 ) -> Tensor:
@@ -214,9 +237,7 @@ def gated_rms_norm(
         Tensor: the normalised, gated output, same shape as ``y``.
     """
     gated = y if z is None else gated_product(y, silu(z, identity_rule), half_rule)
-    groups = gated.unflatten(-1, (-1, group_size))
-    out = rms_norm(groups, None, eps, ln_rule).flatten(-2)
-    return out if weight is None else weight * out
+    return grouped_rms_norm(gated, weight, eps, group_size, ln_rule)
 
 
 def multihead_ssm(
