@@ -26,7 +26,7 @@ PACKAGES = (
     "captum_mamba.adapters", "captum_mamba.baselines", "captum_mamba.metrics",
     "captum_mamba.visualization", "captum_mamba.ops", "captum_mamba.vision",
 )  # fmt: skip
-SCRIPTS = ("captum-mamba-demo", "captum-mamba-benchmark", "captum-mamba-study")
+SCRIPTS = ("captum-mamba",)
 
 
 def check(condition: bool, message: str) -> None:

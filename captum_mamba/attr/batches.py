@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from captum_mamba.attr._targets import AttributionInputError
+from captum_mamba.attr.targets import AttributionInputError
 
 
 def length_buckets(

@@ -43,8 +43,8 @@ from torch import Tensor, nn
 
 from captum_mamba.adapters import rules_applied
 from captum_mamba.attr import MambaLRP
-from captum_mamba.attr._forward import count_tokens, default_forward, explanation_backend
-from captum_mamba.attr._targets import TargetType
+from captum_mamba.attr.forward import count_tokens, default_forward, explanation_backend
+from captum_mamba.attr.targets import TargetType
 from captum_mamba.baselines.mamba_attr import MambaAttr
 from captum_mamba.baselines.random import RandomAttribution
 from captum_mamba.baselines.rollout import MambaAttentionRollout

@@ -30,7 +30,7 @@ relevant token, and a NaN output would turn an area, and every mean over a data 
 into NaN.
 
 Targets mean the same as in the attribution classes
-(:func:`captum_mamba.attr._targets.select_target`): an int indexes dim 1 of the
+(:func:`captum_mamba.attr.targets.select_target`): an int indexes dim 1 of the
 output, a tuple one index per non-batch dim (``(position, token)`` for language-model
 logits ``(batch, seq, vocab)``), a list or tensor gives one target per example.
 """
@@ -45,8 +45,8 @@ import torch
 from numpy.typing import ArrayLike
 from torch import Tensor, nn
 
-from captum_mamba.attr._targets import AttributionInputError, TargetType, select_target
-from captum_mamba.metrics._checks import (
+from captum_mamba.attr.targets import AttributionInputError, TargetType, select_target
+from captum_mamba.metrics.checks import (
     as_real_tensor,
     check_bool,
     check_int,

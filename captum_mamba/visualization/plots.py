@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from numpy.typing import ArrayLike
 
-from captum_mamba.metrics._checks import (
+from captum_mamba.metrics.checks import (
     check_bool,
     check_int,
     check_number,

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from captum_mamba.attr._targets import TargetType
+from captum_mamba.attr.targets import TargetType
 from captum_mamba.baselines.captum_methods import (
     INPUT_X_GRADIENT,
     INTEGRATED_GRADIENTS,

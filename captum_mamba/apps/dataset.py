@@ -1,7 +1,7 @@
 r"""Attributing a whole data set: sharded Parquet results, resumable, on many processes.
 
 :func:`attribute_dataset` explains every text of a data set with one or more methods
-(:mod:`captum_mamba.methods`) and writes one row per text:
+(:mod:`captum_mamba.apps.methods`) and writes one row per text:
 
 ==================  ==========================================================
 column              content
@@ -22,7 +22,7 @@ column              content
                     shared equally by its texts)
 ==================  ==========================================================
 
-``<m>`` is the method's slug (:func:`~captum_mamba.methods.method_slug`, e.g.
+``<m>`` is the method's slug (:func:`~captum_mamba.apps.methods.method_slug`, e.g.
 ``mambalrp``, ``integrated_gradients``). The run's settings are in ``run.json`` and in
 the Parquet schema metadata (key ``captum_mamba``).
 
@@ -36,11 +36,11 @@ order). Both load directly::
 Resuming: a run in a folder that already holds some shards computes only the missing
 ones (settings must match). Processes: under ``torchrun`` (or with ``rank`` and
 ``world_size``) each process takes the shards ``k % world_size == rank``
-(:mod:`captum_mamba.sharding`); rank 0 merges after all have finished.
+(:mod:`captum_mamba.apps.sharding`); rank 0 merges after all have finished.
 
 Inside a process, texts of similar length are explained together in left-padded
 batches (with the attention mask) by the methods whose batched scores equal the
-single-text scores (:data:`~captum_mamba.methods.BATCHABLE`); the seeded and
+single-text scores (:data:`~captum_mamba.apps.methods.BATCHABLE`); the seeded and
 hidden-attention methods explain one text at a time.
 """
 
@@ -57,10 +57,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from captum_mamba.baselines.captum_methods import MethodSettings
-from captum_mamba.loading import ExplainedModel, fast_forward
-from captum_mamba.methods import MethodRunner, build_runners, method_slug, resolve_methods
-from captum_mamba.sharding import (
+from captum_mamba.apps.loading import ExplainedModel
+from captum_mamba.apps.methods import MethodRunner, build_runners, method_slug, resolve_methods
+from captum_mamba.apps.sharding import (
     ShardLayout,
     barrier,
     current_process,
@@ -69,6 +68,8 @@ from captum_mamba.sharding import (
     prepare_directory,
     write_atomic,
 )
+from captum_mamba.attr.forward import fast_forward
+from captum_mamba.baselines.captum_methods import MethodSettings
 from captum_mamba.visualization import token_texts
 
 #: Merged results file in the output folder.
@@ -493,11 +494,11 @@ def attribute_dataset(
 
     Args:
         explained (ExplainedModel): model, encoder and forward
-            (:func:`captum_mamba.loading.load_explained`).
+            (:func:`captum_mamba.apps.loading.load_explained`).
         texts (sequence of str): the texts; ``example_id`` is the index here.
         output_dir (str or PathLike): output folder (created).
         methods (str or sequence of str, optional): method names (any case) or
-            ``"all"``, see :func:`captum_mamba.methods.resolve_methods`.
+            ``"all"``, see :func:`captum_mamba.apps.methods.resolve_methods`.
             Default: MambaLRP.
         labels (sequence of int, optional): class index of each text.
         target (str or int, optional): ``"predicted"`` (arg-max class, or next

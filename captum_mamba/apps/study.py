@@ -6,7 +6,7 @@ predicted class by default) with every method, and records the token-perturbatio
 curves (:mod:`captum_mamba.metrics.perturbation`), ``Delta A^F = A(LeRF) - A(MoRF)``,
 the insertion area, the sum of relevances next to the explained logit, and the
 wall-clock time of the attribution call. Every study includes the position-only sanity
-baselines of :mod:`captum_mamba.methods` (``Recency``, ``Read position, then random``)
+baselines of :mod:`captum_mamba.apps.methods` (``Recency``, ``Read position, then random``)
 next to ``Random``: a method must beat them for its score to mean anything.
 
 Perturbation protocols: removed tokens are replaced by the zero embedding, the mean
@@ -18,7 +18,7 @@ last-token head collapses when its own token is removed (``RMSNorm(0) = 0`` and
 token first scores well whatever the explanation; keeping the last token, or a head on
 the mean over positions, avoids that.
 
-The work is sharded like :func:`captum_mamba.dataset.attribute_dataset`: the records of
+The work is sharded like :func:`captum_mamba.apps.dataset.attribute_dataset`: the records of
 ``shard_size`` examples go to ``shards/shard-*.jsonl`` as each shard finishes; the
 tables are rewritten after every shard (partial results survive an interruption); a
 re-run computes only the missing shards, and under ``torchrun`` each process takes its
@@ -29,7 +29,7 @@ share. It writes:
 - ``curves.png``: mean MoRF / LeRF / insertion curves per method;
 - ``conservation.png``: sum of relevances vs explained logit (signed methods).
 
-Command line: ``captum-mamba study run`` (see :mod:`captum_mamba.cli`)::
+Command line: ``captum-mamba study run`` (see :mod:`captum_mamba.apps.cli`)::
 
     captum-mamba study run --data-dir ../shared/data --num-examples 200
     captum-mamba study run --model news.ckpt --dataset news.csv --text-column body \
@@ -57,10 +57,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from captum_mamba.attr._forward import default_forward
+from captum_mamba.apps.loading import model_fingerprint
+from captum_mamba.apps.methods import ALL_METHODS, build_runners
+from captum_mamba.apps.sharding import (
+    ShardLayout,
+    barrier,
+    current_process,
+    finish,
+    prepare_directory,
+    write_atomic,
+)
+from captum_mamba.attr.forward import default_forward, fast_forward
 from captum_mamba.baselines.captum_methods import MethodSettings, TokenAttribution
-from captum_mamba.loading import fast_forward, model_fingerprint
-from captum_mamba.methods import ALL_METHODS, build_runners
 from captum_mamba.metrics import (
     conservation_stats,
     curve_area,
@@ -69,14 +77,6 @@ from captum_mamba.metrics import (
     resample_curve,
 )
 from captum_mamba.rules import MambaRules
-from captum_mamba.sharding import (
-    ShardLayout,
-    barrier,
-    current_process,
-    finish,
-    prepare_directory,
-    write_atomic,
-)
 
 Tokenize = Callable[[str], Tensor]
 #: Result files of a study (besides the shards).
@@ -460,10 +460,10 @@ def run_study(
             supported Mamba blocks), in eval mode.
         tokenize (Callable): ``tokenize(text) -> (1, seq)`` long token ids.
         examples (sequence): labelled examples, objects with ``text`` and ``label``
-            (e.g. :class:`captum_mamba.data.LabelledText`) or ``(text, label)`` pairs;
+            (e.g. :class:`captum_mamba.apps.data.LabelledText`) or ``(text, label)`` pairs;
             an example's id (its seed, its row in ``examples.csv``) is its index here.
         methods (sequence, optional): method names of
-            :data:`~captum_mamba.methods.ALL_METHODS` (any case) or built
+            :data:`~captum_mamba.apps.methods.ALL_METHODS` (any case) or built
             :class:`TokenAttribution` objects. Default: all methods, sanity
             baselines included.
         output_dir (str or PathLike, optional): folder for tables, plots and shards
@@ -806,7 +806,7 @@ def measure_peak_memory(
     """
     if method not in MEMORY_METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(MEMORY_METHODS)}")
-    command = [sys.executable, "-m", "captum_mamba.study", "memory-worker"]
+    command = [sys.executable, "-m", "captum_mamba", "study", "memory-worker"]
     command += ["--method", method, "--length", str(length), "--seed", str(seed)]
     command += ["--shape", shape, "--repeats", str(repeats)]
     if threads:
@@ -818,15 +818,3 @@ def measure_peak_memory(
             f"the memory worker ({method}, {length} tokens) failed: {lines[-1].strip()}"
         )
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m captum_mamba.study``: the ``study`` commands of :mod:`captum_mamba.cli`
-    (``run``, ``memory``)."""
-    from captum_mamba.cli import main as cli_main
-
-    cli_main(["study", *(sys.argv[1:] if argv is None else argv)], prog="captum-mamba-study")
-
-
-if __name__ == "__main__":
-    main()
