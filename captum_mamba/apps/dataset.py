@@ -40,7 +40,8 @@ ones (settings must match). Processes: under ``torchrun`` (or with ``rank`` and
 
 Inside a process, texts of similar length are explained together in left-padded
 batches (with the attention mask) by the methods whose batched scores equal the
-single-text scores (:data:`~captum_mamba.apps.methods.BATCHABLE`); the seeded and
+single-text scores (``batchable`` in the catalogue
+:data:`~captum_mamba.baselines.captum_methods.METHODS`); the seeded and
 hidden-attention methods explain one text at a time.
 """
 
