@@ -14,12 +14,12 @@ from captum_mamba.apps.dataset import (
     MERGED_FILE,
     attribute_dataset,
     explain_in_batches,
-    length_buckets,
     read_attributions,
 )
 from captum_mamba.apps.methods import build_runners
 from captum_mamba.apps.sentiment import from_classifier
 from captum_mamba.apps.sharding import RunSettingsError
+from captum_mamba.attr.batches import length_buckets
 from captum_mamba.baselines.captum_methods import MethodSettings
 
 pyarrow = pytest.importorskip(

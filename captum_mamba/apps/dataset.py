@@ -69,6 +69,7 @@ from captum_mamba.apps.sharding import (
     prepare_directory,
     write_atomic,
 )
+from captum_mamba.attr.batches import length_buckets, pad_sequences
 from captum_mamba.attr.forward import fast_forward
 from captum_mamba.baselines.captum_methods import MethodSettings
 from captum_mamba.visualization import token_texts
@@ -114,49 +115,6 @@ class DatasetRun:
         return not self.missing
 
 
-def length_buckets(
-    lengths: Sequence[int], batch_size: int, max_tokens: int | None = None
-) -> list[list[int]]:
-    """Indices grouped into batches of similar length (longest first): at most
-    ``batch_size`` texts and ``max_tokens`` padded tokens per batch.
-
-    Args:
-        lengths (sequence of int): length of every text.
-        batch_size (int): most texts per batch.
-        max_tokens (int, optional): most padded tokens (texts x longest) per batch.
-
-    Returns:
-        list of list of int: the batches.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    for index in order:
-        batch = batches[-1] if batches else None
-        fits = (
-            batch is not None
-            and len(batch) < batch_size
-            and (max_tokens is None or (len(batch) + 1) * lengths[batch[0]] <= max_tokens)
-        )
-        if fits and batch is not None:
-            batch.append(index)
-        else:
-            batches.append([index])
-    return batches
-
-
-def _pad_left(rows: Sequence[Tensor], pad: Tensor | float) -> tuple[Tensor, Tensor]:
-    """Left-pad ``(seq, ...)`` tensors into ``(batch, longest, ...)`` and a 0/1 mask."""
-    longest = max(row.shape[0] for row in rows)
-    first = rows[0]
-    padded = first.new_empty((len(rows), longest, *first.shape[1:]))
-    padded[:] = pad
-    mask = torch.zeros(len(rows), longest, dtype=torch.long, device=first.device)
-    for i, row in enumerate(rows):
-        padded[i, longest - row.shape[0] :] = row
-        mask[i, longest - row.shape[0] :] = 1
-    return padded, mask
-
-
 def explain_in_batches(
     method: MethodRunner,
     sequences: Sequence[Tensor],
@@ -167,8 +125,10 @@ def explain_in_batches(
 ) -> tuple[list[Tensor], list[float]]:
     """Token scores of many embedded texts, in length-bucketed left-padded batches.
 
-    This is the one place that batches explanations; its bucketing mirrors
-    ``captum_mamba.attr.batches.attribute_batches`` (left padding, targets counted
+    This is the one place that batches explanations; it buckets and pads as
+    :func:`captum_mamba.attr.attribute_batches` does (with
+    :func:`~captum_mamba.attr.batches.length_buckets` and
+    :func:`~captum_mamba.attr.batches.pad_sequences`; left padding, targets counted
     from the end of each text).
 
     Args:
@@ -190,7 +150,7 @@ def explain_in_batches(
     scores: list[Tensor | None] = [None] * len(sequences)
     seconds = [0.0] * len(sequences)
     for batch in length_buckets(lengths, size, max_tokens):
-        embeds, mask = _pad_left([sequences[i] for i in batch], 0.0)
+        embeds, mask = pad_sequences([sequences[i] for i in batch], 0.0, left=True)
         target = [targets[i] for i in batch] if len(batch) > 1 else targets[batch[0]]
         start = time.perf_counter()
         ids = [example_ids[i] for i in batch]
@@ -216,7 +176,7 @@ def _outputs(
     outputs: list[Tensor | None] = [None] * len(sequences)
     with fast_forward(explained.model):
         for batch in length_buckets(lengths, batch_size, max_tokens):
-            embeds, mask = _pad_left([sequences[i] for i in batch], pad)
+            embeds, mask = pad_sequences([sequences[i] for i in batch], pad, left=True)
             logits = explained.forward(embeds, mask if len(batch) > 1 else None)
             if logits.dim() == 3:
                 logits = logits[:, -1]

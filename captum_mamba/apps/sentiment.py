@@ -64,6 +64,7 @@ from captum_mamba.apps.data import (
     train_validation_split,
 )
 from captum_mamba.apps.loading import ExplainedModel, ModelLoader, ModelLoadError, register_loader
+from captum_mamba.attr.batches import pad_sequences
 from captum_mamba.attr.forward import default_forward, fast_forward
 
 PAD_TOKEN = "<|padding|>"
@@ -502,10 +503,7 @@ def draw_phrases(
 
 def pad_left(rows: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]:
     """Left-pad id lists into ``input_ids`` and ``attention_mask`` ``(batch, longest)``."""
-    length = max(len(row) for row in rows)
-    ids = torch.tensor([[pad] * (length - len(row)) + list(row) for row in rows])
-    mask = torch.tensor([[0] * (length - len(row)) + [1] * len(row) for row in rows])
-    return ids, mask
+    return pad_sequences([torch.tensor(row, dtype=torch.long) for row in rows], pad, left=True)
 
 
 @torch.no_grad()
