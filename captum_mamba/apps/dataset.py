@@ -58,6 +58,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from captum_mamba.apps.data import require_pyarrow
 from captum_mamba.apps.loading import ExplainedModel
 from captum_mamba.apps.methods import MethodRunner, build_runners, method_slug, resolve_methods
 from captum_mamba.apps.sharding import (
@@ -81,14 +82,7 @@ METADATA_KEY = b"captum_mamba"
 
 
 def _pyarrow() -> Any:
-    try:
-        import pyarrow
-        import pyarrow.parquet
-    except ImportError:
-        raise ImportError(
-            "writing Parquet results needs pyarrow; pip install captum-mamba[parquet]"
-        ) from None
-    return pyarrow
+    return require_pyarrow("writing Parquet results")
 
 
 @dataclass

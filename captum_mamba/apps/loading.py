@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from captum_mamba.apps.data import load_tokenizer
 from captum_mamba.attr.forward import default_forward
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -107,9 +108,7 @@ def load_tokenizer_any(source: Any) -> Any:
     path = Path(source)
     try:
         if path.is_file():
-            from tokenizers import Tokenizer
-
-            return Tokenizer.from_file(str(path))
+            return load_tokenizer(path)
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(str(source))
