@@ -444,16 +444,16 @@ def _set_threads(args: argparse.Namespace) -> None:
 
 
 def _add_demo(commands: Commands) -> None:
-    demo = _command(commands, "demo", "explain sentiment predictions (trains once)", _demo)
-    demo.add_argument(
+    parser = _command(commands, "demo", "explain sentiment predictions (trains once)", _demo)
+    parser.add_argument(
         "--data-dir", "--data", dest="data_dir", default=None, help="shared data folder"
     )
-    _add_output(demo, "outputs/demo", "--out")
-    demo.add_argument("--count", type=positive_int, default=4, help="SST-2 sentences to explain")
-    demo.add_argument("--cache-dir", default=None, help="classifier checkpoints")
-    demo.add_argument("--hub-model", help="e.g. state-spaces/mamba-130m-hf (needs internet)")
-    demo.add_argument("--prompt", default="The Eiffel Tower is located in the city of")
-    _add_threads(demo)
+    _add_output(parser, "outputs/demo", "--out")
+    parser.add_argument("--count", type=positive_int, default=4, help="SST-2 sentences to explain")
+    parser.add_argument("--cache-dir", default=None, help="classifier checkpoints")
+    parser.add_argument("--hub-model", help="e.g. state-spaces/mamba-130m-hf (needs internet)")
+    parser.add_argument("--prompt", default="The Eiffel Tower is located in the city of")
+    _add_threads(parser)
 
 
 def _demo(args: argparse.Namespace) -> None:
