@@ -647,7 +647,7 @@ def _add_study(commands: Commands) -> None:
     memory.add_argument("--shape", type=_shape, default="130m", help=SHAPE_HELP)
     memory.add_argument("--repeats", type=positive_int, default=1)
     _add_threads(memory)
-    worker = _command(studies, "memory-worker", None, _study_memory, "study")
+    worker = _command(studies, "memory-worker", None, _study_memory_worker, "study")
     worker.add_argument("--method", required=True)
     worker.add_argument("--length", type=positive_int, required=True)
     worker.add_argument("--seed", type=int, default=0)
@@ -735,11 +735,12 @@ def _sentiment_setup(args: argparse.Namespace) -> tuple[Any, Any, list[int], str
     return explained, table, list(range(len(table.texts))), caption
 
 
+def _study_memory_worker(args: argparse.Namespace) -> None:
+    worker = _memory_worker(args.method, args.length, args.seed, args.shape, args.repeats)
+    print(json.dumps(worker))
+
+
 def _study_memory(args: argparse.Namespace) -> None:
-    if args.study_command == "memory-worker":
-        worker = _memory_worker(args.method, args.length, args.seed, args.shape, args.repeats)
-        print(json.dumps(worker))
-        return
     methods = [m.strip() for m in args.methods.split(",")]
     unknown = [m for m in methods if m not in MEMORY_METHODS]
     if unknown:
