@@ -166,6 +166,31 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
+def _explained(
+    model: nn.Module,
+    tokenizer: Any,
+    max_length: int | None,
+    labels: tuple[str, ...],
+    description: str,
+    source: str,
+    forward: Callable[..., Tensor] | None = None,
+) -> ExplainedModel:
+    """An :class:`ExplainedModel` of a loaded model with its tokenizer (an object or a
+    path / hub id), encoding with it and padding with its pad id."""
+    tokenizer = load_tokenizer_any(tokenizer)
+    pad = _pad_id(tokenizer)
+    return ExplainedModel(
+        model,
+        tokenizer,
+        _encoder(tokenizer, max_length, pad),
+        forward or default_forward(model, "inputs_embeds"),
+        pad,
+        labels,
+        description,
+        source,
+    )
+
+
 def _factory(spec: str, tokenizer: Any, max_length: int | None) -> ExplainedModel:
     module_name, _, function_name = spec.partition(":")
     try:
@@ -196,17 +221,14 @@ def _factory(spec: str, tokenizer: Any, max_length: int | None) -> ExplainedMode
         )
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"{spec} returned a {type(model).__name__} as model, not a Module")
-    tokenizer = load_tokenizer_any(tokenizer)
-    pad = _pad_id(tokenizer)
-    return ExplainedModel(
+    return _explained(
         model.eval(),
         tokenizer,
-        _encoder(tokenizer, max_length, pad),
-        forward or default_forward(model, "inputs_embeds"),
-        pad,
+        max_length,
         tuple(str(name) for name in labels),
         f"{type(model).__name__} from {spec}",
         spec,
+        forward,
     )
 
 
@@ -226,17 +248,8 @@ def _mamba_ssm(source: str, tokenizer: Any, max_length: int | None) -> Explained
             f"on a CUDA machine"
         ) from None
     model = MambaLMHeadModel.from_pretrained(str(path)).eval()
-    tokenizer = load_tokenizer_any(tokenizer)
-    pad = _pad_id(tokenizer)
-    return ExplainedModel(
-        model,
-        tokenizer,
-        _encoder(tokenizer, max_length, pad),
-        default_forward(model, "inputs_embeds"),
-        pad,
-        (),
-        f"mamba-ssm MambaLMHeadModel from {path}",
-        str(path),
+    return _explained(
+        model, tokenizer, max_length, (), f"mamba-ssm MambaLMHeadModel from {path}", str(path)
     )
 
 
@@ -255,19 +268,15 @@ def _transformers(source: str, tokenizer: Any, max_length: int | None) -> Explai
     classifier = any(name.endswith("ForSequenceClassification") for name in architectures)
     auto = AutoModelForSequenceClassification if classifier else AutoModelForCausalLM
     model = auto.from_pretrained(source).eval()
-    tokenizer = load_tokenizer_any(source if tokenizer is None else tokenizer)
-    pad = _pad_id(tokenizer)
     labels: tuple[str, ...] = ()
     if classifier:
         id2label = getattr(config, "id2label", None) or {}
         labels = tuple(str(id2label.get(k, k)) for k in range(config.num_labels))
     kind = "classifier" if classifier else "language model"
-    return ExplainedModel(
+    return _explained(
         model,
-        tokenizer,
-        _encoder(tokenizer, max_length, pad),
-        default_forward(model, "inputs_embeds"),
-        pad,
+        source if tokenizer is None else tokenizer,
+        max_length,
         labels,
         f"transformers {type(model).__name__} ({kind}) from {source}",
         source,
