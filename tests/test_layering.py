@@ -1,11 +1,13 @@
-"""The import graph confirms the layers: no module imports from a layer above its own, the
-applications (``captum_mamba.apps``, the top layer) included; no two modules import each
-other, directly or through others, counting the imports inside functions too (so none
-hides a cycle there); and only ``captum_mamba._captum`` imports Captum's private modules."""
+"""The import graph confirms the layers: no module imports from a layer above its own, and
+the applications (``captum_mamba.apps``) are the top layer, which nothing below imports;
+no modules import each other in a cycle, counting imports inside functions too, and the
+package's modules import each other only at module level (so no import inside a function
+hides a cycle); only ``captum_mamba._captum`` imports Captum's private modules."""
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -47,11 +49,11 @@ def modules() -> dict[str, Path]:
     return found
 
 
-def imports(path: Path, name: str) -> list[str]:
-    tree = ast.parse(path.read_text())
-    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-    result = []
-    for node in ast.walk(tree):
+def _imported(nodes: Iterable[ast.AST], package: str) -> list[str]:
+    """The modules that the import statements among ``nodes`` import (relative ones
+    resolved against ``package``)."""
+    result: list[str] = []
+    for node in nodes:
         if isinstance(node, ast.Import):
             result += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -66,6 +68,28 @@ def imports(path: Path, name: str) -> list[str]:
                 f"{result[-1]}.{a.name}" for a in node.names if f"{result[-1]}.{a.name}" in MODULES
             ]
     return result
+
+
+def _package(path: Path, name: str) -> str:
+    return name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+
+
+def imports(path: Path, name: str) -> list[str]:
+    """Every module the file imports, at module level or inside functions."""
+    return _imported(ast.walk(ast.parse(path.read_text())), _package(path, name))
+
+
+def imports_inside_functions(path: Path, name: str) -> list[str]:
+    """The package modules the file imports inside a function (where an import could
+    hide a cycle)."""
+    functions = [
+        node
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    ]
+    nodes = [node for function in functions for node in ast.walk(function)]
+    found = _imported(nodes, _package(path, name))
+    return list(dict.fromkeys(m for m in found if m.startswith("captum_mamba")))
 
 
 MODULES = modules()
@@ -128,6 +152,12 @@ def test_no_import_cycle() -> None:
     assert not cycle, "import cycle: " + " -> ".join(cycle)
 
 
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_package_modules_are_imported_at_module_level(name: str) -> None:
+    inner = imports_inside_functions(MODULES[name], name)
+    assert not inner, f"{name} imports {inner} inside a function; import at the top"
+
+
 def test_only_the_applications_are_in_the_top_layer() -> None:
     top = len(LAYERS) - 1
     for name in MODULES:
@@ -155,6 +185,7 @@ def test_the_checks_can_fail() -> None:
     try:
         path.write_text(source)
         found = imports(path, "captum_mamba.rules.probe")
+        inside = imports_inside_functions(path, "captum_mamba.rules.probe")
     finally:
         path.unlink()
     assert found == [
@@ -163,6 +194,7 @@ def test_the_checks_can_fail() -> None:
         "captum_mamba.apps",
         "captum_mamba.apps.cli",
     ]
+    assert inside == ["captum_mamba.apps", "captum_mamba.apps.cli"]
     assert layer_of(found[0]) > layer_of("captum_mamba.rules.probe")
     assert layer_of("captum_mamba.visualization.text") < layer_of("captum_mamba.apps.study")
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}

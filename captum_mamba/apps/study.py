@@ -57,6 +57,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from captum_mamba.adapters import rules_applied
 from captum_mamba.apps.loading import model_fingerprint
 from captum_mamba.apps.methods import ALL_METHODS, build_runners
 from captum_mamba.apps.sharding import (
@@ -67,8 +68,15 @@ from captum_mamba.apps.sharding import (
     prepare_directory,
     write_atomic,
 )
+from captum_mamba.attr import LayerMambaLRP, MambaLRP, uses_lean
 from captum_mamba.attr.forward import default_forward, fast_forward
-from captum_mamba.baselines.captum_methods import MethodSettings, TokenAttribution
+from captum_mamba.baselines import MambaAttentionRollout
+from captum_mamba.baselines.captum_methods import (
+    SALIENCY,
+    MethodSettings,
+    TokenAttribution,
+    build_method,
+)
 from captum_mamba.metrics import (
     conservation_stats,
     curve_area,
@@ -76,6 +84,7 @@ from captum_mamba.metrics import (
     replacement_embedding,
     resample_curve,
 )
+from captum_mamba.models import mamba_config, random_mamba_lm
 from captum_mamba.rules import MambaRules
 
 Tokenize = Callable[[str], Tensor]
@@ -650,8 +659,6 @@ def parse_shape(shape: str) -> tuple[int, int, int, int]:
 
 
 def _memory_model(shape: str, seed: int) -> nn.Module:
-    from captum_mamba.models import mamba_config, random_mamba_lm
-
     hidden, layers, state, vocab = parse_shape(shape)
     config = mamba_config(
         hidden_size=hidden, num_hidden_layers=layers, state_size=state, vocab_size=vocab
@@ -661,11 +668,6 @@ def _memory_model(shape: str, seed: int) -> nn.Module:
 
 def _memory_call(method: str, model: nn.Module, ids: Tensor) -> Callable[[], Any]:
     """The measured call of ``method`` on ``ids`` ``(1, length)``."""
-    from captum_mamba.adapters import rules_applied
-    from captum_mamba.attr import LayerMambaLRP, MambaLRP
-    from captum_mamba.baselines import MambaAttentionRollout
-    from captum_mamba.baselines.captum_methods import SALIENCY, build_method
-
     embeds = model.get_input_embeddings()(ids).detach()
     target = (-1, int(ids[0, -1]))
     forward = default_forward(model, "inputs_embeds")
@@ -736,8 +738,6 @@ def _memory_worker(
     """Build the model, warm ``method`` up on 8 tokens, run it ``repeats`` times at
     ``length`` and report the median time and the peak resident set above the resident
     set before the first run."""
-    from captum_mamba.attr import uses_lean
-
     model = _memory_model(shape, seed)
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, model.config.vocab_size, (1, length), generator=generator)
