@@ -67,6 +67,10 @@ def main() -> None:
             [path, "--help"], capture_output=True, timeout=300, check=False
         ).returncode == 0  # fmt: skip
         check(ran, f"{scripts / script} --help")
+    module = subprocess.run(
+        [sys.executable, "-m", "captum_mamba", "--help"], capture_output=True, timeout=300
+    )
+    check(module.returncode == 0, "python -m captum_mamba --help")
 
     import torch
     from captum.attr import LRP
