@@ -64,7 +64,7 @@ from captum_mamba.apps.data import (
     train_validation_split,
 )
 from captum_mamba.apps.loading import ExplainedModel, ModelLoader, ModelLoadError, register_loader
-from captum_mamba.attr.batches import pad_sequences
+from captum_mamba.attr.batches import length_buckets, pad_sequences
 from captum_mamba.attr.forward import default_forward, fast_forward
 
 PAD_TOKEN = "<|padding|>"
@@ -510,13 +510,11 @@ def pad_left(rows: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]:
 def _logits(model: MambaTextClassifier, rows: Sequence[Sequence[int]], batch_size: int) -> Tensor:
     """Logits of tokenized texts, in batches of similar length."""
     pad = model.get_input_embeddings().padding_id
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     logits = torch.empty(len(rows), model.head.out_features)
     with fast_forward(model):
-        for first in range(0, len(order), batch_size):
-            chosen = order[first : first + batch_size]
-            ids, mask = pad_left([rows[i] for i in chosen], pad)
-            logits[chosen] = model(input_ids=ids, attention_mask=mask).float()
+        for batch in length_buckets([len(row) for row in rows], batch_size):
+            ids, mask = pad_left([rows[i] for i in batch], pad)
+            logits[batch] = model(input_ids=ids, attention_mask=mask).float()
     return logits
 
 
