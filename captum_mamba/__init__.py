@@ -5,7 +5,7 @@ Layers, from numerics to applications (each imports only those before it):
 :mod:`captum_mamba.adapters` (which module is computed how, written once per block),
 :mod:`captum_mamba.attr` and :mod:`captum_mamba.lrp` (Captum attributions),
 :mod:`captum_mamba.baselines` and :mod:`captum_mamba.metrics`,
-:mod:`captum_mamba.visualization`, and the applications (study, demo, benchmark).
+:mod:`captum_mamba.visualization`, and the applications (:mod:`captum_mamba.apps`).
 This package namespace re-exports the public entry points of the layers below
 visualisation, as ``captum.attr`` does for Captum: the attribution methods and rules, the
 compared baselines (``build_method`` by name from ``METHOD_NAMES``) and the faithfulness

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from captum_mamba.sentiment import PAD_TOKEN, ClassifierSetup, TextClassifier, build_model
+from captum_mamba.apps.sentiment import PAD_TOKEN, ClassifierSetup, TextClassifier, build_model
 
 TOPICS = ("business", "sport", "tech")
 

@@ -1,4 +1,4 @@
-"""Runs command lines of ``captum_mamba.cli``, each in its own process, and reports their
+"""Runs command lines of ``captum_mamba.apps.cli``, each in its own process, and reports their
 exit codes and stderr as JSON (``python tests/cli_driver.py cases.json``).
 
 The package is imported once; every case runs in a process forked from this one (a
@@ -15,7 +15,7 @@ import tempfile
 
 
 def run_case(argv: list[str], env: dict[str, str]) -> dict[str, object]:
-    from captum_mamba.cli import main
+    from captum_mamba.apps.cli import main
 
     with tempfile.TemporaryFile(mode="w+") as err, tempfile.TemporaryFile(mode="w+") as out:
         pid = os.fork()

@@ -26,7 +26,7 @@ PACKAGES = (
     "captum_mamba.adapters", "captum_mamba.baselines", "captum_mamba.metrics",
     "captum_mamba.visualization", "captum_mamba.ops", "captum_mamba.vision",
 )  # fmt: skip
-SCRIPTS = ("captum-mamba-demo", "captum-mamba-benchmark", "captum-mamba-study")
+SCRIPTS = ("captum-mamba",)
 
 
 def check(condition: bool, message: str) -> None:
@@ -67,6 +67,10 @@ def main() -> None:
             [path, "--help"], capture_output=True, timeout=300, check=False
         ).returncode == 0  # fmt: skip
         check(ran, f"{scripts / script} --help")
+    module = subprocess.run(
+        [sys.executable, "-m", "captum_mamba", "--help"], capture_output=True, timeout=300
+    )
+    check(module.returncode == 0, "python -m captum_mamba --help")
 
     import torch
     from captum.attr import LRP

@@ -8,13 +8,16 @@ import torch
 from test_hidden_attention import mixer_inputs_of, reference_mixer_inputs
 from torch import Tensor, nn
 
+from captum_mamba.attr import MambaLRP
 from captum_mamba.baselines import MambaAttentionRollout, MambaAttr, RandomAttribution
 from captum_mamba.baselines.captum_methods import (
     INPUT_X_GRADIENT,
     INTEGRATED_GRADIENTS,
     MAMBA_LRP,
     METHOD_NAMES,
+    METHODS,
     NO_RULES,
+    POSITION_BASELINES,
     SALIENCY,
     SMOOTHGRAD,
     MethodSettings,
@@ -188,6 +191,26 @@ def test_every_method_builds_and_returns_token_scores(make_lm) -> None:
         assert torch.isfinite(scores).all(), name
     with pytest.raises(ValueError, match="unknown method"):
         build_method("LIME", model)
+
+
+def test_the_catalogue_describes_what_each_method_does(make_lm) -> None:
+    """Every method is in the catalogue once; the seeded ones, and only they, change
+    with the seed; the batchable ones score a batch as they score its texts one by one;
+    signed token scores are sums over the hidden dimension."""
+    assert tuple(METHODS) == (*METHOD_NAMES, *POSITION_BASELINES)
+    model, embeds = _model_and_embeds(make_lm, seed=8, batch=2, layers=2)
+    target = (-1, 1)
+    for name, spec in METHODS.items():
+        method = build_method(name, model, settings=MethodSettings(ig_steps=4, seed=3))
+        assert method.name == name and method.signed == spec.signed, name
+        other = build_method(name, model, settings=MethodSettings(ig_steps=4, seed=4))
+        first = method(embeds[:1], target)
+        assert torch.equal(first, other(embeds[:1], target)) != spec.seeded, name
+        if spec.batchable:
+            one_by_one = torch.cat([method(embeds[i : i + 1], target) for i in range(2)])
+            torch.testing.assert_close(method(embeds, target), one_by_one)
+    relevance = MambaLRP(model).attribute(embeds, target=target)
+    torch.testing.assert_close(build_method(MAMBA_LRP, model)(embeds, target), relevance.sum(-1))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -7,16 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from captum_mamba import benchmark
-from captum_mamba.study import MEMORY_METHODS, measure_peak_memory, parse_shape
+from captum_mamba.apps import benchmark
+from captum_mamba.apps.cli import main
+from captum_mamba.apps.study import MEMORY_METHODS, measure_peak_memory, parse_shape
 
 
 @pytest.mark.slow
 def test_quick_benchmark_writes_tables_and_plot(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    benchmark.main(
+    main(
         [
+            "benchmark",
             "--quick",
             "--lengths",
             "24",

@@ -1,6 +1,6 @@
 """The ``captum-mamba`` command line: every error path is one line on stderr with a
 non-zero exit code and no traceback (each case in its own process); the 3-class news
-set goes through train, attribute and study without Python; aliases and help."""
+set goes through train, attribute and study without Python; command names in errors and help."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import pytest
 import torch
 from app_helpers import NEWS, tiny_classifier, word_tokenizer, write_news_csv
 
-from captum_mamba.cli import check_benchmark_arguments, main
-from captum_mamba.sentiment import TextClassifier
+from captum_mamba.apps.benchmark import BenchmarkSettings
+from captum_mamba.apps.cli import benchmark_settings, main, parser
+from captum_mamba.apps.sentiment import TextClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("pyarrow", reason="Parquet results need pyarrow ([parquet] extra)")
@@ -384,15 +385,14 @@ def test_every_error_is_one_line_without_a_traceback(results, index) -> None:
         assert part in lines[0], (part, lines[0])
 
 
-def test_errors_name_the_command_or_its_alias(capsys) -> None:
-    for argv, prog, name in [
-        (["study", "run", "--num-examples", "0"], "captum-mamba", "captum-mamba study run"),
-        (["study", "run", "--num-examples", "0"], "captum-mamba-study", "captum-mamba-study run"),
-        (["demo", "--count", "0"], "captum-mamba-demo", "captum-mamba-demo"),
-        (["benchmark", "--repeats", "0"], "captum-mamba-benchmark", "captum-mamba-benchmark"),
+def test_errors_name_the_command(capsys) -> None:
+    for argv, name in [
+        (["study", "run", "--num-examples", "0"], "captum-mamba study run"),
+        (["demo", "--count", "0"], "captum-mamba demo"),
+        (["benchmark", "--repeats", "0"], "captum-mamba benchmark"),
     ]:
         with pytest.raises(SystemExit) as stop:
-            main(argv, prog=prog)
+            main(argv)
         assert stop.value.code == 2
         assert capsys.readouterr().err.startswith(f"{name}: error: ")
 
@@ -408,8 +408,16 @@ def test_help_names_the_commands(capsys) -> None:
 
 
 def test_benchmark_arguments_are_passed_through_unchanged() -> None:
-    args = check_benchmark_arguments(["--lengths", "16", "32", "--repeats", "2"], "b")
-    assert args.lengths == [16, 32] and args.repeats == 2
+    args = parser().parse_args(["benchmark", "--lengths", "16", "32", "--repeats", "2"])
+    settings = benchmark_settings(args)
+    assert settings.lengths == (16, 32) and settings.repeats == 2
+    assert settings == BenchmarkSettings(lengths=(16, 32), repeats=2)
+
+
+def test_quick_benchmark_sizes_yield_to_given_options() -> None:
+    args = parser().parse_args(["benchmark", "--quick", "--lengths", "24", "--hidden", "8"])
+    settings = benchmark_settings(args)
+    assert settings == BenchmarkSettings.quick().replace(lengths=(24,), hidden=8)
 
 
 def test_three_class_csv_train_attribute_and_study(tmp_path, capsys) -> None:

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from captum_mamba import LayerMambaLRP, MambaLRP, MambaRules, registered_adapters, rules_applied
 from captum_mamba.adapters import RecomputeBackend, plan_rules
-from captum_mamba.attr._forward import default_forward
+from captum_mamba.attr.forward import default_forward
 from captum_mamba.baselines import MambaAttentionRollout, MambaAttr, hidden_attention_matrices
 from captum_mamba.baselines.recording import record_layers
 from captum_mamba.lrp import prepare_captum_lrp

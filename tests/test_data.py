@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from captum_mamba.data import (
+from captum_mamba.apps.data import (
     SENTIMENT_LABELS,
     SST2_FILE,
     DataFormatError,

@@ -10,17 +10,17 @@ import torch
 from app_helpers import NEWS, TOPICS, tiny_classifier
 
 from captum_mamba import MambaLRP
-from captum_mamba.baselines.captum_methods import MethodSettings
-from captum_mamba.dataset import (
+from captum_mamba.apps.dataset import (
     MERGED_FILE,
     attribute_dataset,
     explain_in_batches,
-    length_buckets,
     read_attributions,
 )
-from captum_mamba.loading import from_classifier
-from captum_mamba.methods import build_runners
-from captum_mamba.sharding import RunSettingsError
+from captum_mamba.apps.methods import build_runners
+from captum_mamba.apps.sentiment import from_classifier
+from captum_mamba.apps.sharding import RunSettingsError
+from captum_mamba.attr.batches import length_buckets
+from captum_mamba.baselines.captum_methods import MethodSettings
 
 pyarrow = pytest.importorskip(
     "pyarrow", reason="Parquet results need pyarrow (the [parquet] extra)"
@@ -198,8 +198,8 @@ def test_targets_label_and_class_index(tmp_path, explained64) -> None:
 def test_language_model_next_token_and_given_token(tmp_path, make_lm) -> None:
     from app_helpers import word_tokenizer
 
-    from captum_mamba.attr._forward import default_forward
-    from captum_mamba.loading import ExplainedModel
+    from captum_mamba.apps.loading import ExplainedModel
+    from captum_mamba.attr.forward import default_forward
 
     tokenizer = word_tokenizer()
     model = make_lm(seed=3, vocab_size=tokenizer.get_vocab_size())
@@ -234,7 +234,7 @@ def test_language_model_next_token_and_given_token(tmp_path, make_lm) -> None:
 
 
 def test_a_model_that_ignores_the_mask_is_refused_for_batches(tmp_path) -> None:
-    from captum_mamba.loading import ExplainedModel
+    from captum_mamba.apps.loading import ExplainedModel
 
     classifier = tiny_classifier(dtype=torch.float64)
     model = classifier.model

@@ -8,7 +8,7 @@ from cases.hf_mamba import _rms, reference_forward
 from torch import Tensor, nn
 
 from captum_mamba import UnsupportedModelError
-from captum_mamba.attr._forward import default_forward
+from captum_mamba.attr.forward import default_forward
 from captum_mamba.baselines.hidden_attention import (
     SelectiveSSMInputs,
     hidden_attention_matrices,

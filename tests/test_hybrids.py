@@ -32,8 +32,8 @@ from transformers import (
 )
 
 from captum_mamba import LayerMambaLRP, MambaAttentionRollout, MambaLRP, MambaRules, rules_applied
-from captum_mamba.attr._forward import default_forward
-from captum_mamba.attr._targets import AttributionInputError
+from captum_mamba.attr.forward import default_forward
+from captum_mamba.attr.targets import AttributionInputError
 from captum_mamba.baselines.captum_methods import METHOD_NAMES, MethodSettings, build_method
 from captum_mamba.baselines.hidden_attention import mean_hidden_attention
 from captum_mamba.baselines.recording import record_layers

@@ -137,7 +137,7 @@ def test_automatic_choice_recomputes_long_inputs(monkeypatch: pytest.MonkeyPatch
     handle = model.backbone.layers[0].norm.register_forward_hook(lambda *_: runs.append(1))
     embeds = torch.randn(2, 6, 16, dtype=torch.float64, generator=torch.Generator())
     try:
-        monkeypatch.setattr("captum_mamba.attr._forward.LEAN_FROM_TOKENS", 12)
+        monkeypatch.setattr("captum_mamba.attr.forward.LEAN_FROM_TOKENS", 12)
         MambaLRP(model).attribute(embeds, target=(5, 1))
         assert len(runs) == 2  # 12 tokens: forward and recomputation
         runs.clear()
@@ -164,7 +164,7 @@ def test_captum_gradient_methods_run_through_the_package(
     handle = model.backbone.layers[0].register_forward_hook(record)
     norm = model.backbone.layers[0].norm.register_forward_hook(lambda *_: runs.append(False))
     try:
-        monkeypatch.setattr("captum_mamba.attr._forward.LEAN_FROM_TOKENS", 6)
+        monkeypatch.setattr("captum_mamba.attr.forward.LEAN_FROM_TOKENS", 6)
         lean = method(embeds, (-1, 3))
     finally:
         handle.remove()

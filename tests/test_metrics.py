@@ -172,3 +172,15 @@ def test_conservation_stats_by_hand() -> None:
     assert conservation_stats(2 * outputs, outputs).correlation == pytest.approx(1.0)
     with pytest.warns(BadNumberWarning, match="constant"):
         assert math.isnan(pearson(torch.ones(3), outputs))
+
+
+def test_curve_area_over_given_fractions_is_the_mean_height() -> None:
+    curves = torch.tensor([[4.0, 2.0, 0.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    x = torch.tensor([0.0, 0.5, 2.0], dtype=torch.float64)
+    # (0.5 * (4 + 2) / 2 + 1.5 * (2 + 0) / 2) / (2 - 0) = 1.5; a flat curve: its height
+    expected = torch.tensor([1.5, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(curve_area(curves, x), expected)
+    with pytest.raises(ValueError, match="increase strictly"):
+        curve_area(curves, [0.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="3 curve points but fractions of shape"):
+        curve_area(curves, [0.0, 1.0])

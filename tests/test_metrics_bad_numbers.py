@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from captum_mamba.attr._targets import AttributionInputError, select_target
+from captum_mamba.attr.targets import AttributionInputError, select_target
 from captum_mamba.metrics import (
     CURVES,
     BadNumberWarning,

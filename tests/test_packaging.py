@@ -72,7 +72,7 @@ def test_metadata_names_the_extras(dist: Path) -> None:
         assert any(r.startswith(needed) for r in requirements), needed
     assert metadata["License-Expression"] == "BSD-3-Clause"
     entry_points = next(n for n in wheel.namelist() if n.endswith("entry_points.txt"))
-    assert "captum-mamba-demo" in wheel.read(entry_points).decode()
+    assert "captum-mamba = captum_mamba.apps.cli:main" in wheel.read(entry_points).decode()
 
 
 def test_sdist_is_the_full_source(dist: Path) -> None:

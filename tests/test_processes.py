@@ -49,9 +49,9 @@ def untimed(path: Path) -> list[dict]:
 
 def test_two_torchrun_processes_give_the_single_process_output(tmp_path) -> None:
     methods = "mambalrp,integrated gradients,smoothgrad,random,recency,attention rollout"
-    cli = [sys.executable, "-m", "captum_mamba.cli"]
+    cli = [sys.executable, "-m", "captum_mamba"]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    launcher += ["--nproc-per-node", "2", "-m", "captum_mamba.cli"]
+    launcher += ["--nproc-per-node", "2", "-m", "captum_mamba"]
     runs = {
         "one": subprocess.Popen(
             [*cli, *command(tmp_path, "one", methods, 3)],
@@ -82,7 +82,7 @@ def test_two_torchrun_processes_give_the_single_process_output(tmp_path) -> None
 
 def test_a_killed_run_finishes_only_its_missing_shards(tmp_path) -> None:
     arguments = command(tmp_path, "run", "all", 1)
-    cli = [sys.executable, "-m", "captum_mamba.cli", *arguments]
+    cli = [sys.executable, "-m", "captum_mamba", *arguments]
     shards = tmp_path / "run" / "shards"
     process = subprocess.Popen(
         cli, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True

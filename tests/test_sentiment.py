@@ -16,8 +16,9 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
-from captum_mamba.data import LabelledData, LabelledText, read_labelled
-from captum_mamba.sentiment import (
+from captum_mamba.apps.cli import main
+from captum_mamba.apps.data import LabelledData, LabelledText, read_labelled
+from captum_mamba.apps.sentiment import (
     CHECKPOINT_FORMAT,
     PAD_TOKEN,
     PADDING_ROW,
@@ -31,7 +32,6 @@ from captum_mamba.sentiment import (
     cache_key,
     classifier_loss,
     draw_phrases,
-    fast_path,
     load_or_train,
     normalise,
     pad_left,
@@ -39,6 +39,7 @@ from captum_mamba.sentiment import (
     tokenize,
     train_classifier,
 )
+from captum_mamba.attr.forward import fast_forward
 
 COLOURS = ("red", "green", "blue")
 FILLERS = ("the", "a", "film", "plot", "cast", "is", "was", "very", "quite", "and", "of", "it")
@@ -173,7 +174,7 @@ def gradients(model):
 def test_training_loss_and_gradients_equal_a_float64_reference(pooling) -> None:
     model, setup = perturbed_model(pooling)
     rows, mask, labels = batch_with_padding()
-    with fast_path(model):
+    with fast_forward(model):
         loss = classifier_loss(model, rows, mask, labels, setup)
     loss.backward()
     fast = gradients(model)
@@ -200,7 +201,7 @@ def test_training_path_matches_the_models_own_forward() -> None:
     assert model.get_input_embeddings().vocabulary == list(range(2, 14))
     token_ids = rows
     assert torch.equal(model.get_input_embeddings().row_ids(token_ids), rows)
-    with fast_path(model):
+    with fast_forward(model):
         loss = classifier_loss(model, rows, mask, labels, setup)
     loss.backward()
     fast = gradients(model)
@@ -220,7 +221,7 @@ def test_training_path_matches_the_models_own_forward() -> None:
 def test_left_padding_does_not_change_the_logits(pooling) -> None:
     model, _ = perturbed_model(pooling)
     rows, mask, _ = batch_with_padding()
-    with fast_path(model), torch.no_grad():
+    with fast_forward(model), torch.no_grad():
         batched = model(
             inputs_embeds=model.get_input_embeddings().weight[rows], attention_mask=mask
         )
@@ -477,10 +478,8 @@ def test_unknown_setup_fields_and_bad_training_data_are_refused() -> None:
     ],
 )
 def test_demo_refuses_out_of_range_arguments(capsys, arguments, expected) -> None:
-    from captum_mamba.demo import main
-
     with pytest.raises(SystemExit) as caught:
-        main(["--data", "nowhere", *arguments])
+        main(["demo", "--data", "nowhere", *arguments])
     assert caught.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0]

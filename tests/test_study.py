@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import Tensor
 
+from captum_mamba.apps.cli import main
+from captum_mamba.apps.sentiment import MambaTextClassifier
+from captum_mamba.apps.study import markdown_table, run_study
 from captum_mamba.baselines.captum_methods import METHOD_NAMES, MethodSettings
 from captum_mamba.models import mamba_config
-from captum_mamba.sentiment import MambaTextClassifier
-from captum_mamba.study import main, markdown_table, run_study
 
 SENTENCES = [
     ("a gorgeous , witty film", 1),
@@ -93,7 +94,7 @@ def test_mambalrp_rows_conserve_on_a_bias_free_classifier(tmp_path) -> None:
 )
 def test_study_command_refuses_out_of_range_arguments(capsys, arguments, expected) -> None:
     with pytest.raises(SystemExit) as caught:
-        main(["run", "--data-dir", "nowhere", *arguments])
+        main(["study", "run", "--data-dir", "nowhere", *arguments])
     assert caught.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("captum-mamba-study run: error:") and expected in error
+    assert error.startswith("captum-mamba study run: error:") and expected in error

@@ -1,8 +1,7 @@
 """Attribution classes: MambaLRP in Captum's API."""
 
-from captum_mamba.attr._forward import LEAN_FROM_TOKENS, uses_lean
-from captum_mamba.attr._targets import AttributionInputError, MaskedTargetWarning
 from captum_mamba.attr.batches import attribute_batches
+from captum_mamba.attr.forward import LEAN_FROM_TOKENS, uses_lean
 from captum_mamba.attr.generation import (
     GenerationAttributionResult,
     attribute_generation,
@@ -10,6 +9,7 @@ from captum_mamba.attr.generation import (
 )
 from captum_mamba.attr.layer_mamba_lrp import LayerMambaLRP
 from captum_mamba.attr.mamba_lrp import MambaLRP
+from captum_mamba.attr.targets import AttributionInputError, MaskedTargetWarning
 
 __all__ = [
     "LEAN_FROM_TOKENS",

@@ -12,18 +12,18 @@ relevance equals that of the sequence explained alone (to rounding).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from captum_mamba.attr._targets import AttributionInputError
+from captum_mamba.attr.targets import AttributionInputError
 
 
 def length_buckets(
     lengths: Sequence[int], batch_size: int, max_tokens: int | None = None
-) -> Iterator[list[int]]:
+) -> list[list[int]]:
     """Indices of sequences grouped into batches of similar length.
 
     Args:
@@ -32,20 +32,53 @@ def length_buckets(
         max_tokens (int, optional): most padded tokens (sequences x longest length) per
             batch; a longer sequence gets a batch of its own. Default: None.
 
-    Yields:
-        list of int: the indices of one batch, longest first.
+    Returns:
+        list of list of int: the indices of each batch, longest first (equal lengths
+        in input order).
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
     batch: list[int] = []
     for index in order:
         longest = lengths[batch[0]] if batch else lengths[index]
         too_many = max_tokens is not None and (len(batch) + 1) * longest > max_tokens
         if batch and (len(batch) == batch_size or too_many):
-            yield batch
+            batches.append(batch)
             batch = []
         batch.append(index)
     if batch:
-        yield batch
+        batches.append(batch)
+    return batches
+
+
+def pad_sequences(
+    sequences: Sequence[Tensor], pad_value: Tensor | float = 0, left: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Pad ``(seq, ...)`` tensors to the longest into ``(batch, longest, ...)``, with the
+    0/1 padding mask ``(batch, longest)``.
+
+    Args:
+        sequences (sequence of Tensor): non-empty tensors of one dtype and device, equal
+            but for their first dimension.
+        pad_value (Tensor or float, optional): the value of padded positions, or a
+            ``(...)`` tensor (e.g. the embedding of a pad token). Default: 0.
+        left (bool, optional): pad on the left (real tokens last, as a causal model
+            reads them before its output) instead of the right. Default: False.
+
+    Returns:
+        tuple: the padded tensor and the ``torch.long`` mask (1 at real positions).
+    """
+    longest = max(sequence.shape[0] for sequence in sequences)
+    first = sequences[0]
+    padded = first.new_empty((len(sequences), longest, *first.shape[1:]))
+    padded[:] = pad_value
+    mask = torch.zeros(len(sequences), longest, dtype=torch.long, device=first.device)
+    for row, sequence in enumerate(sequences):
+        length = sequence.shape[0]
+        real = slice(longest - length, longest) if left else slice(0, length)
+        padded[row, real] = sequence
+        mask[row, real] = 1
+    return padded, mask
 
 
 def _shift(target: Any, length: int, pad: int, left: bool) -> Any:
@@ -138,16 +171,11 @@ def attribute_batches(
     results: list[Any] = [None] * len(sequences)
     for batch in length_buckets(lengths, batch_size, max_tokens):
         longest = lengths[batch[0]]
-        first = sequences[batch[0]]
-        padded = first.new_full((len(batch), longest, *first.shape[1:]), pad_value)
-        mask = torch.zeros(len(batch), longest, dtype=torch.long, device=first.device)
-        rows = []
-        for row, index in enumerate(batch):
-            length, pad = lengths[index], longest - lengths[index]
-            real = slice(pad, longest) if left else slice(0, length)
-            padded[row, real] = sequences[index]
-            mask[row, real] = 1
-            rows.append(_shift(targets[index], length, pad, left))
+        padded, mask = pad_sequences([sequences[index] for index in batch], pad_value, left)
+        rows = [
+            _shift(targets[index], lengths[index], longest - lengths[index], left)
+            for index in batch
+        ]
         output = attribution.attribute(padded, target=rows, additional_forward_args=mask, **kwargs)
         relevance, delta = output if isinstance(output, tuple) else (output, None)
         for row, index in enumerate(batch):

@@ -39,7 +39,8 @@ from torch import Tensor, nn
 
 from captum_mamba._captum import init_llm_attribution_result
 from captum_mamba.adapters import recomputing, rules_applied
-from captum_mamba.attr._forward import (
+from captum_mamba.attr._stepping import StepBackend
+from captum_mamba.attr.forward import (
     ModelForward,
     as_leaf,
     check_model,
@@ -47,8 +48,7 @@ from captum_mamba.attr._forward import (
     explanation_backend,
     explanation_mode,
 )
-from captum_mamba.attr._stepping import StepBackend
-from captum_mamba.attr._targets import AttributionInputError, check_relevance, check_token_ids
+from captum_mamba.attr.targets import AttributionInputError, check_relevance, check_token_ids
 from captum_mamba.rules import MambaRules
 
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from captum_mamba._captum import format_additional_forward_args
 from captum_mamba.adapters import plan_rules, recomputing, rules_applied
-from captum_mamba.attr._forward import (
+from captum_mamba.attr.forward import (
     argument_names,
     as_leaf,
     check_devices,
@@ -25,7 +25,8 @@ from captum_mamba.attr._forward import (
     plain_arguments,
     uses_lean,
 )
-from captum_mamba.attr._targets import (
+from captum_mamba.attr.mamba_lrp import relevance_delta
+from captum_mamba.attr.targets import (
     AttributionInputError,
     TargetType,
     as_input_tuple,
@@ -33,7 +34,6 @@ from captum_mamba.attr._targets import (
     check_relevance,
     check_token_ids,
 )
-from captum_mamba.attr.mamba_lrp import relevance_delta
 from captum_mamba.rules import MambaRules
 
 

@@ -16,7 +16,7 @@ from captum_mamba._captum import (
     is_tuple,
 )
 from captum_mamba.adapters import plan_rules, rules_applied
-from captum_mamba.attr._forward import (
+from captum_mamba.attr.forward import (
     argument_names,
     as_leaf,
     check_devices,
@@ -30,7 +30,7 @@ from captum_mamba.attr._forward import (
     plain_arguments,
     uses_lean,
 )
-from captum_mamba.attr._targets import (
+from captum_mamba.attr.targets import (
     TargetType,
     as_input_tuple,
     check_embeddings,

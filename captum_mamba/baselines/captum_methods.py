@@ -12,7 +12,16 @@ per token, ``(batch, seq)``:
   i.e. the noise-averaged gradient) produce gradients, whose sum over the hidden
   dimension has no meaning; the token score is the **sum of absolute values**
   (the L1 norm of the token's gradient).
-- Attention rollout, Mamba-Attr and Random produce token scores directly.
+- Attention rollout, Mamba-Attr and Random produce token scores directly, and so do the
+  two position-only sanity baselines, which read no model at all: ``Recency`` (the most
+  recent token first; score = position minus the last position, so that padded batches
+  and single texts score alike) and ``Read position, then random`` (the explained
+  position first, the other tokens in random order).
+
+Each method is described once, in :data:`METHODS` (:class:`MethodSpec`: how it is
+built, whether its scores are signed, whether padded batches may be explained in one
+call, whether it draws random numbers, how element scores become token scores); the
+study, the data-set attribution and the command line read that table.
 
 Captum's gradient methods (``InputXGradient``, ``IntegratedGradients``, ``Saliency``,
 SmoothGrad) run with the model's forward computed by this package's scans with every
@@ -43,8 +52,8 @@ from torch import Tensor, nn
 
 from captum_mamba.adapters import rules_applied
 from captum_mamba.attr import MambaLRP
-from captum_mamba.attr._forward import count_tokens, default_forward, explanation_backend
-from captum_mamba.attr._targets import TargetType
+from captum_mamba.attr.forward import count_tokens, default_forward, explanation_backend
+from captum_mamba.attr.targets import TargetType
 from captum_mamba.baselines.mamba_attr import MambaAttr
 from captum_mamba.baselines.random import RandomAttribution
 from captum_mamba.baselines.rollout import MambaAttentionRollout
@@ -109,20 +118,8 @@ SALIENCY = "Saliency"
 ROLLOUT = "Attention Rollout"
 MAMBA_ATTR = "Mamba-Attr"
 RANDOM = "Random"
-
-#: Every method, in table order.
-METHOD_NAMES: tuple[str, ...] = (
-    MAMBA_LRP,
-    LN_RULE_ONLY,
-    NO_RULES,
-    INPUT_X_GRADIENT,
-    INTEGRATED_GRADIENTS,
-    SMOOTHGRAD,
-    SALIENCY,
-    ROLLOUT,
-    MAMBA_ATTR,
-    RANDOM,
-)
+RECENCY = "Recency"
+READ_POSITION = "Read position, then random"
 
 
 def _leaf(embeds: Tensor) -> Tensor:
@@ -134,7 +131,7 @@ def _lrp(model: nn.Module, forward: Callable[..., Tensor], rules: MambaRules) ->
     lrp = MambaLRP(model, forward, rules=rules)
 
     def run(embeds: Tensor, target: TargetType, extra: tuple[Any, ...]) -> Tensor:
-        return lrp.attribute(embeds, target=target, additional_forward_args=extra or None).sum(-1)
+        return lrp.attribute(embeds, target=target, additional_forward_args=extra or None)
 
     return run
 
@@ -153,12 +150,15 @@ def _through_package(model: nn.Module, run: TokenFunction, copies: int = 1) -> T
     return wrapped
 
 
-def _captum_sum(method: Any, **kwargs: Any) -> TokenFunction:
+def _captum(method: Any, leaf: bool = True, **kwargs: Any) -> TokenFunction:
+    """A Captum attribution method's ``attribute`` as a :data:`TokenFunction`, on a copy
+    of the embeddings that requires grad if ``leaf``."""
+
     def run(embeds: Tensor, target: TargetType, extra: tuple[Any, ...]) -> Tensor:
-        scores = method.attribute(
-            _leaf(embeds), target=target, additional_forward_args=extra or None, **kwargs
+        inputs = _leaf(embeds) if leaf else embeds
+        return method.attribute(
+            inputs, target=target, additional_forward_args=extra or None, **kwargs
         )
-        return scores.sum(-1)
 
     return run
 
@@ -167,26 +167,13 @@ def _integrated_gradients(forward: Callable[..., Tensor], steps: int) -> TokenFu
     method = IntegratedGradients(forward)
 
     def run(embeds: Tensor, target: TargetType, extra: tuple[Any, ...]) -> Tensor:
-        scores = method.attribute(
+        return method.attribute(
             embeds,
             baselines=torch.zeros_like(embeds),
             target=target,
             additional_forward_args=extra or None,
             n_steps=steps,
         )
-        return scores.sum(-1)
-
-    return run
-
-
-def _saliency(forward: Callable[..., Tensor]) -> TokenFunction:
-    method = Saliency(forward)
-
-    def run(embeds: Tensor, target: TargetType, extra: tuple[Any, ...]) -> Tensor:
-        grads = method.attribute(
-            _leaf(embeds), target=target, additional_forward_args=extra or None, abs=True
-        )
-        return grads.sum(-1)
 
     return run
 
@@ -200,7 +187,7 @@ def _smoothgrad(forward: Callable[..., Tensor], settings: MethodSettings) -> Tok
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed + calls[0])
             calls[0] += 1
-            grads = method.attribute(
+            return method.attribute(
                 _leaf(embeds),
                 nt_type="smoothgrad",
                 nt_samples=settings.smoothgrad_samples,
@@ -209,18 +196,160 @@ def _smoothgrad(forward: Callable[..., Tensor], settings: MethodSettings) -> Tok
                 additional_forward_args=extra or None,
                 abs=False,
             )
-        return grads.abs().sum(-1)
 
     return run
 
 
-def _token_method(method: Any, **kwargs: Any) -> TokenFunction:
+def _recency(embeds: Tensor, target: TargetType, extra: tuple[Any, ...]) -> Tensor:
+    length = embeds.shape[1]
+    positions = torch.arange(1 - length, 1, dtype=torch.float64, device=embeds.device)
+    return positions.expand(embeds.shape[0], -1).to(embeds.dtype)
+
+
+def _read_position(seed: int, position: int) -> TokenFunction:
     def run(embeds: Tensor, target: TargetType, extra: tuple[Any, ...]) -> Tensor:
-        return method.attribute(
-            embeds, target=target, additional_forward_args=extra or None, **kwargs
-        )
+        generator = torch.Generator().manual_seed(seed)
+        scores = torch.rand(embeds.shape[:2], generator=generator, dtype=torch.float64)
+        read = target[0] if isinstance(target, tuple) else position
+        scores[:, read] = 2.0  # above every random score in [0, 1)
+        return scores.to(dtype=embeds.dtype, device=embeds.device)
 
     return run
+
+
+#: How a method's scores become one score per token: ``"sum"`` over the hidden dimension
+#: (signed relevance; keeps conservation), ``"abs_sum"`` of absolute values (the L1 norm
+#: of a gradient), ``"none"`` (the method scores tokens already).
+REDUCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "sum": lambda scores: scores.sum(-1),
+    "abs_sum": lambda scores: scores.abs().sum(-1),
+    "none": lambda scores: scores,
+}
+
+#: ``build(model, forward, settings)``: the method's scores (before the reduction).
+Builder = Callable[[nn.Module, Callable[..., Tensor], MethodSettings], TokenFunction]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One compared method, described once.
+
+    Args:
+        name (str): display name (the key of :data:`METHODS`).
+        build (Callable): ``build(model, forward, settings)`` returning
+            ``function(embeds, target, additional_forward_args)``, the method's scores
+            before the reduction.
+        signed (bool): whether its token scores are signed relevances meant to sum to
+            the explained output (checked by the conservation statistics).
+        batchable (bool): whether its padded-batch scores equal the single-example
+            scores (to rounding) for models that honour the attention mask.
+        seeded (bool): whether it draws random numbers (seeded per example by the runs).
+        reduction (str): how its scores become token scores, a key of
+            :data:`REDUCTIONS`.
+    """
+
+    name: str
+    build: Builder
+    signed: bool
+    batchable: bool
+    seeded: bool
+    reduction: str
+
+
+def _lrp_spec(name: str, rules: Callable[[], MambaRules]) -> MethodSpec:
+    def build(model: nn.Module, forward: Callable[..., Tensor], _: MethodSettings) -> TokenFunction:
+        return _lrp(model, forward, rules())
+
+    return MethodSpec(name, build, signed=True, batchable=True, seeded=False, reduction="sum")
+
+
+def _gradient_spec(name: str, build: Builder, signed: bool, seeded: bool) -> MethodSpec:
+    """A Captum gradient method (batchable unless seeded; signed sums or L1 norms)."""
+    reduction = "sum" if signed else "abs_sum"
+    return MethodSpec(name, build, signed, not seeded, seeded, reduction)
+
+
+def _token_spec(name: str, build: Builder, batchable: bool, seeded: bool) -> MethodSpec:
+    """A method that scores tokens directly (unsigned)."""
+    return MethodSpec(name, build, False, batchable, seeded, "none")
+
+
+#: Every method, in table order: MambaLRP, its ablations and the baselines, then the
+#: position-only sanity baselines.
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        _lrp_spec(MAMBA_LRP, MambaRules),
+        _lrp_spec(LN_RULE_ONLY, MambaRules.norm_only),
+        _lrp_spec(NO_RULES, MambaRules.gradient_x_input),
+        _gradient_spec(
+            INPUT_X_GRADIENT,
+            lambda model, forward, _: _through_package(model, _captum(InputXGradient(forward))),
+            signed=True,
+            seeded=False,
+        ),
+        _gradient_spec(
+            INTEGRATED_GRADIENTS,
+            lambda model, forward, settings: _through_package(
+                model, _integrated_gradients(forward, settings.ig_steps), settings.ig_steps
+            ),
+            signed=True,
+            seeded=False,
+        ),
+        _gradient_spec(
+            SMOOTHGRAD,
+            lambda model, forward, settings: _through_package(
+                model, _smoothgrad(forward, settings), settings.smoothgrad_samples
+            ),
+            signed=False,
+            seeded=True,
+        ),
+        _gradient_spec(
+            SALIENCY,
+            lambda model, forward, _: _through_package(
+                model, _captum(Saliency(forward), abs=False)
+            ),
+            signed=False,
+            seeded=False,
+        ),
+        _token_spec(
+            ROLLOUT,
+            lambda model, forward, settings: _captum(
+                MambaAttentionRollout(model, forward), leaf=False, position=settings.position
+            ),
+            batchable=False,
+            seeded=False,
+        ),
+        _token_spec(
+            MAMBA_ATTR,
+            lambda model, forward, settings: _captum(
+                MambaAttr(model, forward), leaf=False, position=settings.position
+            ),
+            batchable=False,
+            seeded=False,
+        ),
+        _token_spec(
+            RANDOM,
+            lambda model, forward, settings: _captum(
+                RandomAttribution(seed=settings.seed), leaf=False
+            ),
+            batchable=False,
+            seeded=True,
+        ),
+        _token_spec(RECENCY, lambda model, forward, _: _recency, batchable=True, seeded=False),
+        _token_spec(
+            READ_POSITION,
+            lambda model, forward, settings: _read_position(settings.seed, settings.position),
+            batchable=False,
+            seeded=True,
+        ),
+    )
+}
+
+#: The position-only sanity baselines.
+POSITION_BASELINES: tuple[str, ...] = (RECENCY, READ_POSITION)
+#: The methods that read the model, in table order.
+METHOD_NAMES: tuple[str, ...] = tuple(name for name in METHODS if name not in POSITION_BASELINES)
 
 
 def build_method(
@@ -229,10 +358,10 @@ def build_method(
     forward_func: Callable[..., Tensor] | None = None,
     settings: MethodSettings | None = None,
 ) -> TokenAttribution:
-    r"""Build one of :data:`METHOD_NAMES` for ``model``.
+    r"""Build one of :data:`METHODS` for ``model``.
 
     Args:
-        name (str): method name, one of :data:`METHOD_NAMES`.
+        name (str): method name, a key of :data:`METHODS`.
         model (nn.Module): a model with supported Mamba blocks.
         forward_func (Callable, optional): ``forward(embeds, *additional_args)``
             returning the explained outputs. Default: for Hugging Face models,
@@ -253,39 +382,15 @@ def build_method(
     """
     settings = settings or MethodSettings()
     forward = forward_func or default_forward(model, "inputs_embeds")
-    builders: dict[str, Callable[[], tuple[TokenFunction, bool]]] = {
-        MAMBA_LRP: lambda: (_lrp(model, forward, MambaRules()), True),
-        LN_RULE_ONLY: lambda: (_lrp(model, forward, MambaRules.norm_only()), True),
-        NO_RULES: lambda: (_lrp(model, forward, MambaRules.gradient_x_input()), True),
-        INPUT_X_GRADIENT: lambda: (
-            _through_package(model, _captum_sum(InputXGradient(forward))),
-            True,
-        ),
-        INTEGRATED_GRADIENTS: lambda: (
-            _through_package(
-                model, _integrated_gradients(forward, settings.ig_steps), settings.ig_steps
-            ),
-            True,
-        ),
-        SMOOTHGRAD: lambda: (
-            _through_package(model, _smoothgrad(forward, settings), settings.smoothgrad_samples),
-            False,
-        ),
-        SALIENCY: lambda: (_through_package(model, _saliency(forward)), False),
-        ROLLOUT: lambda: (
-            _token_method(MambaAttentionRollout(model, forward), position=settings.position),
-            False,
-        ),
-        MAMBA_ATTR: lambda: (
-            _token_method(MambaAttr(model, forward), position=settings.position),
-            False,
-        ),
-        RANDOM: lambda: (_token_method(RandomAttribution(seed=settings.seed)), False),
-    }
-    if name not in builders:
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHOD_NAMES)}")
-    function, signed = builders[name]()
-    return TokenAttribution(name, function, signed)
+    spec = METHODS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    scores, reduce = spec.build(model, forward, settings), REDUCTIONS[spec.reduction]
+
+    def function(embeds: Tensor, target: TargetType, extra: tuple[Any, ...]) -> Tensor:
+        return reduce(scores(embeds, target, extra))
+
+    return TokenAttribution(name, function, spec.signed)
 
 
 def build_methods(

@@ -15,7 +15,7 @@ Per layer ``l``:
 The layers are combined by :func:`~captum_mamba.baselines.rollout.attention_rollout`
 and the relevance of token ``j`` for the output at position ``t`` is entry ``[t, j]``.
 All normalisations are per example. The explained output is selected as in every
-method of this package (:func:`captum_mamba.attr._targets.select_target`).
+method of this package (:func:`captum_mamba.attr.targets.select_target`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import torch
 from captum.attr import GradientAttribution
 from torch import Tensor
 
-from captum_mamba.attr._forward import explanation_mode
-from captum_mamba.attr._targets import TargetType, select_target
+from captum_mamba.attr.forward import explanation_mode
+from captum_mamba.attr.targets import TargetType, select_target
 from captum_mamba.baselines.hidden_attention import positive_hidden_attention
 from captum_mamba.baselines.recording import LayerRecord
 from captum_mamba.baselines.rollout import (

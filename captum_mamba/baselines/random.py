@@ -9,7 +9,7 @@ import torch
 from captum.attr import Attribution
 from torch import Tensor
 
-from captum_mamba.attr._targets import TargetType
+from captum_mamba.attr.targets import TargetType
 from captum_mamba.baselines.rollout import check_token_embeddings
 
 

@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from captum_mamba._captum import format_additional_forward_args
 from captum_mamba.adapters import Plan, plan_rules
 from captum_mamba.adapters.backend import KINDS
-from captum_mamba.attr._forward import check_model, default_forward
-from captum_mamba.attr._targets import AttributionInputError, TargetType
+from captum_mamba.attr.forward import check_model, default_forward
+from captum_mamba.attr.targets import AttributionInputError, TargetType
 from captum_mamba.baselines.hidden_attention import (
     DEFAULT_CHUNK_ELEMENTS,
     DEFAULT_LEAF_SIZE,

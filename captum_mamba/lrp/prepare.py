@@ -34,8 +34,8 @@ from torch import Tensor, nn
 from captum_mamba.adapters import Backend, plan_rules
 from captum_mamba.adapters.backend import KINDS
 from captum_mamba.adapters.base import PlanEntry, RuleForward
-from captum_mamba.attr._forward import backbone_and_head, check_model, default_forward
-from captum_mamba.attr._targets import AttributionInputError
+from captum_mamba.attr.forward import backbone_and_head, check_model, default_forward
+from captum_mamba.attr.targets import AttributionInputError
 from captum_mamba.lrp.captum_rules import LRP0Rule
 from captum_mamba.lrp.modules import CaptumOps, OpLeaf, default_leaf_rule, keep_rule
 from captum_mamba.lrp.registry import captum_linear_rule, rule_for

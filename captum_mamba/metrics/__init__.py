@@ -4,7 +4,7 @@ Bad numbers never pass silently: NaN or inf inputs are refused with a one-line e
 and statistics that are undefined on valid data are NaN with a :class:`BadNumberWarning`.
 """
 
-from captum_mamba.metrics._checks import BadNumberWarning
+from captum_mamba.metrics.checks import BadNumberWarning
 from captum_mamba.metrics.conservation import ConservationStats, conservation_stats, pearson
 from captum_mamba.metrics.perturbation import (
     CURVES,

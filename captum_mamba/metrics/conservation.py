@@ -15,7 +15,7 @@ import torch
 from numpy.typing import ArrayLike
 from torch import Tensor
 
-from captum_mamba.metrics._checks import as_real_tensor, describe, warn_bad_numbers
+from captum_mamba.metrics.checks import as_real_tensor, describe, warn_bad_numbers
 
 
 @dataclass(frozen=True)

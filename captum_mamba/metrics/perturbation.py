@@ -30,7 +30,7 @@ relevant token, and a NaN output would turn an area, and every mean over a data 
 into NaN.
 
 Targets mean the same as in the attribution classes
-(:func:`captum_mamba.attr._targets.select_target`): an int indexes dim 1 of the
+(:func:`captum_mamba.attr.targets.select_target`): an int indexes dim 1 of the
 output, a tuple one index per non-batch dim (``(position, token)`` for language-model
 logits ``(batch, seq, vocab)``), a list or tensor gives one target per example.
 """
@@ -45,8 +45,8 @@ import torch
 from numpy.typing import ArrayLike
 from torch import Tensor, nn
 
-from captum_mamba.attr._targets import AttributionInputError, TargetType, select_target
-from captum_mamba.metrics._checks import (
+from captum_mamba.attr.targets import AttributionInputError, TargetType, select_target
+from captum_mamba.metrics.checks import (
     as_real_tensor,
     check_bool,
     check_int,
@@ -402,28 +402,44 @@ def _curves(curve: Tensor | ArrayLike, name: str) -> Tensor:
     return curve
 
 
-def curve_area(curve: Tensor | ArrayLike) -> Tensor:
-    """Trapezoid area under ``(..., L + 1)`` curves over the fractions ``k / L``.
+def curve_area(curve: Tensor | ArrayLike, fractions: Tensor | ArrayLike | None = None) -> Tensor:
+    """Trapezoid area under ``(..., L + 1)`` curves over the fractions ``k / L``, or
+    over other x positions divided by their range (the mean height of the curve; over
+    ``k / L`` that range is 1).
 
     Curves with NaN or inf are refused (a NaN area would make every mean over a
     data set NaN); leave them out first.
 
     Args:
         curve (Tensor or ArrayLike): curves over ``k / L``, ``k = 0..L``, ``L >= 1``.
+        fractions (Tensor or ArrayLike, optional): ``(L + 1,)`` strictly increasing,
+            finite x positions. Default: None (``k / L``).
 
     Returns:
         Tensor: ``(...)`` areas.
 
     Raises:
-        ValueError: for fewer than 2 points or NaN/inf values (naming the curves).
+        ValueError: for fewer than 2 points or NaN/inf values (naming the curves), or
+            fractions of another length, not finite or not increasing.
 
     Examples::
 
         >>> curve_area(torch.tensor([2.0, 1.0, 0.0]))
         tensor(1.)
+        >>> curve_area(torch.tensor([4.0, 2.0, 0.0]), torch.tensor([0.0, 0.5, 2.0]))
+        tensor(1.5000)
     """
     curve = _curves(curve, "curve")
-    return torch.trapezoid(curve, dx=1.0 / (curve.shape[-1] - 1), dim=-1)
+    if fractions is None:
+        return torch.trapezoid(curve, dx=1.0 / (curve.shape[-1] - 1), dim=-1)
+    x = as_real_tensor(fractions, "fractions").to(curve.dtype)
+    if x.shape != curve.shape[-1:]:
+        raise ValueError(f"{curve.shape[-1]} curve points but fractions of shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError("fractions contain NaN or inf; pass finite x positions")
+    if not (x.diff() > 0).all():
+        raise ValueError("fractions must increase strictly (one x position per step)")
+    return torch.trapezoid(curve, x, dim=-1) / (x[-1] - x[0])
 
 
 def delta_area(morf: Tensor | ArrayLike, lerf: Tensor | ArrayLike) -> Tensor:

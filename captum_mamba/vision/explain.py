@@ -8,7 +8,7 @@ from torch import Tensor
 
 from captum_mamba.adapters.vim import VisionMamba
 from captum_mamba.attr import MambaLRP
-from captum_mamba.attr._targets import TargetType
+from captum_mamba.attr.targets import TargetType
 from captum_mamba.rules import MambaRules
 
 

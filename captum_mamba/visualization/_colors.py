@@ -15,7 +15,7 @@ from matplotlib import colormaps
 from matplotlib.colors import Colormap, TwoSlopeNorm, to_rgba
 from numpy.typing import ArrayLike
 
-from captum_mamba.metrics._checks import as_real_tensor, check_positive, describe
+from captum_mamba.metrics.checks import as_real_tensor, check_positive, describe
 
 DEFAULT_CMAP = "bwr"
 """Blue for negative, white for zero, red for positive relevance (the LRP convention)."""

@@ -21,13 +21,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from matplotlib.axes import Axes
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from numpy.typing import ArrayLike
 
-from captum_mamba.metrics._checks import (
+from captum_mamba.metrics import curve_area
+from captum_mamba.metrics.checks import (
     check_bool,
     check_int,
     check_number,
@@ -120,8 +122,7 @@ def area_under_curve(curve: ArrayLike, fractions: ArrayLike | None = None) -> fl
     x = _fractions(fractions, values.size, "curve")
     if values.size < 2:
         return float(values[0])
-    widths = np.diff(x)
-    return float(np.sum(widths * (values[1:] + values[:-1]) / 2.0) / (x[-1] - x[0]))
+    return float(curve_area(torch.as_tensor(values), torch.as_tensor(x)))
 
 
 def plot_perturbation_curves(

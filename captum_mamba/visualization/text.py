@@ -34,7 +34,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.textpath import TextToPath
 from numpy.typing import ArrayLike
 
-from captum_mamba.metrics._checks import (
+from captum_mamba.metrics.checks import (
     check_bool,
     check_number,
     check_positive,

@@ -1,7 +1,7 @@
 r"""Attributing a whole data set: sharded Parquet results, resumable, on many processes.
 
 :func:`attribute_dataset` explains every text of a data set with one or more methods
-(:mod:`captum_mamba.methods`) and writes one row per text:
+(:mod:`captum_mamba.apps.methods`) and writes one row per text:
 
 ==================  ==========================================================
 column              content
@@ -22,7 +22,7 @@ column              content
                     shared equally by its texts)
 ==================  ==========================================================
 
-``<m>`` is the method's slug (:func:`~captum_mamba.methods.method_slug`, e.g.
+``<m>`` is the method's slug (:func:`~captum_mamba.apps.methods.method_slug`, e.g.
 ``mambalrp``, ``integrated_gradients``). The run's settings are in ``run.json`` and in
 the Parquet schema metadata (key ``captum_mamba``).
 
@@ -36,11 +36,12 @@ order). Both load directly::
 Resuming: a run in a folder that already holds some shards computes only the missing
 ones (settings must match). Processes: under ``torchrun`` (or with ``rank`` and
 ``world_size``) each process takes the shards ``k % world_size == rank``
-(:mod:`captum_mamba.sharding`); rank 0 merges after all have finished.
+(:mod:`captum_mamba.apps.sharding`); rank 0 merges after all have finished.
 
 Inside a process, texts of similar length are explained together in left-padded
 batches (with the attention mask) by the methods whose batched scores equal the
-single-text scores (:data:`~captum_mamba.methods.BATCHABLE`); the seeded and
+single-text scores (``batchable`` in the catalogue
+:data:`~captum_mamba.baselines.captum_methods.METHODS`); the seeded and
 hidden-attention methods explain one text at a time.
 """
 
@@ -57,10 +58,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from captum_mamba.baselines.captum_methods import MethodSettings
-from captum_mamba.loading import ExplainedModel, fast_forward
-from captum_mamba.methods import MethodRunner, build_runners, method_slug, resolve_methods
-from captum_mamba.sharding import (
+from captum_mamba.apps.data import require_pyarrow
+from captum_mamba.apps.loading import ExplainedModel
+from captum_mamba.apps.methods import MethodRunner, build_runners, method_slug, resolve_methods
+from captum_mamba.apps.sharding import (
     ShardLayout,
     barrier,
     current_process,
@@ -69,6 +70,9 @@ from captum_mamba.sharding import (
     prepare_directory,
     write_atomic,
 )
+from captum_mamba.attr.batches import length_buckets, pad_sequences
+from captum_mamba.attr.forward import fast_forward
+from captum_mamba.baselines.captum_methods import MethodSettings
 from captum_mamba.visualization import token_texts
 
 #: Merged results file in the output folder.
@@ -78,14 +82,7 @@ METADATA_KEY = b"captum_mamba"
 
 
 def _pyarrow() -> Any:
-    try:
-        import pyarrow
-        import pyarrow.parquet
-    except ImportError:
-        raise ImportError(
-            "writing Parquet results needs pyarrow; pip install captum-mamba[parquet]"
-        ) from None
-    return pyarrow
+    return require_pyarrow("writing Parquet results")
 
 
 @dataclass
@@ -112,49 +109,6 @@ class DatasetRun:
         return not self.missing
 
 
-def length_buckets(
-    lengths: Sequence[int], batch_size: int, max_tokens: int | None = None
-) -> list[list[int]]:
-    """Indices grouped into batches of similar length (longest first): at most
-    ``batch_size`` texts and ``max_tokens`` padded tokens per batch.
-
-    Args:
-        lengths (sequence of int): length of every text.
-        batch_size (int): most texts per batch.
-        max_tokens (int, optional): most padded tokens (texts x longest) per batch.
-
-    Returns:
-        list of list of int: the batches.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    for index in order:
-        batch = batches[-1] if batches else None
-        fits = (
-            batch is not None
-            and len(batch) < batch_size
-            and (max_tokens is None or (len(batch) + 1) * lengths[batch[0]] <= max_tokens)
-        )
-        if fits and batch is not None:
-            batch.append(index)
-        else:
-            batches.append([index])
-    return batches
-
-
-def _pad_left(rows: Sequence[Tensor], pad: Tensor | float) -> tuple[Tensor, Tensor]:
-    """Left-pad ``(seq, ...)`` tensors into ``(batch, longest, ...)`` and a 0/1 mask."""
-    longest = max(row.shape[0] for row in rows)
-    first = rows[0]
-    padded = first.new_empty((len(rows), longest, *first.shape[1:]))
-    padded[:] = pad
-    mask = torch.zeros(len(rows), longest, dtype=torch.long, device=first.device)
-    for i, row in enumerate(rows):
-        padded[i, longest - row.shape[0] :] = row
-        mask[i, longest - row.shape[0] :] = 1
-    return padded, mask
-
-
 def explain_in_batches(
     method: MethodRunner,
     sequences: Sequence[Tensor],
@@ -165,8 +119,10 @@ def explain_in_batches(
 ) -> tuple[list[Tensor], list[float]]:
     """Token scores of many embedded texts, in length-bucketed left-padded batches.
 
-    This is the one place that batches explanations; its bucketing mirrors
-    ``captum_mamba.attr.batches.attribute_batches`` (left padding, targets counted
+    This is the one place that batches explanations; it buckets and pads as
+    :func:`captum_mamba.attr.attribute_batches` does (with
+    :func:`~captum_mamba.attr.batches.length_buckets` and
+    :func:`~captum_mamba.attr.batches.pad_sequences`; left padding, targets counted
     from the end of each text).
 
     Args:
@@ -188,7 +144,7 @@ def explain_in_batches(
     scores: list[Tensor | None] = [None] * len(sequences)
     seconds = [0.0] * len(sequences)
     for batch in length_buckets(lengths, size, max_tokens):
-        embeds, mask = _pad_left([sequences[i] for i in batch], 0.0)
+        embeds, mask = pad_sequences([sequences[i] for i in batch], 0.0, left=True)
         target = [targets[i] for i in batch] if len(batch) > 1 else targets[batch[0]]
         start = time.perf_counter()
         ids = [example_ids[i] for i in batch]
@@ -214,7 +170,7 @@ def _outputs(
     outputs: list[Tensor | None] = [None] * len(sequences)
     with fast_forward(explained.model):
         for batch in length_buckets(lengths, batch_size, max_tokens):
-            embeds, mask = _pad_left([sequences[i] for i in batch], pad)
+            embeds, mask = pad_sequences([sequences[i] for i in batch], pad, left=True)
             logits = explained.forward(embeds, mask if len(batch) > 1 else None)
             if logits.dim() == 3:
                 logits = logits[:, -1]
@@ -493,11 +449,11 @@ def attribute_dataset(
 
     Args:
         explained (ExplainedModel): model, encoder and forward
-            (:func:`captum_mamba.loading.load_explained`).
+            (:func:`captum_mamba.apps.loading.load_explained`).
         texts (sequence of str): the texts; ``example_id`` is the index here.
         output_dir (str or PathLike): output folder (created).
         methods (str or sequence of str, optional): method names (any case) or
-            ``"all"``, see :func:`captum_mamba.methods.resolve_methods`.
+            ``"all"``, see :func:`captum_mamba.apps.methods.resolve_methods`.
             Default: MambaLRP.
         labels (sequence of int, optional): class index of each text.
         target (str or int, optional): ``"predicted"`` (arg-max class, or next

@@ -7,30 +7,70 @@ r"""The ``captum-mamba`` command line: one entry point, one set of flags.
     captum-mamba attribute  --model M --dataset FILE [--methods ...] --output-dir OUT
     captum-mamba study run  [--model M | --train-dataset FILE] [--dataset FILE] ...
     captum-mamba study memory [--length N]
-    captum-mamba benchmark  [the benchmark's options]
+    captum-mamba benchmark  [--quick] [--lengths N ...] [--generation] [--throughput] ...
+    captum-mamba render-readme [--data-dir DIR] [--output DIR]
 
-``captum-mamba-demo``, ``captum-mamba-study`` and ``captum-mamba-benchmark`` are the
-same commands. Common flags: ``--data-dir`` (the shared data folder), ``--dataset``
-(a CSV, TSV, JSONL or Parquet file, or a saved Hugging Face data set), ``--text-column``
-(repeat it to join several columns), ``--label-column``, ``--label-names``, ``--model``,
-``--tokenizer``, ``--output-dir``, ``--cache-dir``, ``--seed``, ``--threads``.
+``python -m captum_mamba`` is the same program. Common flags: ``--data-dir`` (the shared
+data folder), ``--dataset`` (a CSV, TSV, JSONL or Parquet file, or a saved Hugging Face
+data set), ``--text-column`` (repeat it to join several columns), ``--label-column``,
+``--label-names``, ``--model``, ``--tokenizer``, ``--output-dir``, ``--cache-dir``,
+``--seed``, ``--threads``.
 
 Every argument is checked before any work; an error is one line on stderr (naming the
 file, the row and the fix) with exit code 2 for a bad argument and 1 for bad data or
 a model that cannot be loaded, and no traceback. An interrupted ``attribute`` or
 ``study run`` keeps its finished shards; the same command resumes. Launch either under
-``torchrun`` to share the work between processes (see the README).
+``torchrun`` to share the work between processes (see docs/datasets.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import random
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
+
+import torch
+
+from captum_mamba.apps import benchmark, demo, render_readme
+from captum_mamba.apps.data import (
+    SENTIMENT_LABELS,
+    SST2_FILE,
+    TOKENIZER_FILE,
+    DataFormatError,
+    LabelledData,
+    LabelledText,
+    default_data_dir,
+    load_tokenizer,
+    read_texts,
+    split_indices,
+)
+from captum_mamba.apps.dataset import attribute_dataset
+from captum_mamba.apps.loading import ModelLoadError, load_explained
+from captum_mamba.apps.methods import resolve_methods
+from captum_mamba.apps.sentiment import (
+    CheckpointError,
+    ClassifierSetup,
+    from_classifier,
+    load_or_train,
+    load_or_train_classifier,
+)
+from captum_mamba.apps.sharding import RunSettingsError
+from captum_mamba.apps.study import (
+    MEMORY_METHODS,
+    _memory_worker,
+    markdown_table,
+    measure_peak_memory,
+    parse_shape,
+    run_study,
+)
+from captum_mamba.attr import AttributionInputError
+from captum_mamba.baselines.captum_methods import MethodSettings
 
 #: Default torch CPU threads: one per two cores, at most four; one on a 2-core machine,
 #: where a second thread competes with everything else that runs there.
@@ -104,9 +144,8 @@ SHAPE_HELP = "130m, tiny or hidden,layers,state,vocab"
 
 
 def _shape(text: str) -> str:
-    """A model shape of ``study memory``, checked (see :func:`captum_mamba.study.parse_shape`)."""
-    from captum_mamba.study import parse_shape
-
+    """A model shape of ``study memory``, checked (see
+    :func:`captum_mamba.apps.study.parse_shape`)."""
     try:
         parse_shape(text)
     except ValueError as error:
@@ -124,8 +163,6 @@ def _label_names(text: str) -> tuple[str, ...]:
 
 
 def _methods(text: str) -> tuple[str, ...]:
-    from captum_mamba.methods import resolve_methods
-
     try:
         return resolve_methods(text)
     except ValueError as error:
@@ -270,121 +307,47 @@ def _add_processes(parser: argparse.ArgumentParser, shard_size: int) -> None:
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-#: The alias programs and the command each stands for.
-ALIASES = {
-    "captum-mamba-demo": "demo",
-    "captum-mamba-study": "study",
-    "captum-mamba-benchmark": "benchmark",
-}
+PROG = "captum-mamba"
 
 
-def _name(prog: str, command: str) -> str:
-    """Name of a (sub)command in messages: ``captum-mamba study run``, or with an
-    alias ``captum-mamba-study run``."""
-    first, _, rest = command.partition(" ")
-    if ALIASES.get(prog) == first:
-        return f"{prog} {rest}".strip()
-    return f"captum-mamba {command}"
+def _name(command: str) -> str:
+    """Name of a (sub)command in messages, e.g. ``captum-mamba study run``."""
+    return f"{PROG} {command}"
 
 
-def _parser(prog: str = "captum-mamba") -> _Parser:
-    parser = _Parser(
-        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub = commands.add_parser
+#: What the subcommands are added to (``parser.add_subparsers()``).
+Commands = argparse._SubParsersAction
 
-    def add(name: str, help: str, **options: Any) -> argparse.ArgumentParser:
-        return sub(name, help=help, prog=_name(prog, name), **options)
 
-    demo = add("demo", "explain sentiment predictions (trains once)")
-    demo.add_argument(
-        "--data-dir", "--data", dest="data_dir", default=None, help="shared data folder"
-    )
-    _add_output(demo, "outputs/demo", "--out")
-    demo.add_argument("--count", type=positive_int, default=4, help="SST-2 sentences to explain")
-    demo.add_argument("--cache-dir", default=None, help="classifier checkpoints")
-    demo.add_argument("--hub-model", help="e.g. state-spaces/mamba-130m-hf (needs internet)")
-    demo.add_argument("--prompt", default="The Eiffel Tower is located in the city of")
-    _add_threads(demo)
+def _command(
+    commands: Commands,
+    name: str,
+    help: str | None,
+    handler: Callable[[argparse.Namespace], None],
+    parent: str = "",
+    sets_threads: bool = True,
+    **options: Any,
+) -> argparse.ArgumentParser:
+    """Add the subcommand ``name`` (of ``parent``, e.g. ``study``) run by ``handler``.
 
-    train = add("train", "train (or load from the cache) a text classifier")
-    _add_data(train, required=True)
-    train.add_argument("--label-names", type=_label_names, help="class names, comma-separated")
-    train.add_argument("--tokenizer", help="tokenizer.json (default: the shared GPT-NeoX one)")
-    train.add_argument("--data-dir", default=None, help="shared data folder (the tokenizer)")
-    _add_data(train, "test-")
-    train.add_argument("--output", help="write the checkpoint here too")
-    train.add_argument("--cache-dir", default=None, help="classifier checkpoints")
-    _add_setup(train)
-    _add_threads(train)
+    Args:
+        commands (Commands): the subcommands it joins.
+        name (str): its name.
+        help (str, optional): one line for the list of commands; None hides it.
+        handler (Callable): runs it with the parsed arguments.
+        parent (str, optional): the command it belongs to. Default: none.
+        sets_threads (bool, optional): whether torch's CPU threads are set (``--threads``)
+            before it runs. Default: True.
+        **options (Any): further ``add_parser`` options.
 
-    attribute = add("attribute", "explain every text of a data set; sharded Parquet results")
-    _add_model(attribute)
-    _add_data(attribute, required=True)
-    attribute.add_argument("--label-names", type=_label_names, help="class names of the labels")
-    _add_data(attribute, "train-")
-    attribute.add_argument("--data-dir", default=None, help="shared data folder (the tokenizer)")
-    _add_setup(attribute)
-    attribute.add_argument(
-        "--target",
-        type=_target,
-        default="predicted",
-        help="predicted (class or next token), label, a class index / token id, or token:TEXT",
-    )
-    attribute.add_argument(
-        "--num-examples", type=positive_int, help="a seeded sample of this many texts"
-    )
-    _add_methods(attribute, "MambaLRP")
-    attribute.add_argument("--batch-size", type=positive_int, default=8)
-    attribute.add_argument("--max-tokens", type=positive_int, help="padded tokens per batch")
-    attribute.add_argument("--device", default="cpu", help="cpu, cuda (cuda:<local rank>), cuda:N")
-    _add_output(attribute, "attributions")
-    _add_processes(attribute, 64)
-    _add_threads(attribute)
-
-    study = add("study", "comparative study, memory measurements")
-    studies = study.add_subparsers(dest="study_command", required=True, parser_class=_Parser)
-
-    def add_study(name: str, help: str | None) -> argparse.ArgumentParser:
-        options = {} if help is None else {"help": help}
-        return studies.add_parser(name, prog=_name(prog, f"study {name}"), **options)
-
-    run = add_study("run", "faithfulness, conservation and cost of the methods")
-    run.add_argument("--data-dir", default=None, help="shared data folder (SST-2 default set)")
-    _add_model(run)
-    _add_data(run)
-    run.add_argument("--label-names", type=_label_names, help="class names of the labels")
-    _add_data(run, "train-")
-    _add_setup(run)
-    run.add_argument("--num-examples", type=positive_int, default=200)
-    _add_methods(run, "all")
-    run.add_argument("--replacement", choices=("zero", "mean", "token"), default="zero")
-    run.add_argument("--replacement-token", type=non_negative_int, help="id for 'token'")
-    run.add_argument("--keep-last", action="store_true", help="never remove the last (read) token")
-    run.add_argument("--target", choices=("predicted", "label"), default="predicted")
-    _add_output(run, "study_results")
-    _add_processes(run, 25)
-    _add_threads(run)
-
-    memory = add_study("memory", "peak memory and time of attribution methods, 130M shape")
-    memory.add_argument("--length", type=positive_int, default=1024)
-    memory.add_argument("--methods", default="forward,rollout,mambalrp")
-    memory.add_argument("--seed", type=int, default=0)
-    memory.add_argument("--shape", type=_shape, default="130m", help=SHAPE_HELP)
-    memory.add_argument("--repeats", type=positive_int, default=1)
-    _add_threads(memory)
-    worker = add_study("memory-worker", None)
-    worker.add_argument("--method", required=True)
-    worker.add_argument("--length", type=positive_int, required=True)
-    worker.add_argument("--seed", type=int, default=0)
-    worker.add_argument("--threads", type=positive_int, default=None)
-    worker.add_argument("--shape", type=_shape, default="130m")
-    worker.add_argument("--repeats", type=positive_int, default=1)
-
-    add("benchmark", "MambaLRP time vs forward and Saliency", add_help=False).add_argument(
-        "arguments", nargs=argparse.REMAINDER
-    )
+    Returns:
+        argparse.ArgumentParser: its parser, to add its arguments to.
+    """
+    full = f"{parent} {name}".strip()
+    if help is not None:
+        options["help"] = help
+    parser = commands.add_parser(name, prog=_name(full), **options)
+    parser.set_defaults(handler=handler, command_name=_name(full), sets_threads=sets_threads)
     return parser
 
 
@@ -407,15 +370,11 @@ def check_output_dir(path: str | os.PathLike[str], option: str = "--output-dir")
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    from captum_mamba.data import default_data_dir
-
     return Path(args.data_dir) if getattr(args, "data_dir", None) else default_data_dir()
 
 
 def _read(args: argparse.Namespace, prefix: str, label_names: Any = None, labels: bool = True):
     """The texts of ``--dataset`` (or ``--train-dataset``/``--test-dataset``)."""
-    from captum_mamba.data import read_texts
-
     name = prefix.replace("-", "_")
     path = getattr(args, f"{name}dataset")
     columns = getattr(args, f"{name}text_columns") or getattr(args, "text_columns", None)
@@ -431,8 +390,6 @@ def _read(args: argparse.Namespace, prefix: str, label_names: Any = None, labels
 
 
 def _setup(args: argparse.Namespace) -> Any:
-    from captum_mamba.sentiment import ClassifierSetup
-
     changes = {
         "epochs": args.epochs,
         "learning_rate": args.learning_rate,
@@ -452,8 +409,6 @@ def _setup(args: argparse.Namespace) -> Any:
 
 
 def _tokenizer(args: argparse.Namespace) -> Any:
-    from captum_mamba.data import TOKENIZER_FILE, load_tokenizer
-
     path = Path(args.tokenizer) if args.tokenizer else _data_dir(args) / TOKENIZER_FILE
     if not path.is_file():
         raise CommandError(
@@ -469,8 +424,6 @@ def _tokenizer(args: argparse.Namespace) -> Any:
 
 
 def _train(args: argparse.Namespace, data: Any, test: Any = None) -> Any:
-    from captum_mamba.sentiment import load_or_train
-
     setup = _setup(args)
     tokenizer = _tokenizer(args)
     return load_or_train(data, tokenizer, setup, args.cache_dir, test, progress=_log)
@@ -481,8 +434,6 @@ def _log(line: str) -> None:
 
 
 def _set_threads(args: argparse.Namespace) -> None:
-    import torch
-
     threads = getattr(args, "threads", None)
     if threads is None and "OMP_NUM_THREADS" in os.environ:
         return  # the launcher (e.g. torchrun) chose
@@ -492,15 +443,40 @@ def _set_threads(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------- commands
 
 
-def _demo(args: argparse.Namespace) -> None:
-    import captum_mamba.demo as demo
+def _add_demo(commands: Commands) -> None:
+    parser = _command(commands, "demo", "explain sentiment predictions (trains once)", _demo)
+    parser.add_argument(
+        "--data-dir", "--data", dest="data_dir", default=None, help="shared data folder"
+    )
+    _add_output(parser, "outputs/demo", "--out")
+    parser.add_argument("--count", type=positive_int, default=4, help="SST-2 sentences to explain")
+    parser.add_argument("--cache-dir", default=None, help="classifier checkpoints")
+    parser.add_argument("--hub-model", help="e.g. state-spaces/mamba-130m-hf (needs internet)")
+    parser.add_argument("--prompt", default="The Eiffel Tower is located in the city of")
+    _add_threads(parser)
 
+
+def _demo(args: argparse.Namespace) -> None:
     check_output_dir(args.output_dir)
-    args.data_dir = str(_data_dir(args))
     if args.hub_model:
-        demo.explain_hub_model(args)
+        demo.explain_hub_model(args.hub_model, args.prompt)
     else:
-        demo.explain_sentiment(args)
+        demo.explain_sentiment(_data_dir(args), args.output_dir, args.count, args.cache_dir)
+
+
+def _add_train(commands: Commands) -> None:
+    train = _command(
+        commands, "train", "train (or load from the cache) a text classifier", _train_command
+    )
+    _add_data(train, required=True)
+    train.add_argument("--label-names", type=_label_names, help="class names, comma-separated")
+    train.add_argument("--tokenizer", help="tokenizer.json (default: the shared GPT-NeoX one)")
+    train.add_argument("--data-dir", default=None, help="shared data folder (the tokenizer)")
+    _add_data(train, "test-")
+    train.add_argument("--output", help="write the checkpoint here too")
+    train.add_argument("--cache-dir", default=None, help="classifier checkpoints")
+    _add_setup(train)
+    _add_threads(train)
 
 
 def _train_command(args: argparse.Namespace) -> None:
@@ -531,13 +507,41 @@ def _train_command(args: argparse.Namespace) -> None:
         print(f"checkpoint: {args.output}")
 
 
+def _add_attribute(commands: Commands) -> None:
+    attribute = _command(
+        commands,
+        "attribute",
+        "explain every text of a data set; sharded Parquet results",
+        _attribute,
+    )
+    _add_model(attribute)
+    _add_data(attribute, required=True)
+    attribute.add_argument("--label-names", type=_label_names, help="class names of the labels")
+    _add_data(attribute, "train-")
+    attribute.add_argument("--data-dir", default=None, help="shared data folder (the tokenizer)")
+    _add_setup(attribute)
+    attribute.add_argument(
+        "--target",
+        type=_target,
+        default="predicted",
+        help="predicted (class or next token), label, a class index / token id, or token:TEXT",
+    )
+    attribute.add_argument(
+        "--num-examples", type=positive_int, help="a seeded sample of this many texts"
+    )
+    _add_methods(attribute, "MambaLRP")
+    attribute.add_argument("--batch-size", type=positive_int, default=8)
+    attribute.add_argument("--max-tokens", type=positive_int, help="padded tokens per batch")
+    attribute.add_argument("--device", default="cpu", help="cpu, cuda (cuda:<local rank>), cuda:N")
+    _add_output(attribute, "attributions")
+    _add_processes(attribute, 64)
+    _add_threads(attribute)
+
+
 def _explained_and_data(args: argparse.Namespace) -> tuple[Any, Any, list[int]]:
     """The model to explain and the data set to explain it on (training first if
     asked), with the rows to use; data and settings are read and checked before any
     training."""
-    from captum_mamba.data import LabelledData, LabelledText, split_indices
-    from captum_mamba.loading import from_classifier, load_explained
-
     given = [args.model is not None, args.train_dataset is not None, bool(args.train_fraction)]
     if sum(given) != 1:
         raise CommandError(
@@ -569,9 +573,6 @@ def _explained_and_data(args: argparse.Namespace) -> tuple[Any, Any, list[int]]:
 
 
 def _attribute(args: argparse.Namespace) -> None:
-    from captum_mamba.baselines.captum_methods import MethodSettings
-    from captum_mamba.dataset import attribute_dataset
-
     check_output_dir(args.output_dir)
     explained, table, rows = _explained_and_data(args)
     if args.num_examples and args.num_examples < len(rows):
@@ -609,10 +610,53 @@ def _attribute(args: argparse.Namespace) -> None:
     )
 
 
-def _study_run(args: argparse.Namespace) -> None:
-    from captum_mamba.baselines.captum_methods import MethodSettings
-    from captum_mamba.study import markdown_table, run_study
+def _add_study(commands: Commands) -> None:
+    study = commands.add_parser(
+        "study", help="comparative study, memory measurements", prog=_name("study")
+    )
+    studies = study.add_subparsers(dest="study_command", required=True, parser_class=_Parser)
+    run = _command(
+        studies, "run", "faithfulness, conservation and cost of the methods", _study_run, "study"
+    )
+    run.add_argument("--data-dir", default=None, help="shared data folder (SST-2 default set)")
+    _add_model(run)
+    _add_data(run)
+    run.add_argument("--label-names", type=_label_names, help="class names of the labels")
+    _add_data(run, "train-")
+    _add_setup(run)
+    run.add_argument("--num-examples", type=positive_int, default=200)
+    _add_methods(run, "all")
+    run.add_argument("--replacement", choices=("zero", "mean", "token"), default="zero")
+    run.add_argument("--replacement-token", type=non_negative_int, help="id for 'token'")
+    run.add_argument("--keep-last", action="store_true", help="never remove the last (read) token")
+    run.add_argument("--target", choices=("predicted", "label"), default="predicted")
+    _add_output(run, "study_results")
+    _add_processes(run, 25)
+    _add_threads(run)
 
+    memory = _command(
+        studies,
+        "memory",
+        "peak memory and time of attribution methods, 130M shape",
+        _study_memory,
+        "study",
+    )
+    memory.add_argument("--length", type=positive_int, default=1024)
+    memory.add_argument("--methods", default="forward,rollout,mambalrp")
+    memory.add_argument("--seed", type=int, default=0)
+    memory.add_argument("--shape", type=_shape, default="130m", help=SHAPE_HELP)
+    memory.add_argument("--repeats", type=positive_int, default=1)
+    _add_threads(memory)
+    worker = _command(studies, "memory-worker", None, _study_memory_worker, "study")
+    worker.add_argument("--method", required=True)
+    worker.add_argument("--length", type=positive_int, required=True)
+    worker.add_argument("--seed", type=int, default=0)
+    worker.add_argument("--threads", type=positive_int, default=None)
+    worker.add_argument("--shape", type=_shape, default="130m")
+    worker.add_argument("--repeats", type=positive_int, default=1)
+
+
+def _study_run(args: argparse.Namespace) -> None:
     check_output_dir(args.output_dir)
     if args.replacement == "token" and args.replacement_token is None:
         raise CommandError("--replacement token needs --replacement-token ID (e.g. the pad id)")
@@ -635,8 +679,6 @@ def _study_run(args: argparse.Namespace) -> None:
     examples = [(table.texts[i], table.labels[i]) for i in rows]
 
     def tokenize(text: str) -> Any:
-        import torch
-
         return torch.tensor([explained.encode([text])[0]])
 
     protocol = f"replacement '{args.replacement}'" + (", last token kept" if args.keep_last else "")
@@ -677,10 +719,6 @@ def _study_run(args: argparse.Namespace) -> None:
 
 def _sentiment_setup(args: argparse.Namespace) -> tuple[Any, Any, list[int], str]:
     """The default study: the sentiment classifier on SST-2 validation."""
-    from captum_mamba.data import SENTIMENT_LABELS, SST2_FILE, read_texts
-    from captum_mamba.loading import from_classifier
-    from captum_mamba.sentiment import load_or_train_classifier
-
     data_dir = _data_dir(args)
     setup = _setup(args)
     table = read_texts(data_dir / SST2_FILE, "sentence", "label", SENTIMENT_LABELS)
@@ -697,15 +735,12 @@ def _sentiment_setup(args: argparse.Namespace) -> tuple[Any, Any, list[int], str
     return explained, table, list(range(len(table.texts))), caption
 
 
+def _study_memory_worker(args: argparse.Namespace) -> None:
+    worker = _memory_worker(args.method, args.length, args.seed, args.shape, args.repeats)
+    print(json.dumps(worker))
+
+
 def _study_memory(args: argparse.Namespace) -> None:
-    import json
-
-    from captum_mamba.study import MEMORY_METHODS, _memory_worker, measure_peak_memory
-
-    if args.study_command == "memory-worker":
-        worker = _memory_worker(args.method, args.length, args.seed, args.shape, args.repeats)
-        print(json.dumps(worker))
-        return
     methods = [m.strip() for m in args.methods.split(",")]
     unknown = [m for m in methods if m not in MEMORY_METHODS]
     if unknown:
@@ -719,106 +754,161 @@ def _study_memory(args: argparse.Namespace) -> None:
         print(json.dumps(result), flush=True)
 
 
-#: Lower bounds of the benchmark's numeric options (by destination), checked before it runs.
-BENCHMARK_MINIMUM = {
-    "lengths": 1,
-    "long_lengths": 1,
-    "repeats": 1,
-    "hidden": 1,
-    "layers": 1,
-    "state": 1,
-    "saliency_cap": 0,
-    "hf_max_length": 1,
-    "compare_length": 0,
-    "gen_prompt": 1,
-    "gen_tokens": 1,
-    "gen_explain_steps": 0,
-    "texts": 1,
-    "text_lengths": 1,
-    "batch_sizes": 1,
-    "thread_counts": 1,
-    "threads": 1,
-}
+def _vocab(text: str) -> int:
+    value = positive_int(text)
+    if value <= benchmark.TARGET_TOKEN:
+        raise argparse.ArgumentTypeError(
+            f"must be larger than the explained token id {benchmark.TARGET_TOKEN}, got {value}"
+        )
+    return value
 
 
-def check_benchmark_arguments(argv: Sequence[str], prog: str) -> argparse.Namespace:
-    """Parse the benchmark's arguments with its own parser and check their ranges (and
-    that ``--vocab`` holds the benchmark's target token) before it runs.
+def _add_benchmark(commands: Commands) -> None:
+    parser = _command(
+        commands,
+        "benchmark",
+        "MambaLRP time vs forward and Saliency",
+        _benchmark,
+        sets_threads=False,
+        description=benchmark.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,  # given options replace BenchmarkSettings'
+    )
+    lengths = {"type": positive_int, "nargs": "*"}
+    parser.add_argument("--lengths", **lengths, help="default: 128 512 2048")
+    parser.add_argument("--long-lengths", **lengths, help="default: none")
+    parser.add_argument("--repeats", type=positive_int, help="runs per length up to 4096")
+    parser.add_argument(
+        "--saliency-cap", type=_ranged(float, 0.0), help="seconds; 0 skips Saliency"
+    )
+    parser.add_argument(
+        "--hf-max-length", type=non_negative_int, help="0 skips transformers' own forward"
+    )
+    parser.add_argument("--compare-length", type=non_negative_int, help="0 skips the comparison")
+    parser.add_argument("--generation", action="store_true")
+    parser.add_argument("--gen-prompt", type=positive_int)
+    parser.add_argument("--gen-tokens", type=positive_int)
+    parser.add_argument(
+        "--gen-explain-steps",
+        type=non_negative_int,
+        help="explain only this many tokens and extrapolate (0: explain all)",
+    )
+    parser.add_argument("--throughput", action="store_true")
+    parser.add_argument("--texts", type=positive_int)
+    parser.add_argument("--text-lengths", type=positive_int, nargs=2)
+    parser.add_argument("--batch-sizes", type=positive_int, nargs="+")
+    parser.add_argument("--thread-counts", type=positive_int, nargs="+")
+    parser.add_argument("--threads", type=positive_int, help="torch threads of the runs")
+    parser.add_argument("--out", type=Path, help="folder for json, md and plot")
+    parser.add_argument("--quick", action="store_true", help="tiny model, small sizes")
+    parser.add_argument("--hidden", type=positive_int)
+    parser.add_argument("--layers", type=positive_int)
+    parser.add_argument("--state", type=positive_int)
+    parser.add_argument("--vocab", type=_vocab)
+    parser.add_argument("--saliency-worker", type=positive_int, help=argparse.SUPPRESS)
+    parser.add_argument("--generation-worker", action="store_true", help=argparse.SUPPRESS)
+
+
+def benchmark_settings(args: argparse.Namespace) -> benchmark.BenchmarkSettings:
+    """The benchmark's settings from its parsed options: those given replace the
+    defaults (the quick ones with ``--quick``).
 
     Args:
-        argv (sequence of str): the benchmark's arguments.
-        prog (str): program name for messages.
+        args (argparse.Namespace): the options of ``captum-mamba benchmark``.
 
     Returns:
-        argparse.Namespace: the parsed arguments.
+        BenchmarkSettings: what to measure.
     """
-    import captum_mamba.benchmark as benchmark
-
-    parser = benchmark._parser()
-    parser.prog = prog
-    parser.error = _Parser.error.__get__(parser)  # type: ignore[method-assign]
-    args = parser.parse_args(list(argv))
-    for name, low in BENCHMARK_MINIMUM.items():
-        value = getattr(args, name, None)
-        values = value if isinstance(value, list) else [value]
-        for item in values:
-            if item is not None and (item != item or item < low):
-                option = "--" + name.replace("_", "-")
-                parser.error(f"argument {option}: must be at least {low}, got {item}")
-    token = getattr(benchmark, "TARGET_TOKEN", None)
-    vocab = getattr(args, "vocab", None)
-    if token is not None and vocab is not None and vocab <= token:
-        parser.error(
-            f"argument --vocab: must be larger than the explained token id {token}, got {vocab}"
-        )
-    return args
+    fields = {field.name for field in dataclasses.fields(benchmark.BenchmarkSettings)}
+    given = {name: value for name, value in vars(args).items() if name in fields}
+    for name, value in given.items():
+        if isinstance(value, list):
+            given[name] = tuple(value)
+    quick = getattr(args, "quick", False)
+    settings = benchmark.BenchmarkSettings.quick() if quick else benchmark.BenchmarkSettings()
+    return settings.replace(**given)
 
 
-def _benchmark(arguments: Sequence[str], prog: str) -> None:
-    import captum_mamba.benchmark as benchmark
+def _benchmark(args: argparse.Namespace) -> None:
+    settings = benchmark_settings(args)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    if getattr(args, "saliency_worker", None) is not None:
+        print(f"{benchmark.saliency_worker(settings, args.saliency_worker):.6f}")
+        return
+    if getattr(args, "generation_worker", False):
+        print(f"{benchmark.generation_worker(settings):.1f}")
+        return
+    results = benchmark.run(settings, progress=_log)
+    machine = results["machine"]
+    print(
+        f"random Mamba ({machine['shape']}: hidden, layers, state, vocab), float32, batch 1; "
+        f"torch {machine['torch']}, {machine['threads']} threads; load average "
+        f"{machine['load_before'][0]:.2f} before, {machine['load_after'][0]:.2f} after"
+    )
+    print(benchmark.markdown_tables(results))
 
-    check_benchmark_arguments(arguments, prog)
-    benchmark.main(list(arguments))
+
+def _add_render_readme(commands: Commands) -> None:
+    parser = _command(
+        commands,
+        "render-readme",
+        "the README pictures (heatmap, curves, conservation)",
+        _render_readme,
+        sets_threads=False,
+    )
+    parser.add_argument("--data-dir", default=None, help="shared data folder")
+    parser.add_argument("--output", type=Path, default=Path("docs") / "images")
+    parser.add_argument("--num-sentences", type=positive_int, default=24)
+
+
+def _render_readme(args: argparse.Namespace) -> None:
+    for path in render_readme.render(_data_dir(args), args.output, args.num_sentences):
+        print("wrote", path)
 
 
 # ---------------------------------------------------------------------------- main
 
+#: Every command, as the function that adds it; a new command is one more function here.
+COMMANDS: tuple[Callable[[Commands], None], ...] = (
+    _add_demo,
+    _add_train,
+    _add_attribute,
+    _add_study,
+    _add_benchmark,
+    _add_render_readme,
+)
 
-def main(argv: Sequence[str] | None = None, prog: str = "captum-mamba") -> None:
+
+def parser() -> _Parser:
+    """The parser of ``captum-mamba`` and its subcommands (:data:`COMMANDS`).
+
+    Returns:
+        argparse.ArgumentParser: the parser; its errors are one line.
+    """
+    main_parser = _Parser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = main_parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in COMMANDS:
+        add(commands)
+    return main_parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     """Run a ``captum-mamba`` command (see the module docstring).
 
     Args:
         argv (sequence of str, optional): the arguments. Default: ``sys.argv[1:]``.
-        prog (str, optional): program name in messages. Default: ``"captum-mamba"``.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser(prog)
-    if argv[:1] == ["benchmark"]:
-        name = _name(prog, "benchmark")
-        return _run(lambda: _benchmark(argv[1:], name), name)
-    args = parser.parse_args(argv)
-    command = args.command if args.command != "study" else f"study {args.study_command}"
-    name = _name(prog, command)
-    _set_threads(args)
-    handlers: dict[str, Callable[[argparse.Namespace], None]] = {
-        "demo": _demo,
-        "train": _train_command,
-        "attribute": _attribute,
-        "study run": _study_run,
-        "study memory": _study_memory,
-        "study memory-worker": _study_memory,
-    }
-    return _run(lambda: handlers[command](args), name)
+    args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.sets_threads:
+        _set_threads(args)
+    _run(lambda: args.handler(args), args.command_name)
 
 
 def _run(work: Callable[[], None], name: str) -> None:
     """Run a command; user errors become one line on stderr and an exit code."""
-    from captum_mamba.attr import AttributionInputError
-    from captum_mamba.data import DataFormatError
-    from captum_mamba.loading import ModelLoadError
-    from captum_mamba.sentiment import CheckpointError
-    from captum_mamba.sharding import RunSettingsError
-
     expected = (
         CommandError,
         DataFormatError,
@@ -852,22 +942,3 @@ def _one_line(error: BaseException) -> str:
 
 def _fail(name: str, message: str) -> None:
     print(f"{name}: error: {message}", file=sys.stderr, flush=True)
-
-
-def demo_main() -> None:
-    """``captum-mamba-demo``: ``captum-mamba demo``."""
-    main(["demo", *sys.argv[1:]], prog="captum-mamba-demo")
-
-
-def study_main() -> None:
-    """``captum-mamba-study``: ``captum-mamba study``."""
-    main(["study", *sys.argv[1:]], prog="captum-mamba-study")
-
-
-def benchmark_main() -> None:
-    """``captum-mamba-benchmark``: ``captum-mamba benchmark`` (arguments checked first)."""
-    main(["benchmark", *sys.argv[1:]], prog="captum-mamba-benchmark")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Demo: explain real sentiment predictions of a Mamba model with MambaLRP.
 
-``captum-mamba-demo`` trains (once, well under a minute on a CPU, then cached) a small
+``captum-mamba demo`` trains (once, well under a minute on a CPU, then cached) a small
 Mamba sentiment classifier on Rotten Tomatoes reviews, predicts a few SST-2 validation
 sentences, explains each prediction with MambaLRP, prints the token relevances and
 the conservation check, and writes a heatmap (PNG and standalone HTML).
@@ -11,15 +11,14 @@ the next-token prediction of a pretrained Mamba language model for ``--prompt``.
 
 from __future__ import annotations
 
-import argparse
-import sys
+import os
 from pathlib import Path
 
 import torch
 
+from captum_mamba.apps.data import SST2_FILE, load_sst2
+from captum_mamba.apps.sentiment import ClassifierSetup, load_or_train_classifier
 from captum_mamba.attr import LayerMambaLRP
-from captum_mamba.data import SST2_FILE, load_sst2
-from captum_mamba.sentiment import ClassifierSetup, load_or_train_classifier
 from captum_mamba.visualization import (
     batch_text_heatmap_figure,
     batch_text_heatmap_html,
@@ -32,11 +31,26 @@ def _format_tokens(tokens: list[str], relevance: torch.Tensor) -> str:
     return " ".join(f"{token.strip() or repr(token)}[{score:+.2f}]" for token, score in pairs)
 
 
-def explain_sentiment(args: argparse.Namespace) -> None:
-    """Explain SST-2 predictions of the demo's (cached) sentiment classifier."""
-    classifier = load_or_train_classifier(args.data_dir, args.cache_dir, ClassifierSetup.quick())
+def explain_sentiment(
+    data_dir: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    count: int = 4,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> None:
+    """Explain SST-2 predictions of the demo's (cached) sentiment classifier: print the
+    token relevances and write ``sentiment_heatmap.png`` and ``.html``.
+
+    Args:
+        data_dir (str or PathLike): the shared data folder (SST-2, Rotten Tomatoes, the
+            tokenizer).
+        output_dir (str or PathLike): folder of the heatmaps (created if missing).
+        count (int, optional): SST-2 validation sentences explained. Default: 4.
+        cache_dir (str or PathLike, optional): classifier checkpoints. Default: None
+            (``$CAPTUM_MAMBA_CACHE`` or ``~/.cache/captum-mamba``).
+    """
+    classifier = load_or_train_classifier(data_dir, cache_dir, ClassifierSetup.quick())
     model, tokenizer, labels = classifier.model, classifier.tokenizer, classifier.label_names
-    examples = load_sst2(Path(args.data_dir) / SST2_FILE)[: args.count]
+    examples = load_sst2(Path(data_dir) / SST2_FILE)[:count]
     ids, mask = classifier.encode([e.text for e in examples])
     with torch.no_grad():
         logits = model(ids, attention_mask=mask)
@@ -68,7 +82,7 @@ def explain_sentiment(args: argparse.Namespace) -> None:
         print(f"    {_format_tokens(tokens, scores)}\n")
         all_tokens.append(tokens)
         rows.append(scores)
-    out = Path(args.output_dir)
+    out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     row_labels = [f"[{i}] predicted {labels[p]}" for i, p in enumerate(predicted.tolist())]
     figure = batch_text_heatmap_figure(
@@ -84,28 +98,24 @@ def explain_sentiment(args: argparse.Namespace) -> None:
     print(f"heatmaps written to {out / 'sentiment_heatmap.png'} and .html")
 
 
-def explain_hub_model(args: argparse.Namespace) -> None:
-    """Explain the next-token prediction of a pretrained hub model (needs internet)."""
+def explain_hub_model(model_id: str, prompt: str) -> None:
+    """Explain the next-token prediction of a pretrained hub model (needs internet) and
+    print the token relevances.
+
+    Args:
+        model_id (str): a transformers Mamba language model, e.g.
+            ``"state-spaces/mamba-130m-hf"``.
+        prompt (str): the text whose next token is explained.
+    """
     from transformers import AutoTokenizer, MambaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(args.hub_model)
-    model = MambaForCausalLM.from_pretrained(args.hub_model).eval()
-    ids = tokenizer(args.prompt, return_tensors="pt").input_ids
+    tokenizer = AutoTokenizer.from_pretrained(model_id)
+    model = MambaForCausalLM.from_pretrained(model_id).eval()
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
     with torch.no_grad():
         next_token = model(ids, use_cache=False).logits[0, -1].argmax().item()
     lrp = LayerMambaLRP(model, model.get_input_embeddings())
     relevance, delta = lrp.attribute(ids, target=(-1, next_token), return_convergence_delta=True)
     tokens = token_texts(tokenizer, ids[0].tolist())
-    print(f"{args.prompt!r} -> {tokenizer.decode([next_token])!r} (delta {delta.item():+.1e})")
+    print(f"{prompt!r} -> {tokenizer.decode([next_token])!r} (delta {delta.item():+.1e})")
     print(_format_tokens(tokens, relevance.sum(-1)[0]))
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m captum_mamba.demo``: ``captum-mamba demo`` (see :mod:`captum_mamba.cli`)."""
-    from captum_mamba.cli import main as cli_main
-
-    cli_main(["demo", *(sys.argv[1:] if argv is None else argv)], prog="captum-mamba-demo")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,11 +1,11 @@
 """Benchmark: time and peak memory of MambaLRP against forward passes and Captum's
 Saliency, long inputs, generation and batched throughput.
 
-Run ``captum-mamba-benchmark`` (or ``python -m captum_mamba.benchmark``). For a randomly
+Run ``captum-mamba benchmark`` (options: :class:`BenchmarkSettings`). For a randomly
 initialised Mamba with the shape of ``mamba-130m`` (float32, batch 1) it prints:
 
 - per sequence length (``--lengths``, and ``--long-lengths`` such as 8k to 64k tokens),
-  each method measured in a fresh subprocess (:func:`captum_mamba.study.measure_peak_memory`:
+  each method measured in a fresh subprocess (:func:`captum_mamba.apps.study.measure_peak_memory`:
   warm-up on 8 tokens, peak resident set reset, median of ``--repeats`` runs):
   ``MambaLRP.attribute`` (one target logit; the fast or the memory-lean path as chosen
   automatically), a no-grad forward to the last position's logits under the MambaLRP
@@ -33,7 +33,6 @@ is printed with the results.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -41,36 +40,114 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from captum_mamba.adapters import rules_applied
+from captum_mamba.apps.study import _proc_status, _reset_peak, measure_peak_memory
 from captum_mamba.attr import LayerMambaLRP, attribute_batches, attribute_generation
-from captum_mamba.attr._forward import default_forward
+from captum_mamba.attr.forward import default_forward
 from captum_mamba.attr.generation import greedy_generate
 from captum_mamba.models import mamba_config, random_mamba_lm
 from captum_mamba.rules import MambaRules
-from captum_mamba.study import measure_peak_memory
 
 TARGET_TOKEN = 42
-QUICK = {
-    "hidden": 16,
-    "layers": 2,
-    "state": 4,
-    "vocab": 64,
-    "lengths": [32, 128],
-    "long_lengths": [512],
-    "compare_length": 128,
-    "saliency_cap": 20.0,
-    "gen_prompt": 16,
-    "gen_tokens": 4,
-    "texts": 8,
-    "text_lengths": [4, 32],
-    "batch_sizes": [1, 4],
-}
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """What the benchmark measures, and on which model (the options of
+    ``captum-mamba benchmark``, see the module docstring).
+
+    Args:
+        lengths (tuple of int): sequence lengths measured. Default: 128, 512, 2048.
+        long_lengths (tuple of int): further lengths (e.g. 8k to 64k). Default: none.
+        repeats (int): runs per length up to 4096 tokens (the median counts). Default: 3.
+        saliency_cap (float): seconds before Saliency is stopped; 0 skips it. Default: 600.
+        hf_max_length (int): longest length of transformers' own forward. Default: 2048.
+        compare_length (int): length of the fast / lean path comparison; 0 skips it.
+            Default: 0.
+        generation (bool): measure generation and its explanation. Default: False.
+        gen_prompt (int): prompt tokens of the generation. Default: 1024.
+        gen_tokens (int): generated tokens. Default: 256.
+        gen_explain_steps (int): explain only this many tokens and extrapolate (0:
+            explain all). Default: 0.
+        throughput (bool): measure batched throughput. Default: False.
+        texts (int): texts of the throughput measurement. Default: 64.
+        text_lengths (tuple of int): lowest and highest text length. Default: 16, 256.
+        batch_sizes (tuple of int): batch sizes of the throughput. Default: 1, 4, 16.
+        thread_counts (tuple of int): torch threads of the throughput. Default: 1, 2.
+        threads (int, optional): torch threads of the runs. Default: None (torch's).
+        out (Path, optional): folder for ``results.json``, ``tables.md`` and
+            ``scaling.png``. Default: None (nothing written).
+        hidden (int): hidden size of the random model. Default: 768 (``mamba-130m``).
+        layers (int): layers. Default: 24.
+        state (int): state size. Default: 16.
+        vocab (int): vocabulary size (above :data:`TARGET_TOKEN`). Default: 50280.
+    """
+
+    lengths: tuple[int, ...] = (128, 512, 2048)
+    long_lengths: tuple[int, ...] = ()
+    repeats: int = 3
+    saliency_cap: float = 600.0
+    hf_max_length: int = 2048
+    compare_length: int = 0
+    generation: bool = False
+    gen_prompt: int = 1024
+    gen_tokens: int = 256
+    gen_explain_steps: int = 0
+    throughput: bool = False
+    texts: int = 64
+    text_lengths: tuple[int, int] = (16, 256)
+    batch_sizes: tuple[int, ...] = (1, 4, 16)
+    thread_counts: tuple[int, ...] = (1, 2)
+    threads: int | None = None
+    out: Path | None = None
+    hidden: int = 768
+    layers: int = 24
+    state: int = 16
+    vocab: int = 50280
+
+    @classmethod
+    def quick(cls) -> BenchmarkSettings:
+        """A tiny model at small sizes (a smoke test)."""
+        return cls(
+            hidden=16,
+            layers=2,
+            state=4,
+            vocab=64,
+            lengths=(32, 128),
+            long_lengths=(512,),
+            compare_length=128,
+            saliency_cap=20.0,
+            gen_prompt=16,
+            gen_tokens=4,
+            texts=8,
+            text_lengths=(4, 32),
+            batch_sizes=(1, 4),
+        )
+
+    def replace(self, **changes: Any) -> BenchmarkSettings:
+        """A copy with ``changes``."""
+        return replace(self, **changes)
+
+    def shape(self) -> str:
+        """The model shape, ``"hidden,layers,state,vocab"``."""
+        return f"{self.hidden},{self.layers},{self.state},{self.vocab}"
+
+    def shape_options(self) -> list[str]:
+        """The model shape as ``captum-mamba benchmark`` options (for the workers)."""
+        return [
+            *("--hidden", str(self.hidden), "--layers", str(self.layers)),
+            *("--state", str(self.state), "--vocab", str(self.vocab)),
+        ]
+
+
+#: The command that runs the benchmark's worker processes.
+WORKER_COMMAND = ("-m", "captum_mamba", "benchmark")
 
 
 @dataclass
@@ -113,16 +190,12 @@ def _median_time(run: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def _shape(args: argparse.Namespace) -> str:
-    return f"{args.hidden},{args.layers},{args.state},{args.vocab}"
-
-
-def _model(args: argparse.Namespace) -> torch.nn.Module:
+def _model(settings: BenchmarkSettings) -> torch.nn.Module:
     config = mamba_config(
-        hidden_size=args.hidden,
-        num_hidden_layers=args.layers,
-        state_size=args.state,
-        vocab_size=args.vocab,
+        hidden_size=settings.hidden,
+        num_hidden_layers=settings.layers,
+        state_size=settings.state,
+        vocab_size=settings.vocab,
     )
     return random_mamba_lm(config, seed=0)
 
@@ -131,66 +204,66 @@ def _ids(vocab: int, length: int, seed: int) -> torch.Tensor:
     return torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(seed))
 
 
-def _saliency_worker(args: argparse.Namespace) -> None:
+def saliency_worker(settings: BenchmarkSettings, length: int) -> float:
+    """Seconds of Captum's ``Saliency`` at ``length`` tokens (run in a worker process)."""
     from captum.attr import Saliency
 
-    model = _model(args)
-    embeds = model.get_input_embeddings()(_ids(args.vocab, args.saliency_worker, 0)).detach()
+    model = _model(settings)
+    embeds = model.get_input_embeddings()(_ids(settings.vocab, length, 0)).detach()
     saliency = Saliency(
         lambda e: model(inputs_embeds=e, use_cache=False, logits_to_keep=1).logits[:, -1]
     )
     start = time.perf_counter()
     saliency.attribute(embeds, target=TARGET_TOKEN, abs=False)
-    print(f"{time.perf_counter() - start:.6f}")
+    return time.perf_counter() - start
 
 
-def _saliency(args: argparse.Namespace, length: int) -> tuple[float | None, str]:
-    command = [sys.executable, "-m", "captum_mamba.benchmark", "--saliency-worker", str(length)]
-    command += ["--hidden", str(args.hidden), "--layers", str(args.layers)]
-    command += ["--state", str(args.state), "--vocab", str(args.vocab)]
+def _saliency(settings: BenchmarkSettings, length: int) -> tuple[float | None, str]:
+    command = [sys.executable, *WORKER_COMMAND, "--saliency-worker", str(length)]
+    command += settings.shape_options()
     try:
         done = subprocess.run(
-            command, capture_output=True, text=True, timeout=args.saliency_cap, check=True
+            command, capture_output=True, text=True, timeout=settings.saliency_cap, check=True
         )
     except subprocess.TimeoutExpired:
-        return None, f">{args.saliency_cap:.0f} (cap)"
+        return None, f">{settings.saliency_cap:.0f} (cap)"
     except subprocess.CalledProcessError as error:
         raise RuntimeError(f"the Saliency worker failed:\n{error.stderr}") from error
     return float(done.stdout.strip().splitlines()[-1]), ""
 
 
-def _measure(args: argparse.Namespace, method: str, length: int) -> dict[str, Any]:
-    repeats = args.repeats if length <= 4096 else 1
+def _measure(settings: BenchmarkSettings, method: str, length: int) -> dict[str, Any]:
+    repeats = settings.repeats if length <= 4096 else 1
     return measure_peak_memory(
-        method, length, threads=args.threads, shape=_shape(args), repeats=repeats
+        method, length, threads=settings.threads, shape=settings.shape(), repeats=repeats
     )
 
 
 def measure_lengths(
-    args: argparse.Namespace, progress: Callable[[str], None] = print
+    settings: BenchmarkSettings, progress: Callable[[str], None] = print
 ) -> list[LengthRow]:
     """Time and peak memory of every method at every length.
 
     Args:
-        args (argparse.Namespace): parsed command-line options.
+        settings (BenchmarkSettings): what to measure.
         progress (Callable, optional): receives one line per finished length.
 
     Returns:
         list of LengthRow: one row per sequence length.
     """
     rows: list[LengthRow] = []
-    saliency_open = args.saliency_cap > 0
-    for length in [*args.lengths, *args.long_lengths]:
-        lrp = _measure(args, "mambalrp", length)
-        rules = _measure(args, "forward-rules", length)
+    saliency_open = settings.saliency_cap > 0
+    for length in [*settings.lengths, *settings.long_lengths]:
+        lrp = _measure(settings, "mambalrp", length)
+        rules = _measure(settings, "forward-rules", length)
         hf = (
-            _measure(args, "forward-hf", length)["seconds"]
-            if length <= args.hf_max_length
+            _measure(settings, "forward-hf", length)["seconds"]
+            if length <= settings.hf_max_length
             else None
         )
         saliency, note = (None, "skipped")
         if saliency_open:
-            saliency, note = _saliency(args, length)
+            saliency, note = _saliency(settings, length)
             saliency_open = saliency is not None
         rows.append(
             LengthRow(
@@ -209,11 +282,11 @@ def measure_lengths(
     return rows
 
 
-def compare_paths(args: argparse.Namespace) -> list[dict[str, Any]]:
+def compare_paths(settings: BenchmarkSettings) -> list[dict[str, Any]]:
     """MambaLRP at ``--compare-length`` on the fast and lean paths and as before the
     lean path existed (every position's logits, no recomputation)."""
     methods = ("mambalrp-full-logits", "mambalrp-fast", "mambalrp-lean")
-    return [_measure(args, method, args.compare_length) for method in methods]
+    return [_measure(settings, method, settings.compare_length) for method in methods]
 
 
 def _before_generation_costs(
@@ -248,13 +321,13 @@ def _before_generation_costs(
     return steps * (first + last) / 2, steps * row, samples
 
 
-def measure_generation(args: argparse.Namespace) -> GenerationResult:
+def measure_generation(settings: BenchmarkSettings) -> GenerationResult:
     """Greedy generation and its explanation, new against the previous method."""
-    model = _model(args)
-    prompt = _ids(args.vocab, args.gen_prompt, 1)[0]
+    model = _model(settings)
+    prompt = _ids(settings.vocab, settings.gen_prompt, 1)[0]
     greedy_generate(model, prompt[:4], 2)  # warm-up
     start = time.perf_counter()
-    generated = greedy_generate(model, prompt, args.gen_tokens)
+    generated = greedy_generate(model, prompt, settings.gen_tokens)
     generate = time.perf_counter() - start
     full = torch.cat([prompt, generated])[None]
     forward = default_forward(model, "input_ids")
@@ -268,12 +341,12 @@ def measure_generation(args: argparse.Namespace) -> GenerationResult:
             model(full, use_cache=False, logits_to_keep=1)
 
     rules_s, hf_s = _median_time(forward_rules, 1), _median_time(forward_hf, 1)
-    explain, explain_samples = _explain_cost(model, prompt, generated, args.gen_explain_steps)
-    explain_mib = _explain_peak_mib(args)
+    explain, explain_samples = _explain_cost(model, prompt, generated, settings.gen_explain_steps)
+    explain_mib = _explain_peak_mib(settings)
     before_generate, before_explain, samples = _before_generation_costs(model, prompt, generated)
     samples.update(explain_samples)
     return GenerationResult(
-        args.gen_prompt,
+        settings.gen_prompt,
         len(generated),
         rules_s,
         hf_s,
@@ -315,55 +388,53 @@ def _explain_cost(
     return one + (tokens - 1) * per_token, samples
 
 
-def _explain_peak_mib(args: argparse.Namespace) -> float:
+def _explain_peak_mib(settings: BenchmarkSettings) -> float:
     """Peak memory growth of the generation explanation, in a fresh subprocess."""
-    command = [sys.executable, "-m", "captum_mamba.benchmark", "--generation-worker"]
-    command += ["--hidden", str(args.hidden), "--layers", str(args.layers)]
-    command += ["--state", str(args.state), "--vocab", str(args.vocab)]
-    command += ["--gen-prompt", str(args.gen_prompt), "--gen-tokens", str(args.gen_tokens)]
-    command += ["--gen-explain-steps", str(args.gen_explain_steps)]
+    command = [sys.executable, *WORKER_COMMAND, "--generation-worker"]
+    command += settings.shape_options()
+    command += ["--gen-prompt", str(settings.gen_prompt), "--gen-tokens", str(settings.gen_tokens)]
+    command += ["--gen-explain-steps", str(settings.gen_explain_steps)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"the generation worker failed:\n{done.stderr[-3000:]}")
     return float(done.stdout.strip().splitlines()[-1])
 
 
-def _generation_worker(args: argparse.Namespace) -> None:
-    from captum_mamba.study import _proc_status, _reset_peak
-
-    model = _model(args)
-    prompt = _ids(args.vocab, args.gen_prompt, 1)[0]
-    targets = _ids(args.vocab, args.gen_tokens, 2)[0]
+def generation_worker(settings: BenchmarkSettings) -> float:
+    """Peak memory growth (MiB; NaN where it cannot be reset) of explaining the
+    generation of ``settings`` (run in a worker process)."""
+    model = _model(settings)
+    prompt = _ids(settings.vocab, settings.gen_prompt, 1)[0]
+    targets = _ids(settings.vocab, settings.gen_tokens, 2)[0]
     attribute_generation(model, prompt[:4], target_ids=targets[:2])  # warm-up
     if not _reset_peak():
-        print("nan")
-        return
+        return float("nan")
     before = _proc_status("VmRSS")
-    steps = args.gen_explain_steps
+    steps = settings.gen_explain_steps
     if 0 < steps < len(targets):  # the same sequence, its last ``steps`` tokens explained
         prompt, targets = torch.cat([prompt, targets[:-steps]]), targets[-steps:]
     attribute_generation(model, prompt, target_ids=targets)
-    print(f"{(_proc_status('VmHWM') - before) / 1024:.1f}")
+    return (_proc_status("VmHWM") - before) / 1024
 
 
-def measure_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
+def measure_throughput(settings: BenchmarkSettings) -> list[dict[str, Any]]:
     """Tokens per second of :func:`attribute_batches` (LayerMambaLRP on token ids, last
     token's logit) over texts of random lengths, per batch size and thread count."""
-    model = _model(args)
+    model = _model(settings)
     generator = torch.Generator().manual_seed(3)
-    low, high = args.text_lengths
-    lengths = torch.randint(low, high + 1, (args.texts,), generator=generator).tolist()
-    texts = [torch.randint(0, args.vocab, (n,), generator=generator) for n in lengths]
+    low, high = settings.text_lengths
+    lengths = torch.randint(low, high + 1, (settings.texts,), generator=generator).tolist()
+    texts = [torch.randint(0, settings.vocab, (n,), generator=generator) for n in lengths]
     targets = [(-1, TARGET_TOKEN)] * len(texts)
     lrp = LayerMambaLRP(model, model.get_input_embeddings())
     tokens = sum(lengths)
     results = []
     previous = torch.get_num_threads()
     try:
-        for threads in args.thread_counts:
+        for threads in settings.thread_counts:
             torch.set_num_threads(threads)
             attribute_batches(lrp, texts[:2], targets[:2], batch_size=2)  # warm-up
-            for batch_size in args.batch_sizes:
+            for batch_size in settings.batch_sizes:
                 start = time.perf_counter()
                 attribute_batches(lrp, texts, targets, batch_size=batch_size)
                 seconds = time.perf_counter() - start
@@ -530,47 +601,11 @@ def plot_scaling(rows: Sequence[LengthRow], path: Path) -> Path:
     return path
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lengths", type=int, nargs="*", default=[128, 512, 2048])
-    parser.add_argument("--long-lengths", type=int, nargs="*", default=[])
-    parser.add_argument("--repeats", type=int, default=3, help="runs per length up to 4096")
-    parser.add_argument(
-        "--saliency-cap", type=float, default=600.0, help="seconds; 0 skips Saliency"
-    )
-    parser.add_argument("--hf-max-length", type=int, default=2048)
-    parser.add_argument("--compare-length", type=int, default=0, help="0 skips the comparison")
-    parser.add_argument("--generation", action="store_true")
-    parser.add_argument("--gen-prompt", type=int, default=1024)
-    parser.add_argument("--gen-tokens", type=int, default=256)
-    parser.add_argument(
-        "--gen-explain-steps",
-        type=int,
-        default=0,
-        help="explain only this many tokens and extrapolate (0: explain all)",
-    )
-    parser.add_argument("--throughput", action="store_true")
-    parser.add_argument("--texts", type=int, default=64)
-    parser.add_argument("--text-lengths", type=int, nargs=2, default=[16, 256])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--thread-counts", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--threads", type=int, default=None, help="torch threads of the runs")
-    parser.add_argument("--out", type=Path, default=None, help="folder for json, md and plot")
-    parser.add_argument("--quick", action="store_true", help="tiny model, small sizes")
-    parser.add_argument("--hidden", type=int, default=768)
-    parser.add_argument("--layers", type=int, default=24)
-    parser.add_argument("--state", type=int, default=16)
-    parser.add_argument("--vocab", type=int, default=50280)
-    parser.add_argument("--saliency-worker", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--generation-worker", action="store_true", help=argparse.SUPPRESS)
-    return parser
-
-
-def run(args: argparse.Namespace, progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the parts of the benchmark that ``args`` selects.
+def run(settings: BenchmarkSettings, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the parts of the benchmark that ``settings`` select.
 
     Args:
-        args (argparse.Namespace): parsed command-line options.
+        settings (BenchmarkSettings): what to measure.
         progress (Callable, optional): receives progress lines.
 
     Returns:
@@ -580,54 +615,25 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] = print) -> di
     results: dict[str, Any] = {
         "machine": {
             "torch": torch.__version__,
-            "threads": args.threads or torch.get_num_threads(),
+            "threads": settings.threads or torch.get_num_threads(),
             "load_before": os.getloadavg(),
-            "shape": _shape(args),
+            "shape": settings.shape(),
         }
     }
-    lengths = measure_lengths(args, progress)
+    lengths = measure_lengths(settings, progress)
     results["lengths"] = [asdict(row) for row in lengths]
-    results["compare"] = compare_paths(args) if args.compare_length else []
-    if args.generation:
-        results["generation"] = asdict(measure_generation(args))
+    results["compare"] = compare_paths(settings) if settings.compare_length else []
+    if settings.generation:
+        results["generation"] = asdict(measure_generation(settings))
         progress("measured generation")
-    if args.throughput:
-        results["throughput"] = measure_throughput(args)
+    if settings.throughput:
+        results["throughput"] = measure_throughput(settings)
         progress("measured throughput")
     results["machine"]["load_after"] = os.getloadavg()
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(results, indent=1))
-        (args.out / "tables.md").write_text(markdown_tables(results) + "\n")
+    if settings.out is not None:
+        settings.out.mkdir(parents=True, exist_ok=True)
+        (settings.out / "results.json").write_text(json.dumps(results, indent=1))
+        (settings.out / "tables.md").write_text(markdown_tables(results) + "\n")
         if lengths:
-            plot_scaling(lengths, args.out / "scaling.png")
+            plot_scaling(lengths, settings.out / "scaling.png")
     return results
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point: print the benchmark tables."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.quick:  # quick sizes as defaults; options given explicitly still apply
-        parser.set_defaults(**QUICK)
-        args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.saliency_worker is not None:
-        _saliency_worker(args)
-        return
-    if args.generation_worker:
-        _generation_worker(args)
-        return
-    results = run(args, progress=lambda line: print(line, file=sys.stderr))
-    machine = results["machine"]
-    print(
-        f"random Mamba ({machine['shape']}: hidden, layers, state, vocab), float32, batch 1; "
-        f"torch {machine['torch']}, {machine['threads']} threads; load average "
-        f"{machine['load_before'][0]:.2f} before, {machine['load_after'][0]:.2f} after"
-    )
-    print(markdown_tables(results))
-
-
-if __name__ == "__main__":
-    main()

@@ -206,15 +206,33 @@ def _jsonl_rows(path: Path) -> Iterator[RawRow]:
         raise DataFormatError(f"{path} is not UTF-8 text ({error}); save it as UTF-8") from None
 
 
-def _pyarrow(path: Path) -> Any:
+def require_pyarrow(purpose: str, alternative: str = "") -> Any:
+    """pyarrow with its Parquet module, or an ``ImportError`` that names the fix.
+
+    Args:
+        purpose (str): what needs it, e.g. ``"writing Parquet results"``.
+        alternative (str, optional): a way around it, appended to the message (e.g.
+            ``"convert it to CSV or JSONL"``). Default: none.
+
+    Returns:
+        module: ``pyarrow`` (``pyarrow.parquet`` imported).
+
+    Raises:
+        ImportError: naming ``purpose`` and how to install pyarrow.
+    """
     try:
         import pyarrow
+        import pyarrow.parquet
     except ImportError:
+        fix = "pip install pyarrow (or captum-mamba[parquet])"
         raise ImportError(
-            f"reading {path} needs pyarrow; pip install pyarrow (or captum-mamba[parquet]), "
-            f"or convert it to CSV or JSONL"
+            f"{purpose} needs pyarrow; {fix}" + (f", or {alternative}" if alternative else "")
         ) from None
     return pyarrow
+
+
+def _pyarrow(path: Path) -> Any:
+    return require_pyarrow(f"reading {path}", "convert it to CSV or JSONL")
 
 
 def _table_rows(path: Path, table: Any, columns: Columns) -> Iterator[RawRow]:
@@ -225,11 +243,9 @@ def _table_rows(path: Path, table: Any, columns: Columns) -> Iterator[RawRow]:
 
 
 def _parquet_rows(path: Path, columns: Columns) -> Iterator[RawRow]:
-    _pyarrow(path)
-    import pyarrow.parquet as parquet
-
+    pyarrow = _pyarrow(path)
     try:
-        table = parquet.read_table(path)
+        table = pyarrow.parquet.read_table(path)
     except Exception as error:  # pyarrow raises several types for unreadable files
         raise DataFormatError(
             f"{path} is not a readable Parquet file ({type(error).__name__}: {error}); "

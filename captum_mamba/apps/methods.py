@@ -1,17 +1,11 @@
-r"""Methods of the applications: every compared attribution method by name, the
-position-only sanity baselines, and per-example seeding.
+r"""Methods of the applications: every compared attribution method by name, and
+per-example seeding.
 
-The study and the data-set attribution explain with the methods of
-:mod:`captum_mamba.baselines.captum_methods` and two rankings that read no model at all,
-which every faithfulness score should be judged against:
-
-- ``Recency``: the most recent token first (score = position minus the last
-  position, so that padded batches and single texts score alike);
-- ``Read position, then random``: the explained (read) position first, the other
-  tokens in random order.
-
-A method that does not beat them on a perturbation protocol measures the protocol,
-not the model.
+The study and the data-set attribution explain with the methods of the catalogue
+:data:`~captum_mamba.baselines.captum_methods.METHODS`, which also holds two rankings
+that read no model at all, against which every faithfulness score should be judged
+(``Recency`` and ``Read position, then random``). A method that does not beat them on a
+perturbation protocol measures the protocol, not the model.
 
 Names are matched case-insensitively, also as their column slugs
 (:func:`method_slug`: ``"Gradient x Input"`` is ``gradient_x_input``).
@@ -26,42 +20,19 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from captum_mamba.attr._targets import TargetType
+from captum_mamba.attr.targets import TargetType
 from captum_mamba.baselines.captum_methods import (
-    INPUT_X_GRADIENT,
-    INTEGRATED_GRADIENTS,
-    LN_RULE_ONLY,
-    MAMBA_LRP,
-    METHOD_NAMES,
-    NO_RULES,
-    RANDOM,
-    SALIENCY,
-    SMOOTHGRAD,
+    METHODS,
     MethodSettings,
     TokenAttribution,
     build_method,
 )
 
-RECENCY = "Recency"
-READ_POSITION = "Read position, then random"
-
-#: The position-only sanity baselines.
-POSITION_BASELINES: tuple[str, ...] = (RECENCY, READ_POSITION)
 #: Every method of the applications, in table order.
-ALL_METHODS: tuple[str, ...] = (*METHOD_NAMES, *POSITION_BASELINES)
-
-#: Deterministic methods whose padded-batch scores equal the single-example scores
-#: (to rounding) for models that honour the attention mask.
-BATCHABLE: frozenset[str] = frozenset(
-    {MAMBA_LRP, LN_RULE_ONLY, NO_RULES, INPUT_X_GRADIENT, INTEGRATED_GRADIENTS, SALIENCY, RECENCY}
-)
-#: Methods that draw random numbers (seeded per example).
-SEEDED: frozenset[str] = frozenset({RANDOM, SMOOTHGRAD, READ_POSITION})
+ALL_METHODS: tuple[str, ...] = tuple(METHODS)
 
 
 def method_slug(name: str) -> str:
@@ -145,23 +116,6 @@ def example_seed(seed: int, example_id: int) -> int:
     return (seed * 1_000_003 + example_id * 7_919 + 12_345) % (2**63)
 
 
-def _recency(embeds: Tensor, target: TargetType, extra: tuple[Any, ...]) -> Tensor:
-    length = embeds.shape[1]
-    positions = torch.arange(1 - length, 1, dtype=torch.float64, device=embeds.device)
-    return positions.expand(embeds.shape[0], -1).to(embeds.dtype)
-
-
-def _read_position(seed: int, position: int) -> Callable[..., Tensor]:
-    def run(embeds: Tensor, target: TargetType, extra: tuple[Any, ...]) -> Tensor:
-        generator = torch.Generator().manual_seed(seed)
-        scores = torch.rand(embeds.shape[:2], generator=generator, dtype=torch.float64)
-        read = target[0] if isinstance(target, tuple) else position
-        scores[:, read] = 2.0  # above every random score in [0, 1)
-        return scores.to(dtype=embeds.dtype, device=embeds.device)
-
-    return run
-
-
 @dataclass
 class MethodRunner:
     """One method of a run, ready to explain examples.
@@ -174,7 +128,8 @@ class MethodRunner:
         model (nn.Module): the explained model.
         forward (Callable): ``forward(embeds, attention_mask) -> outputs``.
         settings (MethodSettings): hyper-parameters (and the run's seed).
-        built (TokenAttribution, optional): the method built once (unseeded methods).
+        built (TokenAttribution, optional): the method built once (unseeded methods;
+            the seeded ones are built per example).
     """
 
     name: str
@@ -206,12 +161,10 @@ class MethodRunner:
             Tensor: detached scores.
         """
         extra = () if attention_mask is None else (attention_mask,)
-        if self.name in SEEDED:
+        if METHODS[self.name].seeded:
             if len(example_ids) != 1 or embeds.shape[0] != 1:
                 raise ValueError(f"{self.name} explains one example per call with its id")
             seed = example_seed(self.settings.seed, int(example_ids[0]))
-            if self.name == READ_POSITION:
-                return _read_position(seed, self.settings.position)(embeds, target, extra)
             settings = replace(self.settings, seed=seed)
             method = build_method(self.name, self.model, self.forward, settings)
             return method(embeds, target, extra or None)
@@ -246,14 +199,9 @@ def build_runners(
     settings = settings or MethodSettings()
     runners = []
     for name in resolve_methods(names):
-        if name == RECENCY:
-            built = TokenAttribution(RECENCY, _recency, False)
-        elif name == READ_POSITION:
-            built = None
-        else:
-            built = build_method(name, model, forward, settings)
-        signed = built is not None and built.signed
+        spec = METHODS[name]
+        built = None if spec.seeded else build_method(name, model, forward, settings)
         runners.append(
-            MethodRunner(name, signed, name in BATCHABLE, model, forward, settings, built)
+            MethodRunner(name, spec.signed, spec.batchable, model, forward, settings, built)
         )
     return runners

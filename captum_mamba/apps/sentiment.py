@@ -8,11 +8,12 @@ so MambaLRP conserves relevance up to the biases). Its embedding
 texts and takes the tokenizer's own ids, so explanations are shown on the real tokens.
 
 Training runs the model inside ``rules_applied(model, MambaRules.gradient_x_input())``
-(:func:`fast_path`): the model's exact function through this package's chunked
-selective scan, whose backward is a hand-written adjoint scan, instead of transformers'
-CPU path (autograd through a Python loop over time). The state matrix is not trained:
-``A_log`` keeps its S4D-real initial value ``log(1..N)`` (the input-dependent time steps
-still set every decay), which keeps the classifiers of the README reproducible.
+(:func:`~captum_mamba.attr.forward.fast_forward`): the model's exact function through
+this package's chunked selective scan, whose backward is a hand-written adjoint scan,
+instead of transformers' CPU path (autograd through a Python loop over time). The state
+matrix is not trained: ``A_log`` keeps its S4D-real initial value ``log(1..N)`` (the
+input-dependent time steps still set every decay), which keeps the classifiers of the
+README reproducible.
 
 Training targets mix each text's label with the class probabilities of a naive Bayes
 teacher fitted on the same training texts (:class:`NaiveBayesTeacher`), and random
@@ -40,7 +41,6 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -51,8 +51,8 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 from transformers import MambaConfig, MambaModel
 
-from captum_mamba.adapters import register_container, register_leaf, rules_applied
-from captum_mamba.data import (
+from captum_mamba.adapters import register_container, register_leaf
+from captum_mamba.apps.data import (
     ROTTEN_TOMATOES_FILE,
     SENTIMENT_LABELS,
     SST2_FILE,
@@ -63,7 +63,9 @@ from captum_mamba.data import (
     read_labelled,
     train_validation_split,
 )
-from captum_mamba.rules import MambaRules
+from captum_mamba.apps.loading import ExplainedModel, ModelLoader, ModelLoadError, register_loader
+from captum_mamba.attr.batches import length_buckets, pad_sequences
+from captum_mamba.attr.forward import default_forward, fast_forward
 
 PAD_TOKEN = "<|padding|>"
 #: Rows of :class:`CompactEmbedding` shared by many tokens.
@@ -501,44 +503,18 @@ def draw_phrases(
 
 def pad_left(rows: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]:
     """Left-pad id lists into ``input_ids`` and ``attention_mask`` ``(batch, longest)``."""
-    length = max(len(row) for row in rows)
-    ids = torch.tensor([[pad] * (length - len(row)) + list(row) for row in rows])
-    mask = torch.tensor([[0] * (length - len(row)) + [1] * len(row) for row in rows])
-    return ids, mask
-
-
-def fast_path(model: nn.Module) -> AbstractContextManager[nn.Module]:
-    """Context in which ``model`` computes its exact function through this package's
-    scans: fast on a CPU and differentiable, with an adjoint-scan backward.
-
-    It is ``rules_applied(model, MambaRules.gradient_x_input())`` (all rules off).
-
-    Args:
-        model (nn.Module): a model with supported Mamba blocks.
-
-    Returns:
-        context manager: yields ``model``.
-
-    Examples::
-
-        >>> with fast_path(classifier.model):
-        ...     loss = classifier_loss(classifier.model, rows, mask, labels, setup)
-        ...     loss.backward()
-    """
-    return rules_applied(model, MambaRules.gradient_x_input())
+    return pad_sequences([torch.tensor(row, dtype=torch.long) for row in rows], pad, left=True)
 
 
 @torch.no_grad()
 def _logits(model: MambaTextClassifier, rows: Sequence[Sequence[int]], batch_size: int) -> Tensor:
     """Logits of tokenized texts, in batches of similar length."""
     pad = model.get_input_embeddings().padding_id
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     logits = torch.empty(len(rows), model.head.out_features)
-    with fast_path(model):
-        for first in range(0, len(order), batch_size):
-            chosen = order[first : first + batch_size]
-            ids, mask = pad_left([rows[i] for i in chosen], pad)
-            logits[chosen] = model(input_ids=ids, attention_mask=mask).float()
+    with fast_forward(model):
+        for batch in length_buckets([len(row) for row in rows], batch_size):
+            ids, mask = pad_left([rows[i] for i in batch], pad)
+            logits[batch] = model(input_ids=ids, attention_mask=mask).float()
     return logits
 
 
@@ -736,7 +712,7 @@ def classifier_loss(
     indices or class probabilities, with token and feature dropout drawn from
     ``generator`` (none without a generator).
 
-    Run it inside :func:`fast_path` for the fast CPU backward.
+    Run it inside :func:`~captum_mamba.attr.forward.fast_forward` for the fast CPU backward.
 
     Args:
         model (MambaTextClassifier): the classifier (with a :class:`CompactEmbedding`).
@@ -810,7 +786,7 @@ def train_classifier(
     ``train`` first; each text's target mixes its label with the teacher's class
     probabilities, and ``setup.phrases_per_text`` phrases drawn from each text join the
     training data with the teacher's probabilities as targets. Each step runs inside
-    :func:`fast_path`, which computes the model's exact function
+    :func:`~captum_mamba.attr.forward.fast_forward`, which computes the model's exact function
     (and gradients) through this package's scans. After every epoch the accuracy on
     ``validation`` is measured; training stops after ``setup.patience`` epochs without
     improvement and the best epoch's weights are returned (the last epoch's without
@@ -894,7 +870,7 @@ def train_classifier(
     for epoch in range(1, setup.epochs + 1):
         model.train()
         total = 0.0
-        with fast_path(model):
+        with fast_forward(model):
             batches = _batches([len(row) for row in rows], setup.batch_size, generator)
             for step, batch in enumerate(batches, 1):
                 ids, mask = pad_left([rows[i] for i in batch], PADDING_ROW)
@@ -1060,3 +1036,59 @@ def load_or_train_classifier(
         read_labelled(data_dir / SST2_FILE, text_column="sentence", label_names=SENTIMENT_LABELS),
         progress,
     )
+
+
+def from_classifier(
+    classifier: TextClassifier, source: str, max_length: int | None = None
+) -> ExplainedModel:
+    """An :class:`~captum_mamba.apps.loading.ExplainedModel` of a :class:`TextClassifier`.
+
+    Args:
+        classifier (TextClassifier): the classifier.
+        source (str): where it came from (for captions).
+        max_length (int, optional): tokens kept per text. Default: None (the
+            classifier's setting).
+
+    Returns:
+        ExplainedModel: the classifier with its own tokenization (normalisation and
+        truncation as in training).
+    """
+    setup = classifier.setup
+    if max_length is not None:
+        setup = setup.replace(max_length=max_length)
+
+    def encode(texts: Sequence[str]) -> list[list[int]]:
+        return tokenize(classifier.tokenizer, texts, setup, classifier.padding_id)
+
+    model = classifier.model
+    return ExplainedModel(
+        model,
+        classifier.tokenizer,
+        encode,
+        default_forward(model, "inputs_embeds"),
+        classifier.padding_id,
+        classifier.label_names,
+        f"captum-mamba text classifier {Path(source).name} ({setup.describe()}; "
+        f"classes {', '.join(classifier.label_names)})",
+        source,
+    )
+
+
+def _is_checkpoint(source: str) -> bool:
+    path = Path(source)
+    if not path.is_file():
+        return False
+    with path.open("rb") as handle:
+        return handle.read(len(CHECKPOINT_FORMAT)) == CHECKPOINT_FORMAT.encode()
+
+
+def _load_checkpoint(source: str, tokenizer: Any, max_length: int | None) -> ExplainedModel:
+    """A checkpoint as :func:`~captum_mamba.apps.loading.load_explained` loads it (its
+    own tokenizer: ``tokenizer`` is not used)."""
+    try:
+        return from_classifier(TextClassifier.load(source), source, max_length)
+    except CheckpointError as error:
+        raise ModelLoadError(str(error)) from None
+
+
+register_loader(ModelLoader("captum-mamba classifier checkpoint", _is_checkpoint, _load_checkpoint))

@@ -1,9 +1,11 @@
-r"""Loading a model and its tokenizer for the command line and :mod:`captum_mamba.dataset`.
+r"""Loading a model and its tokenizer for the command line and :mod:`captum_mamba.apps.dataset`.
 
-:func:`load_explained` accepts
+:func:`load_explained` asks the registered loaders (:func:`register_loader`), then the
+built-in ones, which model argument each reads. Registered: whatever a module registers
+when imported, e.g. :mod:`captum_mamba.apps.sentiment` the checkpoints of this package's
+text classifier (:meth:`TextClassifier.save
+<captum_mamba.apps.sentiment.TextClassifier.save>`; its tokenizer is inside). Built in:
 
-- a checkpoint of this package's text classifier (:meth:`TextClassifier.save
-  <captum_mamba.sentiment.TextClassifier.save>`; its tokenizer is inside);
 - a transformers model folder (``save_pretrained``) or hub id: a
   ``...ForSequenceClassification`` architecture is loaded as a classifier, anything
   else as a causal language model; the tokenizer is the folder's, or ``tokenizer``;
@@ -24,7 +26,6 @@ import importlib
 import json
 import re
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from captum_mamba.adapters import UnsupportedModelError, plan_rules, rules_applied
-from captum_mamba.attr._forward import default_forward
-from captum_mamba.rules import MambaRules
+from captum_mamba.apps.data import load_tokenizer
+from captum_mamba.attr.forward import default_forward
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -90,33 +90,6 @@ def model_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def fast_forward(model: nn.Module) -> AbstractContextManager[Any]:
-    """Context in which ``model`` computes its exact function through this package's
-    scans (fast on CPUs; ``rules_applied`` with every rule off), or its own forward if
-    the adapters do not cover it.
-
-    Args:
-        model (nn.Module): the model.
-
-    Returns:
-        context manager: the context.
-    """
-    try:
-        plan_rules(model, MambaRules.gradient_x_input())
-    except UnsupportedModelError:
-        return nullcontext()
-    return rules_applied(model, MambaRules.gradient_x_input())
-
-
-def _is_checkpoint(path: Path) -> bool:
-    from captum_mamba.sentiment import CHECKPOINT_FORMAT
-
-    if not path.is_file():
-        return False
-    with path.open("rb") as handle:
-        return handle.read(len(CHECKPOINT_FORMAT)) == CHECKPOINT_FORMAT.encode()
-
-
 def load_tokenizer_any(source: Any) -> Any:
     """A tokenizer from a ``tokenizer.json`` path, a folder or hub id, or as given.
 
@@ -135,9 +108,7 @@ def load_tokenizer_any(source: Any) -> Any:
     path = Path(source)
     try:
         if path.is_file():
-            from tokenizers import Tokenizer
-
-            return Tokenizer.from_file(str(path))
+            return load_tokenizer(path)
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(str(source))
@@ -151,7 +122,16 @@ def load_tokenizer_any(source: Any) -> Any:
 
 def _encoder(tokenizer: Any, max_length: int | None, pad_id: int) -> Callable[..., list[list[int]]]:
     """``encode(texts)`` with either kind of tokenizer; the last ``max_length`` tokens
-    of a longer text are kept (the end is what a causal model reads last)."""
+    of a longer text are kept (the end is what a causal model reads last).
+
+    Args:
+        tokenizer (Any): a ``tokenizers.Tokenizer`` or a transformers tokenizer.
+        max_length (int, optional): tokens kept per text; None keeps all.
+        pad_id (int): the id of a text without tokens.
+
+    Returns:
+        Callable: ``encode(texts) -> list of id lists`` (never empty).
+    """
 
     def encode(texts: Sequence[str]) -> list[list[int]]:
         if hasattr(tokenizer, "encode_batch"):  # tokenizers.Tokenizer
@@ -166,6 +146,14 @@ def _encoder(tokenizer: Any, max_length: int | None, pad_id: int) -> Callable[..
 
 
 def _pad_id(tokenizer: Any) -> int:
+    """The id a tokenizer pads with: its pad or end-of-text id, else 0.
+
+    Args:
+        tokenizer (Any): a ``tokenizers.Tokenizer`` or a transformers tokenizer.
+
+    Returns:
+        int: the id.
+    """
     for name in ("pad_token_id", "eos_token_id"):
         value = getattr(tokenizer, name, None)
         if isinstance(value, int):
@@ -178,43 +166,32 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def from_classifier(classifier: Any, source: str, max_length: int | None = None) -> ExplainedModel:
-    """An :class:`ExplainedModel` of a :class:`~captum_mamba.sentiment.TextClassifier`.
-
-    Args:
-        classifier (TextClassifier): the classifier.
-        source (str): where it came from (for captions).
-        max_length (int, optional): tokens kept per text. Default: None (the
-            classifier's setting).
-
-    Returns:
-        ExplainedModel: the classifier with its own tokenization (normalisation and
-        truncation as in training).
-    """
-    from captum_mamba.sentiment import tokenize
-
-    setup = classifier.setup
-    if max_length is not None:
-        setup = setup.replace(max_length=max_length)
-
-    def encode(texts: Sequence[str]) -> list[list[int]]:
-        return tokenize(classifier.tokenizer, texts, setup, classifier.padding_id)
-
-    model = classifier.model
+def _explained(
+    model: nn.Module,
+    tokenizer: Any,
+    max_length: int | None,
+    labels: tuple[str, ...],
+    description: str,
+    source: str,
+    forward: Callable[..., Tensor] | None = None,
+) -> ExplainedModel:
+    """An :class:`ExplainedModel` of a loaded model with its tokenizer (an object or a
+    path / hub id), encoding with it and padding with its pad id."""
+    tokenizer = load_tokenizer_any(tokenizer)
+    pad = _pad_id(tokenizer)
     return ExplainedModel(
         model,
-        classifier.tokenizer,
-        encode,
-        default_forward(model, "inputs_embeds"),
-        classifier.padding_id,
-        classifier.label_names,
-        f"captum-mamba text classifier {Path(source).name} ({setup.describe()}; "
-        f"classes {', '.join(classifier.label_names)})",
+        tokenizer,
+        _encoder(tokenizer, max_length, pad),
+        forward or default_forward(model, "inputs_embeds"),
+        pad,
+        labels,
+        description,
         source,
     )
 
 
-def _factory(spec: str, max_length: int | None) -> ExplainedModel:
+def _factory(spec: str, tokenizer: Any, max_length: int | None) -> ExplainedModel:
     module_name, _, function_name = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -244,21 +221,19 @@ def _factory(spec: str, max_length: int | None) -> ExplainedModel:
         )
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"{spec} returned a {type(model).__name__} as model, not a Module")
-    tokenizer = load_tokenizer_any(tokenizer)
-    pad = _pad_id(tokenizer)
-    return ExplainedModel(
+    return _explained(
         model.eval(),
         tokenizer,
-        _encoder(tokenizer, max_length, pad),
-        forward or default_forward(model, "inputs_embeds"),
-        pad,
+        max_length,
         tuple(str(name) for name in labels),
         f"{type(model).__name__} from {spec}",
         spec,
+        forward,
     )
 
 
-def _mamba_ssm(path: Path, tokenizer: Any, max_length: int | None) -> ExplainedModel:
+def _mamba_ssm(source: str, tokenizer: Any, max_length: int | None) -> ExplainedModel:
+    path = Path(source)
     if tokenizer is None:
         raise ModelLoadError(
             f"{path} is a mamba-ssm checkpoint without a tokenizer; pass --tokenizer "
@@ -273,17 +248,8 @@ def _mamba_ssm(path: Path, tokenizer: Any, max_length: int | None) -> ExplainedM
             f"on a CUDA machine"
         ) from None
     model = MambaLMHeadModel.from_pretrained(str(path)).eval()
-    tokenizer = load_tokenizer_any(tokenizer)
-    pad = _pad_id(tokenizer)
-    return ExplainedModel(
-        model,
-        tokenizer,
-        _encoder(tokenizer, max_length, pad),
-        default_forward(model, "inputs_embeds"),
-        pad,
-        (),
-        f"mamba-ssm MambaLMHeadModel from {path}",
-        str(path),
+    return _explained(
+        model, tokenizer, max_length, (), f"mamba-ssm MambaLMHeadModel from {path}", str(path)
     )
 
 
@@ -302,33 +268,111 @@ def _transformers(source: str, tokenizer: Any, max_length: int | None) -> Explai
     classifier = any(name.endswith("ForSequenceClassification") for name in architectures)
     auto = AutoModelForSequenceClassification if classifier else AutoModelForCausalLM
     model = auto.from_pretrained(source).eval()
-    tokenizer = load_tokenizer_any(source if tokenizer is None else tokenizer)
-    pad = _pad_id(tokenizer)
     labels: tuple[str, ...] = ()
     if classifier:
         id2label = getattr(config, "id2label", None) or {}
         labels = tuple(str(id2label.get(k, k)) for k in range(config.num_labels))
     kind = "classifier" if classifier else "language model"
-    return ExplainedModel(
+    return _explained(
         model,
-        tokenizer,
-        _encoder(tokenizer, max_length, pad),
-        default_forward(model, "inputs_embeds"),
-        pad,
+        source if tokenizer is None else tokenizer,
+        max_length,
         labels,
         f"transformers {type(model).__name__} ({kind}) from {source}",
         source,
     )
 
 
+@dataclass(frozen=True)
+class ModelLoader:
+    """One kind of model argument that :func:`load_explained` reads.
+
+    Args:
+        name (str): what it loads, for messages (e.g. ``"mamba-ssm checkpoint folder"``).
+        accepts (Callable): ``accepts(source) -> bool``: whether the model argument (a
+            path, hub id or other text) is of this kind; it may raise
+            :class:`ModelLoadError` for one that is but is broken.
+        load (Callable): ``load(source, tokenizer, max_length) -> ExplainedModel``, with
+            the arguments of :func:`load_explained`.
+    """
+
+    name: str
+    accepts: Callable[[str], bool]
+    load: Callable[[str, Any, int | None], ExplainedModel]
+
+
+_REGISTERED: dict[str, ModelLoader] = {}
+
+
+def register_loader(loader: ModelLoader) -> None:
+    """Let :func:`load_explained` read another kind of model argument, asked before the
+    built-in loaders (registering a name again replaces that loader).
+
+    Args:
+        loader (ModelLoader): the loader.
+    """
+    _REGISTERED[loader.name] = loader
+
+
+def _mamba_ssm_folder(source: str) -> bool:
+    path = Path(source)
+    if not (path.is_dir() and (path / "config.json").is_file()):
+        return False
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except ValueError as error:
+        raise ModelLoadError(f"{path / 'config.json'} is not valid JSON ({error})") from None
+    return isinstance(config, dict) and "d_model" in config and "n_layer" in config
+
+
+def _is_factory(source: str) -> bool:
+    return not Path(source).exists() and _FACTORY.match(source) is not None
+
+
+def _transformers_source(source: str) -> bool:
+    path = Path(source)
+    if path.is_file():
+        raise ModelLoadError(
+            f"{path} is a file but not a captum-mamba classifier checkpoint; pass that, "
+            f"a transformers or mamba-ssm model folder, a hub id or module:function"
+        )
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"{path} is a folder without config.json; pass a transformers or mamba-ssm model "
+            f"folder (save_pretrained), a classifier checkpoint, a hub id or module:function"
+        )
+    return True
+
+
+#: The loaders asked after the registered ones, in order; the last reads anything else.
+BUILT_IN_LOADERS: tuple[ModelLoader, ...] = (
+    ModelLoader("mamba-ssm checkpoint folder", _mamba_ssm_folder, _mamba_ssm),
+    ModelLoader("Python factory module:function", _is_factory, _factory),
+    ModelLoader("transformers model folder or hub id", _transformers_source, _transformers),
+)
+
+
+def model_loaders() -> tuple[ModelLoader, ...]:
+    """The loaders :func:`load_explained` asks, in order: the registered ones, then
+    :data:`BUILT_IN_LOADERS`.
+
+    Returns:
+        tuple of ModelLoader: the loaders.
+    """
+    return (*_REGISTERED.values(), *BUILT_IN_LOADERS)
+
+
 def load_explained(
     model: str | Path, tokenizer: Any = None, max_length: int | None = None
 ) -> ExplainedModel:
-    """Load a model (and its tokenizer) to explain, see the module docstring.
+    """Load a model (and its tokenizer) to explain with the first loader of
+    :func:`model_loaders` that accepts it, see the module docstring.
 
     Args:
-        model (str or Path): a classifier checkpoint, a transformers folder or hub id,
-            a mamba-ssm checkpoint folder, or ``"module:function"``.
+        model (str or Path): a classifier checkpoint (once
+            :mod:`captum_mamba.apps.sentiment` is imported), a transformers folder or hub
+            id, a mamba-ssm checkpoint folder, ``"module:function"``, or what another
+            registered loader reads.
         tokenizer (Any, optional): tokenizer or its path / hub id. Default: None (the
             model's own).
         max_length (int, optional): tokens kept per text (the last ones). Default:
@@ -347,34 +391,6 @@ def load_explained(
         >>> explained = load_explained("state-spaces/mamba-130m-hf")
         >>> explained = load_explained("my_project.models:build")
     """
-    from captum_mamba.sentiment import CheckpointError
-
-    text = str(model)
-    path = Path(text)
-    if path.is_file():
-        if not _is_checkpoint(path):
-            raise ModelLoadError(
-                f"{path} is a file but not a captum-mamba classifier checkpoint; pass that, "
-                f"a transformers or mamba-ssm model folder, a hub id or module:function"
-            )
-        from captum_mamba.sentiment import TextClassifier
-
-        try:
-            return from_classifier(TextClassifier.load(path), str(path), max_length)
-        except CheckpointError as error:
-            raise ModelLoadError(str(error)) from None
-    if path.is_dir() and (path / "config.json").is_file():
-        try:
-            config = json.loads((path / "config.json").read_text())
-        except ValueError as error:
-            raise ModelLoadError(f"{path / 'config.json'} is not valid JSON ({error})") from None
-        if isinstance(config, dict) and "d_model" in config and "n_layer" in config:
-            return _mamba_ssm(path, tokenizer, max_length)
-    elif not path.exists() and _FACTORY.match(text):
-        return _factory(text, max_length)
-    elif path.is_dir():
-        raise ModelLoadError(
-            f"{path} is a folder without config.json; pass a transformers or mamba-ssm model "
-            f"folder (save_pretrained), a classifier checkpoint, a hub id or module:function"
-        )
-    return _transformers(text, tokenizer, max_length)
+    source = str(model)
+    loader = next(loader for loader in model_loaders() if loader.accepts(source))
+    return loader.load(source, tokenizer, max_length)

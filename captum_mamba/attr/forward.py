@@ -1,22 +1,29 @@
 """Attribution classes: running a model for an explanation.
 
 Default forward functions for Hugging Face and mamba-ssm language models, the dtype
-an explanation computes in, device and argument checks, and the autograd mode of an
-attribution call.
+an explanation computes in, device and argument checks, the autograd mode of an
+attribution call, and the model's exact function with every rule off
+(:func:`fast_forward`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from captum_mamba.adapters import Backend, RecomputeBackend
+from captum_mamba.adapters import (
+    Backend,
+    RecomputeBackend,
+    UnsupportedModelError,
+    plan_rules,
+    rules_applied,
+)
 from captum_mamba.adapters.base import is_computed
-from captum_mamba.attr._targets import (
+from captum_mamba.attr.targets import (
     AttributionInputError,
     TargetType,
     check_output,
@@ -291,7 +298,7 @@ class ModelForward:
             inputs (Tensor): the model inputs ``(batch, seq, ...)``.
             attention_mask (Tensor or None): ``(batch, seq)`` 0/1 padding mask.
             target: ``(position, token)`` per example, in Captum's conventions
-                (see :func:`~captum_mamba.attr._targets.select_target`).
+                (see :func:`~captum_mamba.attr.targets.select_target`).
             batch (int): number of examples.
 
         Returns:
@@ -350,7 +357,7 @@ def explained_outputs(
     With the default forward of a language model and ``(position, token)`` targets, the
     head runs at the explained positions only (:meth:`ModelForward.explained`).
     Explaining a padded position or a fully padded example warns
-    (:class:`~captum_mamba.attr._targets.MaskedTargetWarning`).
+    (:class:`~captum_mamba.attr.targets.MaskedTargetWarning`).
 
     Args:
         forward_func (Callable): the attribution's forward function.
@@ -431,3 +438,27 @@ def explanation_backend(lean: bool | None, tokens: int) -> Backend | None:
     """The backend of an explanation: :class:`RecomputeBackend` on the memory-lean path
     (:func:`uses_lean`), else None (the rule functions)."""
     return RecomputeBackend() if uses_lean(lean, tokens) else None
+
+
+def fast_forward(model: nn.Module) -> AbstractContextManager[Any]:
+    """Context in which ``model`` computes its exact function through this package's
+    scans (``rules_applied`` with every rule off): fast on CPUs and differentiable, with
+    an adjoint-scan backward; or its own forward if the adapters do not cover it.
+
+    Args:
+        model (nn.Module): the model.
+
+    Returns:
+        context manager: the context.
+
+    Examples::
+
+        >>> with fast_forward(classifier):
+        ...     loss = loss_function(classifier(input_ids=ids), labels)
+        ...     loss.backward()
+    """
+    try:
+        plan_rules(model, MambaRules.gradient_x_input())
+    except UnsupportedModelError:
+        return nullcontext()
+    return rules_applied(model, MambaRules.gradient_x_input())

@@ -6,7 +6,7 @@ predicted class by default) with every method, and records the token-perturbatio
 curves (:mod:`captum_mamba.metrics.perturbation`), ``Delta A^F = A(LeRF) - A(MoRF)``,
 the insertion area, the sum of relevances next to the explained logit, and the
 wall-clock time of the attribution call. Every study includes the position-only sanity
-baselines of :mod:`captum_mamba.methods` (``Recency``, ``Read position, then random``)
+baselines of :mod:`captum_mamba.apps.methods` (``Recency``, ``Read position, then random``)
 next to ``Random``: a method must beat them for its score to mean anything.
 
 Perturbation protocols: removed tokens are replaced by the zero embedding, the mean
@@ -18,7 +18,7 @@ last-token head collapses when its own token is removed (``RMSNorm(0) = 0`` and
 token first scores well whatever the explanation; keeping the last token, or a head on
 the mean over positions, avoids that.
 
-The work is sharded like :func:`captum_mamba.dataset.attribute_dataset`: the records of
+The work is sharded like :func:`captum_mamba.apps.dataset.attribute_dataset`: the records of
 ``shard_size`` examples go to ``shards/shard-*.jsonl`` as each shard finishes; the
 tables are rewritten after every shard (partial results survive an interruption); a
 re-run computes only the missing shards, and under ``torchrun`` each process takes its
@@ -29,7 +29,7 @@ share. It writes:
 - ``curves.png``: mean MoRF / LeRF / insertion curves per method;
 - ``conservation.png``: sum of relevances vs explained logit (signed methods).
 
-Command line: ``captum-mamba study run`` (see :mod:`captum_mamba.cli`)::
+Command line: ``captum-mamba study run`` (see :mod:`captum_mamba.apps.cli`)::
 
     captum-mamba study run --data-dir ../shared/data --num-examples 200
     captum-mamba study run --model news.ckpt --dataset news.csv --text-column body \
@@ -57,19 +57,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from captum_mamba.attr._forward import default_forward
-from captum_mamba.baselines.captum_methods import MethodSettings, TokenAttribution
-from captum_mamba.loading import fast_forward, model_fingerprint
-from captum_mamba.methods import ALL_METHODS, build_runners
-from captum_mamba.metrics import (
-    conservation_stats,
-    curve_area,
-    perturbation_curves,
-    replacement_embedding,
-    resample_curve,
-)
-from captum_mamba.rules import MambaRules
-from captum_mamba.sharding import (
+from captum_mamba.adapters import rules_applied
+from captum_mamba.apps.loading import model_fingerprint
+from captum_mamba.apps.methods import ALL_METHODS, build_runners
+from captum_mamba.apps.sharding import (
     ShardLayout,
     barrier,
     current_process,
@@ -77,6 +68,24 @@ from captum_mamba.sharding import (
     prepare_directory,
     write_atomic,
 )
+from captum_mamba.attr import LayerMambaLRP, MambaLRP, uses_lean
+from captum_mamba.attr.forward import default_forward, fast_forward
+from captum_mamba.baselines import MambaAttentionRollout
+from captum_mamba.baselines.captum_methods import (
+    SALIENCY,
+    MethodSettings,
+    TokenAttribution,
+    build_method,
+)
+from captum_mamba.metrics import (
+    conservation_stats,
+    curve_area,
+    perturbation_curves,
+    replacement_embedding,
+    resample_curve,
+)
+from captum_mamba.models import mamba_config, random_mamba_lm
+from captum_mamba.rules import MambaRules
 
 Tokenize = Callable[[str], Tensor]
 #: Result files of a study (besides the shards).
@@ -460,10 +469,10 @@ def run_study(
             supported Mamba blocks), in eval mode.
         tokenize (Callable): ``tokenize(text) -> (1, seq)`` long token ids.
         examples (sequence): labelled examples, objects with ``text`` and ``label``
-            (e.g. :class:`captum_mamba.data.LabelledText`) or ``(text, label)`` pairs;
+            (e.g. :class:`captum_mamba.apps.data.LabelledText`) or ``(text, label)`` pairs;
             an example's id (its seed, its row in ``examples.csv``) is its index here.
         methods (sequence, optional): method names of
-            :data:`~captum_mamba.methods.ALL_METHODS` (any case) or built
+            :data:`~captum_mamba.apps.methods.ALL_METHODS` (any case) or built
             :class:`TokenAttribution` objects. Default: all methods, sanity
             baselines included.
         output_dir (str or PathLike, optional): folder for tables, plots and shards
@@ -650,8 +659,6 @@ def parse_shape(shape: str) -> tuple[int, int, int, int]:
 
 
 def _memory_model(shape: str, seed: int) -> nn.Module:
-    from captum_mamba.models import mamba_config, random_mamba_lm
-
     hidden, layers, state, vocab = parse_shape(shape)
     config = mamba_config(
         hidden_size=hidden, num_hidden_layers=layers, state_size=state, vocab_size=vocab
@@ -661,11 +668,6 @@ def _memory_model(shape: str, seed: int) -> nn.Module:
 
 def _memory_call(method: str, model: nn.Module, ids: Tensor) -> Callable[[], Any]:
     """The measured call of ``method`` on ``ids`` ``(1, length)``."""
-    from captum_mamba.adapters import rules_applied
-    from captum_mamba.attr import LayerMambaLRP, MambaLRP
-    from captum_mamba.baselines import MambaAttentionRollout
-    from captum_mamba.baselines.captum_methods import SALIENCY, build_method
-
     embeds = model.get_input_embeddings()(ids).detach()
     target = (-1, int(ids[0, -1]))
     forward = default_forward(model, "inputs_embeds")
@@ -736,8 +738,6 @@ def _memory_worker(
     """Build the model, warm ``method`` up on 8 tokens, run it ``repeats`` times at
     ``length`` and report the median time and the peak resident set above the resident
     set before the first run."""
-    from captum_mamba.attr import uses_lean
-
     model = _memory_model(shape, seed)
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, model.config.vocab_size, (1, length), generator=generator)
@@ -806,7 +806,7 @@ def measure_peak_memory(
     """
     if method not in MEMORY_METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(MEMORY_METHODS)}")
-    command = [sys.executable, "-m", "captum_mamba.study", "memory-worker"]
+    command = [sys.executable, "-m", "captum_mamba", "study", "memory-worker"]
     command += ["--method", method, "--length", str(length), "--seed", str(seed)]
     command += ["--shape", shape, "--repeats", str(repeats)]
     if threads:
@@ -818,15 +818,3 @@ def measure_peak_memory(
             f"the memory worker ({method}, {length} tokens) failed: {lines[-1].strip()}"
         )
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m captum_mamba.study``: the ``study`` commands of :mod:`captum_mamba.cli`
-    (``run``, ``memory``)."""
-    from captum_mamba.cli import main as cli_main
-
-    cli_main(["study", *(sys.argv[1:] if argv is None else argv)], prog="captum-mamba-study")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,27 +1,24 @@
-"""Visualisation: render the README pictures (token heatmap, perturbation curves, conservation).
+"""Render the README pictures (token heatmap, perturbation curves, conservation).
 
-The pictures explain the sentiment classifier of :mod:`captum_mamba.sentiment`
+The pictures explain the sentiment classifier of :mod:`captum_mamba.apps.sentiment`
 (trained once and cached) on SST-2 validation sentences. Command line::
 
-    python -m captum_mamba.visualization.render_readme --data-dir ../shared/data \\
-        --output docs/images
+    captum-mamba render-readme --data-dir ../shared/data --output docs/images
 """
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from captum_mamba.apps.data import SST2_FILE, load_sst2
+from captum_mamba.apps.sentiment import load_or_train_classifier
 from captum_mamba.attr import MambaLRP
 from captum_mamba.baselines.captum_methods import MethodSettings, build_methods
-from captum_mamba.data import SST2_FILE, default_data_dir, load_sst2
 from captum_mamba.metrics import perturbation_curves, replacement_embedding, resample_curve
 from captum_mamba.rules import MambaRules
-from captum_mamba.sentiment import load_or_train_classifier
 from captum_mamba.visualization.plots import plot_conservation, plot_morf_lerf
 from captum_mamba.visualization.text import batch_text_heatmap_figure, token_texts
 
@@ -123,18 +120,3 @@ def render(data_dir: Path, output: Path, num_sentences: int = 24) -> list[Path]:
     paths.append(output / "conservation.png")
     ax.figure.savefig(paths[-1], dpi=110)
     return paths
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line entry point (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=None, help="default: $CAPTUM_MAMBA_DATA")
-    parser.add_argument("--output", type=Path, default=Path("docs") / "images")
-    parser.add_argument("--num-sentences", type=int, default=24)
-    args = parser.parse_args(argv)
-    for path in render(args.data_dir or default_data_dir(), args.output, args.num_sentences):
-        print("wrote", path)
-
-
-if __name__ == "__main__":
-    main()
