@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 #: Dependencies whose lower bound CI cannot install (see the module docstring).
 NOT_PINNED = {"torch"}
