@@ -9,10 +9,10 @@ tensors exactly as on a GPU (``dt``, ``A``, ``B``, ``C`` as the rules pass them,
 softplus, skip term or gate). In float32 they must match the float64 references of
 ``tests/cases`` for every rule preset and single-rule ablation: the explained output (the
 forward pass) and the relevance (the backward pass). Each parity test prints its row of
-the table in ``docs/performance.md``; to print the table::
+the parity table in ``docs/performance.md``; to print them::
 
     TRITON_INTERPRET=1 CAPTUM_MAMBA_SSM_SUBPROCESS=1 PYTHONPATH=STUB_DIR:. \\
-        python -m pytest tests/test_triton_interpreter.py -q -s -k parity | grep '^|'
+        python -m pytest tests/test_triton_interpreter.py -q -s | grep -o '| .*'
 
 where ``STUB_DIR`` holds the stand-in ``selective_scan_cuda.py`` of
 ``mamba_ssm_subprocess.py``. The tests here are marked ``triton_interpreter`` (CI runs
@@ -33,7 +33,7 @@ import pytest
 import torch
 from helpers import gradient_x_input, relative_error
 from mamba_ssm_subprocess import ROOT
-from scan_cases import ssd_inputs, values_and_gradients
+from scan_cases import selective_inputs, ssd_inputs, values_and_gradients
 from torch import Tensor, nn
 from triton_interpreter import (
     IN_INTERPRETER,
@@ -262,9 +262,18 @@ def test_fused_ssd_scan_matches_the_float64_chunked_scan(
     )
     assert kernel_calls == {"forward": 1, "backward": 1}
     assert y.dtype == torch.float32
-    assert relative_error(y, expected) <= SCAN_RTOL
-    for grad, expected_grad in zip(grads, expected_grads, strict=True):
-        assert relative_error(grad, expected_grad) <= SCAN_RTOL
+    forward_error = relative_error(y, expected)
+    backward_error = max(
+        relative_error(grad, expected_grad)
+        for grad, expected_grad in zip(grads, expected_grads, strict=True)
+    )
+    print(
+        f"| mamba_chunk_scan_combined | ssd_scan, shape {shape} | - "
+        f"| {'SSM rule (x)' if ssm_rule else 'no SSM rule (x, dt, A, B, C)'} "
+        f"| {forward_error:.1e} | {backward_error:.1e} |"
+    )
+    assert forward_error <= SCAN_RTOL
+    assert backward_error <= SCAN_RTOL
 
 
 CASES = [
@@ -298,3 +307,46 @@ def test_parity_of_mamba_lrp_through_the_kernel(
     assert relevance.dtype == torch.float32 and expected.abs().max() > 1e-3
     assert forward_error <= MODEL_RTOL
     assert backward_error <= MODEL_RTOL
+
+
+# --- selective_state_update: the one-token step of mamba-ssm's generation ---------------
+
+
+@pytest.mark.parametrize("layout", ["mamba1", "mamba2"])
+def test_selective_state_update_matches_the_packages_one_token_step(
+    triton_interpreter: None, layout: str
+) -> None:
+    """mamba-ssm's Triton ``selective_state_update`` against the package's own step of
+    generation (``selective_scan_with_state`` / ``ssd_scan_with_state`` on one token,
+    float64). The package does not call this kernel (generation steps through its own
+    scans); this records that the kernel computes the same step."""
+    from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+
+    from captum_mamba.ops import selective_scan_with_state, ssd_scan_with_state
+
+    generator = torch.Generator().manual_seed(5)
+    if layout == "mamba1":
+        x, dt, A, B, C = selective_inputs(2, 1, 6, 4, seed=5)
+        state = torch.randn(2, 6, 4, generator=generator, dtype=torch.float64)
+        expected, expected_state = selective_scan_with_state(x, dt, A, B, C, state)
+        step = (x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])
+    else:
+        x, dt, A, B, C = ssd_inputs(2, 1, 4, 3, 2, 5, seed=5)
+        state = torch.randn(2, 4, 3, 5, generator=generator, dtype=torch.float64)
+        expected, expected_state = ssd_scan_with_state(x, dt, A, B, C, state=state)
+        # mamba-ssm's Mamba2.step: dt and A broadcast over the head channels and states.
+        dt_heads = dt[:, 0, :, None].expand(-1, -1, 3)
+        step = (x[:, 0], dt_heads, A[:, None, None].expand(-1, 3, 5), B[:, 0], C[:, 0])
+    kernel_state = state.float()
+    # mamba-ssm 2.3.2 cannot launch the kernel without dt_bias and D (it unpacks
+    # ``*(...) if dt_bias is not None else 0``): zeros keep the step a plain scan step.
+    zeros = torch.zeros(A.shape[0], *([3] if layout == "mamba2" else []))
+    y = selective_state_update(
+        kernel_state, *(t.float() for t in step), D=zeros, dt_bias=zeros, dt_softplus=False
+    )
+    errors = relative_error(y, expected[:, 0]), relative_error(kernel_state, expected_state)
+    print(
+        f"| selective_state_update | {layout} step (not called by the package) | - | - "
+        f"| {errors[0]:.1e} (state {errors[1]:.1e}) | no backward |"
+    )
+    assert max(errors) <= SCAN_RTOL  # the output, and the state updated in place
