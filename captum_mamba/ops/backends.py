@@ -55,7 +55,7 @@ from types import MappingProxyType
 import torch
 
 #: Implementations of each op; the first after ``"auto"`` is the CPU default and
-#: the second the CUDA fallback when the fused kernel is unusable.
+#: the last before ``"fused"`` the CUDA fallback when the fused kernel is unusable.
 IMPLEMENTATIONS: dict[str, tuple[str, ...]] = {
     "selective_scan": ("auto", "sequential", "parallel", "fused"),
     "ssd_scan": ("auto", "chunked", "fused"),
@@ -228,7 +228,8 @@ def choose(op: str, impl: str | None, like: torch.Tensor, unsuitable: str | None
     """
     impl = impl or get_implementation(op)
     _check_choice(op, impl)
-    cpu_default, cuda_fallback = IMPLEMENTATIONS[op][1:3]
+    unfused = IMPLEMENTATIONS[op][1:-1]  # between "auto" and "fused"
+    cpu_default, cuda_fallback = unfused[0], unfused[-1]
     if like.dtype not in FUSED_DTYPES:
         unsuitable = unsuitable or (
             f"the fused kernel takes float32, bfloat16 or float16, got {like.dtype}"
