@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import gradient_x_input, relative_error
-from mamba_ssm_subprocess import ROOT
+from mamba_ssm_subprocess import IN_SUBPROCESS, ROOT
 from scan_cases import selective_inputs, ssd_inputs, values_and_gradients
 from torch import Tensor, nn
 from triton_interpreter import (
@@ -77,7 +77,7 @@ def test_triton_kernels_in_interpreter_subprocess(tmp_path: Path) -> None:
         assert autotuner.prune_configs is not _first_config
 
 
-@pytest.mark.skipif(IN_INTERPRETER, reason="runs in the main test process")
+@pytest.mark.skipif(IN_SUBPROCESS, reason="runs in the main test process")
 def test_package_runs_on_cpu_without_triton(tmp_path: Path) -> None:
     """With Triton unimportable and ``TRITON_INTERPRET=1`` set, every module of the
     package imports and MambaLRP explains a Mamba-2 and a Bamba model on CPU (``"auto"``):
@@ -101,7 +101,6 @@ def test_package_runs_on_cpu_without_triton(tmp_path: Path) -> None:
         "assert not {'triton', 'mamba_ssm'} & {k for k, v in sys.modules.items() if v}\n"
     )
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    env.pop("CAPTUM_MAMBA_SSM_SUBPROCESS", None)
     result = subprocess.run(
         [sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=300, check=False,
