@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from cases.hf_mamba import build_lm
 from transformers import MambaForCausalLM
+from triton_interpreter import IN_INTERPRETER, interpreter_shims
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "triton_interpreter: mamba-ssm's Triton kernels on CPU under Triton's interpreter "
+        "(tests/test_triton_interpreter.py, run in its own subprocess)",
+    )
+
+
+@pytest.fixture
+def triton_interpreter() -> Iterator[None]:
+    """mamba-ssm's CUDA assumptions replaced for Triton's interpreter during the test
+    (:func:`triton_interpreter.interpreter_shims`); skips outside the interpreter subprocess."""
+    if not IN_INTERPRETER:
+        pytest.skip("needs Triton's interpreter: runs in test_triton_interpreter's subprocess")
+    with interpreter_shims():
+        yield
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -44,12 +45,16 @@ SKIP_REASON = (
 subprocess_only = pytest.mark.skipif(not IN_SUBPROCESS, reason=SKIP_REASON)
 
 
-def run_in_mamba_ssm_subprocess(tmp_path: Path, *test_files: str) -> None:
+def run_in_mamba_ssm_subprocess(
+    tmp_path: Path, *test_files: str, env: Mapping[str, str] | None = None
+) -> None:
     """Run ``pytest test_files`` in a subprocess that can import mamba-ssm; fail on failures.
 
     Args:
         tmp_path (Path): folder for the stand-in extension module.
         *test_files (str): paths of the test files (e.g. the caller's ``__file__``).
+        env (Mapping, optional): further environment variables of the subprocess.
+            Default: None.
     """
     if IN_SUBPROCESS:
         pytest.skip("already inside the mamba-ssm subprocess")
@@ -61,7 +66,7 @@ def run_in_mamba_ssm_subprocess(tmp_path: Path, *test_files: str) -> None:
         if os.environ.get(REQUIRE) == "1":
             pytest.fail(f"{reason} ({REQUIRE}=1, as in CI)")
         pytest.skip(reason)
-    env = dict(os.environ, CAPTUM_MAMBA_SSM_SUBPROCESS="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, CAPTUM_MAMBA_SSM_SUBPROCESS="1", OMP_NUM_THREADS="1", **(env or {}))
     paths = [str(ROOT)]
     if find_spec("selective_scan_cuda") is None:
         (tmp_path / "selective_scan_cuda.py").write_text(STUB)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -137,6 +138,16 @@ def test_auto_off_cuda_never_imports_the_kernel_packages() -> None:
             ssd_scan(*(t.to(device, dtype) for t in mamba2_inputs(0)))
             causal_conv1d(x, torch.ones(6, 4, device=device, dtype=dtype))
     assert not {"mamba_ssm", "causal_conv1d"} & set(sys.modules)
+
+
+def test_auto_on_cuda_falls_back_where_the_kernel_cannot_take_the_dtype() -> None:
+    # ``choose`` reads only the device type and dtype of ``like``: CUDA without a GPU.
+    like = SimpleNamespace(device=torch.device("cuda"), dtype=torch.float64)
+    assert choose("selective_scan", None, like) == "parallel"
+    assert choose("ssd_scan", None, like) == "chunked"
+    assert choose("causal_conv1d", None, like) == "torch"
+    with pytest.raises(ValueError, match="float32, bfloat16 or float16"):
+        choose("ssd_scan", "fused", like)
 
 
 def test_settings_apply_inside_the_block_and_are_restored() -> None:

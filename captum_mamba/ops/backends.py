@@ -27,6 +27,14 @@ inputs (float32, bfloat16 or float16, and the kernel's shape limits), else
 without their fused activations (no ``z``, no ``delta_softplus``, no SiLU), so the
 SiLU and half rules stay with the callers.
 
+``ssd_scan``'s kernel is written in Triton; with ``TRITON_INTERPRET=1`` in the
+environment, Triton's interpreter runs it on CPU tensors, so ``impl="fused"`` is then
+accepted on a CPU for that op (``"auto"`` still never picks it there). mamba-ssm's
+kernels also assume a CUDA device in a few host-side calls; the test suite's
+``tests/triton_interpreter.py`` replaces those for its own process, which is how the
+fused path is tested without a GPU. The CUDA C++ kernels (``selective_scan``,
+``causal_conv1d``) need a GPU.
+
 Choose an implementation per call with ``impl=``, for a block of code with
 :func:`implementation`, or for the process with :func:`set_implementation`::
 
@@ -37,6 +45,7 @@ Choose an implementation per call with ``impl=``, for a block of code with
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -46,7 +55,7 @@ from types import MappingProxyType
 import torch
 
 #: Implementations of each op; the first after ``"auto"`` is the CPU default and
-#: the second the CUDA fallback when the fused kernel is unusable.
+#: the last before ``"fused"`` the CUDA fallback when the fused kernel is unusable.
 IMPLEMENTATIONS: dict[str, tuple[str, ...]] = {
     "selective_scan": ("auto", "sequential", "parallel", "fused"),
     "ssd_scan": ("auto", "chunked", "fused"),
@@ -59,6 +68,9 @@ KERNELS: dict[str, tuple[str, str]] = {
     "ssd_scan": ("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined"),
     "causal_conv1d": ("causal_conv1d", "causal_conv1d_fn"),
 }
+
+#: Ops whose fused kernel is written in Triton (run on CPU by Triton's interpreter).
+TRITON_OPS = frozenset({"ssd_scan"})
 
 #: Input dtypes the fused kernels accept.
 FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -192,6 +204,11 @@ def fused_kernel(op: str) -> Callable:
     return kernel
 
 
+def _interpreted(op: str) -> bool:
+    """Whether the fused kernel of ``op`` runs on CPU tensors here (Triton's interpreter)."""
+    return op in TRITON_OPS and os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def choose(op: str, impl: str | None, like: torch.Tensor, unsuitable: str | None = None) -> str:
     """The implementation of ``op`` to run on inputs like ``like``.
 
@@ -211,7 +228,8 @@ def choose(op: str, impl: str | None, like: torch.Tensor, unsuitable: str | None
     """
     impl = impl or get_implementation(op)
     _check_choice(op, impl)
-    cpu_default, cuda_fallback = IMPLEMENTATIONS[op][1:3]
+    unfused = IMPLEMENTATIONS[op][1:-1]  # between "auto" and "fused"
+    cpu_default, cuda_fallback = unfused[0], unfused[-1]
     if like.dtype not in FUSED_DTYPES:
         unsuitable = unsuitable or (
             f"the fused kernel takes float32, bfloat16 or float16, got {like.dtype}"
@@ -223,8 +241,12 @@ def choose(op: str, impl: str | None, like: torch.Tensor, unsuitable: str | None
             return "fused"
         return cuda_fallback
     if impl == "fused":
-        if like.device.type != "cuda" and op not in _replacements.get():
-            unsuitable = unsuitable or f"the fused kernel needs CUDA tensors, got {like.device}"
+        interpreted = _interpreted(op) and like.device.type == "cpu"
+        if like.device.type != "cuda" and not (interpreted or op in _replacements.get()):
+            hint = " (or TRITON_INTERPRET=1: Triton's interpreter)" if op in TRITON_OPS else ""
+            unsuitable = unsuitable or (
+                f"the fused kernel needs CUDA tensors{hint}, got {like.device}"
+            )
         if unsuitable is not None:
             raise ValueError(f"{op}(impl='fused'): {unsuitable}; use impl='auto'")
         fused_kernel(op)
