@@ -1,5 +1,6 @@
-"""The import graph confirms the layers: no module imports from a layer above its own, and
-only ``captum_mamba._captum`` imports Captum's private modules."""
+"""The import graph confirms the layers: no module imports from a layer above its own,
+only ``captum_mamba._captum`` imports Captum's private modules, and adapters share code
+only through the adapter infrastructure (never import one another)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import ast
 from pathlib import Path
 
 import pytest
+
+from captum_mamba.adapters import INFRASTRUCTURE
 
 PACKAGE = Path(__file__).resolve().parents[1] / "captum_mamba"
 
@@ -104,6 +107,19 @@ def test_private_captum_names_only_in_the_compat_module(name: str) -> None:
     assert name == "captum_mamba._captum" or not private, f"{name} imports {private}"
 
 
+def is_adapter(name: str) -> bool:
+    """Whether a module is an architecture adapter (a module of ``captum_mamba.adapters``
+    other than its infrastructure)."""
+    package, _, module = name.rpartition(".")
+    return package == "captum_mamba.adapters" and module not in INFRASTRUCTURE
+
+
+@pytest.mark.parametrize("name", sorted(filter(is_adapter, MODULES)))
+def test_adapters_import_no_other_adapter(name: str) -> None:
+    for imported in imports(MODULES[name], name):
+        assert not is_adapter(imported), f"{name} imports the adapter {imported}"
+
+
 def test_the_checks_can_fail() -> None:
     assert layer_of("captum_mamba.adapters.hf_mamba") < layer_of("captum_mamba.attr.mamba_lrp")
     source = "from captum_mamba.baselines import MambaAttr\nimport captum._utils.common\n"
@@ -115,3 +131,5 @@ def test_the_checks_can_fail() -> None:
         path.unlink()
     assert found == ["captum_mamba.baselines", "captum._utils.common"]
     assert layer_of(found[0]) > layer_of("captum_mamba.rules.probe")
+    assert is_adapter("captum_mamba.adapters.hf_mamba")
+    assert not is_adapter("captum_mamba.adapters.blocks")

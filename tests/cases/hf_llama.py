@@ -25,7 +25,7 @@ from helpers import (
 from torch import Tensor, nn
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
-from cases import ArchitectureCase, lm_logits, random_embeddings
+from cases import ArchitectureCase, lm_logits, perturb_bias, random_embeddings, tiny_lm
 
 SHAPE = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=2, vocab_size=32)
 CONFIGS = {
@@ -49,25 +49,26 @@ MODELS = {LlamaConfig: LlamaForCausalLM, MistralConfig: MistralForCausalLM}
 LENGTH = 8
 
 
+def perturb(name: str, parameter: Tensor, zero_biases: bool) -> None:
+    if name.endswith("norm.weight"):
+        parameter.add_(0.3 * torch.randn_like(parameter))
+    elif name.endswith("bias"):
+        perturb_bias(parameter, zero_biases)
+    elif name.endswith(("q_proj.weight", "k_proj.weight")):
+        parameter.mul_(15.0)  # peaked attention: the softmax matters
+    else:
+        parameter.mul_(5.0)
+
+
 def build_model(config: str, seed: int, zero_biases: bool) -> nn.Module:
     config_class, fields, implementation = CONFIGS[config]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        settings = config_class(**SHAPE, **fields)
-        settings._attn_implementation = implementation
-        model = MODELS[config_class](settings).double().eval()
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if name.endswith("norm.weight"):
-                    parameter.add_(0.3 * torch.randn_like(parameter))
-                elif name.endswith("bias"):
-                    parameter.copy_(torch.zeros_like(parameter) if zero_biases else
-                                    0.1 * torch.randn_like(parameter))  # fmt: skip
-                elif name.endswith(("q_proj.weight", "k_proj.weight")):
-                    parameter.mul_(15.0)  # peaked attention: the softmax matters
-                else:
-                    parameter.mul_(5.0)
-    return model
+    return tiny_lm(
+        MODELS[config_class],
+        config_class,
+        {**SHAPE, **fields, "attn_implementation": implementation},
+        seed,
+        lambda name, parameter: perturb(name, parameter, zero_biases),
+    )
 
 
 def _split(x: Tensor, heads: int) -> Tensor:
