@@ -883,16 +883,13 @@ class HybridModel:
             position_ids = torch.arange(x.shape[1], device=x.device)[None]
         masks = attention_mask
         if not isinstance(masks, dict):
-            arguments = {
-                "config": model.config,
-                "inputs_embeds": x,
-                "attention_mask": masks,
-                "cache": None,
-                "position_ids": position_ids,
-            }
+            # config, inputs_embeds, attention_mask, no cache (``past_key_values`` before
+            # transformers 5.24, ``cache`` since)
+            arguments = (model.config, x, masks, None)
+            causal, recurrent = (resolve(*helper) for helper in HYBRID_MODEL_HELPERS)
             masks = {
-                "full_attention": resolve(*HYBRID_MODEL_HELPERS[0])(**arguments),
-                "linear_attention": resolve(*HYBRID_MODEL_HELPERS[1])(**arguments),
+                "full_attention": causal(*arguments, position_ids=position_ids),
+                "linear_attention": recurrent(*arguments, position_ids=position_ids),
             }
         position_embeddings = (
             None if model.rotary_emb is None else model.rotary_emb(x, position_ids)

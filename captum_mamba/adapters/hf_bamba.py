@@ -52,7 +52,8 @@ FAMILY = declare_family(
     "transformers Bamba",
     ("BambaModel", "BambaForCausalLM"),
     ("transformers.models.bamba.modeling_bamba",),
-    needs="transformers >= 4.48",
+    # the decoder layer names its mixer with block_type from 5.13
+    needs="transformers >= 5.13",
 )
 (
     BambaAttention,

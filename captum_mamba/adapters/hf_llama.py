@@ -56,7 +56,8 @@ FAMILY = declare_family(
         "MistralForSequenceClassification",
     ),
     ("transformers.models.llama.modeling_llama", "transformers.models.mistral.modeling_mistral"),
-    needs="transformers >= 4.46",
+    # the decoder layers call their attention as the handlers expect from 4.54
+    needs="transformers >= 4.54",
 )
 #: The classes of each model, in the order of :func:`_handlers`, then the containers.
 _CLASSES = (

@@ -64,7 +64,8 @@ FAMILY = declare_family(
     "transformers Mamba-2",
     ("Mamba2Model", "Mamba2ForCausalLM", "models containing Mamba2Block/Mamba2Mixer"),
     ("transformers.models.mamba2.modeling_mamba2",),
-    needs="transformers >= 4.46",
+    # earlier releases compute the mixer differently (time-step clamp, gated norm)
+    needs="transformers >= 4.52",
 )
 (
     Mamba2Block,

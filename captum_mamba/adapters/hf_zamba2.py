@@ -60,8 +60,9 @@ FAMILY = declare_family(
     "transformers Zamba2",
     ("Zamba2Model", "Zamba2ForCausalLM", "Zamba2ForSequenceClassification"),
     ("transformers.models.zamba2.modeling_zamba2",),
-    # the shared block returns a tensor, not a tuple, from 5.4
-    needs="transformers >= 5.4",
+    # the shared block returns a tensor, not a tuple, from 5.4; models with several shared
+    # blocks and adapters cannot be built before 5.17 (their weights fail to tie)
+    needs="transformers >= 5.17",
 )
 (
     Zamba2Attention,

@@ -81,7 +81,8 @@ def reference_mixer(mixer, u: Tensor, rules) -> Tensor:
     x_heads = x.reshape(batch, length, heads, head_dim)
     y = sequential_ssd(x_heads, dt, A, B, C) + mixer.D[:, None] * x_heads
     gated = gate(y.reshape(batch, length, inner), silu(z, rules.silu), rules.gate)
-    grouped = gated.reshape(batch, length, groups, inner // groups)
+    # transformers normalises groups of group_size channels, before 5.23 whole rows
+    grouped = gated.unflatten(-1, (-1, getattr(mixer.norm, "group_size", inner)))
     normed = rms(grouped, None, mixer.norm.variance_epsilon, rules.norm)
     return linear(normed.reshape(batch, length, inner) * mixer.norm.weight, mixer.out_proj)
 
