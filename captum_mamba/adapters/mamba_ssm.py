@@ -209,7 +209,7 @@ def mamba2_forward(
     return ssd_mixer(ops, params, ops.compute(u))
 
 
-def gated_mlp_forward(ops: BlockOps, mlp: GatedMLP, x: Tensor) -> Tensor:
+def ssm_gated_mlp_forward(ops: BlockOps, mlp: GatedMLP, x: Tensor) -> Tensor:
     """Gated MLP ``fc2(y * silu(gate))`` with the identity and half rules."""
     if mlp.activation is not F.silu:
         raise NotImplementedError(
@@ -360,7 +360,10 @@ MAMBA_SSM = register_adapter(
                 ("in_proj", "conv1d", "out_proj"),
             ),
             ModuleHandler(
-                GatedMLP, gated_mlp_forward, {"act": "activation", "gate": "gate"}, ("fc1", "fc2")
+                GatedMLP,
+                ssm_gated_mlp_forward,
+                {"act": "activation", "gate": "gate"},
+                ("fc1", "fc2"),
             ),
             ModuleHandler(
                 Block,

@@ -23,6 +23,7 @@ import os
 import pkgutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from importlib import import_module
 from types import ModuleType
 from typing import Any
@@ -182,10 +183,62 @@ def tiny_lm(
     return tiny_model(lambda: model_class(settings), seed, perturb, perturb_buffer)
 
 
-def perturb_bias(parameter: Tensor, zero_biases: bool, scale: float = 0.1) -> None:
-    """Zero a bias, or set it to ``scale`` times random normal values."""
-    parameter.copy_(torch.zeros_like(parameter) if zero_biases else
-                    scale * torch.randn_like(parameter))  # fmt: skip
+@dataclass(frozen=True)
+class Rule:
+    """How the parameters whose names match ``patterns`` (``fnmatch``) are perturbed."""
+
+    patterns: tuple[str, ...]
+    change: Callable[[Tensor], object]
+
+
+def add_noise(scale: float) -> Callable[[Tensor], object]:
+    """Add ``scale`` times random normal values."""
+    return lambda parameter: parameter.add_(scale * torch.randn_like(parameter))
+
+
+def set_noise(scale: float) -> Callable[[Tensor], object]:
+    """Replace by ``scale`` times random normal values."""
+    return lambda parameter: parameter.copy_(scale * torch.randn_like(parameter))
+
+
+def times(factor: float) -> Callable[[Tensor], object]:
+    """Multiply by ``factor``."""
+    return lambda parameter: parameter.mul_(factor)
+
+
+def time_steps(parameter: Tensor) -> None:
+    """Set a time-step bias (before its softplus) to giving time steps in [0.05, 1]."""
+    dt = torch.exp(torch.empty_like(parameter).uniform_(-3.0, 0.0))
+    parameter.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+
+def perturbation(
+    zero_biases: bool,
+    *rules: Rule,
+    kept_biases: tuple[str, ...] = ("*dt_bias", "*dt_proj.bias"),
+    weights: float | None = 5.0,
+) -> Perturb:
+    """The perturbation of a language model's parameters: the first of ``rules`` that
+    matches a name applies; otherwise norm weights and ``D`` get random normal values
+    times 0.3 added, biases (but ``kept_biases``) are zeroed (``zero_biases``) or set
+    to random normal values times 0.1, and the other weights are multiplied by
+    ``weights`` (None: kept).
+    """
+    rules = (*rules, Rule(("*norm.weight", "*norm_f.weight", "*.D"), add_noise(0.3)))
+
+    def perturb(name: str, parameter: Tensor) -> None:
+        for rule in rules:
+            if any(fnmatchcase(name, pattern) for pattern in rule.patterns):
+                rule.change(parameter)
+                return
+        if name.endswith("bias"):
+            if not any(fnmatchcase(name, pattern) for pattern in kept_biases):
+                parameter.copy_(torch.zeros_like(parameter) if zero_biases else
+                                0.1 * torch.randn_like(parameter))  # fmt: skip
+        elif weights is not None and name.endswith("weight") and "norm" not in name:
+            parameter.mul_(weights)
+
+    return perturb
 
 
 def _case_modules() -> tuple[list[ModuleType], dict[str, str]]:

@@ -36,7 +36,7 @@ from helpers import (
 from torch import Tensor
 from transformers import FalconH1Config, FalconH1ForCausalLM
 
-from cases import ArchitectureCase, perturb_bias, random_embeddings, tiny_lm
+from cases import ArchitectureCase, Rule, perturbation, random_embeddings, times, tiny_lm
 from cases.hf_mamba2 import sequential_ssd
 
 MUP = dict(
@@ -63,25 +63,10 @@ CONFIGS = {
 LENGTH = 10  # not a multiple of either chunk size
 
 
-def perturb(name: str, parameter: Tensor, zero_biases: bool) -> None:
-    if name.endswith(("norm.weight", "layernorm.weight", ".D")):
-        parameter.add_(0.3 * torch.randn_like(parameter))
-    elif name.endswith("bias") and not name.endswith("dt_bias"):
-        perturb_bias(parameter, zero_biases)
-    elif name.endswith(("q_proj.weight", "k_proj.weight")):
-        parameter.mul_(40.0)  # peaked attention: the softmax matters
-    elif name.endswith("weight") and "norm" not in name:
-        parameter.mul_(5.0)
-
-
 def build_model(config: str, seed: int, zero_biases: bool) -> FalconH1ForCausalLM:
-    return tiny_lm(
-        FalconH1ForCausalLM,
-        FalconH1Config,
-        CONFIGS[config],
-        seed,
-        lambda name, parameter: perturb(name, parameter, zero_biases),
-    )
+    peaked = Rule(("*q_proj.weight", "*k_proj.weight"), times(40.0))  # the softmax matters
+    perturb = perturbation(zero_biases, peaked)
+    return tiny_lm(FalconH1ForCausalLM, FalconH1Config, CONFIGS[config], seed, perturb)
 
 
 def reference_mixer(mixer, u: Tensor, config, rules) -> Tensor:

@@ -14,7 +14,7 @@ from helpers import causal_conv, gate, linear, rms, silu
 from torch import Tensor
 from transformers import FalconMambaConfig, FalconMambaForCausalLM
 
-from cases import ArchitectureCase, lm_logits, perturb_bias, random_embeddings, tiny_lm
+from cases import ArchitectureCase, lm_logits, perturbation, random_embeddings, tiny_lm
 
 CONFIGS = {
     "small": dict(
@@ -28,21 +28,9 @@ CONFIGS = {
 LENGTH = 9
 
 
-def perturb(name: str, parameter: Tensor, zero_biases: bool) -> None:
-    if name.endswith(("norm.weight", "norm_f.weight", ".D")):
-        parameter.add_(0.3 * torch.randn_like(parameter))
-    elif name.endswith("bias") and not name.endswith("dt_proj.bias"):
-        perturb_bias(parameter, zero_biases)
-
-
 def build_model(config: str, seed: int, zero_biases: bool) -> FalconMambaForCausalLM:
-    return tiny_lm(
-        FalconMambaForCausalLM,
-        FalconMambaConfig,
-        CONFIGS[config],
-        seed,
-        lambda name, parameter: perturb(name, parameter, zero_biases),
-    )
+    perturb = perturbation(zero_biases, weights=None)
+    return tiny_lm(FalconMambaForCausalLM, FalconMambaConfig, CONFIGS[config], seed, perturb)
 
 
 def reference_mixer(mixer, u: Tensor, rules) -> Tensor:

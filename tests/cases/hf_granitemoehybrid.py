@@ -27,7 +27,7 @@ from helpers import (
 from torch import Tensor
 from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM
 
-from cases import ArchitectureCase, perturb_bias, random_embeddings, tiny_lm
+from cases import ArchitectureCase, Rule, perturbation, random_embeddings, set_noise, tiny_lm
 from cases.hf_mamba2 import reference_mixer
 
 MUP = dict(
@@ -54,29 +54,15 @@ CONFIGS = {
 LENGTH = 10
 
 
-def perturb(name: str, parameter: Tensor, zero_biases: bool) -> None:
-    if name.endswith(("norm.weight", "layernorm.weight", ".D")):
-        parameter.add_(0.3 * torch.randn_like(parameter))
-    elif name.endswith("bias") and not name.endswith("dt_bias"):
-        perturb_bias(parameter, zero_biases)
-    elif name.endswith(("q_proj.weight", "k_proj.weight", "router.weight")):
-        parameter.copy_(2.0 * torch.randn_like(parameter))  # peaked softmax/routing
-    elif name.endswith(("experts.gate_up_proj", "experts.down_proj")):
-        parameter.copy_(0.5 * torch.randn_like(parameter))
-    elif name.endswith("weight") and "norm" not in name:
-        parameter.mul_(5.0)
-
-
 def build_model(config: str, seed: int, zero_biases: bool) -> GraniteMoeHybridForCausalLM:
-    fields = CONFIGS[config]
-    return tiny_lm(
-        GraniteMoeHybridForCausalLM,
-        GraniteMoeHybridConfig,
-        {"num_hidden_layers": len(fields["layer_types"]), **fields},
-        seed,
-        lambda name, parameter: perturb(name, parameter, zero_biases),
-        eager_experts=True,
+    perturb = perturbation(
+        zero_biases,
+        Rule(("*q_proj.weight", "*k_proj.weight", "*router.weight"), set_noise(2.0)),  # peaked
+        Rule(("*experts.gate_up_proj", "*experts.down_proj"), set_noise(0.5)),
     )
+    fields = {"num_hidden_layers": len(CONFIGS[config]["layer_types"]), **CONFIGS[config]}
+    model_class, config_class = GraniteMoeHybridForCausalLM, GraniteMoeHybridConfig
+    return tiny_lm(model_class, config_class, fields, seed, perturb, eager_experts=True)
 
 
 def _heads(x: Tensor, heads: int) -> Tensor:

@@ -26,7 +26,18 @@ from helpers import (
 from torch import Tensor
 from transformers import JambaConfig, JambaForCausalLM
 
-from cases import ArchitectureCase, lm_logits, perturb_bias, random_embeddings, tiny_lm
+from cases import (
+    ArchitectureCase,
+    Rule,
+    add_noise,
+    lm_logits,
+    perturbation,
+    random_embeddings,
+    set_noise,
+    time_steps,
+    times,
+    tiny_lm,
+)
 
 CONFIGS = {
     "attention-moe-eager": dict(
@@ -47,32 +58,21 @@ CONFIGS = {
 LENGTH = 8
 
 
-def perturb(name: str, parameter: Tensor, zero_biases: bool) -> None:
-    if name.endswith(".D"):  # a small skip: the scan dominates the mixer output
-        parameter.copy_(0.1 * torch.randn_like(parameter))
-    elif name.endswith(("norm.weight", "layernorm.weight", "A_log")):
-        parameter.add_(0.3 * torch.randn_like(parameter))
-    elif name.endswith("dt_proj.bias"):  # time steps in [0.05, 1]
-        dt = torch.exp(torch.empty_like(parameter).uniform_(-3.0, 0.0))
-        parameter.copy_(dt + torch.log(-torch.expm1(-dt)))
-    elif name.endswith("bias"):
-        perturb_bias(parameter, zero_biases)
-    elif name.endswith(("x_proj.weight", "in_proj.weight", "experts.down_proj")):
-        parameter.mul_(10.0)  # initializer_range 0.02 would make them negligible
-    elif name.endswith(("q_proj.weight", "k_proj.weight", "router.weight")):
-        parameter.mul_(40.0)  # peaked attention and routing: the softmax matters
-    elif name.endswith("experts.gate_up_proj"):
-        parameter.mul_(20.0)
-
-
 def build_model(config: str, seed: int, zero_biases: bool) -> JambaForCausalLM:
+    perturb = perturbation(
+        zero_biases,
+        Rule(("*.D",), set_noise(0.1)),  # a small skip: the scan dominates the mixer output
+        Rule(("*A_log",), add_noise(0.3)),
+        Rule(("*dt_proj.bias",), time_steps),
+        # initializer_range 0.02 would make them negligible
+        Rule(("*x_proj.weight", "*in_proj.weight", "*experts.down_proj"), times(10.0)),
+        # peaked attention and routing: the softmax matters
+        Rule(("*q_proj.weight", "*k_proj.weight", "*router.weight"), times(40.0)),
+        Rule(("*experts.gate_up_proj",), times(20.0)),
+        weights=None,
+    )
     return tiny_lm(
-        JambaForCausalLM,
-        JambaConfig,
-        CONFIGS[config],
-        seed,
-        lambda name, parameter: perturb(name, parameter, zero_biases),
-        eager_experts=True,
+        JambaForCausalLM, JambaConfig, CONFIGS[config], seed, perturb, eager_experts=True
     )
 
 

@@ -12,7 +12,6 @@ tied embeddings.
 
 from __future__ import annotations
 
-import torch
 from helpers import (
     activation,
     half_product,
@@ -25,7 +24,7 @@ from helpers import (
 from torch import Tensor, nn
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
-from cases import ArchitectureCase, lm_logits, perturb_bias, random_embeddings, tiny_lm
+from cases import ArchitectureCase, Rule, lm_logits, perturbation, random_embeddings, times, tiny_lm
 
 SHAPE = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=2, vocab_size=32)
 CONFIGS = {
@@ -49,26 +48,11 @@ MODELS = {LlamaConfig: LlamaForCausalLM, MistralConfig: MistralForCausalLM}
 LENGTH = 8
 
 
-def perturb(name: str, parameter: Tensor, zero_biases: bool) -> None:
-    if name.endswith("norm.weight"):
-        parameter.add_(0.3 * torch.randn_like(parameter))
-    elif name.endswith("bias"):
-        perturb_bias(parameter, zero_biases)
-    elif name.endswith(("q_proj.weight", "k_proj.weight")):
-        parameter.mul_(15.0)  # peaked attention: the softmax matters
-    else:
-        parameter.mul_(5.0)
-
-
 def build_model(config: str, seed: int, zero_biases: bool) -> nn.Module:
     config_class, fields, implementation = CONFIGS[config]
-    return tiny_lm(
-        MODELS[config_class],
-        config_class,
-        {**SHAPE, **fields, "attn_implementation": implementation},
-        seed,
-        lambda name, parameter: perturb(name, parameter, zero_biases),
-    )
+    perturb = perturbation(zero_biases, Rule(("*q_proj.weight", "*k_proj.weight"), times(15.0)))
+    fields = {**SHAPE, **fields, "attn_implementation": implementation}
+    return tiny_lm(MODELS[config_class], config_class, fields, seed, perturb)
 
 
 def _split(x: Tensor, heads: int) -> Tensor:

@@ -14,7 +14,7 @@ from helpers import causal_conv, gate, linear, rms, silu
 from torch import Tensor
 from transformers import Mamba2Config, Mamba2ForCausalLM
 
-from cases import ArchitectureCase, lm_logits, perturb_bias, random_embeddings, tiny_lm
+from cases import ArchitectureCase, lm_logits, perturbation, random_embeddings, tiny_lm
 
 CONFIGS = {
     "one-group": dict(
@@ -30,21 +30,9 @@ CONFIGS = {
 LENGTH = 10  # not a multiple of either chunk size: padding and several chunks
 
 
-def perturb(name: str, parameter: Tensor, zero_biases: bool) -> None:
-    if name.endswith(("norm.weight", "norm_f.weight", ".D")):
-        parameter.add_(0.3 * torch.randn_like(parameter))
-    elif name.endswith("bias") and not name.endswith("dt_bias"):
-        perturb_bias(parameter, zero_biases)
-
-
 def build_model(config: str, seed: int, zero_biases: bool) -> Mamba2ForCausalLM:
-    return tiny_lm(
-        Mamba2ForCausalLM,
-        Mamba2Config,
-        CONFIGS[config],
-        seed,
-        lambda name, parameter: perturb(name, parameter, zero_biases),
-    )
+    perturb = perturbation(zero_biases, weights=None)
+    return tiny_lm(Mamba2ForCausalLM, Mamba2Config, CONFIGS[config], seed, perturb)
 
 
 def sequential_ssd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:

@@ -16,7 +16,15 @@ from helpers import activation, linear, rms, softmax_attention
 from torch import Tensor, nn
 from transformers import NemotronHConfig, NemotronHForCausalLM
 
-from cases import ArchitectureCase, lm_logits, perturb_bias, random_embeddings, tiny_lm
+from cases import (
+    ArchitectureCase,
+    Rule,
+    lm_logits,
+    perturbation,
+    random_embeddings,
+    set_noise,
+    tiny_lm,
+)
 from cases.hf_mamba2 import reference_mixer
 
 CONFIGS = {
@@ -41,31 +49,24 @@ CONFIGS = {
 LENGTH = 10
 
 
-def perturb(name: str, parameter: Tensor, zero_biases: bool) -> None:
-    if name.endswith(("norm.weight", "norm_f.weight", ".D")):
-        parameter.add_(0.3 * torch.randn_like(parameter))
-    elif name.endswith("bias") and not name.endswith("dt_bias"):
-        perturb_bias(parameter, zero_biases)
-    elif name.endswith(("q_proj.weight", "k_proj.weight", "gate.weight")):
-        parameter.copy_(2.0 * torch.randn_like(parameter))  # peaked softmax/routing
-    elif name.endswith(("experts.up_proj", "experts.down_proj")):
-        parameter.copy_(0.5 * torch.randn_like(parameter))
-    elif name.endswith("weight") and "norm" not in name:
-        parameter.mul_(5.0)
-
-
 def perturb_buffer(name: str, buffer: Tensor) -> None:
     if name.endswith("e_score_correction_bias"):
         buffer.copy_(0.2 * torch.randn_like(buffer))
 
 
 def build_model(config: str, seed: int, zero_biases: bool) -> NemotronHForCausalLM:
+    perturb = perturbation(
+        zero_biases,
+        Rule(("*q_proj.weight", "*k_proj.weight", "*gate.weight"), set_noise(2.0)),  # peaked
+        Rule(("*experts.up_proj", "*experts.down_proj"), set_noise(0.5)),
+    )
+    model_class, config_class = NemotronHForCausalLM, NemotronHConfig
     return tiny_lm(
-        NemotronHForCausalLM,
-        NemotronHConfig,
+        model_class,
+        config_class,
         CONFIGS[config],
         seed,
-        lambda name, parameter: perturb(name, parameter, zero_biases),
+        perturb,
         perturb_buffer,
         eager_experts=True,
     )

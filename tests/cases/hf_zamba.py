@@ -18,7 +18,18 @@ from helpers import causal_conv, gate, gated_mlp, linear, rms, silu, softmax_att
 from torch import Tensor
 from transformers import ZambaConfig, ZambaForCausalLM
 
-from cases import ArchitectureCase, lm_logits, perturb_bias, random_embeddings, tiny_lm
+from cases import (
+    ArchitectureCase,
+    Rule,
+    add_noise,
+    lm_logits,
+    perturbation,
+    random_embeddings,
+    set_noise,
+    time_steps,
+    times,
+    tiny_lm,
+)
 
 CONFIGS = {
     "gqa-eager": dict(
@@ -37,33 +48,18 @@ CONFIGS = {
 LENGTH = 8
 
 
-def perturb(name: str, parameter: Tensor, zero_biases: bool) -> None:
-    if name.endswith(".D"):  # a small skip: the scan dominates the mixer output
-        parameter.copy_(0.1 * torch.randn_like(parameter))
-    elif name.endswith(("layernorm.weight", "A_log")):
-        parameter.add_(0.3 * torch.randn_like(parameter))
-    elif name.endswith("dt_proj_bias"):  # time steps in [0.05, 1]
-        dt = torch.exp(torch.empty_like(parameter).uniform_(-3.0, 0.0))
-        parameter.copy_(dt + torch.log(-torch.expm1(-dt)))
-    elif name.endswith("bias"):
-        perturb_bias(parameter, zero_biases)
-    elif name.endswith(("x_proj_weight", "in_proj.weight", "linear.weight")):
-        parameter.mul_(10.0)  # initializer_range 0.02 would make them negligible
-    elif name.endswith(("q_proj.weight", "k_proj.weight")):
-        parameter.mul_(40.0)  # peaked attention: the softmax matters
-    elif name.endswith("weight") and "norm" not in name:
-        parameter.mul_(5.0)
-
-
 def build_model(config: str, seed: int, zero_biases: bool) -> ZambaForCausalLM:
-    fields = CONFIGS[config]
-    return tiny_lm(
-        ZambaForCausalLM,
-        ZambaConfig,
-        {"num_hidden_layers": len(fields["layers_block_type"]), **fields},
-        seed,
-        lambda name, parameter: perturb(name, parameter, zero_biases),
+    perturb = perturbation(
+        zero_biases,
+        Rule(("*.D",), set_noise(0.1)),  # a small skip: the scan dominates the mixer output
+        Rule(("*A_log",), add_noise(0.3)),
+        Rule(("*dt_proj_bias",), time_steps),
+        # initializer_range 0.02 would make them negligible
+        Rule(("*x_proj_weight", "*in_proj.weight", "*linear.weight"), times(10.0)),
+        Rule(("*q_proj.weight", "*k_proj.weight"), times(40.0)),  # peaked attention
     )
+    fields = {"num_hidden_layers": len(CONFIGS[config]["layers_block_type"]), **CONFIGS[config]}
+    return tiny_lm(ZambaForCausalLM, ZambaConfig, fields, seed, perturb)
 
 
 def reference_mixer(mixer, u: Tensor, rules) -> Tensor:

@@ -20,7 +20,7 @@ from helpers import activation, half_product, linear, rms, rope, rope_table, sof
 from torch import Tensor, nn
 from transformers import Zamba2Config, Zamba2ForCausalLM
 
-from cases import ArchitectureCase, lm_logits, perturb_bias, random_embeddings, tiny_lm
+from cases import ArchitectureCase, Rule, lm_logits, perturbation, random_embeddings, times, tiny_lm
 from cases.hf_mamba2 import reference_mixer
 
 CONFIGS = {
@@ -43,28 +43,15 @@ CONFIGS = {
 LENGTH = 10  # not a multiple of either chunk size
 
 
-def perturb(name: str, parameter: Tensor, zero_biases: bool) -> None:
-    if name.endswith(("norm.weight", "layernorm.weight", ".D")):
-        parameter.add_(0.3 * torch.randn_like(parameter))
-    elif name.endswith("bias") and not name.endswith("dt_bias"):
-        perturb_bias(parameter, zero_biases)
-    elif name.endswith(("q_proj.weight", "k_proj.weight")):
-        parameter.mul_(40.0)  # peaked attention: the softmax matters
-    elif "adapter_list" in name:
-        parameter.mul_(15.0)  # adapters as large as the projections they add to
-    elif name.endswith("weight") and "norm" not in name:
-        parameter.mul_(5.0)
-
-
 def build_model(config: str, seed: int, zero_biases: bool) -> Zamba2ForCausalLM:
-    fields = CONFIGS[config]
-    return tiny_lm(
-        Zamba2ForCausalLM,
-        Zamba2Config,
-        {"num_hidden_layers": len(fields["layers_block_type"]), **fields},
-        seed,
-        lambda name, parameter: perturb(name, parameter, zero_biases),
+    perturb = perturbation(
+        zero_biases,
+        Rule(("*q_proj.weight", "*k_proj.weight"), times(40.0)),  # peaked attention
+        # adapters as large as the projections they add to
+        Rule(("*adapter_list*",), times(15.0)),
     )
+    fields = {"num_hidden_layers": len(CONFIGS[config]["layers_block_type"]), **CONFIGS[config]}
+    return tiny_lm(Zamba2ForCausalLM, Zamba2Config, fields, seed, perturb)
 
 
 def _heads(x: Tensor, heads: int) -> Tensor:
