@@ -119,7 +119,9 @@ def test_statuses_name_every_family_with_the_release_it_needs() -> None:
         assert "\n" not in status.describe()
 
 
-def test_a_family_needing_a_newer_release_is_unavailable() -> None:
+def test_a_family_needing_a_newer_release_is_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     family = Family("tests.probe", "probe", ("Probe",), ("probe.module",), "transformers >= 999")
     with pytest.raises(FamilyUnavailable, match=r"^transformers \S+ is installed$"):
         family.check_release()
@@ -127,3 +129,7 @@ def test_a_family_needing_a_newer_release_is_unavailable() -> None:
         resolve("numpy.no_such_module", "Anything")
     with pytest.raises(FamilyUnavailable, match=r"^torch \S+ has no NoSuchClass in torch\.nn$"):
         resolve("torch.nn", "NoSuchClass")
+    (tmp_path / "broken_probe.py").write_text("raise RuntimeError('broken')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(FamilyUnavailable, match=r"fails to import broken_probe: RuntimeError$"):
+        resolve("broken_probe", "Anything")

@@ -62,12 +62,16 @@ def resolve(module: str, name: str) -> Any:
         Any: the object.
 
     Raises:
-        FamilyUnavailable: if the module cannot be imported or has none of the names.
+        FamilyUnavailable: if the module cannot be imported (whatever the error) or has
+            none of the names.
     """
     try:
         found = import_module(module)
     except ImportError as error:
         raise FamilyUnavailable(f"{_library(module)} has no module {module}") from error
+    except Exception as error:  # a library module that fails to import for another reason
+        message = f"{_library(module)} fails to import {module}: {type(error).__name__}"
+        raise FamilyUnavailable(message) from error
     for candidate in (name, *RENAMED.get(f"{module}.{name}", ())):
         if hasattr(found, candidate):
             return getattr(found, candidate)
