@@ -708,6 +708,33 @@ def mixture_of_experts(
     return ops.mixture("mixture", weights[token, expert], values, token, x.shape[0])
 
 
+def gated_experts_forward(
+    ops: BlockOps,
+    moe: nn.Module,
+    hidden_states: Tensor,
+    router_weights: Callable[[nn.Module, Tensor], Tensor],
+) -> Tensor:
+    """transformers' mixture of gated-MLP experts (``moe.experts``: ``gate_up_proj``,
+    ``down_proj``, ``act_fn``; ``moe.router``) with the router, identity and half rules.
+
+    Args:
+        ops (BlockOps): the operations of the mixture-of-experts module.
+        moe (nn.Module): the module.
+        hidden_states (Tensor): ``(batch, seq, hidden)``.
+        router_weights (Callable): ``router_weights(router, x)`` -> ``(tokens, experts)``
+            weights as the family's router computes them.
+
+    Returns:
+        Tensor: ``(batch, seq, hidden)``.
+    """
+    x = ops.compute(hidden_states)
+    flat = x.reshape(-1, x.shape[-1])
+    function = activation_name(moe.experts, moe.experts.act_fn)
+    experts = Experts(moe.experts.gate_up_proj, moe.experts.down_proj, function, gated=True)
+    out = mixture_of_experts(ops, experts, flat, lambda u: router_weights(moe.router, u), flat)
+    return out.reshape(x.shape)
+
+
 def top_k_dense(weights: Tensor, index: Tensor, experts: int) -> Tensor:
     """``(tokens, experts)`` router weights from the top-k ``weights`` and their expert
     ``index`` (both ``(tokens, k)``), zero elsewhere."""

@@ -53,12 +53,11 @@ from captum_mamba.adapters.blocks import (
     ROTARY_ATTENTION_SITES,
     SSD_CALLS,
     SSD_SITES,
-    Experts,
     HybridModel,
     activation_name,
+    gated_experts_forward,
     gated_norm_forward,
     glu,
-    mixture_of_experts,
     rms_norm_forward,
     self_attention,
     ssd_mixer_forward,
@@ -115,12 +114,7 @@ def router_weights(router: GraniteMoeHybridTopKRouter, x: Tensor) -> Tensor:
 
 def moe_forward(ops: BlockOps, moe: GraniteMoeHybridMoE, layer_input: Tensor) -> Tensor:
     """Mixture of gated-MLP experts with the router, identity and half rules."""
-    x = ops.compute(layer_input)
-    flat = x.reshape(-1, x.shape[-1])
-    function = activation_name(moe.experts, moe.experts.act_fn)
-    experts = Experts(moe.experts.gate_up_proj, moe.experts.down_proj, function, gated=True)
-    out = mixture_of_experts(ops, experts, flat, lambda u: router_weights(moe.router, u), flat)
-    return out.reshape(x.shape)
+    return gated_experts_forward(ops, moe, layer_input, router_weights)
 
 
 def shared_mlp_forward(ops: BlockOps, mlp: GraniteMoeHybridMLP, x: Tensor) -> Tensor:

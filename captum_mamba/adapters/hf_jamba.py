@@ -49,11 +49,9 @@ from captum_mamba.adapters.blocks import (
     MIXER_NORM_CALLS,
     NORM_SITES,
     SELECTIVE_SITES,
-    Experts,
-    activation_name,
+    gated_experts_forward,
     gated_mlp_forward,
     mamba_mixer_forward,
-    mixture_of_experts,
     rms_norm_forward,
     self_attention,
     top_k_dense,
@@ -104,12 +102,7 @@ def router_weights(router: JambaTopKRouter, x: Tensor) -> Tensor:
 
 def moe_forward(ops: BlockOps, moe: JambaSparseMoeBlock, hidden_states: Tensor) -> Tensor:
     """Mixture of gated-MLP experts with the router, identity and half rules."""
-    x = ops.compute(hidden_states)
-    flat = x.reshape(-1, x.shape[-1])
-    function = activation_name(moe.experts, moe.experts.act_fn)
-    experts = Experts(moe.experts.gate_up_proj, moe.experts.down_proj, function, gated=True)
-    out = mixture_of_experts(ops, experts, flat, lambda u: router_weights(moe.router, u), flat)
-    return out.reshape(x.shape)
+    return gated_experts_forward(ops, moe, hidden_states, router_weights)
 
 
 def layer_forward(
