@@ -336,20 +336,53 @@ def ssd_mixer(
     return p.out_proj(y)
 
 
+@dataclass(frozen=True)
+class SSDNames:
+    """The attribute names of a Mamba-2 mixer's sizes in its library (the parameters are
+    ``in_proj``, ``conv1d``, ``out_proj``, ``norm``, ``dt_bias``, ``A_log``, ``D`` in all).
+
+    Args:
+        inner (str): SSM channels.
+        groups (str): groups of heads sharing ``B`` and ``C``.
+        state (str): state size.
+        heads (str): number of heads.
+        head_dim (str): channels per head.
+        dt_limit (str): clamp of the time step.
+    """
+
+    inner: str
+    groups: str
+    state: str
+    heads: str
+    head_dim: str
+    dt_limit: str
+
+
+#: The names of transformers' Mamba-2 mixers (``Mamba2Mixer`` and the mixers of Bamba,
+#: Nemotron-H, Granite-4.0, Zamba2, Falcon-H1).
+TRANSFORMERS_SSD_NAMES = SSDNames(
+    "intermediate_size", "n_groups", "ssm_state_size", "num_heads", "head_dim", "time_step_limit"
+)
+
+
 def ssd_params(
     mixer: nn.Module,
+    chunk_size: int | None = None,
     in_proj: nn.Module | Callable[[Tensor], Tensor] | None = None,
     gated_norm: bool = True,
+    names: SSDNames = TRANSFORMERS_SSD_NAMES,
 ) -> SSDParams:
-    """Parameters of transformers' Mamba-2 mixers (``Mamba2Mixer`` and the mixers of
-    Bamba, Nemotron-H, Granite-4.0, Zamba2, Falcon-H1), which share their names.
+    """Parameters of a Mamba-2 mixer.
 
     Args:
         mixer (nn.Module): the mixer.
+        chunk_size (int, optional): time steps per chunk of the scan. Default: the
+            mixer's ``chunk_size``.
         in_proj (nn.Module or Callable, optional): the input projection, where the
             family scales it. Default: ``mixer.in_proj``.
         gated_norm (bool, optional): gate with the mixer's gated norm; False to gate
             with ``y * silu(z)`` only. Default: True.
+        names (SSDNames, optional): the names of its sizes. Default: transformers'.
 
     Returns:
         SSDParams: the mixer's parameters.
@@ -362,13 +395,13 @@ def ssd_params(
         dt_bias=mixer.dt_bias,
         A_log=mixer.A_log,
         D=mixer.D,
-        inner=mixer.intermediate_size,
-        groups=mixer.n_groups,
-        state=mixer.ssm_state_size,
-        heads=mixer.num_heads,
-        head_dim=mixer.head_dim,
-        chunk_size=mixer.chunk_size,
-        dt_limit=tuple(mixer.time_step_limit),
+        inner=getattr(mixer, names.inner),
+        groups=getattr(mixer, names.groups),
+        state=getattr(mixer, names.state),
+        heads=getattr(mixer, names.heads),
+        head_dim=getattr(mixer, names.head_dim),
+        chunk_size=mixer.chunk_size if chunk_size is None else chunk_size,
+        dt_limit=tuple(getattr(mixer, names.dt_limit)),
     )
 
 

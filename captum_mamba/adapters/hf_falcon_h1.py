@@ -118,7 +118,7 @@ def mixer_forward(
         scaled = ops.scale("in_scale", x, mixer.ssm_in_multiplier)
         return ops.scale("mup", mixer.in_proj(scaled), mixer.mup_vector.to(x.dtype))
 
-    params = ssd_params(mixer, in_proj, gated_norm=mixer.mamba_rms_norm)
+    params = ssd_params(mixer, in_proj=in_proj, gated_norm=mixer.mamba_rms_norm)
     return ssd_mixer(ops, params, u, attention_mask)
 
 

@@ -65,12 +65,13 @@ from captum_mamba.adapters.blocks import (
     SSD_EXTRA_SITES,
     SSD_SITES,
     SelectiveParams,
-    SSDParams,
+    SSDNames,
     check_silu,
     gated_norm,
     selective_branch,
     selective_params,
     ssd_mixer,
+    ssd_params,
     suffixed,
 )
 from captum_mamba.adapters.families import FamilyUnavailable, declare_family
@@ -106,6 +107,9 @@ if find_spec("selective_scan_cuda") is None:
 (GatedMLP,) = FAMILY.load("GatedMLP", source="mamba_ssm.modules.mlp")
 (RMSNorm,) = FAMILY.load("RMSNorm", source="mamba_ssm.ops.triton.layer_norm")
 (RMSNormGated,) = FAMILY.load("RMSNorm", source="mamba_ssm.ops.triton.layernorm_gated")
+
+#: The names of the sizes of mamba-ssm's ``Mamba2``.
+SSD_NAMES = SSDNames("d_ssm", "ngroups", "d_state", "nheads", "headdim", "dt_limit")
 
 
 def _full_sequence_only(inference_params: Any, **options: Any) -> None:
@@ -190,22 +194,7 @@ def mamba2_forward(
     if getattr(mixer, "process_group", None) is not None:
         raise NotImplementedError("tensor-parallel Mamba2 mixers are not supported")
     check_silu(mixer, mixer.activation)
-    params = SSDParams(
-        in_proj=mixer.in_proj,
-        conv=mixer.conv1d,
-        out_proj=mixer.out_proj,
-        norm=mixer.norm if mixer.rmsnorm else None,
-        dt_bias=mixer.dt_bias,
-        A_log=mixer.A_log,
-        D=mixer.D,
-        inner=mixer.d_ssm,
-        groups=mixer.ngroups,
-        state=mixer.d_state,
-        heads=mixer.nheads,
-        head_dim=mixer.headdim,
-        chunk_size=DEFAULT_CHUNK_SIZE,
-        dt_limit=tuple(mixer.dt_limit),
-    )
+    params = ssd_params(mixer, DEFAULT_CHUNK_SIZE, gated_norm=mixer.rmsnorm, names=SSD_NAMES)
     return ssd_mixer(ops, params, ops.compute(u))
 
 
