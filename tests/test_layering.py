@@ -2,7 +2,8 @@
 the applications (``captum_mamba.apps``) are the top layer, which nothing below imports;
 no modules import each other in a cycle, counting imports inside functions too, and the
 package's modules import each other only at module level (so no import inside a function
-hides a cycle); only ``captum_mamba._captum`` imports Captum's private modules."""
+hides a cycle); only ``captum_mamba._captum`` imports Captum's private modules; adapters
+share code only through the adapter infrastructure (never import one another)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+
+from captum_mamba.adapters import INFRASTRUCTURE
 
 PACKAGE = Path(__file__).resolve().parents[1] / "captum_mamba"
 
@@ -175,6 +178,19 @@ def test_private_captum_names_only_in_the_compat_module(name: str) -> None:
     assert name == "captum_mamba._captum" or not private, f"{name} imports {private}"
 
 
+def is_adapter(name: str) -> bool:
+    """Whether a module is an architecture adapter (a module of ``captum_mamba.adapters``
+    other than its infrastructure)."""
+    package, _, module = name.rpartition(".")
+    return package == "captum_mamba.adapters" and module not in INFRASTRUCTURE
+
+
+@pytest.mark.parametrize("name", sorted(filter(is_adapter, MODULES)))
+def test_adapters_import_no_other_adapter(name: str) -> None:
+    for imported in imports(MODULES[name], name):
+        assert not is_adapter(imported), f"{name} imports the adapter {imported}"
+
+
 def test_the_checks_can_fail() -> None:
     assert layer_of("captum_mamba.adapters.hf_mamba") < layer_of("captum_mamba.attr.mamba_lrp")
     source = (
@@ -200,3 +216,5 @@ def test_the_checks_can_fail() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert import_cycle(graph) == ["a", "b", "c", "a"]
     assert import_cycle({"a": {"b"}, "b": set(), "d": {"a", "b"}}) == []
+    assert is_adapter("captum_mamba.adapters.hf_mamba")
+    assert not is_adapter("captum_mamba.adapters.blocks")

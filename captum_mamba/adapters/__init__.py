@@ -1,10 +1,13 @@
 """Architecture adapters: which module of a model is computed how under the rules.
 
 Every module of this package other than the infrastructure (:mod:`.backend`,
-:mod:`.base`, :mod:`.blocks`, :mod:`.recompute`) is an adapter and is imported here, so
-adding an architecture is adding one file. An adapter whose model library is not
-installed (an optional dependency such as mamba-ssm, or a model family that an older
-transformers lacks) stays unregistered; :func:`unavailable_adapters` says why.
+:mod:`.base`, :mod:`.blocks`, :mod:`.families`, :mod:`.recompute`) is an adapter and is
+imported here, so adding an architecture is adding one file. Adapters share code only
+through the infrastructure, never import each other, and each is loaded on its own: an
+adapter whose model library is missing, too old or lacks one of its classes (an optional
+dependency such as mamba-ssm, a family that an older transformers lacks, a class renamed
+by a newer one) stays unregistered while every other family works;
+:func:`family_statuses` says which and why.
 """
 
 from __future__ import annotations
@@ -28,27 +31,30 @@ from captum_mamba.adapters.base import (
     rules_applied,
     supported_architectures,
 )
+from captum_mamba.adapters.families import (
+    FamilyStatus,
+    FamilyUnavailable,
+    family_statuses,
+    mark_unavailable,
+)
 from captum_mamba.adapters.recompute import RecomputeBackend, recomputing
 
-_INFRASTRUCTURE = {"backend", "base", "blocks", "recompute"}
-_UNAVAILABLE: dict[str, str] = {}
+#: Modules of this package that are not adapters.
+INFRASTRUCTURE = frozenset({"backend", "base", "blocks", "families", "recompute"})
 
 
 def _import_adapters() -> None:
     for info in pkgutil.iter_modules(__path__):
-        if info.name in _INFRASTRUCTURE or info.name.startswith("_"):
+        if info.name in INFRASTRUCTURE or info.name.startswith("_"):
             continue
+        adapter = f"{__name__}.{info.name}"
         try:
-            import_module(f"{__name__}.{info.name}")
-        except ModuleNotFoundError as error:
-            if error.name is None or error.name.split(".")[0] == "captum_mamba":
+            import_module(adapter)
+        except ImportError as error:
+            ours = (error.name or "").split(".")[0] == "captum_mamba"
+            if ours and not isinstance(error, FamilyUnavailable):
                 raise
-            _UNAVAILABLE[info.name] = f"needs {error.name}, which is not installed"
-
-
-def unavailable_adapters() -> dict[str, str]:
-    """Adapter modules that could not be loaded, with the reason (module name -> reason)."""
-    return dict(_UNAVAILABLE)
+            mark_unavailable(adapter, str(error).splitlines()[0])
 
 
 _import_adapters()
@@ -57,11 +63,13 @@ __all__ = [
     "ArchitectureAdapter",
     "Backend",
     "BlockOps",
+    "FamilyStatus",
     "ModuleHandler",
     "Plan",
     "PlanEntry",
     "RecomputeBackend",
     "UnsupportedModelError",
+    "family_statuses",
     "plain_forward",
     "plan_rules",
     "recomputing",
@@ -71,5 +79,4 @@ __all__ = [
     "registered_adapters",
     "rules_applied",
     "supported_architectures",
-    "unavailable_adapters",
 ]

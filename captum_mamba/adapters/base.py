@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_mamba.adapters.backend import KINDS, Backend, BlockOps
+from captum_mamba.adapters.families import family_statuses, unavailable_family_of
 from captum_mamba.rules import MambaRules
 
 OpsForward = Callable[..., Any]
@@ -185,9 +186,25 @@ def _check_module_type(module_type: Any) -> None:
 
 
 def supported_architectures() -> str:
-    """Human-readable list of supported architectures."""
+    """Human-readable list of the supported architectures, then of the families that
+    are unavailable with the installed libraries (with the reason and the release they
+    need)."""
     named = [adapter.describe() for adapter in _ADAPTERS if adapter.blocks]
-    return "; ".join(named) or "none (no adapter loaded)"
+    missing = [status.describe() for status in family_statuses() if not status.available]
+    listed = "; ".join(named) or "none (no adapter loaded)"
+    return f"{listed}; unavailable: {'; '.join(missing)}" if missing else listed
+
+
+def _check_families(model: nn.Module) -> None:
+    """Refuse, in one line, a model with a module of an unavailable family."""
+    for module in model.modules():
+        status = unavailable_family_of(type(module))
+        if status is not None:
+            needs = f" (needs {status.needs})" if status.needs else ""
+            raise UnsupportedModelError(
+                f"{type(module).__name__} belongs to {status.name}, which is unavailable "
+                f"here: {status.reason}{needs}"
+            )
 
 
 def _handlers() -> dict[type, ModuleHandler]:
@@ -321,7 +338,8 @@ def plan_rules(model: nn.Module, rules: MambaRules) -> Plan:
         Plan: the entries and the visited modules.
 
     Raises:
-        UnsupportedModelError: for a module on the relevance path that no rule covers,
+        UnsupportedModelError: for a module of a family that is unavailable with the
+            installed libraries, a module on the relevance path that no rule covers,
             a subclass that overrides a known forward, an instance-level forward, or a
             model without any supported block (a Mamba mixer or an attention layer of an
             adapter); the message names the module's path and type and what to do.
@@ -329,6 +347,7 @@ def plan_rules(model: nn.Module, rules: MambaRules) -> Plan:
     """
     if not isinstance(rules, MambaRules):
         raise TypeError(f"rules must be a MambaRules instance, e.g. MambaRules(), got {rules!r}")
+    _check_families(model)
     handlers, containers = _handlers(), _containers()
     entries: list[PlanEntry] = []
     visited: dict[int, nn.Module] = {}

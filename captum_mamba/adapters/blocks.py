@@ -1,33 +1,44 @@
 """Architecture adapters: the maths of the blocks, written once for every family.
 
 - :func:`selective_branch`: the Mamba-1 branch ``scan(silu(conv(x))) * silu(z)``, used by
-  transformers' ``MambaMixer`` and ``FalconMambaMixer``, mamba-ssm's ``Mamba`` (both
-  directions of Vim's fork) and this package's Vision Mamba.
+  transformers' ``MambaMixer``, ``FalconMambaMixer``, ``JambaMambaMixer`` and the per-head
+  ``ZambaMambaMixer``, mamba-ssm's ``Mamba`` (both directions of Vim's fork) and this
+  package's Vision Mamba; :func:`selective_params` builds its parameters from one
+  projection to ``(dt, B, C)``, :func:`mamba_mixer_forward` is transformers' mixer.
 - :func:`ssd_mixer`: the Mamba-2 mixer, used by transformers' ``Mamba2Mixer`` (and the
-  Mamba-2 mixers of Bamba, Nemotron-H, Granite-4.0) and mamba-ssm's ``Mamba2``.
+  Mamba-2 mixers of Bamba, Nemotron-H, Granite-4.0, Zamba2, Falcon-H1) and mamba-ssm's
+  ``Mamba2``; :func:`ssd_params` reads transformers' mixers, :func:`ssd_mixer_forward`
+  is their forward.
 - :func:`residual_block`: the pre-norm residual block ``x + mixer(norm(x))``.
+- :func:`rms_norm_forward`, :func:`weightless_norm_forward`, :func:`gated_norm_forward`:
+  transformers' RMS norms.
 - :func:`self_attention`: the softmax self-attention of transformers' hybrid and
   transformer models (rotary embedding, grouped heads, the model's mask).
-- :func:`glu`: the gated product ``act(gate) * up`` of gated MLPs and experts.
+- :func:`glu`: the gated product ``act(gate) * up`` of gated MLPs and experts;
+  :func:`gated_mlp_forward` the MLP ``down(act(gate(x)) * up(x))``.
 - :func:`mixture_of_experts`: routed experts combined by their router weights.
+- :func:`shared_attention` and :func:`shared_mamba_layer_forward`: the shared attention
+  block and the Mamba layers of Zamba and Zamba2.
+- :class:`HybridModel`: the model and language-model forwards that Falcon-H1 and
+  Granite-4.0 re-implement (their embedding and logit multipliers are operations).
 
 Each is written in the operations of :class:`~captum_mamba.adapters.backend.BlockOps`
 and so runs on every backend. The site names used here are listed in
 :data:`SELECTIVE_SITES`, :data:`SSD_SITES`, :data:`RESIDUAL_SITES`,
-:data:`ATTENTION_SITES`, :data:`GLU_SITES` and :func:`moe_sites` for the handlers.
+:data:`ATTENTION_SITES`, :data:`GLU_SITES` and :data:`MOE_SITES` for the handlers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import activations
 
 from captum_mamba.adapters.backend import BlockOps
+from captum_mamba.adapters.families import optional, resolve
 
 #: Sites of :func:`selective_branch` (with ``suffix=""``).
 SELECTIVE_SITES = {
@@ -66,30 +77,100 @@ def check_silu(mixer: nn.Module, activation: Any) -> None:
         )
 
 
+def check_no_past_state(mixer: nn.Module, kwargs: Mapping[str, Any]) -> None:
+    """Refuse a filled generation cache (``cache`` or ``cache_params`` in ``kwargs``):
+    explanations run over whole sequences."""
+    cache = kwargs.get("cache", kwargs.get("cache_params"))
+    has_previous = getattr(cache, "has_previous_state", None)
+    if callable(has_previous) and has_previous(mixer.layer_idx):
+        raise NotImplementedError(
+            "MambaLRP explains whole sequences; call the model without a filled cache "
+            "(use_cache=False) and pass the full prefix instead"
+        )
+
+
+#: Sites of a module that is one operation (a norm).
+NORM_SITES = {"": "norm"}
+
+
+def norm_epsilon(norm: nn.Module) -> float:
+    """The epsilon of a transformers RMS norm (``variance_epsilon``, or ``eps``)."""
+    return norm.variance_epsilon if hasattr(norm, "variance_epsilon") else norm.eps
+
+
+def rms_norm_forward(ops: BlockOps, norm: nn.Module, hidden_states: Tensor) -> Tensor:
+    """RMSNorm ``weight * x / rms(x)`` of transformers with the LN-rule."""
+    x = ops.compute(hidden_states)
+    return ops.rms_norm("", x, norm.weight, norm_epsilon(norm))
+
+
+def weightless_norm_forward(ops: BlockOps, norm: nn.Module, hidden_states: Tensor) -> Tensor:
+    """RMSNorm without weight ``x / rms(x)`` (FalconMamba's norms of ``dt``, ``B`` and
+    ``C``) with the LN-rule."""
+    return ops.rms_norm("", hidden_states, None, norm_epsilon(norm))
+
+
 @dataclass(frozen=True)
 class SelectiveParams:
     """Parameters of one Mamba-1 branch, whatever the names in its family.
 
     Args:
         conv (nn.Module): causal depthwise ``nn.Conv1d``.
-        x_proj (nn.Module): projection of the scan input to ``(dt_low, B, C)``.
-        dt_proj (nn.Module): projection of ``dt_low`` to the time step (with its bias).
+        coefficients (Callable): ``coefficients(x) -> (raw_dt, B, C)`` from the scan
+            input ``(batch, seq, channels)``: the time step before its bias and
+            softplus ``(batch, seq, channels)``, and ``B``, ``C`` as
+            :meth:`~captum_mamba.adapters.backend.BlockOps.ssm` takes them (one per
+            position, or one per head of channels). Written in the operations of the
+            calling module where the projections are operations (per-head
+            projections).
         A_log (Tensor): ``(channels, state)``, ``A = -exp(A_log)``.
         D (Tensor): ``(channels,)`` skip weight.
+        dt_bias (Tensor, optional): ``(channels,)`` time-step bias, where the
+            projection does not add it. Default: None.
+    """
+
+    conv: nn.Module
+    coefficients: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+    A_log: Tensor
+    D: Tensor
+    dt_bias: Tensor | None = None
+
+
+def selective_params(
+    conv: nn.Module,
+    x_proj: nn.Module,
+    dt_proj: nn.Module,
+    A_log: Tensor,
+    D: Tensor,
+    dt_rank: int,
+    state: int,
+    norms: tuple[nn.Module, nn.Module, nn.Module] | None = None,
+) -> SelectiveParams:
+    """Parameters of a Mamba-1 branch that projects ``(dt_low, B, C) = x_proj(x)`` and
+    ``raw_dt = dt_proj(dt_low)`` (with its bias).
+
+    Args:
+        conv (nn.Module): causal depthwise ``nn.Conv1d``.
+        x_proj (nn.Module): projection of the scan input to ``(dt_low, B, C)``.
+        dt_proj (nn.Module): projection of ``dt_low`` to the time step.
+        A_log (Tensor): ``(channels, state)``.
+        D (Tensor): ``(channels,)``.
         dt_rank (int): width of ``dt_low``.
         state (int): SSM state size.
         norms (tuple of nn.Module, optional): norms of ``dt_low``, ``B`` and ``C``
             (FalconMamba, Jamba). Default: None.
+
+    Returns:
+        SelectiveParams: the branch's parameters.
     """
 
-    conv: nn.Module
-    x_proj: nn.Module
-    dt_proj: nn.Module
-    A_log: Tensor
-    D: Tensor
-    dt_rank: int
-    state: int
-    norms: tuple[nn.Module, nn.Module, nn.Module] | None = None
+    def coefficients(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        low, B, C = torch.split(x_proj(x), [dt_rank, state, state], dim=-1)
+        if norms is not None:
+            low, B, C = norms[0](low), norms[1](B), norms[2](C)
+        return dt_proj(low), B, C
+
+    return SelectiveParams(conv, coefficients, A_log, D)
 
 
 def selective_branch(
@@ -121,17 +202,49 @@ def selective_branch(
         x, z = x.flip(1), z.flip(1)
         attention_mask = None if attention_mask is None else attention_mask.flip(1)
     x = mask_padding(ops.silu(f"conv_act{suffix}", ops.causal_conv(params.conv, x)), attention_mask)
-    time_step, B, C = torch.split(
-        params.x_proj(x), [params.dt_rank, params.state, params.state], dim=-1
-    )
-    if params.norms is not None:
-        dt_norm, b_norm, c_norm = params.norms
-        time_step, B, C = dt_norm(time_step), b_norm(B), c_norm(C)
-    dt = ops.time_step(f"time_step{suffix}", params.dt_proj(time_step))
+    raw, B, C = params.coefficients(x)
+    dt = ops.time_step(f"time_step{suffix}", raw, params.dt_bias)
     A = -torch.exp(params.A_log.to(x.dtype))
     y = ops.ssm(f"ssm{suffix}", x, dt, A, B, C, params.D, reverse=reverse)
     out = ops.gate(f"gate{suffix}", y, ops.silu(f"gate_act{suffix}", z))
     return out.flip(1) if reverse else out
+
+
+def mamba_mixer_forward(
+    ops: BlockOps,
+    mixer: nn.Module,
+    hidden_states: Tensor,
+    *args: Any,
+    attention_mask: Tensor | None = None,
+    **kwargs: Any,
+) -> Tensor:
+    """transformers' Mamba-1 mixer (full-sequence form; with the ``dt``, ``B`` and ``C``
+    norms of FalconMamba and Jamba where it has them) with the SiLU, SSM and half
+    rules."""
+    check_no_past_state(mixer, kwargs)
+    check_silu(mixer, mixer.activation)
+    hidden_states = ops.compute(hidden_states)
+    x, z = mixer.in_proj(mask_padding(hidden_states, attention_mask)).chunk(2, dim=-1)
+    norms = None
+    if hasattr(mixer, "dt_layernorm"):
+        norms = (mixer.dt_layernorm, mixer.b_layernorm, mixer.c_layernorm)
+    params = selective_params(
+        mixer.conv1d,
+        mixer.x_proj,
+        mixer.dt_proj,
+        mixer.A_log,
+        mixer.D,
+        mixer.time_step_rank,
+        mixer.ssm_state_size,
+        norms,
+    )
+    return mixer.out_proj(selective_branch(ops, params, x, z, attention_mask))
+
+
+#: Children transformers' Mamba-1 mixer calls.
+MAMBA_MIXER_CALLS = ("in_proj", "conv1d", "x_proj", "dt_proj", "out_proj")
+#: Further children of a mixer with ``dt``, ``B`` and ``C`` norms.
+MIXER_NORM_CALLS = ("dt_layernorm", "b_layernorm", "c_layernorm")
 
 
 @dataclass(frozen=True)
@@ -223,6 +336,94 @@ def ssd_mixer(
     return p.out_proj(y)
 
 
+@dataclass(frozen=True)
+class SSDNames:
+    """The attribute names of a Mamba-2 mixer's sizes in its library (the parameters are
+    ``in_proj``, ``conv1d``, ``out_proj``, ``norm``, ``dt_bias``, ``A_log``, ``D`` in all).
+
+    Args:
+        inner (str): SSM channels.
+        groups (str): groups of heads sharing ``B`` and ``C``.
+        state (str): state size.
+        heads (str): number of heads.
+        head_dim (str): channels per head.
+        dt_limit (str): clamp of the time step.
+    """
+
+    inner: str
+    groups: str
+    state: str
+    heads: str
+    head_dim: str
+    dt_limit: str
+
+
+#: The names of transformers' Mamba-2 mixers (``Mamba2Mixer`` and the mixers of Bamba,
+#: Nemotron-H, Granite-4.0, Zamba2, Falcon-H1).
+TRANSFORMERS_SSD_NAMES = SSDNames(
+    "intermediate_size", "n_groups", "ssm_state_size", "num_heads", "head_dim", "time_step_limit"
+)
+
+
+def ssd_params(
+    mixer: nn.Module,
+    chunk_size: int | None = None,
+    in_proj: nn.Module | Callable[[Tensor], Tensor] | None = None,
+    gated_norm: bool = True,
+    names: SSDNames = TRANSFORMERS_SSD_NAMES,
+) -> SSDParams:
+    """Parameters of a Mamba-2 mixer.
+
+    Args:
+        mixer (nn.Module): the mixer.
+        chunk_size (int, optional): time steps per chunk of the scan. Default: the
+            mixer's ``chunk_size``.
+        in_proj (nn.Module or Callable, optional): the input projection, where the
+            family scales it. Default: ``mixer.in_proj``.
+        gated_norm (bool, optional): gate with the mixer's gated norm; False to gate
+            with ``y * silu(z)`` only. Default: True.
+        names (SSDNames, optional): the names of its sizes. Default: transformers'.
+
+    Returns:
+        SSDParams: the mixer's parameters.
+    """
+    return SSDParams(
+        in_proj=mixer.in_proj if in_proj is None else in_proj,
+        conv=mixer.conv1d,
+        out_proj=mixer.out_proj,
+        norm=mixer.norm if gated_norm else None,
+        dt_bias=mixer.dt_bias,
+        A_log=mixer.A_log,
+        D=mixer.D,
+        inner=getattr(mixer, names.inner),
+        groups=getattr(mixer, names.groups),
+        state=getattr(mixer, names.state),
+        heads=getattr(mixer, names.heads),
+        head_dim=getattr(mixer, names.head_dim),
+        chunk_size=mixer.chunk_size if chunk_size is None else chunk_size,
+        dt_limit=tuple(getattr(mixer, names.dt_limit)),
+    )
+
+
+def ssd_mixer_forward(
+    ops: BlockOps,
+    mixer: nn.Module,
+    hidden_states: Tensor,
+    *args: Any,
+    attention_mask: Tensor | None = None,
+    **kwargs: Any,
+) -> Tensor:
+    """transformers' Mamba-2 mixer (full-sequence form) with the SiLU, SSM, half and
+    LN-rules."""
+    check_no_past_state(mixer, kwargs)
+    check_silu(mixer, mixer.activation)
+    return ssd_mixer(ops, ssd_params(mixer), ops.compute(hidden_states), attention_mask)
+
+
+#: Children transformers' Mamba-2 mixers call.
+SSD_CALLS = ("in_proj", "conv1d", "norm", "out_proj")
+
+
 def residual_block(
     ops: BlockOps, block: nn.Module, hidden_states: Tensor, *args: Any, **kwargs: Any
 ) -> Tensor:
@@ -255,6 +456,23 @@ def gated_norm(
 
 #: Sites of :func:`gated_norm`.
 GATED_NORM_SITES = {"norm": "norm", "gate_act": "silu", "gate": "gate"}
+
+
+def gated_norm_forward(
+    ops: BlockOps, norm: nn.Module, hidden_states: Tensor, gate: Tensor | None = None
+) -> Tensor:
+    """transformers' gated RMSNorm ``weight * norm_groups(y * silu(gate))`` (or
+    ``norm_before_gate``: ``weight * norm_groups(y) * silu(gate)``) with the SiLU, half
+    and LN-rules.
+
+    The groups are ``group_size`` channels wide, or ``n_groups`` per row (Falcon-H1); a
+    norm with neither normalises the whole row (Mamba-2 before transformers 5.23)."""
+    group_size = getattr(norm, "group_size", None)
+    if group_size is None and hasattr(norm, "n_groups"):
+        group_size = hidden_states.shape[-1] // norm.n_groups
+    before = getattr(norm, "norm_before_gate", False)
+    epsilon = norm.variance_epsilon
+    return gated_norm(ops, hidden_states, gate, norm.weight, epsilon, group_size, before)
 
 
 # --- softmax attention -----------------------------------------------------------------
@@ -395,14 +613,21 @@ def self_attention(
 # --- gated MLPs and mixtures of experts ---------------------------------------------------
 
 #: Activation modules of transformers' ``ACT2FN`` by the name of their function in
-#: :data:`captum_mamba.rules.functional.ACTIVATIONS`.
+#: :data:`captum_mamba.rules.functional.ACTIVATIONS` (those the installed transformers
+#: defines).
 _ACTIVATION_MODULES: dict[type, str] = {
-    activations.SiLUActivation: "silu",
     nn.SiLU: "silu",
     nn.ReLU: "relu",
-    activations.ReLUSquaredActivation: "relu2",
-    activations.GELUActivation: "gelu",
-    activations.GELUTanh: "gelu_pytorch_tanh",
+    **{
+        cls: function
+        for name, function in (
+            ("SiLUActivation", "silu"),
+            ("ReLUSquaredActivation", "relu2"),
+            ("GELUActivation", "gelu"),
+            ("GELUTanh", "gelu_pytorch_tanh"),
+        )
+        if (cls := optional("transformers.activations", name)) is not None
+    },
 }
 
 
@@ -426,6 +651,8 @@ def activation_name(module: nn.Module, act_fn: Any) -> str:
 
 #: Sites of :func:`glu`.
 GLU_SITES = {"act": "activation", "gate": "gate"}
+#: Children :func:`gated_mlp_forward` calls.
+GATED_MLP_CALLS = ("gate_proj", "up_proj", "down_proj")
 
 
 def glu(ops: BlockOps, gate: Tensor, up: Tensor, function: str) -> Tensor:
@@ -434,6 +661,13 @@ def glu(ops: BlockOps, gate: Tensor, up: Tensor, function: str) -> Tensor:
     factors are linear in the MLP input, so the product is homogeneous of degree two
     and Gradient x Input would count its relevance twice)."""
     return ops.gate("gate", ops.activation("act", gate, function), up)
+
+
+def gated_mlp_forward(ops: BlockOps, mlp: nn.Module, x: Tensor) -> Tensor:
+    """Gated MLP ``down(act(gate(x)) * up(x))`` (``gate_proj``, ``up_proj``,
+    ``down_proj``, ``act_fn``) with the identity and half rules."""
+    function = activation_name(mlp, mlp.act_fn)
+    return mlp.down_proj(glu(ops, mlp.gate_proj(x), mlp.up_proj(x), function))
 
 
 #: Sites of the routing, expert projections and mixture of :func:`mixture_of_experts`.
@@ -507,6 +741,33 @@ def mixture_of_experts(
     return ops.mixture("mixture", weights[token, expert], values, token, x.shape[0])
 
 
+def gated_experts_forward(
+    ops: BlockOps,
+    moe: nn.Module,
+    hidden_states: Tensor,
+    router_weights: Callable[[nn.Module, Tensor], Tensor],
+) -> Tensor:
+    """transformers' mixture of gated-MLP experts (``moe.experts``: ``gate_up_proj``,
+    ``down_proj``, ``act_fn``; ``moe.router``) with the router, identity and half rules.
+
+    Args:
+        ops (BlockOps): the operations of the mixture-of-experts module.
+        moe (nn.Module): the module.
+        hidden_states (Tensor): ``(batch, seq, hidden)``.
+        router_weights (Callable): ``router_weights(router, x)`` -> ``(tokens, experts)``
+            weights as the family's router computes them.
+
+    Returns:
+        Tensor: ``(batch, seq, hidden)``.
+    """
+    x = ops.compute(hidden_states)
+    flat = x.reshape(-1, x.shape[-1])
+    function = activation_name(moe.experts, moe.experts.act_fn)
+    experts = Experts(moe.experts.gate_up_proj, moe.experts.down_proj, function, gated=True)
+    out = mixture_of_experts(ops, experts, flat, lambda u: router_weights(moe.router, u), flat)
+    return out.reshape(x.shape)
+
+
 def top_k_dense(weights: Tensor, index: Tensor, experts: int) -> Tensor:
     """``(tokens, experts)`` router weights from the top-k ``weights`` and their expert
     ``index`` (both ``(tokens, k)``), zero elsewhere."""
@@ -522,3 +783,221 @@ def unchanged_forward(ops: BlockOps, module: nn.Module, *args: Any, **kwargs: An
 
 #: Sites of :func:`unchanged_forward`.
 CONSTANT_SITES = {"": "constant"}
+
+
+# --- the shared attention blocks of Zamba and Zamba2 ---------------------------------------
+
+
+def shared_attention(
+    ops: BlockOps,
+    block: nn.Module,
+    hidden_states: Tensor,
+    original_hidden_states: Tensor | None,
+    layer_idx: int,
+    attention_mask: Tensor | None = None,
+    cache: Any = None,
+    **kwargs: Any,
+) -> Tensor:
+    """``norm(attn(norm([x, embeddings])))`` of a shared attention block (Zamba and
+    Zamba2) at depth ``layer_idx``; ``kwargs`` go to the attention module.
+
+    Args:
+        ops (BlockOps): the operations of the block.
+        block (nn.Module): the block (``input_layernorm``, ``self_attn``,
+            ``pre_ff_layernorm``).
+        hidden_states (Tensor): the hidden states ``x``, or their concatenation with the
+            embeddings where the caller concatenates (Zamba from transformers 5.25).
+        original_hidden_states (Tensor or None): the input embeddings; None where
+            ``hidden_states`` is the concatenation.
+        layer_idx (int): the depth of the call.
+        attention_mask (Tensor, optional): the mask the model built. Default: None.
+        cache (optional): must hold no keys yet. Default: None.
+        **kwargs: further arguments of the attention module.
+
+    Returns:
+        Tensor: the normalised attention output, before the block's MLP.
+    """
+    check_no_cached_keys(block.self_attn, cache, layer_idx)
+    x = ops.compute(hidden_states)
+    if original_hidden_states is not None:
+        x = torch.cat([x, ops.compute(original_hidden_states)], dim=-1)
+    attended, _ = block.self_attn(
+        block.input_layernorm(x), layer_idx=layer_idx, attention_mask=attention_mask, **kwargs
+    )
+    return block.pre_ff_layernorm(attended)
+
+
+#: Children a shared attention block calls.
+SHARED_BLOCK_CALLS = ("input_layernorm", "self_attn", "pre_ff_layernorm", "feed_forward")
+
+
+def shared_mamba_layer_forward(
+    ops: BlockOps,
+    layer: nn.Module,
+    hidden_states: Tensor,
+    original_hidden_states: Tensor | None = None,
+    layer_idx: int | None = None,
+    attention_mask: Tensor | None = None,
+    causal_mask: Tensor | None = None,
+    cache: Any = None,
+    use_cache: bool | None = False,
+    position_ids: Tensor | None = None,
+    transformer_hidden_states: Tensor | None = None,
+    **kwargs: Any,
+) -> Tensor:
+    """Mamba layer of Zamba and Zamba2 ``x + mamba(norm(x + t))``, ``t`` the shared
+    block's contribution in a hybrid layer."""
+    x = ops.compute(hidden_states)
+    mixed = x
+    if transformer_hidden_states is not None:
+        mixed = ops.add("shared", x, transformer_hidden_states)
+    out = layer.mamba(layer.input_layernorm(mixed), cache=cache, attention_mask=attention_mask)
+    return ops.add("residual", x, out)
+
+
+#: Sites of :func:`shared_mamba_layer_forward`.
+SHARED_MAMBA_LAYER_SITES = {"shared": "add", "residual": "add"}
+
+
+# --- the re-implemented model forwards of transformers hybrids -----------------------------
+
+#: transformers' helpers that :class:`HybridModel` calls, as ``(module, name)``; a family
+#: that uses it loads them at import (:meth:`HybridModel.check_helpers`), so that it is
+#: unavailable, not broken, where a release lacks them.
+HYBRID_MODEL_HELPERS = (
+    ("transformers.masking_utils", "create_causal_mask"),
+    ("transformers.masking_utils", "create_recurrent_attention_mask"),
+)
+
+
+def keep_logits(hidden_states: Tensor, logits_to_keep: int | Tensor) -> Tensor:
+    """The positions of ``hidden_states`` whose logits a language model computes: the
+    last ``logits_to_keep`` (all for 0), or the given indices."""
+    index = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+    return hidden_states[:, index, :]
+
+
+@dataclass(frozen=True)
+class HybridModel:
+    """The model and language-model forwards of a transformers hybrid whose embedding
+    and logit multipliers are computed (Falcon-H1, Granite-4.0), for whole sequences
+    without a cache: they are written once here and differ only in these fields.
+
+    The model scales looked-up token embeddings by ``embedding_multiplier`` (an
+    operation), builds transformers' causal and recurrent masks and the rotary
+    embedding, runs the layers and the final norm; the language model multiplies the
+    logits by a constant (an operation), so the explained logits are the model's.
+
+    Args:
+        final_norm (str): name of the model's final norm.
+        layer_masks (Callable): ``layer_masks(model, index, masks)`` -> the mask
+            arguments of layer ``index`` from ``{"full_attention": ...,
+            "linear_attention": ...}``.
+        logits_scale (Callable): ``logits_scale(lm)`` -> the factor of the logits.
+        output (type): the model's output class.
+        lm_output (type): the language model's output class.
+        scale_given_embeddings (bool): whether given ``inputs_embeds`` are scaled too.
+    """
+
+    final_norm: str
+    layer_masks: Callable[[nn.Module, int, Mapping[str, Any]], dict[str, Any]]
+    logits_scale: Callable[[nn.Module], float]
+    output: type
+    lm_output: type
+    scale_given_embeddings: bool
+
+    @staticmethod
+    def check_helpers() -> None:
+        """Load the transformers helpers (:data:`HYBRID_MODEL_HELPERS`).
+
+        Raises:
+            FamilyUnavailable: where the installed release lacks one.
+        """
+        for module, name in HYBRID_MODEL_HELPERS:
+            resolve(module, name)
+
+    def model_forward(
+        self,
+        ops: BlockOps,
+        model: nn.Module,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | dict[str, Tensor] | None = None,
+        position_ids: Tensor | None = None,
+        cache: Any = None,
+        inputs_embeds: Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """The model's forward for whole sequences (sites ``embedding_scale``)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        check_no_cached_keys(model, cache)
+        if inputs_embeds is None:
+            x = ops.compute(model.embed_tokens(input_ids))
+            x = ops.scale("embedding_scale", x, model.embedding_multiplier)
+        elif self.scale_given_embeddings:
+            x = ops.scale("embedding_scale", ops.compute(inputs_embeds), model.embedding_multiplier)
+        else:
+            x = ops.compute(inputs_embeds)
+        if position_ids is None:
+            position_ids = torch.arange(x.shape[1], device=x.device)[None]
+        masks = attention_mask
+        if not isinstance(masks, dict):
+            # config, inputs_embeds, attention_mask, no cache (``past_key_values`` before
+            # transformers 5.24, ``cache`` since)
+            arguments = (model.config, x, masks, None)
+            causal, recurrent = (resolve(*helper) for helper in HYBRID_MODEL_HELPERS)
+            masks = {
+                "full_attention": causal(*arguments, position_ids=position_ids),
+                "linear_attention": recurrent(*arguments, position_ids=position_ids),
+            }
+        position_embeddings = (
+            None if model.rotary_emb is None else model.rotary_emb(x, position_ids)
+        )
+        for index, layer in enumerate(model.layers):
+            out = layer(
+                x,
+                **self.layer_masks(model, index, masks),
+                position_ids=position_ids,
+                position_embeddings=position_embeddings,
+                **kwargs,
+            )
+            x = out[0] if isinstance(out, tuple) else out
+        return self.output(last_hidden_state=getattr(model, self.final_norm)(x))
+
+    def model_calls(self) -> tuple[str, ...]:
+        """Children :meth:`model_forward` calls."""
+        return ("embed_tokens", "rotary_emb", "layers", self.final_norm)
+
+    def lm_forward(
+        self,
+        ops: BlockOps,
+        lm: nn.Module,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        cache: Any = None,
+        inputs_embeds: Tensor | None = None,
+        labels: Tensor | None = None,
+        use_cache: bool | None = None,
+        output_router_logits: bool | None = None,
+        logits_to_keep: int | Tensor = 0,
+        **kwargs: Any,
+    ) -> Any:
+        """The language model's forward (site ``logits_scale``)."""
+        if labels is not None or output_router_logits:
+            raise NotImplementedError(
+                f"explanations compute no loss; call {type(lm).__name__} without labels "
+                "and output_router_logits"
+            )
+        outputs = lm.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        hidden = keep_logits(outputs.last_hidden_state, logits_to_keep)
+        logits = ops.scale("logits_scale", lm.lm_head(hidden), self.logits_scale(lm))
+        return self.lm_output(logits=logits)

@@ -3,9 +3,9 @@
 
 A Bamba layer is ``h = x + mixer(norm(x)); out = h + mlp(norm(h))`` with
 
-- mixer ``BambaMixer``: the Mamba-2 mixer of :mod:`~captum_mamba.adapters.hf_mamba2`
-  (identity rule after the conv, SSM rule on the multi-head scan, identity, half and
-  LN-rules in the gated norm ``BambaRMSNormGated``);
+- mixer ``BambaMixer``: the Mamba-2 mixer of transformers
+  (:func:`~captum_mamba.adapters.blocks.ssd_mixer_forward`) (identity rule after the conv, SSM rule
+  on the multi-head scan, identity, half and LN-rules in the gated norm ``BambaRMSNormGated``);
 - or mixer ``BambaAttention``: softmax attention with a partial rotary embedding (the
   first ``partial_rotary_factor * head_dim`` channels of each head are rotated, the rest
   pass), grouped key/value heads, the model's causal and padding mask
@@ -25,7 +25,37 @@ from __future__ import annotations
 from typing import Any
 
 from torch import Tensor
-from transformers.models.bamba.modeling_bamba import (
+
+from captum_mamba.adapters.backend import BlockOps
+from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
+from captum_mamba.adapters.blocks import (
+    ATTENTION_CALLS,
+    CONSTANT_SITES,
+    GATED_MLP_CALLS,
+    GATED_NORM_SITES,
+    GLU_SITES,
+    NORM_SITES,
+    ROTARY_ATTENTION_SITES,
+    SSD_CALLS,
+    SSD_SITES,
+    gated_mlp_forward,
+    gated_norm_forward,
+    rms_norm_forward,
+    self_attention,
+    ssd_mixer_forward,
+    unchanged_forward,
+)
+from captum_mamba.adapters.families import declare_family
+
+FAMILY = declare_family(
+    __name__,
+    "transformers Bamba",
+    ("BambaModel", "BambaForCausalLM"),
+    ("transformers.models.bamba.modeling_bamba",),
+    # the decoder layer names its mixer with block_type from 5.13
+    needs="transformers >= 5.13",
+)
+(
     BambaAttention,
     BambaDecoderLayer,
     BambaForCausalLM,
@@ -35,23 +65,17 @@ from transformers.models.bamba.modeling_bamba import (
     BambaRMSNorm,
     BambaRMSNormGated,
     BambaRotaryEmbedding,
+) = FAMILY.load(
+    "BambaAttention",
+    "BambaDecoderLayer",
+    "BambaForCausalLM",
+    "BambaMixer",
+    "BambaMLP",
+    "BambaModel",
+    "BambaRMSNorm",
+    "BambaRMSNormGated",
+    "BambaRotaryEmbedding",
 )
-
-from captum_mamba.adapters.backend import BlockOps
-from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
-from captum_mamba.adapters.blocks import (
-    ATTENTION_CALLS,
-    CONSTANT_SITES,
-    GATED_NORM_SITES,
-    GLU_SITES,
-    ROTARY_ATTENTION_SITES,
-    SSD_SITES,
-    self_attention,
-    unchanged_forward,
-)
-from captum_mamba.adapters.hf_llama import MLP_CALLS, mlp_forward
-from captum_mamba.adapters.hf_mamba import NORM_SITES, norm_forward
-from captum_mamba.adapters.hf_mamba2 import gated_norm_forward, mixer_forward
 
 
 def layer_forward(
@@ -82,17 +106,15 @@ def layer_forward(
 
 HF_BAMBA = register_adapter(
     ArchitectureAdapter(
-        name="transformers Bamba",
-        models=("BambaModel", "BambaForCausalLM"),
+        name=FAMILY.name,
+        models=FAMILY.models,
         handlers=(
-            ModuleHandler(BambaRMSNorm, norm_forward, NORM_SITES),
+            ModuleHandler(BambaRMSNorm, rms_norm_forward, NORM_SITES),
             ModuleHandler(BambaRMSNormGated, gated_norm_forward, GATED_NORM_SITES),
             ModuleHandler(BambaRotaryEmbedding, unchanged_forward, CONSTANT_SITES),
-            ModuleHandler(
-                BambaMixer, mixer_forward, SSD_SITES, ("in_proj", "conv1d", "norm", "out_proj")
-            ),
+            ModuleHandler(BambaMixer, ssd_mixer_forward, SSD_SITES, SSD_CALLS),
             ModuleHandler(BambaAttention, self_attention, ROTARY_ATTENTION_SITES, ATTENTION_CALLS),
-            ModuleHandler(BambaMLP, mlp_forward, GLU_SITES, MLP_CALLS),
+            ModuleHandler(BambaMLP, gated_mlp_forward, GLU_SITES, GATED_MLP_CALLS),
             ModuleHandler(
                 BambaDecoderLayer,
                 layer_forward,

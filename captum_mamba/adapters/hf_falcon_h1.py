@@ -10,11 +10,12 @@ A layer is::
 
 with
 
-- ``FalconH1Mixer``: the Mamba-2 mixer of :mod:`~captum_mamba.adapters.hf_mamba2` (identity
-  rule after the conv, SSM rule on the multi-head scan; the gate ``y * silu(z)`` with the
-  identity and half rules, or the gated norm ``FalconH1RMSNormGated`` with the LN-rule as
-  well), whose input is scaled by ``ssm_in_multiplier`` and whose input projection by the
-  muP vector (one constant per channel of ``z``, ``x``, ``B``, ``C``, ``dt``);
+- ``FalconH1Mixer``: the Mamba-2 mixer of transformers
+  (:func:`~captum_mamba.adapters.blocks.ssd_mixer`) (identity rule after the conv, SSM rule on the
+  multi-head scan; the gate ``y * silu(z)`` with the identity and half rules, or the gated norm
+  ``FalconH1RMSNormGated`` with the LN-rule as well), whose input is scaled by ``ssm_in_multiplier``
+  and whose input projection by the muP vector (one constant per channel of ``z``, ``x``, ``B``,
+  ``C``, ``dt``);
 - ``FalconH1Attention``: queries, keys (scaled by ``key_multiplier``) and values, a rotary
   embedding, grouped key/value heads, the model's causal and padding mask: AttnLRP or
   CP-LRP;
@@ -37,12 +38,43 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
-from transformers.masking_utils import create_causal_mask, create_recurrent_attention_mask
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.modeling_utils import slice_logits_to_keep
-from transformers.models.falcon_h1.modeling_falcon_h1 import (
+
+from captum_mamba.adapters.backend import BlockOps
+from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
+from captum_mamba.adapters.blocks import (
+    ATTENTION_CALLS,
+    CONSTANT_SITES,
+    GATED_NORM_SITES,
+    GLU_SITES,
+    NORM_SITES,
+    ROTARY_ATTENTION_SITES,
+    SSD_CALLS,
+    SSD_SITES,
+    HybridModel,
+    activation_name,
+    check_no_past_state,
+    check_silu,
+    gated_norm_forward,
+    glu,
+    rms_norm_forward,
+    self_attention,
+    ssd_mixer,
+    ssd_params,
+    unchanged_forward,
+)
+from captum_mamba.adapters.families import declare_family
+
+FAMILY = declare_family(
+    __name__,
+    "transformers Falcon-H1",
+    ("FalconH1Model", "FalconH1ForCausalLM"),
+    ("transformers.models.falcon_h1.modeling_falcon_h1",),
+    # transformers.masking_utils.create_recurrent_attention_mask from 5.13
+    needs="transformers >= 5.13",
+)
+HybridModel.check_helpers()
+(
     FalconH1Attention,
     FalconH1DecoderLayer,
     FalconH1ForCausalLM,
@@ -52,45 +84,20 @@ from transformers.models.falcon_h1.modeling_falcon_h1 import (
     FalconH1RMSNorm,
     FalconH1RMSNormGated,
     FalconH1RotaryEmbedding,
+) = FAMILY.load(
+    "FalconH1Attention",
+    "FalconH1DecoderLayer",
+    "FalconH1ForCausalLM",
+    "FalconH1Mixer",
+    "FalconH1MLP",
+    "FalconH1Model",
+    "FalconH1RMSNorm",
+    "FalconH1RMSNormGated",
+    "FalconH1RotaryEmbedding",
 )
-
-from captum_mamba.adapters.backend import BlockOps
-from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
-from captum_mamba.adapters.blocks import (
-    ATTENTION_CALLS,
-    CONSTANT_SITES,
-    GATED_NORM_SITES,
-    GLU_SITES,
-    ROTARY_ATTENTION_SITES,
-    SSD_SITES,
-    SSDParams,
-    activation_name,
-    check_no_cached_keys,
-    check_silu,
-    gated_norm,
-    glu,
-    self_attention,
-    ssd_mixer,
-    unchanged_forward,
+BaseModelOutputWithPast, CausalLMOutputWithPast = FAMILY.load(
+    "BaseModelOutputWithPast", "CausalLMOutputWithPast", source="transformers.modeling_outputs"
 )
-from captum_mamba.adapters.hf_mamba import NORM_SITES, check_no_past_state, norm_forward
-
-
-def gated_norm_forward(
-    ops: BlockOps, norm: FalconH1RMSNormGated, hidden_states: Tensor, gate: Tensor | None = None
-) -> Tensor:
-    """Gated RMSNorm over ``n_groups`` groups, before or after the gate ``silu(gate)``,
-    with the SiLU, half and LN-rules."""
-    group_size = hidden_states.shape[-1] // norm.n_groups
-    return gated_norm(
-        ops,
-        hidden_states,
-        gate,
-        norm.weight,
-        norm.variance_epsilon,
-        group_size,
-        norm_before_gate=norm.norm_before_gate,
-    )
 
 
 def mixer_forward(
@@ -111,31 +118,12 @@ def mixer_forward(
         scaled = ops.scale("in_scale", x, mixer.ssm_in_multiplier)
         return ops.scale("mup", mixer.in_proj(scaled), mixer.mup_vector.to(x.dtype))
 
-    params = SSDParams(
-        in_proj=in_proj,
-        conv=mixer.conv1d,
-        out_proj=mixer.out_proj,
-        norm=mixer.norm if mixer.mamba_rms_norm else None,
-        dt_bias=mixer.dt_bias,
-        A_log=mixer.A_log,
-        D=mixer.D,
-        inner=mixer.intermediate_size,
-        groups=mixer.n_groups,
-        state=mixer.ssm_state_size,
-        heads=mixer.num_heads,
-        head_dim=mixer.head_dim,
-        chunk_size=mixer.chunk_size,
-        dt_limit=tuple(mixer.time_step_limit),
-    )
+    params = ssd_params(mixer, in_proj=in_proj, gated_norm=mixer.mamba_rms_norm)
     return ssd_mixer(ops, params, u, attention_mask)
 
 
 #: Sites of :func:`mixer_forward`.
 MIXER_SITES = {**SSD_SITES, "gate_act": "silu", "gate": "gate", "in_scale": "scale", "mup": "scale"}
-
-
-#: Children the Mamba-2 mixer calls.
-SSD_CALLS = ("in_proj", "conv1d", "norm", "out_proj")
 
 
 def attention_forward(
@@ -198,93 +186,25 @@ LAYER_SITES = {
 }
 
 
-def model_forward(
-    ops: BlockOps,
-    model: FalconH1Model,
-    input_ids: Tensor | None = None,
-    attention_mask: Tensor | dict[str, Tensor] | None = None,
-    position_ids: Tensor | None = None,
-    cache: Any = None,
-    inputs_embeds: Tensor | None = None,
-    use_cache: bool | None = None,
-    **kwargs: Any,
-) -> BaseModelOutputWithPast:
-    """The model's forward for whole sequences: looked-up embeddings scaled by
-    ``embedding_multiplier`` (an operation), the model's masks and rotary embedding, the
-    layers, the final norm."""
-    if (input_ids is None) == (inputs_embeds is None):
-        raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
-    check_no_cached_keys(model, cache)
-    if inputs_embeds is None:
-        embedded = ops.compute(model.embed_tokens(input_ids))
-        x = ops.scale("embedding_scale", embedded, model.embedding_multiplier)
-    else:
-        x = ops.compute(inputs_embeds)
-    if position_ids is None:
-        position_ids = torch.arange(x.shape[1], device=x.device)[None]
-    masks = attention_mask
-    if not isinstance(masks, dict):
-        arguments = {
-            "config": model.config,
-            "inputs_embeds": x,
-            "attention_mask": masks,
-            "cache": None,
-            "position_ids": position_ids,
-        }
-        masks = {
-            "full_attention": create_causal_mask(**arguments),
-            "linear_attention": create_recurrent_attention_mask(**arguments),
-        }
-    position_embeddings = model.rotary_emb(x, position_ids)
-    for layer in model.layers:
-        (x,) = layer(
-            x,
-            attention_mask=masks["full_attention"],
-            mamba_attention_mask=masks["linear_attention"],
-            position_ids=position_ids,
-            position_embeddings=position_embeddings,
-            **kwargs,
-        )
-    return BaseModelOutputWithPast(last_hidden_state=model.final_layernorm(x))
-
-
-def causal_lm_forward(
-    ops: BlockOps,
-    lm: FalconH1ForCausalLM,
-    input_ids: Tensor | None = None,
-    attention_mask: Tensor | None = None,
-    position_ids: Tensor | None = None,
-    cache: Any = None,
-    inputs_embeds: Tensor | None = None,
-    labels: Tensor | None = None,
-    use_cache: bool | None = None,
-    logits_to_keep: int | Tensor = 0,
-    **kwargs: Any,
-) -> CausalLMOutputWithPast:
-    """Logits ``lm_head(model(...)) * lm_head_multiplier`` (the scaling an operation)."""
-    if labels is not None:
-        raise NotImplementedError(
-            "explanations compute no loss; call FalconH1ForCausalLM without labels"
-        )
-    outputs = lm.model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        cache=cache,
-        inputs_embeds=inputs_embeds,
-        **kwargs,
-    )
-    hidden = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-    logits = ops.scale("logits_scale", lm.lm_head(hidden), lm.model.lm_head_multiplier)
-    return CausalLMOutputWithPast(logits=logits)
-
+#: The model and language-model forwards (embedding and logit multipliers as operations).
+MODEL = HybridModel(
+    final_norm="final_layernorm",
+    layer_masks=lambda model, index, masks: {
+        "attention_mask": masks["full_attention"],
+        "mamba_attention_mask": masks["linear_attention"],
+    },
+    logits_scale=lambda lm: lm.model.lm_head_multiplier,
+    output=BaseModelOutputWithPast,
+    lm_output=CausalLMOutputWithPast,
+    scale_given_embeddings=False,
+)
 
 HF_FALCON_H1 = register_adapter(
     ArchitectureAdapter(
-        name="transformers Falcon-H1",
-        models=("FalconH1Model", "FalconH1ForCausalLM"),
+        name=FAMILY.name,
+        models=FAMILY.models,
         handlers=(
-            ModuleHandler(FalconH1RMSNorm, norm_forward, NORM_SITES),
+            ModuleHandler(FalconH1RMSNorm, rms_norm_forward, NORM_SITES),
             ModuleHandler(FalconH1RMSNormGated, gated_norm_forward, GATED_NORM_SITES),
             ModuleHandler(FalconH1RotaryEmbedding, unchanged_forward, CONSTANT_SITES),
             ModuleHandler(FalconH1Mixer, mixer_forward, MIXER_SITES, SSD_CALLS),
@@ -309,13 +229,13 @@ HF_FALCON_H1 = register_adapter(
             ),
             ModuleHandler(
                 FalconH1Model,
-                model_forward,
+                MODEL.model_forward,
                 {"embedding_scale": "scale"},
-                ("embed_tokens", "rotary_emb", "layers", "final_layernorm"),
+                MODEL.model_calls(),
             ),
             ModuleHandler(
                 FalconH1ForCausalLM,
-                causal_lm_forward,
+                MODEL.lm_forward,
                 {"logits_scale": "scale"},
                 ("model", "lm_head"),
             ),

@@ -16,48 +16,65 @@ values of the scan coefficients, not the path of the relevance, and receive none
 They still get the LN-rule, which matters only for ablations with the SSM rule off.
 
 The mixer, the norms and the block share the Mamba-1 forwards of
-:mod:`captum_mamba.adapters.hf_mamba` (the mixer picks up the extra norms by name).
+:mod:`captum_mamba.adapters.blocks` (the mixer picks up the extra norms by name).
 """
 
 from __future__ import annotations
 
-from torch import Tensor, nn
-from transformers.models.falcon_mamba.modeling_falcon_mamba import (
+from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
+from captum_mamba.adapters.blocks import (
+    MAMBA_MIXER_CALLS,
+    MIXER_NORM_CALLS,
+    NORM_SITES,
+    RESIDUAL_SITES,
+    SELECTIVE_SITES,
+    mamba_mixer_forward,
+    residual_block,
+    rms_norm_forward,
+    weightless_norm_forward,
+)
+from captum_mamba.adapters.families import declare_family
+
+FAMILY = declare_family(
+    __name__,
+    "transformers FalconMamba",
+    (
+        "FalconMambaModel",
+        "FalconMambaForCausalLM",
+        "models containing FalconMambaBlock/FalconMambaMixer",
+    ),
+    ("transformers.models.falcon_mamba.modeling_falcon_mamba",),
+    # the norms of dt, B and C are modules (FalconMambaWeightlessRMSNorm) from 5.15
+    needs="transformers >= 5.15",
+)
+(
     FalconMambaBlock,
     FalconMambaForCausalLM,
     FalconMambaMixer,
     FalconMambaModel,
     FalconMambaRMSNorm,
     FalconMambaWeightlessRMSNorm,
+) = FAMILY.load(
+    "FalconMambaBlock",
+    "FalconMambaForCausalLM",
+    "FalconMambaMixer",
+    "FalconMambaModel",
+    "FalconMambaRMSNorm",
+    "FalconMambaWeightlessRMSNorm",
 )
-
-from captum_mamba.adapters.backend import BlockOps
-from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
-from captum_mamba.adapters.blocks import RESIDUAL_SITES, SELECTIVE_SITES, residual_block
-from captum_mamba.adapters.hf_mamba import MIXER_CALLS, NORM_SITES, mixer_forward, norm_forward
-
-
-def weightless_norm_forward(ops: BlockOps, norm: nn.Module, hidden_states: Tensor) -> Tensor:
-    """Weightless RMSNorm (on ``dt``, ``B`` or ``C``) with the LN-rule."""
-    return ops.rms_norm("", hidden_states, None, norm.eps)
-
 
 HF_FALCON_MAMBA = register_adapter(
     ArchitectureAdapter(
-        name="transformers FalconMamba",
-        models=(
-            "FalconMambaModel",
-            "FalconMambaForCausalLM",
-            "models containing FalconMambaBlock/FalconMambaMixer",
-        ),
+        name=FAMILY.name,
+        models=FAMILY.models,
         handlers=(
-            ModuleHandler(FalconMambaRMSNorm, norm_forward, NORM_SITES),
+            ModuleHandler(FalconMambaRMSNorm, rms_norm_forward, NORM_SITES),
             ModuleHandler(FalconMambaWeightlessRMSNorm, weightless_norm_forward, NORM_SITES),
             ModuleHandler(
                 FalconMambaMixer,
-                mixer_forward,
+                mamba_mixer_forward,
                 SELECTIVE_SITES,
-                (*MIXER_CALLS, "dt_layernorm", "b_layernorm", "c_layernorm"),
+                (*MAMBA_MIXER_CALLS, *MIXER_NORM_CALLS),
             ),
             ModuleHandler(
                 FalconMambaBlock, residual_block, RESIDUAL_SITES, ("norm", "mixer"), role="block"

@@ -4,10 +4,10 @@ gated MLPs and mixtures of experts.
 
 A Jamba layer is ``h = x + mixer(norm(x)); out = h + feed_forward(norm(h))`` with
 
-- mixer ``JambaMambaMixer``: Mamba-1 with RMS norms (with weights) on ``dt``, ``B`` and
-  ``C`` inside the mixer, as FalconMamba: the selective branch of
-  :mod:`~captum_mamba.adapters.hf_mamba` (identity rule on both SiLUs, SSM rule, half
-  rule on the gate); the extra norms sit on the branch the SSM rule detaches;
+- mixer ``JambaMambaMixer``: Mamba-1 with RMS norms (with weights) on ``dt``, ``B`` and ``C`` inside
+  the mixer, as FalconMamba: the selective branch of
+  :func:`~captum_mamba.adapters.blocks.mamba_mixer_forward` (identity rule on both SiLUs, SSM rule,
+  half rule on the gate); the extra norms sit on the branch the SSM rule detaches;
 - or mixer ``JambaAttention``: softmax attention without position embedding, over the
   model's causal and padding mask, grouped key/value heads
   (:func:`~captum_mamba.adapters.blocks.self_attention`): AttnLRP (uniform rule on
@@ -36,7 +36,37 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers.models.jamba.modeling_jamba import (
+
+from captum_mamba.adapters.backend import BlockOps
+from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
+from captum_mamba.adapters.blocks import (
+    ATTENTION_CALLS,
+    ATTENTION_SITES,
+    GATED_MLP_CALLS,
+    GATED_MOE_SITES,
+    GLU_SITES,
+    MAMBA_MIXER_CALLS,
+    MIXER_NORM_CALLS,
+    NORM_SITES,
+    SELECTIVE_SITES,
+    gated_experts_forward,
+    gated_mlp_forward,
+    mamba_mixer_forward,
+    rms_norm_forward,
+    self_attention,
+    top_k_dense,
+)
+from captum_mamba.adapters.families import declare_family
+
+FAMILY = declare_family(
+    __name__,
+    "transformers Jamba",
+    ("JambaModel", "JambaForCausalLM", "JambaForSequenceClassification"),
+    ("transformers.models.jamba.modeling_jamba",),
+    # the router is a module (JambaTopKRouter) from 5.21
+    needs="transformers >= 5.21",
+)
+(
     JambaAttention,
     JambaAttentionDecoderLayer,
     JambaForCausalLM,
@@ -48,24 +78,19 @@ from transformers.models.jamba.modeling_jamba import (
     JambaRMSNorm,
     JambaSparseMoeBlock,
     JambaTopKRouter,
+) = FAMILY.load(
+    "JambaAttention",
+    "JambaAttentionDecoderLayer",
+    "JambaForCausalLM",
+    "JambaForSequenceClassification",
+    "JambaMambaDecoderLayer",
+    "JambaMambaMixer",
+    "JambaMLP",
+    "JambaModel",
+    "JambaRMSNorm",
+    "JambaSparseMoeBlock",
+    "JambaTopKRouter",
 )
-
-from captum_mamba.adapters.backend import BlockOps
-from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
-from captum_mamba.adapters.blocks import (
-    ATTENTION_CALLS,
-    ATTENTION_SITES,
-    GATED_MOE_SITES,
-    GLU_SITES,
-    SELECTIVE_SITES,
-    Experts,
-    activation_name,
-    mixture_of_experts,
-    self_attention,
-    top_k_dense,
-)
-from captum_mamba.adapters.hf_llama import MLP_CALLS, mlp_forward
-from captum_mamba.adapters.hf_mamba import MIXER_CALLS, NORM_SITES, mixer_forward, norm_forward
 
 
 def router_weights(router: JambaTopKRouter, x: Tensor) -> Tensor:
@@ -77,12 +102,7 @@ def router_weights(router: JambaTopKRouter, x: Tensor) -> Tensor:
 
 def moe_forward(ops: BlockOps, moe: JambaSparseMoeBlock, hidden_states: Tensor) -> Tensor:
     """Mixture of gated-MLP experts with the router, identity and half rules."""
-    x = ops.compute(hidden_states)
-    flat = x.reshape(-1, x.shape[-1])
-    function = activation_name(moe.experts, moe.experts.act_fn)
-    experts = Experts(moe.experts.gate_up_proj, moe.experts.down_proj, function, gated=True)
-    out = mixture_of_experts(ops, experts, flat, lambda u: router_weights(moe.router, u), flat)
-    return out.reshape(x.shape)
+    return gated_experts_forward(ops, moe, hidden_states, router_weights)
 
 
 def layer_forward(
@@ -109,18 +129,18 @@ LAYER_SITES = {"residual": "add", "ff_residual": "add"}
 
 HF_JAMBA = register_adapter(
     ArchitectureAdapter(
-        name="transformers Jamba",
-        models=("JambaModel", "JambaForCausalLM", "JambaForSequenceClassification"),
+        name=FAMILY.name,
+        models=FAMILY.models,
         handlers=(
-            ModuleHandler(JambaRMSNorm, norm_forward, NORM_SITES),
+            ModuleHandler(JambaRMSNorm, rms_norm_forward, NORM_SITES),
             ModuleHandler(
                 JambaMambaMixer,
-                mixer_forward,
+                mamba_mixer_forward,
                 SELECTIVE_SITES,
-                (*MIXER_CALLS, "dt_layernorm", "b_layernorm", "c_layernorm"),
+                (*MAMBA_MIXER_CALLS, *MIXER_NORM_CALLS),
             ),
             ModuleHandler(JambaAttention, self_attention, ATTENTION_SITES, ATTENTION_CALLS),
-            ModuleHandler(JambaMLP, mlp_forward, GLU_SITES, MLP_CALLS),
+            ModuleHandler(JambaMLP, gated_mlp_forward, GLU_SITES, GATED_MLP_CALLS),
             ModuleHandler(JambaSparseMoeBlock, moe_forward, GATED_MOE_SITES),
             ModuleHandler(
                 JambaMambaDecoderLayer,

@@ -12,7 +12,7 @@ A decoder layer is ``h = x + attn(norm(x)); out = h + mlp(norm(h))`` with
   ``q k^T`` and ``weights v``, the softmax by its gradient (its AttnLRP rule);
   CP-LRP: the attention weights are constants.
 - ``*MLP``: ``down(act(gate(x)) * up(x))``: identity rule on the activation, half
-  rule on the product (:func:`~captum_mamba.adapters.blocks.glu`).
+  rule on the product (:func:`~captum_mamba.adapters.blocks.gated_mlp_forward`).
 - ``*RMSNorm``: LN-rule. The two residual sums as sums (LRP-0).
 - ``*RotaryEmbedding``: a function of the positions only; no relevance passes it.
 
@@ -27,50 +27,51 @@ from __future__ import annotations
 from typing import Any
 
 from torch import Tensor, nn
-from transformers.models.llama.modeling_llama import (
-    LlamaAttention,
-    LlamaDecoderLayer,
-    LlamaForCausalLM,
-    LlamaForSequenceClassification,
-    LlamaMLP,
-    LlamaModel,
-    LlamaRMSNorm,
-    LlamaRotaryEmbedding,
-)
-from transformers.models.mistral.modeling_mistral import (
-    MistralAttention,
-    MistralDecoderLayer,
-    MistralForCausalLM,
-    MistralForSequenceClassification,
-    MistralMLP,
-    MistralModel,
-    MistralRMSNorm,
-    MistralRotaryEmbedding,
-)
 
 from captum_mamba.adapters.backend import BlockOps
 from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
 from captum_mamba.adapters.blocks import (
     ATTENTION_CALLS,
     CONSTANT_SITES,
+    GATED_MLP_CALLS,
     GLU_SITES,
+    NORM_SITES,
     ROTARY_ATTENTION_SITES,
-    activation_name,
-    glu,
+    gated_mlp_forward,
+    rms_norm_forward,
     self_attention,
     unchanged_forward,
 )
-from captum_mamba.adapters.hf_mamba import NORM_SITES, norm_forward
+from captum_mamba.adapters.families import declare_family
 
-
-def mlp_forward(ops: BlockOps, mlp: nn.Module, x: Tensor) -> Tensor:
-    """Gated MLP ``down(act(gate(x)) * up(x))`` with the identity and half rules."""
-    function = activation_name(mlp, mlp.act_fn)
-    return mlp.down_proj(glu(ops, mlp.gate_proj(x), mlp.up_proj(x), function))
-
-
-#: Children a gated MLP with ``gate_proj``, ``up_proj`` and ``down_proj`` calls.
-MLP_CALLS = ("gate_proj", "up_proj", "down_proj")
+FAMILY = declare_family(
+    __name__,
+    "transformers Llama and Mistral",
+    (
+        "LlamaModel",
+        "LlamaForCausalLM",
+        "LlamaForSequenceClassification",
+        "MistralModel",
+        "MistralForCausalLM",
+        "MistralForSequenceClassification",
+    ),
+    ("transformers.models.llama.modeling_llama", "transformers.models.mistral.modeling_mistral"),
+    # the decoder layers call their attention as the handlers expect from 4.54
+    needs="transformers >= 4.54",
+)
+#: The classes of each model, in the order of :func:`_handlers`, then the containers.
+_CLASSES = (
+    "RMSNorm",
+    "RotaryEmbedding",
+    "Attention",
+    "MLP",
+    "DecoderLayer",
+    "Model",
+    "ForCausalLM",
+    "ForSequenceClassification",
+)
+LLAMA = FAMILY.load(*(f"Llama{name}" for name in _CLASSES), source=FAMILY.sources[0])
+MISTRAL = FAMILY.load(*(f"Mistral{name}" for name in _CLASSES), source=FAMILY.sources[1])
 
 
 def layer_forward(
@@ -103,45 +104,20 @@ def _handlers(
     norm: type, rotary: type, attention: type, mlp: type, layer: type
 ) -> tuple[ModuleHandler, ...]:
     return (
-        ModuleHandler(norm, norm_forward, NORM_SITES),
+        ModuleHandler(norm, rms_norm_forward, NORM_SITES),
         ModuleHandler(rotary, unchanged_forward, CONSTANT_SITES),
         ModuleHandler(attention, self_attention, ROTARY_ATTENTION_SITES, ATTENTION_CALLS),
-        ModuleHandler(mlp, mlp_forward, GLU_SITES, MLP_CALLS),
+        ModuleHandler(mlp, gated_mlp_forward, GLU_SITES, GATED_MLP_CALLS),
         ModuleHandler(layer, layer_forward, LAYER_SITES, LAYER_CALLS, role="block"),
     )
 
 
 HF_LLAMA = register_adapter(
     ArchitectureAdapter(
-        name="transformers Llama and Mistral",
-        models=(
-            "LlamaModel",
-            "LlamaForCausalLM",
-            "LlamaForSequenceClassification",
-            "MistralModel",
-            "MistralForCausalLM",
-            "MistralForSequenceClassification",
-        ),
-        handlers=(
-            *_handlers(
-                LlamaRMSNorm, LlamaRotaryEmbedding, LlamaAttention, LlamaMLP, LlamaDecoderLayer
-            ),
-            *_handlers(
-                MistralRMSNorm,
-                MistralRotaryEmbedding,
-                MistralAttention,
-                MistralMLP,
-                MistralDecoderLayer,
-            ),
-        ),
-        containers=(
-            LlamaModel,
-            LlamaForCausalLM,
-            LlamaForSequenceClassification,
-            MistralModel,
-            MistralForCausalLM,
-            MistralForSequenceClassification,
-        ),
-        blocks=(LlamaAttention, MistralAttention),
+        name=FAMILY.name,
+        models=FAMILY.models,
+        handlers=(*_handlers(*LLAMA[:5]), *_handlers(*MISTRAL[:5])),
+        containers=(*LLAMA[5:], *MISTRAL[5:]),
+        blocks=(LLAMA[2], MISTRAL[2]),
     )
 )

@@ -34,8 +34,9 @@ homogeneous) in its input then sums exactly to its output):
   called as modules so that a linear rule (LRP-epsilon/gamma) applies to them. With
   zero biases every step conserves relevance exactly.
 
-Rule assignment: ``Mamba2RMSNorm``: LN-rule; ``MambaRMSNormGated``: identity, half and
-LN-rules; ``Mamba2Mixer``: identity rule after the conv, SSM rule
+Rule assignment: ``Mamba2RMSNorm``: LN-rule; ``Mamba2RMSNormGated`` (``MambaRMSNormGated``
+before transformers 5.25; normalising whole rows, not groups, before 5.23): identity, half
+and LN-rules; ``Mamba2Mixer``: identity rule after the conv, SSM rule
 (:func:`~captum_mamba.adapters.blocks.ssd_mixer`); ``Mamba2Block``: the residual
 ``x + mixer(norm(x))`` in the input dtype (transformers computes the residual, norms and
 scan in float32, which would round a float64 explanation). The forwards follow
@@ -44,86 +45,52 @@ transformers' ``torch_forward`` path for whole sequences (no cache continuation)
 
 from __future__ import annotations
 
-from typing import Any
+from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
+from captum_mamba.adapters.blocks import (
+    GATED_NORM_SITES,
+    NORM_SITES,
+    RESIDUAL_SITES,
+    SSD_CALLS,
+    SSD_SITES,
+    gated_norm_forward,
+    residual_block,
+    rms_norm_forward,
+    ssd_mixer_forward,
+)
+from captum_mamba.adapters.families import declare_family
 
-from torch import Tensor, nn
-from transformers.models.mamba2 import modeling_mamba2
-from transformers.models.mamba2.modeling_mamba2 import (
+FAMILY = declare_family(
+    __name__,
+    "transformers Mamba-2",
+    ("Mamba2Model", "Mamba2ForCausalLM", "models containing Mamba2Block/Mamba2Mixer"),
+    ("transformers.models.mamba2.modeling_mamba2",),
+    # earlier releases compute the mixer differently (time-step clamp, gated norm)
+    needs="transformers >= 4.52",
+)
+(
     Mamba2Block,
     Mamba2ForCausalLM,
     Mamba2Mixer,
     Mamba2Model,
     Mamba2RMSNorm,
+    Mamba2RMSNormGated,
+) = FAMILY.load(
+    "Mamba2Block",
+    "Mamba2ForCausalLM",
+    "Mamba2Mixer",
+    "Mamba2Model",
+    "Mamba2RMSNorm",
+    "Mamba2RMSNormGated",
 )
-
-# transformers 5.25 renamed MambaRMSNormGated to Mamba2RMSNormGated
-MambaRMSNormGated = getattr(
-    modeling_mamba2, "Mamba2RMSNormGated", getattr(modeling_mamba2, "MambaRMSNormGated", None)
-)
-
-from captum_mamba.adapters.backend import BlockOps
-from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
-from captum_mamba.adapters.blocks import (
-    GATED_NORM_SITES,
-    RESIDUAL_SITES,
-    SSD_SITES,
-    SSDParams,
-    check_silu,
-    gated_norm,
-    residual_block,
-    ssd_mixer,
-)
-from captum_mamba.adapters.hf_mamba import NORM_SITES, check_no_past_state, norm_forward
-
-
-def gated_norm_forward(
-    ops: BlockOps, norm: nn.Module, hidden_states: Tensor, gate: Tensor | None = None
-) -> Tensor:
-    """Gated RMSNorm ``weight * norm_groups(y * silu(gate))`` with the SiLU, half and
-    LN-rules."""
-    return gated_norm(ops, hidden_states, gate, norm.weight, norm.variance_epsilon, norm.group_size)
-
-
-def mixer_forward(
-    ops: BlockOps,
-    mixer: nn.Module,
-    hidden_states: Tensor,
-    *args: Any,
-    attention_mask: Tensor | None = None,
-    **kwargs: Any,
-) -> Tensor:
-    """Mamba-2 mixer (full-sequence form) with the SiLU and SSM rules."""
-    check_no_past_state(mixer, kwargs)
-    check_silu(mixer, mixer.activation)
-    params = SSDParams(
-        in_proj=mixer.in_proj,
-        conv=mixer.conv1d,
-        out_proj=mixer.out_proj,
-        norm=mixer.norm,
-        dt_bias=mixer.dt_bias,
-        A_log=mixer.A_log,
-        D=mixer.D,
-        inner=mixer.intermediate_size,
-        groups=mixer.n_groups,
-        state=mixer.ssm_state_size,
-        heads=mixer.num_heads,
-        head_dim=mixer.head_dim,
-        chunk_size=mixer.chunk_size,
-        dt_limit=tuple(mixer.time_step_limit),
-    )
-    return ssd_mixer(ops, params, ops.compute(hidden_states), attention_mask)
-
 
 HF_MAMBA2 = register_adapter(
     ArchitectureAdapter(
-        name="transformers Mamba-2",
-        models=("Mamba2Model", "Mamba2ForCausalLM", "models containing Mamba2Block/Mamba2Mixer"),
+        name=FAMILY.name,
+        models=FAMILY.models,
         handlers=(
-            ModuleHandler(Mamba2RMSNorm, norm_forward, NORM_SITES),
-            ModuleHandler(MambaRMSNormGated, gated_norm_forward, GATED_NORM_SITES),
-            ModuleHandler(
-                Mamba2Mixer, mixer_forward, SSD_SITES, ("in_proj", "conv1d", "norm", "out_proj")
-            ),
+            ModuleHandler(Mamba2RMSNorm, rms_norm_forward, NORM_SITES),
+            ModuleHandler(Mamba2RMSNormGated, gated_norm_forward, GATED_NORM_SITES),
+            ModuleHandler(Mamba2Mixer, ssd_mixer_forward, SSD_SITES, SSD_CALLS),
             ModuleHandler(
                 Mamba2Block, residual_block, RESIDUAL_SITES, ("norm", "mixer"), role="block"
             ),

@@ -4,9 +4,9 @@ an attention layer, a squared-ReLU MLP or a mixture of squared-ReLU experts.
 
 A Nemotron-H block is ``x + mixer(norm(x))`` with the mixer
 
-- ``NemotronHMamba2Mixer``: the Mamba-2 mixer of :mod:`~captum_mamba.adapters.hf_mamba2`
-  (identity rule after the conv, SSM rule, identity, half and LN-rules in the gated norm
-  ``NemotronHRMSNormGated``);
+- ``NemotronHMamba2Mixer``: the Mamba-2 mixer of transformers
+  (:func:`~captum_mamba.adapters.blocks.ssd_mixer_forward`) (identity rule after the conv, SSM rule,
+  identity, half and LN-rules in the gated norm ``NemotronHRMSNormGated``);
 - ``NemotronHAttention``: softmax attention without position embedding, grouped
   key/value heads, the model's causal and padding mask: AttnLRP or CP-LRP;
 - ``NemotronHMLP``: ``down(relu(up(x))^2)``. The squared ReLU is the product
@@ -35,7 +35,38 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers.models.nemotron_h.modeling_nemotron_h import (
+
+from captum_mamba.adapters.backend import BlockOps
+from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
+from captum_mamba.adapters.blocks import (
+    ATTENTION_CALLS,
+    ATTENTION_SITES,
+    GATED_NORM_SITES,
+    MOE_SITES,
+    NORM_SITES,
+    RESIDUAL_SITES,
+    SSD_CALLS,
+    SSD_SITES,
+    Experts,
+    activation_name,
+    gated_norm_forward,
+    mixture_of_experts,
+    rms_norm_forward,
+    self_attention,
+    ssd_mixer_forward,
+    top_k_dense,
+)
+from captum_mamba.adapters.families import declare_family
+
+FAMILY = declare_family(
+    __name__,
+    "transformers Nemotron-H",
+    ("NemotronHModel", "NemotronHForCausalLM"),
+    ("transformers.models.nemotron_h.modeling_nemotron_h",),
+    # the gated norm is NemotronHRMSNormGated from 5.20
+    needs="transformers >= 5.20",
+)
+(
     NemotronHAttention,
     NemotronHBlock,
     NemotronHForCausalLM,
@@ -46,25 +77,18 @@ from transformers.models.nemotron_h.modeling_nemotron_h import (
     NemotronHRMSNorm,
     NemotronHRMSNormGated,
     NemotronHTopkRouter,
+) = FAMILY.load(
+    "NemotronHAttention",
+    "NemotronHBlock",
+    "NemotronHForCausalLM",
+    "NemotronHMamba2Mixer",
+    "NemotronHMLP",
+    "NemotronHModel",
+    "NemotronHMoE",
+    "NemotronHRMSNorm",
+    "NemotronHRMSNormGated",
+    "NemotronHTopkRouter",
 )
-
-from captum_mamba.adapters.backend import BlockOps
-from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
-from captum_mamba.adapters.blocks import (
-    ATTENTION_CALLS,
-    ATTENTION_SITES,
-    GATED_NORM_SITES,
-    MOE_SITES,
-    RESIDUAL_SITES,
-    SSD_SITES,
-    Experts,
-    activation_name,
-    mixture_of_experts,
-    self_attention,
-    top_k_dense,
-)
-from captum_mamba.adapters.hf_mamba import NORM_SITES, norm_forward
-from captum_mamba.adapters.hf_mamba2 import gated_norm_forward, mixer_forward
 
 
 def mlp_forward(ops: BlockOps, mlp: NemotronHMLP, x: Tensor) -> Tensor:
@@ -124,17 +148,12 @@ def block_forward(
 
 HF_NEMOTRON_H = register_adapter(
     ArchitectureAdapter(
-        name="transformers Nemotron-H",
-        models=("NemotronHModel", "NemotronHForCausalLM"),
+        name=FAMILY.name,
+        models=FAMILY.models,
         handlers=(
-            ModuleHandler(NemotronHRMSNorm, norm_forward, NORM_SITES),
+            ModuleHandler(NemotronHRMSNorm, rms_norm_forward, NORM_SITES),
             ModuleHandler(NemotronHRMSNormGated, gated_norm_forward, GATED_NORM_SITES),
-            ModuleHandler(
-                NemotronHMamba2Mixer,
-                mixer_forward,
-                SSD_SITES,
-                ("in_proj", "conv1d", "norm", "out_proj"),
-            ),
+            ModuleHandler(NemotronHMamba2Mixer, ssd_mixer_forward, SSD_SITES, SSD_CALLS),
             ModuleHandler(NemotronHAttention, self_attention, ATTENTION_SITES, ATTENTION_CALLS),
             ModuleHandler(
                 NemotronHMLP, mlp_forward, {"act": "activation"}, ("up_proj", "down_proj")

@@ -35,9 +35,42 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
-from transformers.models.zamba.modeling_zamba import (
+
+from captum_mamba.adapters.backend import BlockOps
+from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
+from captum_mamba.adapters.blocks import (
+    ATTENTION_CALLS,
+    ATTENTION_SITES,
+    GATED_MLP_CALLS,
+    GLU_SITES,
+    NORM_SITES,
+    SELECTIVE_SITES,
+    SHARED_BLOCK_CALLS,
+    SHARED_MAMBA_LAYER_SITES,
+    SelectiveParams,
+    check_no_past_state,
+    check_silu,
+    gated_mlp_forward,
+    mask_padding,
+    rms_norm_forward,
+    selective_branch,
+    self_attention,
+    shared_attention,
+    shared_mamba_layer_forward,
+)
+from captum_mamba.adapters.families import declare_family
+
+FAMILY = declare_family(
+    __name__,
+    "transformers Zamba",
+    ("ZambaModel", "ZambaForCausalLM", "ZambaForSequenceClassification"),
+    ("transformers.models.zamba.modeling_zamba",),
+    # the shared block returns a tensor, not a tuple, from 5.4; the conformance suite
+    # passes from 5.15 (earlier configurations reject its layer types)
+    needs="transformers >= 5.15",
+)
+(
     ZambaAttention,
     ZambaAttentionDecoderLayer,
     ZambaForCausalLM,
@@ -48,22 +81,18 @@ from transformers.models.zamba.modeling_zamba import (
     ZambaMLP,
     ZambaModel,
     ZambaRMSNorm,
+) = FAMILY.load(
+    "ZambaAttention",
+    "ZambaAttentionDecoderLayer",
+    "ZambaForCausalLM",
+    "ZambaForSequenceClassification",
+    "ZambaHybridLayer",
+    "ZambaMambaDecoderLayer",
+    "ZambaMambaMixer",
+    "ZambaMLP",
+    "ZambaModel",
+    "ZambaRMSNorm",
 )
-
-from captum_mamba.adapters.backend import BlockOps
-from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
-from captum_mamba.adapters.blocks import (
-    ATTENTION_CALLS,
-    ATTENTION_SITES,
-    GLU_SITES,
-    SELECTIVE_SITES,
-    check_no_cached_keys,
-    check_silu,
-    mask_padding,
-    self_attention,
-)
-from captum_mamba.adapters.hf_llama import MLP_CALLS, mlp_forward
-from captum_mamba.adapters.hf_mamba import NORM_SITES, check_no_past_state, norm_forward
 
 
 def _by_head(x: Tensor, heads: int) -> Tensor:
@@ -76,6 +105,29 @@ def _from_heads(x: Tensor, heads: int, batch: int) -> Tensor:
     return x.unflatten(0, (heads, batch, -1)).permute(1, 2, 0, 3)
 
 
+def head_params(ops: BlockOps, mixer: ZambaMambaMixer) -> SelectiveParams:
+    """Branch parameters with each head's own ``dt``, ``B`` and ``C`` projections
+    (grouped linear operations with the linear rule)."""
+    heads, rank, state = mixer.n_mamba_heads, mixer.time_step_rank, mixer.ssm_state_size
+
+    def coefficients(u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        batch, length, _ = u.shape
+        sizes = [batch * length] * heads
+        projected = ops.grouped_linear("x_proj", _by_head(u, heads), mixer.x_proj_weight, sizes)
+        low, B, C = projected.split([rank, state, state], dim=-1)
+        raw = ops.grouped_linear("dt_proj", low, mixer.dt_proj_weight, sizes)
+        raw = _from_heads(raw, heads, batch).flatten(-2)
+        return raw, _from_heads(B, heads, batch), _from_heads(C, heads, batch)
+
+    return SelectiveParams(
+        mixer.conv1d,
+        coefficients,
+        mixer.A_log.flatten(0, 1),
+        mixer.D.flatten(),
+        mixer.dt_proj_bias.flatten(),
+    )
+
+
 def mixer_forward(
     ops: BlockOps,
     mixer: ZambaMambaMixer,
@@ -84,113 +136,52 @@ def mixer_forward(
     attention_mask: Tensor | None = None,
     **kwargs: Any,
 ) -> Tensor:
-    """Multi-head Mamba-1 mixer (full-sequence form) with the SiLU, SSM and half rules."""
+    """Multi-head Mamba-1 mixer (full-sequence form) with the SiLU, SSM and half rules:
+    the scan and gate channels de-interleaved, then the selective branch with per-head
+    projections."""
     check_no_past_state(mixer, {"cache": cache})
     check_silu(mixer, mixer.activation)
     x = ops.compute(hidden_states)
-    batch, length, _ = x.shape
-    heads, rank, state = mixer.n_mamba_heads, mixer.time_step_rank, mixer.ssm_state_size
     pairs = mixer.in_proj(mask_padding(x, attention_mask)).unflatten(-1, (-1, 2))
-    u, z = pairs[..., 0], pairs[..., 1]
-    u = mask_padding(ops.silu("conv_act", ops.causal_conv(mixer.conv1d, u)), attention_mask)
-    sizes = [batch * length] * heads
-    coefficients = ops.grouped_linear("x_proj", _by_head(u, heads), mixer.x_proj_weight, sizes)
-    low, B, C = coefficients.split([rank, state, state], dim=-1)
-    raw = ops.grouped_linear("dt_proj", low, mixer.dt_proj_weight, sizes)
-    raw = _from_heads(raw, heads, batch).flatten(-2)
-    dt = ops.time_step("time_step", raw, mixer.dt_proj_bias.flatten())
-    A = -torch.exp(mixer.A_log.to(u.dtype)).flatten(0, 1)
-    B, C = _from_heads(B, heads, batch), _from_heads(C, heads, batch)
-    y = ops.ssm("ssm", u, dt, A, B, C, mixer.D.flatten())
-    return mixer.out_proj(ops.gate("gate", y, ops.silu("gate_act", z)))
+    y = selective_branch(ops, head_params(ops, mixer), pairs[..., 0], pairs[..., 1], attention_mask)
+    return mixer.out_proj(y)
 
 
 #: Sites of :func:`mixer_forward`.
 MIXER_SITES = {**SELECTIVE_SITES, "x_proj": "grouped_linear", "dt_proj": "grouped_linear"}
 
 
-def attend_shared(
-    ops: BlockOps,
-    block: Any,
-    hidden_states: Tensor,
-    original_hidden_states: Tensor,
-    layer_idx: int,
-    attention_mask: Tensor | None = None,
-    cache: Any = None,
-    **kwargs: Any,
-) -> Tensor:
-    """``norm(attn(norm([x, embeddings])))`` of a shared attention block (Zamba and
-    Zamba2) at depth ``layer_idx``; ``kwargs`` go to the attention module."""
-    check_no_cached_keys(block.self_attn, cache, layer_idx)
-    x = ops.compute(hidden_states)
-    joined = torch.cat([x, ops.compute(original_hidden_states)], dim=-1)
-    attended, _ = block.self_attn(
-        block.input_layernorm(joined), layer_idx=layer_idx, attention_mask=attention_mask, **kwargs
-    )
-    return block.pre_ff_layernorm(attended)
-
-
 def shared_block_forward(
     ops: BlockOps,
     block: ZambaAttentionDecoderLayer,
     hidden_states: Tensor,
-    original_hidden_states: Tensor,
+    original_hidden_states: Tensor | None = None,
+    *,
     layer_idx: int,
     attention_mask: Tensor | None = None,
     cache: Any = None,
     use_cache: bool | None = False,
     **kwargs: Any,
 ) -> Tensor:
-    """Shared attention block ``mlp(norm(attn(norm([x, embeddings]))))`` (no residual)."""
-    attended = attend_shared(
+    """Shared attention block ``mlp(norm(attn(norm([x, embeddings]))))`` (no residual);
+    from transformers 5.25 the hybrid layer passes the concatenation itself."""
+    attended = shared_attention(
         ops, block, hidden_states, original_hidden_states, layer_idx, attention_mask, cache
     )
     return block.feed_forward(attended)
 
 
-#: Children :func:`shared_block_forward` calls.
-SHARED_BLOCK_CALLS = ("input_layernorm", "self_attn", "pre_ff_layernorm", "feed_forward")
-
-
-def mamba_layer_forward(
-    ops: BlockOps,
-    layer: ZambaMambaDecoderLayer,
-    hidden_states: Tensor,
-    original_hidden_states: Tensor | None = None,
-    layer_idx: int | None = None,
-    attention_mask: Tensor | None = None,
-    causal_mask: Tensor | None = None,
-    cache: Any = None,
-    use_cache: bool | None = False,
-    position_ids: Tensor | None = None,
-    transformer_hidden_states: Tensor | None = None,
-    **kwargs: Any,
-) -> Tensor:
-    """Mamba layer (Zamba and Zamba2) ``x + mamba(norm(x + t))``, ``t`` the shared block's
-    contribution in a hybrid layer."""
-    x = ops.compute(hidden_states)
-    mixed = x
-    if transformer_hidden_states is not None:
-        mixed = ops.add("shared", x, transformer_hidden_states)
-    out = layer.mamba(layer.input_layernorm(mixed), cache=cache, attention_mask=attention_mask)
-    return ops.add("residual", x, out)
-
-
-#: Sites of :func:`mamba_layer_forward`.
-MAMBA_LAYER_SITES = {"shared": "add", "residual": "add"}
-
-
 HF_ZAMBA = register_adapter(
     ArchitectureAdapter(
-        name="transformers Zamba",
-        models=("ZambaModel", "ZambaForCausalLM", "ZambaForSequenceClassification"),
+        name=FAMILY.name,
+        models=FAMILY.models,
         handlers=(
-            ModuleHandler(ZambaRMSNorm, norm_forward, NORM_SITES),
+            ModuleHandler(ZambaRMSNorm, rms_norm_forward, NORM_SITES),
             ModuleHandler(
                 ZambaMambaMixer, mixer_forward, MIXER_SITES, ("in_proj", "conv1d", "out_proj")
             ),
             ModuleHandler(ZambaAttention, self_attention, ATTENTION_SITES, ATTENTION_CALLS),
-            ModuleHandler(ZambaMLP, mlp_forward, GLU_SITES, MLP_CALLS),
+            ModuleHandler(ZambaMLP, gated_mlp_forward, GLU_SITES, GATED_MLP_CALLS),
             ModuleHandler(
                 ZambaAttentionDecoderLayer,
                 shared_block_forward,
@@ -200,8 +191,8 @@ HF_ZAMBA = register_adapter(
             ),
             ModuleHandler(
                 ZambaMambaDecoderLayer,
-                mamba_layer_forward,
-                MAMBA_LAYER_SITES,
+                shared_mamba_layer_forward,
+                SHARED_MAMBA_LAYER_SITES,
                 ("input_layernorm", "mamba"),
                 role="block",
             ),

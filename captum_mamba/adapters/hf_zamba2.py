@@ -3,14 +3,14 @@
 ``num_mem_blocks`` shared attention blocks that run, in turn, before some of them on the
 concatenation of the hidden states with the original input embeddings.
 
-The layers are those of Zamba (:mod:`~captum_mamba.adapters.hf_zamba`): a Mamba layer is
-``x + mamba(norm(x + t))``, ``t = linear(block(x, embeddings))`` in a hybrid layer
-(``Zamba2HybridLayer``, a container), the block ``mlp(norm(attn(norm([x, embeddings]))))``
-without residual. What Zamba2 adds:
+The layers are those of Zamba (:func:`~captum_mamba.adapters.blocks.shared_attention`): a Mamba
+layer is ``x + mamba(norm(x + t))``, ``t = linear(block(x, embeddings))`` in a hybrid layer
+(``Zamba2HybridLayer``, a container), the block ``mlp(norm(attn(norm([x, embeddings]))))`` without
+residual. What Zamba2 adds:
 
-- the mixer ``Zamba2MambaMixer`` is the Mamba-2 mixer of
-  :mod:`~captum_mamba.adapters.hf_mamba2` (identity rule after the conv, SSM rule on the
-  multi-head scan, identity, half and LN-rules in the gated norm ``Zamba2RMSNormGated``);
+- the mixer ``Zamba2MambaMixer`` is the Mamba-2 mixer of transformers
+  (:func:`~captum_mamba.adapters.blocks.ssd_mixer_forward`) (identity rule after the conv, SSM rule
+  on the multi-head scan, identity, half and LN-rules in the gated norm ``Zamba2RMSNormGated``);
 - the shared block's attention (``Zamba2Attention``) and MLP (``Zamba2MLP``) add, at each
   depth, the output of that depth's adapter (LoRA-style: two ``nn.Linear`` layers, picked
   by the ``layer_idx`` of the call) to the query, key, value and gate-up projections.
@@ -29,7 +29,42 @@ from __future__ import annotations
 from typing import Any
 
 from torch import Tensor
-from transformers.models.zamba2.modeling_zamba2 import (
+
+from captum_mamba.adapters.backend import BlockOps
+from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
+from captum_mamba.adapters.blocks import (
+    ATTENTION_CALLS,
+    CONSTANT_SITES,
+    GATED_NORM_SITES,
+    GLU_SITES,
+    NORM_SITES,
+    ROTARY_ATTENTION_SITES,
+    SHARED_BLOCK_CALLS,
+    SHARED_MAMBA_LAYER_SITES,
+    SSD_CALLS,
+    SSD_SITES,
+    activation_name,
+    gated_norm_forward,
+    glu,
+    rms_norm_forward,
+    self_attention,
+    shared_attention,
+    shared_mamba_layer_forward,
+    ssd_mixer_forward,
+    unchanged_forward,
+)
+from captum_mamba.adapters.families import declare_family
+
+FAMILY = declare_family(
+    __name__,
+    "transformers Zamba2",
+    ("Zamba2Model", "Zamba2ForCausalLM", "Zamba2ForSequenceClassification"),
+    ("transformers.models.zamba2.modeling_zamba2",),
+    # the shared block returns a tensor, not a tuple, from 5.4; models with several shared
+    # blocks and adapters cannot be built before 5.17 (their weights fail to tie)
+    needs="transformers >= 5.17",
+)
+(
     Zamba2Attention,
     Zamba2AttentionDecoderLayer,
     Zamba2ForCausalLM,
@@ -42,33 +77,20 @@ from transformers.models.zamba2.modeling_zamba2 import (
     Zamba2RMSNorm,
     Zamba2RMSNormGated,
     Zamba2RotaryEmbedding,
+) = FAMILY.load(
+    "Zamba2Attention",
+    "Zamba2AttentionDecoderLayer",
+    "Zamba2ForCausalLM",
+    "Zamba2ForSequenceClassification",
+    "Zamba2HybridLayer",
+    "Zamba2MambaDecoderLayer",
+    "Zamba2MambaMixer",
+    "Zamba2MLP",
+    "Zamba2Model",
+    "Zamba2RMSNorm",
+    "Zamba2RMSNormGated",
+    "Zamba2RotaryEmbedding",
 )
-
-from captum_mamba.adapters.backend import BlockOps
-from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
-from captum_mamba.adapters.blocks import (
-    ATTENTION_CALLS,
-    CONSTANT_SITES,
-    GATED_NORM_SITES,
-    GLU_SITES,
-    ROTARY_ATTENTION_SITES,
-    SSD_SITES,
-    activation_name,
-    glu,
-    self_attention,
-    unchanged_forward,
-)
-from captum_mamba.adapters.hf_mamba import NORM_SITES, norm_forward
-from captum_mamba.adapters.hf_mamba2 import gated_norm_forward, mixer_forward
-from captum_mamba.adapters.hf_zamba import (
-    MAMBA_LAYER_SITES,
-    SHARED_BLOCK_CALLS,
-    attend_shared,
-    mamba_layer_forward,
-)
-
-#: Children the Mamba-2 mixer calls.
-SSD_CALLS = ("in_proj", "conv1d", "norm", "out_proj")
 
 
 def attention_forward(
@@ -130,7 +152,7 @@ def shared_block_forward(
 ) -> Tensor:
     """Shared attention block ``mlp(norm(attn(norm([x, embeddings]))))`` at depth
     ``layer_idx`` (no residual)."""
-    attended = attend_shared(
+    attended = shared_attention(
         ops,
         block,
         hidden_states,
@@ -145,13 +167,13 @@ def shared_block_forward(
 
 HF_ZAMBA2 = register_adapter(
     ArchitectureAdapter(
-        name="transformers Zamba2",
-        models=("Zamba2Model", "Zamba2ForCausalLM", "Zamba2ForSequenceClassification"),
+        name=FAMILY.name,
+        models=FAMILY.models,
         handlers=(
-            ModuleHandler(Zamba2RMSNorm, norm_forward, NORM_SITES),
+            ModuleHandler(Zamba2RMSNorm, rms_norm_forward, NORM_SITES),
             ModuleHandler(Zamba2RMSNormGated, gated_norm_forward, GATED_NORM_SITES),
             ModuleHandler(Zamba2RotaryEmbedding, unchanged_forward, CONSTANT_SITES),
-            ModuleHandler(Zamba2MambaMixer, mixer_forward, SSD_SITES, SSD_CALLS),
+            ModuleHandler(Zamba2MambaMixer, ssd_mixer_forward, SSD_SITES, SSD_CALLS),
             ModuleHandler(
                 Zamba2Attention,
                 attention_forward,
@@ -178,8 +200,8 @@ HF_ZAMBA2 = register_adapter(
             ),
             ModuleHandler(
                 Zamba2MambaDecoderLayer,
-                mamba_layer_forward,
-                MAMBA_LAYER_SITES,
+                shared_mamba_layer_forward,
+                SHARED_MAMBA_LAYER_SITES,
                 ("input_layernorm", "mamba"),
                 role="block",
             ),

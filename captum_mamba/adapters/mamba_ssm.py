@@ -40,7 +40,7 @@ Importing this module imports ``mamba_ssm``, which needs its compiled extension
 on CPU; see the project's documentation). Importing ``mamba_ssm`` also makes
 transformers' Mamba models bind to mamba-ssm's CUDA kernels, so keep it out of
 processes that run transformers' Mamba on CPU; without the extension this module
-raises ``ModuleNotFoundError`` before importing ``mamba_ssm`` and the adapter stays
+raises ``FamilyUnavailable`` before importing ``mamba_ssm`` and the adapter stays
 unregistered.
 """
 
@@ -49,19 +49,8 @@ from __future__ import annotations
 from importlib.util import find_spec
 from typing import Any
 
-if find_spec("selective_scan_cuda") is None:
-    raise ModuleNotFoundError("mamba-ssm needs selective_scan_cuda", name="selective_scan_cuda")
-
 import torch
 import torch.nn.functional as F
-from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel, MixerModel
-from mamba_ssm.modules.block import Block
-from mamba_ssm.modules.mamba2 import Mamba2
-from mamba_ssm.modules.mamba_simple import Mamba
-from mamba_ssm.modules.mha import MHA
-from mamba_ssm.modules.mlp import GatedMLP
-from mamba_ssm.ops.triton.layer_norm import RMSNorm
-from mamba_ssm.ops.triton.layernorm_gated import RMSNorm as RMSNormGated
 from torch import Tensor
 
 from captum_mamba.adapters.backend import BlockOps
@@ -76,14 +65,51 @@ from captum_mamba.adapters.blocks import (
     SSD_EXTRA_SITES,
     SSD_SITES,
     SelectiveParams,
-    SSDParams,
+    SSDNames,
     check_silu,
     gated_norm,
     selective_branch,
+    selective_params,
     ssd_mixer,
+    ssd_params,
     suffixed,
 )
+from captum_mamba.adapters.families import FamilyUnavailable, declare_family
 from captum_mamba.ops.ssd_scan import DEFAULT_CHUNK_SIZE
+
+FAMILY = declare_family(
+    __name__,
+    "mamba-ssm",
+    (
+        "MambaLMHeadModel (Mamba-1 and Mamba-2 mixers, MHA attention layers)",
+        "models containing Mamba/Mamba2/MHA",
+    ),
+    (
+        "mamba_ssm.models.mixer_seq_simple",
+        "mamba_ssm.modules.block",
+        "mamba_ssm.modules.mamba2",
+        "mamba_ssm.modules.mamba_simple",
+        "mamba_ssm.modules.mha",
+        "mamba_ssm.modules.mlp",
+        "mamba_ssm.ops.triton.layer_norm",
+        "mamba_ssm.ops.triton.layernorm_gated",
+    ),
+)
+if find_spec("selective_scan_cuda") is None:
+    raise FamilyUnavailable("mamba-ssm or its compiled extension selective_scan_cuda is missing")
+
+
+(MambaLMHeadModel, MixerModel) = FAMILY.load("MambaLMHeadModel", "MixerModel")
+(Block,) = FAMILY.load("Block", source="mamba_ssm.modules.block")
+(Mamba2,) = FAMILY.load("Mamba2", source="mamba_ssm.modules.mamba2")
+(Mamba,) = FAMILY.load("Mamba", source="mamba_ssm.modules.mamba_simple")
+(MHA,) = FAMILY.load("MHA", source="mamba_ssm.modules.mha")
+(GatedMLP,) = FAMILY.load("GatedMLP", source="mamba_ssm.modules.mlp")
+(RMSNorm,) = FAMILY.load("RMSNorm", source="mamba_ssm.ops.triton.layer_norm")
+(RMSNormGated,) = FAMILY.load("RMSNorm", source="mamba_ssm.ops.triton.layernorm_gated")
+
+#: The names of the sizes of mamba-ssm's ``Mamba2``.
+SSD_NAMES = SSDNames("d_ssm", "ngroups", "d_state", "nheads", "headdim", "dt_limit")
 
 
 def _full_sequence_only(inference_params: Any, **options: Any) -> None:
@@ -100,7 +126,7 @@ def _full_sequence_only(inference_params: Any, **options: Any) -> None:
         )
 
 
-def rms_norm_forward(
+def residual_norm_forward(
     ops: BlockOps,
     norm: RMSNorm,
     x: Tensor,
@@ -124,7 +150,7 @@ def gated_norm_forward(ops: BlockOps, norm: RMSNormGated, x: Tensor, z: Tensor |
 
 
 def _direction(mixer: Mamba, suffix: str) -> SelectiveParams:
-    return SelectiveParams(
+    return selective_params(
         getattr(mixer, f"conv1d{suffix}"),
         getattr(mixer, f"x_proj{suffix}"),
         getattr(mixer, f"dt_proj{suffix}"),
@@ -168,26 +194,11 @@ def mamba2_forward(
     if getattr(mixer, "process_group", None) is not None:
         raise NotImplementedError("tensor-parallel Mamba2 mixers are not supported")
     check_silu(mixer, mixer.activation)
-    params = SSDParams(
-        in_proj=mixer.in_proj,
-        conv=mixer.conv1d,
-        out_proj=mixer.out_proj,
-        norm=mixer.norm if mixer.rmsnorm else None,
-        dt_bias=mixer.dt_bias,
-        A_log=mixer.A_log,
-        D=mixer.D,
-        inner=mixer.d_ssm,
-        groups=mixer.ngroups,
-        state=mixer.d_state,
-        heads=mixer.nheads,
-        head_dim=mixer.headdim,
-        chunk_size=DEFAULT_CHUNK_SIZE,
-        dt_limit=tuple(mixer.dt_limit),
-    )
+    params = ssd_params(mixer, DEFAULT_CHUNK_SIZE, gated_norm=mixer.rmsnorm, names=SSD_NAMES)
     return ssd_mixer(ops, params, ops.compute(u))
 
 
-def gated_mlp_forward(ops: BlockOps, mlp: GatedMLP, x: Tensor) -> Tensor:
+def ssm_gated_mlp_forward(ops: BlockOps, mlp: GatedMLP, x: Tensor) -> Tensor:
     """Gated MLP ``fc2(y * silu(gate))`` with the identity and half rules."""
     if mlp.activation is not F.silu:
         raise NotImplementedError(
@@ -296,17 +307,14 @@ def mixer_model_forward(
     return backbone.norm_f(residual)
 
 
-NORM_SITES = {"norm": "norm", "residual": "add"}
+RESIDUAL_NORM_SITES = {"norm": "norm", "residual": "add"}
 
 MAMBA_SSM = register_adapter(
     ArchitectureAdapter(
-        name="mamba-ssm",
-        models=(
-            "MambaLMHeadModel (Mamba-1 and Mamba-2 mixers, MHA attention layers)",
-            "models containing Mamba/Mamba2/MHA",
-        ),
+        name=FAMILY.name,
+        models=FAMILY.models,
         handlers=(
-            ModuleHandler(RMSNorm, rms_norm_forward, NORM_SITES),
+            ModuleHandler(RMSNorm, residual_norm_forward, RESIDUAL_NORM_SITES),
             ModuleHandler(RMSNormGated, gated_norm_forward, GATED_NORM_SITES),
             ModuleHandler(
                 Mamba,
@@ -341,7 +349,10 @@ MAMBA_SSM = register_adapter(
                 ("in_proj", "conv1d", "out_proj"),
             ),
             ModuleHandler(
-                GatedMLP, gated_mlp_forward, {"act": "activation", "gate": "gate"}, ("fc1", "fc2")
+                GatedMLP,
+                ssm_gated_mlp_forward,
+                {"act": "activation", "gate": "gate"},
+                ("fc1", "fc2"),
             ),
             ModuleHandler(
                 Block,

@@ -11,6 +11,9 @@ from torch import Tensor, nn
 
 from captum_mamba.adapters.backend import BlockOps
 from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
+from captum_mamba.adapters.families import declare_family
+
+FAMILY = declare_family(__name__, "torch.nn", ("nn.LayerNorm", "nn.RMSNorm", "nn.SiLU"), ())
 
 
 def _last_dims(norm: nn.Module, x: Tensor) -> None:
@@ -43,8 +46,8 @@ def silu_forward(ops: BlockOps, act: nn.SiLU, x: Tensor) -> Tensor:
 
 TORCH_NN = register_adapter(
     ArchitectureAdapter(
-        name="torch.nn",
-        models=("nn.LayerNorm", "nn.RMSNorm", "nn.SiLU"),
+        name=FAMILY.name,
+        models=FAMILY.models,
         handlers=(
             ModuleHandler(nn.LayerNorm, layer_norm_forward, {"": "layer_norm"}),
             ModuleHandler(nn.RMSNorm, rms_norm_forward, {"": "norm"}),

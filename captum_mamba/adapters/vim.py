@@ -41,9 +41,17 @@ from captum_mamba.adapters.base import (
 from captum_mamba.adapters.blocks import (
     RESIDUAL_SITES,
     SELECTIVE_SITES,
-    SelectiveParams,
     residual_block,
     selective_branch,
+    selective_params,
+)
+from captum_mamba.adapters.families import declare_family
+
+FAMILY = declare_family(
+    __name__,
+    "captum-mamba Vision Mamba",
+    ("VisionMamba", "models containing VimBlock/BiMambaMixer/SSMBranch"),
+    (),
 )
 
 
@@ -351,7 +359,7 @@ def norm_forward(ops: BlockOps, norm: RMSNorm, x: Tensor) -> Tensor:
 
 def branch_forward(ops: BlockOps, branch: SSMBranch, x: Tensor, z: Tensor) -> Tensor:
     """One scan direction with the SiLU, SSM and half rules."""
-    params = SelectiveParams(
+    params = selective_params(
         branch.conv1d,
         branch.x_proj,
         branch.dt_proj,
@@ -395,8 +403,8 @@ VISION_MAMBA_HANDLER = ModuleHandler(
 
 VISION_MAMBA = register_adapter(
     ArchitectureAdapter(
-        name="captum-mamba Vision Mamba",
-        models=("VisionMamba", "models containing VimBlock/BiMambaMixer/SSMBranch"),
+        name=FAMILY.name,
+        models=FAMILY.models,
         handlers=(RMS_NORM, SSM_BRANCH, BI_MAMBA_MIXER, VIM_BLOCK, VISION_MAMBA_HANDLER),
         containers=(PatchEmbed,),
         blocks=(SSMBranch,),

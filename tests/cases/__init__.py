@@ -9,22 +9,33 @@ captum-mamba code). Adding an architecture adds one module here.
 A module that cannot run in this process (mamba-ssm outside its subprocess) sets
 ``CASE = None`` and ``SKIP_REASON``. Inside that subprocess
 (``CAPTUM_MAMBA_SSM_SUBPROCESS=1``) only the isolated cases are loaded: importing mamba-ssm
-breaks transformers' Mamba on CPU there.
+breaks transformers' Mamba on CPU there. A case whose model classes the installed
+transformers lacks (its module does not import), or whose family captum-mamba reports
+unavailable, is skipped with the reason.
+
+:func:`tiny_model` builds every case's model: seeded (the global random state restored
+afterwards), float64, eval mode, each parameter perturbed by the case's rule.
 """
 
 from __future__ import annotations
 
 import os
 import pkgutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from importlib import import_module
+from types import ModuleType
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from captum_mamba import MambaRules
+from captum_mamba.adapters import family_statuses
+
+#: ``perturb(name, tensor)``: changes a parameter (or buffer) of a new model in place.
+Perturb = Callable[[str, Tensor], None]
 
 #: ``reference(model, inputs, rules) -> output``: the independent float64 forward.
 Reference = Callable[[nn.Module, Tensor, MambaRules], Tensor]
@@ -108,22 +119,158 @@ def random_embeddings(
     return inputs
 
 
+def tiny_model(
+    make: Callable[[], nn.Module],
+    seed: int,
+    perturb: Perturb,
+    perturb_buffer: Perturb | None = None,
+) -> nn.Module:
+    """``make()`` built with the seed ``seed`` (the global random state is restored
+    afterwards), in float64 and eval mode, with ``perturb(name, parameter)`` applied to
+    every parameter (and ``perturb_buffer`` to every buffer), so that a mishandled
+    parameter changes the results.
+
+    Args:
+        make: builds the model.
+        seed: seed of the initialisation and the perturbation.
+        perturb: changes one parameter in place.
+        perturb_buffer: changes one buffer in place. Default: None (buffers unchanged).
+
+    Returns:
+        the model.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = make().double().eval()
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                perturb(name, parameter)
+            for name, buffer in model.named_buffers() if perturb_buffer else ():
+                perturb_buffer(name, buffer)
+    return model
+
+
+def tiny_lm(
+    model_class: type,
+    config_class: type,
+    fields: Mapping[str, Any],
+    seed: int,
+    perturb: Perturb,
+    perturb_buffer: Perturb | None = None,
+    eager_experts: bool = False,
+) -> nn.Module:
+    """:func:`tiny_model` of a transformers model.
+
+    Args:
+        model_class: e.g. ``BambaForCausalLM``.
+        config_class: e.g. ``BambaConfig``.
+        fields: configuration fields; ``attn_implementation`` (optional) sets the
+            attention implementation.
+        seed, perturb, perturb_buffer: see :func:`tiny_model`.
+        eager_experts: compute mixtures of experts eagerly (``grouped_mm`` has no
+            float64).
+
+    Returns:
+        the model.
+    """
+    fields = dict(fields)
+    implementation = fields.pop("attn_implementation", None)
+    settings = config_class(**fields)
+    if implementation is not None:
+        settings._attn_implementation = implementation
+    if eager_experts:
+        settings._experts_implementation = "eager"
+    return tiny_model(lambda: model_class(settings), seed, perturb, perturb_buffer)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How the parameters whose names match ``patterns`` (``fnmatch``) are perturbed."""
+
+    patterns: tuple[str, ...]
+    change: Callable[[Tensor], object]
+
+
+def add_noise(scale: float) -> Callable[[Tensor], object]:
+    """Add ``scale`` times random normal values."""
+    return lambda parameter: parameter.add_(scale * torch.randn_like(parameter))
+
+
+def set_noise(scale: float) -> Callable[[Tensor], object]:
+    """Replace by ``scale`` times random normal values."""
+    return lambda parameter: parameter.copy_(scale * torch.randn_like(parameter))
+
+
+def times(factor: float) -> Callable[[Tensor], object]:
+    """Multiply by ``factor``."""
+    return lambda parameter: parameter.mul_(factor)
+
+
+def time_steps(parameter: Tensor) -> None:
+    """Set a time-step bias (before its softplus) to giving time steps in [0.05, 1]."""
+    dt = torch.exp(torch.empty_like(parameter).uniform_(-3.0, 0.0))
+    parameter.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+
+def perturbation(
+    zero_biases: bool,
+    *rules: Rule,
+    kept_biases: tuple[str, ...] = ("*dt_bias", "*dt_proj.bias"),
+    weights: float | None = 5.0,
+) -> Perturb:
+    """The perturbation of a language model's parameters: the first of ``rules`` that
+    matches a name applies; otherwise norm weights and ``D`` get random normal values
+    times 0.3 added, biases (but ``kept_biases``) are zeroed (``zero_biases``) or set
+    to random normal values times 0.1, and the other weights are multiplied by
+    ``weights`` (None: kept).
+    """
+    rules = (*rules, Rule(("*norm.weight", "*norm_f.weight", "*.D"), add_noise(0.3)))
+
+    def perturb(name: str, parameter: Tensor) -> None:
+        for rule in rules:
+            if any(fnmatchcase(name, pattern) for pattern in rule.patterns):
+                rule.change(parameter)
+                return
+        if name.endswith("bias"):
+            if not any(fnmatchcase(name, pattern) for pattern in kept_biases):
+                parameter.copy_(torch.zeros_like(parameter) if zero_biases else
+                                0.1 * torch.randn_like(parameter))  # fmt: skip
+        elif weights is not None and name.endswith("weight") and "norm" not in name:
+            parameter.mul_(weights)
+
+    return perturb
+
+
+def _case_modules() -> tuple[list[ModuleType], dict[str, str]]:
+    """The case modules that import, and the reasons of those that do not (model
+    classes the installed transformers lacks)."""
+    modules, failed = [], {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        try:
+            modules.append(import_module(f"{__name__}.{info.name}"))
+        except ImportError as error:
+            failed[info.name] = str(error).splitlines()[0]
+    return modules, failed
+
+
 def case_adapters() -> list[str]:
-    """The adapter names of every case module (``ADAPTER``), including those whose case
-    runs in another process."""
-    return [
-        import_module(f"{__name__}.{info.name}").ADAPTER for info in pkgutil.iter_modules(__path__)
-    ]
+    """The adapter names of every case module that imports (``ADAPTER``), including
+    those whose case runs in another process."""
+    return [module.ADAPTER for module in _case_modules()[0]]
 
 
 def load_cases() -> tuple[list[ArchitectureCase], dict[str, str]]:
     """The cases that run in this process, and the reasons of those that cannot."""
     isolated = os.environ.get("CAPTUM_MAMBA_SSM_SUBPROCESS") == "1"
-    cases, skipped = [], {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-        module = import_module(f"{__name__}.{info.name}")
+    unavailable = {s.name: s.describe() for s in family_statuses() if not s.available}
+    modules, skipped = _case_modules()
+    cases = []
+    for module in modules:
+        name = module.__name__.rsplit(".", 1)[-1]
         if module.CASE is None:
-            skipped[info.name] = module.SKIP_REASON
+            skipped[name] = module.SKIP_REASON
+        elif module.ADAPTER in unavailable:
+            skipped[name] = unavailable[module.ADAPTER]
         elif module.CASE.isolated == isolated:
             cases.append(module.CASE)
     return cases, skipped

@@ -36,7 +36,7 @@ from helpers import (
 from torch import Tensor
 from transformers import FalconH1Config, FalconH1ForCausalLM
 
-from cases import ArchitectureCase, random_embeddings
+from cases import ArchitectureCase, Rule, perturbation, random_embeddings, times, tiny_lm
 from cases.hf_mamba2 import sequential_ssd
 
 MUP = dict(
@@ -64,25 +64,9 @@ LENGTH = 10  # not a multiple of either chunk size
 
 
 def build_model(config: str, seed: int, zero_biases: bool) -> FalconH1ForCausalLM:
-    fields = dict(CONFIGS[config])
-    implementation = fields.pop("attn_implementation")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        settings = FalconH1Config(**fields)
-        settings._attn_implementation = implementation
-        model = FalconH1ForCausalLM(settings).double().eval()
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if name.endswith(("norm.weight", "layernorm.weight", ".D")):
-                    parameter.add_(0.3 * torch.randn_like(parameter))
-                elif name.endswith("bias") and not name.endswith("dt_bias"):
-                    parameter.copy_(torch.zeros_like(parameter) if zero_biases else
-                                    0.1 * torch.randn_like(parameter))  # fmt: skip
-                elif name.endswith(("q_proj.weight", "k_proj.weight")):
-                    parameter.mul_(40.0)  # peaked attention: the softmax matters
-                elif name.endswith("weight") and "norm" not in name:
-                    parameter.mul_(5.0)
-    return model
+    peaked = Rule(("*q_proj.weight", "*k_proj.weight"), times(40.0))  # the softmax matters
+    perturb = perturbation(zero_biases, peaked)
+    return tiny_lm(FalconH1ForCausalLM, FalconH1Config, CONFIGS[config], seed, perturb)
 
 
 def reference_mixer(mixer, u: Tensor, config, rules) -> Tensor:

@@ -14,7 +14,7 @@ from helpers import causal_conv, gate, linear, rms, silu
 from torch import Tensor
 from transformers import FalconMambaConfig, FalconMambaForCausalLM
 
-from cases import ArchitectureCase, lm_logits, random_embeddings
+from cases import ArchitectureCase, lm_logits, perturbation, random_embeddings, tiny_lm
 
 CONFIGS = {
     "small": dict(
@@ -29,16 +29,8 @@ LENGTH = 9
 
 
 def build_model(config: str, seed: int, zero_biases: bool) -> FalconMambaForCausalLM:
-    torch.manual_seed(seed)
-    model = FalconMambaForCausalLM(FalconMambaConfig(**CONFIGS[config])).double().eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith(("norm.weight", "norm_f.weight", ".D")):
-                parameter.add_(0.3 * torch.randn_like(parameter))
-            elif name.endswith("bias") and not name.endswith("dt_proj.bias"):
-                parameter.copy_(torch.zeros_like(parameter) if zero_biases else
-                                0.1 * torch.randn_like(parameter))  # fmt: skip
-    return model
+    perturb = perturbation(zero_biases, weights=None)
+    return tiny_lm(FalconMambaForCausalLM, FalconMambaConfig, CONFIGS[config], seed, perturb)
 
 
 def reference_mixer(mixer, u: Tensor, rules) -> Tensor:

@@ -27,7 +27,7 @@ from helpers import (
 from torch import Tensor
 from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM
 
-from cases import ArchitectureCase, random_embeddings
+from cases import ArchitectureCase, Rule, perturbation, random_embeddings, set_noise, tiny_lm
 from cases.hf_mamba2 import reference_mixer
 
 MUP = dict(
@@ -55,28 +55,14 @@ LENGTH = 10
 
 
 def build_model(config: str, seed: int, zero_biases: bool) -> GraniteMoeHybridForCausalLM:
-    fields = dict(CONFIGS[config])
-    implementation = fields.pop("attn_implementation")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        settings = GraniteMoeHybridConfig(num_hidden_layers=len(fields["layer_types"]), **fields)
-        settings._attn_implementation = implementation
-        settings._experts_implementation = "eager"  # grouped_mm has no float64
-        model = GraniteMoeHybridForCausalLM(settings).double().eval()
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if name.endswith(("norm.weight", "layernorm.weight", ".D")):
-                    parameter.add_(0.3 * torch.randn_like(parameter))
-                elif name.endswith("bias") and not name.endswith("dt_bias"):
-                    parameter.copy_(torch.zeros_like(parameter) if zero_biases else
-                                    0.1 * torch.randn_like(parameter))  # fmt: skip
-                elif name.endswith(("q_proj.weight", "k_proj.weight", "router.weight")):
-                    parameter.copy_(2.0 * torch.randn_like(parameter))  # peaked softmax/routing
-                elif name.endswith(("experts.gate_up_proj", "experts.down_proj")):
-                    parameter.copy_(0.5 * torch.randn_like(parameter))
-                elif name.endswith("weight") and "norm" not in name:
-                    parameter.mul_(5.0)
-    return model
+    perturb = perturbation(
+        zero_biases,
+        Rule(("*q_proj.weight", "*k_proj.weight", "*router.weight"), set_noise(2.0)),  # peaked
+        Rule(("*experts.gate_up_proj", "*experts.down_proj"), set_noise(0.5)),
+    )
+    fields = {"num_hidden_layers": len(CONFIGS[config]["layer_types"]), **CONFIGS[config]}
+    model_class, config_class = GraniteMoeHybridForCausalLM, GraniteMoeHybridConfig
+    return tiny_lm(model_class, config_class, fields, seed, perturb, eager_experts=True)
 
 
 def _heads(x: Tensor, heads: int) -> Tensor:

@@ -26,7 +26,18 @@ from helpers import (
 from torch import Tensor
 from transformers import JambaConfig, JambaForCausalLM
 
-from cases import ArchitectureCase, lm_logits, random_embeddings
+from cases import (
+    ArchitectureCase,
+    Rule,
+    add_noise,
+    lm_logits,
+    perturbation,
+    random_embeddings,
+    set_noise,
+    time_steps,
+    times,
+    tiny_lm,
+)
 
 CONFIGS = {
     "attention-moe-eager": dict(
@@ -48,33 +59,21 @@ LENGTH = 8
 
 
 def build_model(config: str, seed: int, zero_biases: bool) -> JambaForCausalLM:
-    fields = dict(CONFIGS[config])
-    implementation = fields.pop("attn_implementation")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        settings = JambaConfig(**fields)
-        settings._attn_implementation = implementation
-        settings._experts_implementation = "eager"  # grouped_mm has no float64
-        model = JambaForCausalLM(settings).double().eval()
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if name.endswith(".D"):  # a small skip: the scan dominates the mixer output
-                    parameter.copy_(0.1 * torch.randn_like(parameter))
-                elif name.endswith(("norm.weight", "layernorm.weight", "A_log")):
-                    parameter.add_(0.3 * torch.randn_like(parameter))
-                elif name.endswith("dt_proj.bias"):  # time steps in [0.05, 1]
-                    dt = torch.exp(torch.empty_like(parameter).uniform_(-3.0, 0.0))
-                    parameter.copy_(dt + torch.log(-torch.expm1(-dt)))
-                elif name.endswith("bias"):
-                    parameter.copy_(torch.zeros_like(parameter) if zero_biases else
-                                    0.1 * torch.randn_like(parameter))  # fmt: skip
-                elif name.endswith(("x_proj.weight", "in_proj.weight", "experts.down_proj")):
-                    parameter.mul_(10.0)  # initializer_range 0.02 would make them negligible
-                elif name.endswith(("q_proj.weight", "k_proj.weight", "router.weight")):
-                    parameter.mul_(40.0)  # peaked attention and routing: the softmax matters
-                elif name.endswith("experts.gate_up_proj"):
-                    parameter.mul_(20.0)
-    return model
+    perturb = perturbation(
+        zero_biases,
+        Rule(("*.D",), set_noise(0.1)),  # a small skip: the scan dominates the mixer output
+        Rule(("*A_log",), add_noise(0.3)),
+        Rule(("*dt_proj.bias",), time_steps),
+        # initializer_range 0.02 would make them negligible
+        Rule(("*x_proj.weight", "*in_proj.weight", "*experts.down_proj"), times(10.0)),
+        # peaked attention and routing: the softmax matters
+        Rule(("*q_proj.weight", "*k_proj.weight", "*router.weight"), times(40.0)),
+        Rule(("*experts.gate_up_proj",), times(20.0)),
+        weights=None,
+    )
+    return tiny_lm(
+        JambaForCausalLM, JambaConfig, CONFIGS[config], seed, perturb, eager_experts=True
+    )
 
 
 def reference_mamba(mixer, u: Tensor, rules) -> Tensor:

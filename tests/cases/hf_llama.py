@@ -12,7 +12,6 @@ tied embeddings.
 
 from __future__ import annotations
 
-import torch
 from helpers import (
     activation,
     half_product,
@@ -25,7 +24,7 @@ from helpers import (
 from torch import Tensor, nn
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
-from cases import ArchitectureCase, lm_logits, random_embeddings
+from cases import ArchitectureCase, Rule, lm_logits, perturbation, random_embeddings, times, tiny_lm
 
 SHAPE = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=2, vocab_size=32)
 CONFIGS = {
@@ -51,23 +50,9 @@ LENGTH = 8
 
 def build_model(config: str, seed: int, zero_biases: bool) -> nn.Module:
     config_class, fields, implementation = CONFIGS[config]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        settings = config_class(**SHAPE, **fields)
-        settings._attn_implementation = implementation
-        model = MODELS[config_class](settings).double().eval()
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if name.endswith("norm.weight"):
-                    parameter.add_(0.3 * torch.randn_like(parameter))
-                elif name.endswith("bias"):
-                    parameter.copy_(torch.zeros_like(parameter) if zero_biases else
-                                    0.1 * torch.randn_like(parameter))  # fmt: skip
-                elif name.endswith(("q_proj.weight", "k_proj.weight")):
-                    parameter.mul_(15.0)  # peaked attention: the softmax matters
-                else:
-                    parameter.mul_(5.0)
-    return model
+    perturb = perturbation(zero_biases, Rule(("*q_proj.weight", "*k_proj.weight"), times(15.0)))
+    fields = {**SHAPE, **fields, "attn_implementation": implementation}
+    return tiny_lm(MODELS[config_class], config_class, fields, seed, perturb)
 
 
 def _split(x: Tensor, heads: int) -> Tensor:

@@ -14,7 +14,7 @@ from helpers import causal_conv, gate, linear, rms, silu
 from torch import Tensor
 from transformers import Mamba2Config, Mamba2ForCausalLM
 
-from cases import ArchitectureCase, lm_logits, random_embeddings
+from cases import ArchitectureCase, lm_logits, perturbation, random_embeddings, tiny_lm
 
 CONFIGS = {
     "one-group": dict(
@@ -31,16 +31,8 @@ LENGTH = 10  # not a multiple of either chunk size: padding and several chunks
 
 
 def build_model(config: str, seed: int, zero_biases: bool) -> Mamba2ForCausalLM:
-    torch.manual_seed(seed)
-    model = Mamba2ForCausalLM(Mamba2Config(**CONFIGS[config])).double().eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith(("norm.weight", "norm_f.weight", ".D")):
-                parameter.add_(0.3 * torch.randn_like(parameter))
-            elif name.endswith("bias") and not name.endswith("dt_bias"):
-                parameter.copy_(torch.zeros_like(parameter) if zero_biases else
-                                0.1 * torch.randn_like(parameter))  # fmt: skip
-    return model
+    perturb = perturbation(zero_biases, weights=None)
+    return tiny_lm(Mamba2ForCausalLM, Mamba2Config, CONFIGS[config], seed, perturb)
 
 
 def sequential_ssd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
@@ -77,7 +69,8 @@ def reference_mixer(mixer, u: Tensor, rules) -> Tensor:
     x_heads = x.reshape(batch, length, heads, head_dim)
     y = sequential_ssd(x_heads, dt, A, B, C) + mixer.D[:, None] * x_heads
     gated = gate(y.reshape(batch, length, inner), silu(z, rules.silu), rules.gate)
-    grouped = gated.reshape(batch, length, groups, inner // groups)
+    # transformers normalises groups of group_size channels, before 5.23 whole rows
+    grouped = gated.unflatten(-1, (-1, getattr(mixer.norm, "group_size", inner)))
     normed = rms(grouped, None, mixer.norm.variance_epsilon, rules.norm)
     return linear(normed.reshape(batch, length, inner) * mixer.norm.weight, mixer.out_proj)
 

@@ -16,7 +16,15 @@ from helpers import activation, linear, rms, softmax_attention
 from torch import Tensor, nn
 from transformers import NemotronHConfig, NemotronHForCausalLM
 
-from cases import ArchitectureCase, lm_logits, random_embeddings
+from cases import (
+    ArchitectureCase,
+    Rule,
+    lm_logits,
+    perturbation,
+    random_embeddings,
+    set_noise,
+    tiny_lm,
+)
 from cases.hf_mamba2 import reference_mixer
 
 CONFIGS = {
@@ -41,32 +49,27 @@ CONFIGS = {
 LENGTH = 10
 
 
+def perturb_buffer(name: str, buffer: Tensor) -> None:
+    if name.endswith("e_score_correction_bias"):
+        buffer.copy_(0.2 * torch.randn_like(buffer))
+
+
 def build_model(config: str, seed: int, zero_biases: bool) -> NemotronHForCausalLM:
-    fields = dict(CONFIGS[config])
-    implementation = fields.pop("attn_implementation")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        settings = NemotronHConfig(**fields)
-        settings._attn_implementation = implementation
-        settings._experts_implementation = "eager"  # grouped_mm has no float64
-        model = NemotronHForCausalLM(settings).double().eval()
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if name.endswith(("norm.weight", "norm_f.weight", ".D")):
-                    parameter.add_(0.3 * torch.randn_like(parameter))
-                elif name.endswith("bias") and not name.endswith("dt_bias"):
-                    parameter.copy_(torch.zeros_like(parameter) if zero_biases else
-                                    0.1 * torch.randn_like(parameter))  # fmt: skip
-                elif name.endswith(("q_proj.weight", "k_proj.weight", "gate.weight")):
-                    parameter.copy_(2.0 * torch.randn_like(parameter))  # peaked softmax/routing
-                elif name.endswith(("experts.up_proj", "experts.down_proj")):
-                    parameter.copy_(0.5 * torch.randn_like(parameter))
-                elif name.endswith("weight") and "norm" not in name:
-                    parameter.mul_(5.0)
-            for name, buffer in model.named_buffers():
-                if name.endswith("e_score_correction_bias"):
-                    buffer.copy_(0.2 * torch.randn_like(buffer))
-    return model
+    perturb = perturbation(
+        zero_biases,
+        Rule(("*q_proj.weight", "*k_proj.weight", "*gate.weight"), set_noise(2.0)),  # peaked
+        Rule(("*experts.up_proj", "*experts.down_proj"), set_noise(0.5)),
+    )
+    model_class, config_class = NemotronHForCausalLM, NemotronHConfig
+    return tiny_lm(
+        model_class,
+        config_class,
+        CONFIGS[config],
+        seed,
+        perturb,
+        perturb_buffer,
+        eager_experts=True,
+    )
 
 
 def reference_attention(attention, x: Tensor, rules) -> Tensor:

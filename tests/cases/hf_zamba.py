@@ -18,7 +18,18 @@ from helpers import causal_conv, gate, gated_mlp, linear, rms, silu, softmax_att
 from torch import Tensor
 from transformers import ZambaConfig, ZambaForCausalLM
 
-from cases import ArchitectureCase, lm_logits, random_embeddings
+from cases import (
+    ArchitectureCase,
+    Rule,
+    add_noise,
+    lm_logits,
+    perturbation,
+    random_embeddings,
+    set_noise,
+    time_steps,
+    times,
+    tiny_lm,
+)
 
 CONFIGS = {
     "gqa-eager": dict(
@@ -38,32 +49,17 @@ LENGTH = 8
 
 
 def build_model(config: str, seed: int, zero_biases: bool) -> ZambaForCausalLM:
-    fields = dict(CONFIGS[config])
-    implementation = fields.pop("attn_implementation")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        settings = ZambaConfig(num_hidden_layers=len(fields["layers_block_type"]), **fields)
-        settings._attn_implementation = implementation
-        model = ZambaForCausalLM(settings).double().eval()
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if name.endswith(".D"):  # a small skip: the scan dominates the mixer output
-                    parameter.copy_(0.1 * torch.randn_like(parameter))
-                elif name.endswith(("layernorm.weight", "A_log")):
-                    parameter.add_(0.3 * torch.randn_like(parameter))
-                elif name.endswith("dt_proj_bias"):  # time steps in [0.05, 1]
-                    dt = torch.exp(torch.empty_like(parameter).uniform_(-3.0, 0.0))
-                    parameter.copy_(dt + torch.log(-torch.expm1(-dt)))
-                elif name.endswith("bias"):
-                    parameter.copy_(torch.zeros_like(parameter) if zero_biases else
-                                    0.1 * torch.randn_like(parameter))  # fmt: skip
-                elif name.endswith(("x_proj_weight", "in_proj.weight", "linear.weight")):
-                    parameter.mul_(10.0)  # initializer_range 0.02 would make them negligible
-                elif name.endswith(("q_proj.weight", "k_proj.weight")):
-                    parameter.mul_(40.0)  # peaked attention: the softmax matters
-                elif name.endswith("weight") and "norm" not in name:
-                    parameter.mul_(5.0)
-    return model
+    perturb = perturbation(
+        zero_biases,
+        Rule(("*.D",), set_noise(0.1)),  # a small skip: the scan dominates the mixer output
+        Rule(("*A_log",), add_noise(0.3)),
+        Rule(("*dt_proj_bias",), time_steps),
+        # initializer_range 0.02 would make them negligible
+        Rule(("*x_proj_weight", "*in_proj.weight", "*linear.weight"), times(10.0)),
+        Rule(("*q_proj.weight", "*k_proj.weight"), times(40.0)),  # peaked attention
+    )
+    fields = {"num_hidden_layers": len(CONFIGS[config]["layers_block_type"]), **CONFIGS[config]}
+    return tiny_lm(ZambaForCausalLM, ZambaConfig, fields, seed, perturb)
 
 
 def reference_mixer(mixer, u: Tensor, rules) -> Tensor:

@@ -20,7 +20,7 @@ from helpers import activation, half_product, linear, rms, rope, rope_table, sof
 from torch import Tensor, nn
 from transformers import Zamba2Config, Zamba2ForCausalLM
 
-from cases import ArchitectureCase, lm_logits, random_embeddings
+from cases import ArchitectureCase, Rule, lm_logits, perturbation, random_embeddings, times, tiny_lm
 from cases.hf_mamba2 import reference_mixer
 
 CONFIGS = {
@@ -44,27 +44,14 @@ LENGTH = 10  # not a multiple of either chunk size
 
 
 def build_model(config: str, seed: int, zero_biases: bool) -> Zamba2ForCausalLM:
-    fields = dict(CONFIGS[config])
-    implementation = fields.pop("attn_implementation")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        settings = Zamba2Config(num_hidden_layers=len(fields["layers_block_type"]), **fields)
-        settings._attn_implementation = implementation
-        model = Zamba2ForCausalLM(settings).double().eval()
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if name.endswith(("norm.weight", "layernorm.weight", ".D")):
-                    parameter.add_(0.3 * torch.randn_like(parameter))
-                elif name.endswith("bias") and not name.endswith("dt_bias"):
-                    parameter.copy_(torch.zeros_like(parameter) if zero_biases else
-                                    0.1 * torch.randn_like(parameter))  # fmt: skip
-                elif name.endswith(("q_proj.weight", "k_proj.weight")):
-                    parameter.mul_(40.0)  # peaked attention: the softmax matters
-                elif "adapter_list" in name:
-                    parameter.mul_(15.0)  # adapters as large as the projections they add to
-                elif name.endswith("weight") and "norm" not in name:
-                    parameter.mul_(5.0)
-    return model
+    perturb = perturbation(
+        zero_biases,
+        Rule(("*q_proj.weight", "*k_proj.weight"), times(40.0)),  # peaked attention
+        # adapters as large as the projections they add to
+        Rule(("*adapter_list*",), times(15.0)),
+    )
+    fields = {"num_hidden_layers": len(CONFIGS[config]["layers_block_type"]), **CONFIGS[config]}
+    return tiny_lm(Zamba2ForCausalLM, Zamba2Config, fields, seed, perturb)
 
 
 def _heads(x: Tensor, heads: int) -> Tensor:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_mamba.vision import VisionMamba
-from cases import ArchitectureCase
+from cases import ArchitectureCase, tiny_model
 
 CONFIGS = {
     "middle-cls-sum": dict(
@@ -37,15 +37,14 @@ CONFIGS = {
 }
 
 
+def perturb(name: str, parameter: Tensor) -> None:
+    """Larger, varied parameters, so that the SSM and gates matter."""
+    if not name.endswith(("dt_proj.bias", "A_log")):
+        parameter.add_(0.3 * torch.randn_like(parameter))
+
+
 def build_model(config: dict, seed: int, **overrides: object) -> VisionMamba:
-    torch.manual_seed(seed)
-    model = VisionMamba(**{**config, **overrides}).double().eval()
-    with torch.no_grad():  # make the SSM and gates matter: larger, varied parameters
-        for name, parameter in model.named_parameters():
-            if name.endswith(("dt_proj.bias", "A_log")):
-                continue
-            parameter.add_(0.3 * torch.randn_like(parameter))
-    return model
+    return tiny_model(lambda: VisionMamba(**{**config, **overrides}), seed, perturb)
 
 
 NO_BIASES = dict(conv_bias=False, bias=False, head_bias=False)
