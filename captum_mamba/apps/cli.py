@@ -37,7 +37,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from captum_mamba.apps import benchmark, demo, render_readme
+from captum_mamba.apps import benchmark, demo, doctor, render_readme
 from captum_mamba.apps.data import (
     SENTIMENT_LABELS,
     SST2_FILE,
@@ -867,6 +867,20 @@ def _render_readme(args: argparse.Namespace) -> None:
         print("wrote", path)
 
 
+def _add_doctor(commands: Commands) -> None:
+    _command(
+        commands,
+        "doctor",
+        "versions, device and model families of this installation (for bug reports)",
+        _doctor,
+        sets_threads=False,
+    )
+
+
+def _doctor(args: argparse.Namespace) -> None:
+    print("\n".join(doctor.report()))
+
+
 # ---------------------------------------------------------------------------- main
 
 #: Every command, as the function that adds it; a new command is one more function here.
@@ -877,6 +891,7 @@ COMMANDS: tuple[Callable[[Commands], None], ...] = (
     _add_study,
     _add_benchmark,
     _add_render_readme,
+    _add_doctor,
 )
 
 
