@@ -19,6 +19,7 @@ import torch
 from captum_mamba.apps.data import SST2_FILE, load_sst2
 from captum_mamba.apps.sentiment import ClassifierSetup, load_or_train_classifier
 from captum_mamba.attr import LayerMambaLRP
+from captum_mamba.attr.forward import fast_forward
 from captum_mamba.visualization import (
     batch_text_heatmap_figure,
     batch_text_heatmap_html,
@@ -52,7 +53,7 @@ def explain_sentiment(
     model, tokenizer, labels = classifier.model, classifier.tokenizer, classifier.label_names
     examples = load_sst2(Path(data_dir) / SST2_FILE)[:count]
     ids, mask = classifier.encode([e.text for e in examples])
-    with torch.no_grad():
+    with torch.no_grad(), fast_forward(model):
         logits = model(ids, attention_mask=mask)
     predicted = logits.argmax(-1)
     lrp = LayerMambaLRP(model, model.get_input_embeddings())
@@ -112,7 +113,7 @@ def explain_hub_model(model_id: str, prompt: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_id)
     model = MambaForCausalLM.from_pretrained(model_id).eval()
     ids = tokenizer(prompt, return_tensors="pt").input_ids
-    with torch.no_grad():
+    with torch.no_grad(), fast_forward(model):
         next_token = model(ids, use_cache=False).logits[0, -1].argmax().item()
     lrp = LayerMambaLRP(model, model.get_input_embeddings())
     relevance, delta = lrp.attribute(ids, target=(-1, next_token), return_convergence_delta=True)
