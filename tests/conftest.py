@@ -10,14 +10,6 @@ from transformers import MambaForCausalLM
 from triton_interpreter import IN_INTERPRETER, interpreter_shims
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "triton_interpreter: mamba-ssm's Triton kernels on CPU under Triton's interpreter "
-        "(tests/test_triton_interpreter.py, run in its own subprocess)",
-    )
-
-
 @pytest.fixture
 def triton_interpreter() -> Iterator[None]:
     """mamba-ssm's CUDA assumptions replaced for Triton's interpreter during the test
