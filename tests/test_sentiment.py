@@ -8,6 +8,9 @@ import hashlib
 import io
 import math
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -584,3 +587,46 @@ def test_teacher_targets_and_phrases_in_training() -> None:
     assert "teacher_validation_accuracy" not in plain.metrics
     expected = F.cross_entropy(logits[:40], labels.argmax(-1))
     assert plain.metrics["history"][0]["loss"] == pytest.approx(float(expected), rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# No misleading messages on a CPU
+# ---------------------------------------------------------------------------------------
+
+#: A fresh process: transformers prints its "falling back ... install mamba_ssm /
+#: causal_conv1d" messages once per process, on the first forward of its own Mamba path.
+_PREDICT_AND_EXPLAIN = """
+import torch
+from app_helpers import NEWS, tiny_classifier
+from captum_mamba import LayerMambaLRP
+
+classifier = tiny_classifier()
+texts = [text for text, _ in NEWS[:4]]
+ids, mask = classifier.encode(texts)
+predicted = classifier.logits(texts).argmax(-1)
+model = classifier.model
+LayerMambaLRP(model, model.get_input_embeddings()).attribute(
+    ids, target=predicted.tolist(), additional_forward_args=(mask,)
+)
+if {own_forward}:
+    with torch.no_grad():
+        model(ids, attention_mask=mask)
+print("done")
+"""
+
+
+@pytest.mark.parametrize("own_forward", [False, True])
+def test_predictions_and_explanations_print_no_kernel_fallback_messages(own_forward) -> None:
+    """The demo's path (predict with ``TextClassifier.logits``, explain) runs through the
+    package's scans: no kernel messages that tell a CPU user to install CUDA packages. The
+    model's own forward, run in the same way, prints them (so the check can fail)."""
+
+    run = subprocess.run(
+        [sys.executable, "-c", _PREDICT_AND_EXPLAIN.format(own_forward=own_forward)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent,
+    )
+    assert run.returncode == 0 and run.stdout.strip() == "done", run.stderr
+    assert ("falling back" in run.stderr) == own_forward, run.stderr

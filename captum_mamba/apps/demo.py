@@ -52,9 +52,9 @@ def explain_sentiment(
     classifier = load_or_train_classifier(data_dir, cache_dir, ClassifierSetup.quick())
     model, tokenizer, labels = classifier.model, classifier.tokenizer, classifier.label_names
     examples = load_sst2(Path(data_dir) / SST2_FILE)[:count]
-    ids, mask = classifier.encode([e.text for e in examples])
-    with torch.no_grad(), fast_forward(model):
-        logits = model(ids, attention_mask=mask)
+    texts = [e.text for e in examples]
+    ids, mask = classifier.encode(texts)
+    logits = classifier.logits(texts)  # through the package's scans: no kernel messages
     predicted = logits.argmax(-1)
     lrp = LayerMambaLRP(model, model.get_input_embeddings())
     relevance, delta = lrp.attribute(
