@@ -11,8 +11,8 @@ from captum.attr._utils.lrp_rules import EpsilonRule, GammaRule
 from torch import Tensor, nn
 from transformers import MambaModel
 
-from captum_mamba import Epsilon, Gamma, MambaLRP, MambaRules, register_container
-from captum_mamba.adapters import UnsupportedModelError
+from captum_mamba import Epsilon, Gamma, MambaLRP, MambaRules
+from captum_mamba.adapters import UnsupportedModelError, register_container
 from captum_mamba.lrp import (
     GateRule,
     LRP0Rule,

@@ -12,8 +12,8 @@ from cases.hf_mamba import build_lm
 from helpers import relative_error
 from transformers.models.mamba.modeling_mamba import MambaMixer, MambaRMSNorm
 
-from captum_mamba import Epsilon, Gamma, MambaLRP, MambaRules, prepare_captum_lrp
-from captum_mamba.lrp import EpsilonRule, GammaRule, LRP0Rule, NormRule
+from captum_mamba import Epsilon, Gamma, MambaLRP, MambaRules
+from captum_mamba.lrp import EpsilonRule, GammaRule, LRP0Rule, NormRule, prepare_captum_lrp
 from captum_mamba.rules import PRESETS
 from captum_mamba.rules.config import EVERY_KIND
 

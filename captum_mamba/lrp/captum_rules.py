@@ -72,8 +72,8 @@ class SiLURule(LRP0Rule):
 
 
 class SSMRule(LRP0Rule):
-    """SSM rule (setting ``ssm``): ``exp(dt A)``, ``dt B`` and ``C`` are constants; relevance flows through
-    the scan input only."""
+    """SSM rule (setting ``ssm``): ``exp(dt A)``, ``dt B`` and ``C`` are constants;
+    relevance flows through the scan input only."""
 
 
 class GateRule(LRP0Rule):
