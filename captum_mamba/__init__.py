@@ -6,23 +6,18 @@ Layers, from numerics to applications (each imports only those before it):
 :mod:`captum_mamba.attr` and :mod:`captum_mamba.lrp` (Captum attributions),
 :mod:`captum_mamba.baselines` and :mod:`captum_mamba.metrics`,
 :mod:`captum_mamba.visualization`, and the applications (:mod:`captum_mamba.apps`).
-This package namespace re-exports the public entry points of the layers below
-visualisation, as ``captum.attr`` does for Captum: the attribution methods and rules, the
-compared baselines (``build_method`` by name from ``METHOD_NAMES``) and the faithfulness
-and conservation metrics.
+
+This package namespace holds what a user calls, as ``captum.attr`` does for Captum: the
+attributions, the rules and their presets (and :func:`rules_applied`, to run a model
+under them), the compared baselines (``build_method`` by name from ``METHOD_NAMES``),
+the faithfulness and conservation metrics, and the errors to catch. Extension points
+(adapters for new architectures, containers, leaves, the list of supported families)
+live in :mod:`captum_mamba.adapters`; the MambaLRP rules inside Captum's own ``LRP``
+(``prepare_captum_lrp``, the Captum rule classes, ``register_rule``) in
+:mod:`captum_mamba.lrp`.
 """
 
-from captum_mamba.adapters import (
-    ArchitectureAdapter,
-    ModuleHandler,
-    UnsupportedModelError,
-    register_adapter,
-    register_container,
-    register_leaf,
-    registered_adapters,
-    rules_applied,
-    supported_architectures,
-)
+from captum_mamba.adapters import UnsupportedModelError, rules_applied
 from captum_mamba.attr import AttributionInputError, LayerMambaLRP, MambaLRP
 from captum_mamba.attr.batches import attribute_batches
 from captum_mamba.attr.generation import attribute_generation
@@ -30,24 +25,9 @@ from captum_mamba.baselines import MambaAttentionRollout, MambaAttr, RandomAttri
 from captum_mamba.baselines.captum_methods import (
     METHOD_NAMES,
     MethodSettings,
-    TokenAttribution,
+    TokenScorer,
     build_method,
     build_methods,
-)
-from captum_mamba.lrp import (
-    ActivationRule,
-    AttnLRPRule,
-    CaptumLRPModel,
-    CPLRPRule,
-    EmbeddingRule,
-    HalfRule,
-    LRP0Rule,
-    NormRule,
-    RouterRule,
-    SiLURule,
-    SSMRule,
-    prepare_captum_lrp,
-    register_rule,
 )
 from captum_mamba.metrics import (
     BadNumberWarning,
@@ -64,19 +44,11 @@ __version__ = "0.1.0"
 __all__ = [
     "LRP0",
     "METHOD_NAMES",
-    "ActivationRule",
-    "ArchitectureAdapter",
-    "AttnLRPRule",
     "AttributionInputError",
     "BadNumberWarning",
-    "CPLRPRule",
-    "CaptumLRPModel",
     "ConservationStats",
-    "EmbeddingRule",
     "Epsilon",
     "Gamma",
-    "HalfRule",
-    "LRP0Rule",
     "LayerMambaLRP",
     "LinearRule",
     "MambaAttentionRollout",
@@ -84,14 +56,9 @@ __all__ = [
     "MambaLRP",
     "MambaRules",
     "MethodSettings",
-    "ModuleHandler",
-    "NormRule",
     "Override",
     "RandomAttribution",
-    "RouterRule",
-    "SSMRule",
-    "SiLURule",
-    "TokenAttribution",
+    "TokenScorer",
     "UnsupportedModelError",
     "attribute_batches",
     "attribute_generation",
@@ -101,12 +68,5 @@ __all__ = [
     "delta_area",
     "perturbation_curve",
     "perturbation_curves",
-    "prepare_captum_lrp",
-    "register_adapter",
-    "register_container",
-    "register_leaf",
-    "register_rule",
-    "registered_adapters",
     "rules_applied",
-    "supported_architectures",
 ]

@@ -8,7 +8,7 @@ Usage: ``python families_subprocess.py MODE MODULE [NAME [NEW_NAME]]`` with ``MO
 
 The change lasts only while the adapters load; the module is then restored, so that the
 models of the hidden family can still be built. The report lists the family statuses,
-``supported_architectures()``, the relative error against the independent reference of
+``describe_architectures()``, the relative error against the independent reference of
 the first configuration of every case that runs, the cases skipped, and the error that
 explaining each skipped transformers case raised.
 """
@@ -48,7 +48,7 @@ def main() -> None:
     _change(mode, module, names)
     try:
         import captum_mamba
-        from captum_mamba.adapters import family_statuses
+        from captum_mamba.adapters import describe_architectures, family_statuses
     finally:
         _restore(mode, module, names)
 
@@ -89,7 +89,7 @@ def main() -> None:
             {"name": s.name, "available": s.available, "reason": s.reason, "needs": s.needs}
             for s in family_statuses()
         ],
-        "supported": captum_mamba.supported_architectures(),
+        "supported": describe_architectures(),
         "exact": exact,
         "skipped": skipped,
         "errors": errors,

@@ -53,22 +53,22 @@ def linear(x: Tensor, layer: nn.Linear) -> Tensor:
     return out if layer.bias is None else out + layer.bias
 
 
-def rms(x: Tensor, weight: Tensor | None, eps: float, ln_rule: bool) -> Tensor:
+def rms(x: Tensor, weight: Tensor | None, eps: float, rule: bool) -> Tensor:
     """RMSNorm; the LN-rule detaches ``1 / rms``."""
     scale = 1.0 / torch.sqrt((x * x).mean(-1, keepdim=True) + eps)
-    out = x * (scale.detach() if ln_rule else scale)
+    out = x * (scale.detach() if rule else scale)
     return out if weight is None else out * weight
 
 
-def silu(x: Tensor, identity_rule: bool) -> Tensor:
+def silu(x: Tensor, rule: bool) -> Tensor:
     """SiLU; the identity rule detaches the sigmoid."""
     sigmoid = 1.0 / (1.0 + torch.exp(-x))
-    return x * (sigmoid.detach() if identity_rule else sigmoid)
+    return x * (sigmoid.detach() if rule else sigmoid)
 
 
-def gate(a: Tensor, b: Tensor, half_rule: bool) -> Tensor:
+def gate(a: Tensor, b: Tensor, rule: bool) -> Tensor:
     """``a * b``; the half rule gives each factor half of the relevance."""
-    if half_rule:
+    if rule:
         return 0.5 * (a * b.detach() + a.detach() * b)
     return a * b
 
@@ -210,18 +210,18 @@ def softmax_attention(
     return torch.stack(rows, 1)
 
 
-def activation(x: Tensor, function: str, identity_rule: bool) -> Tensor:
+def activation(x: Tensor, function: str, rule: bool) -> Tensor:
     """SiLU, GELU (erf) or squared ReLU with the identity rule written per function: the
     SiLU's sigmoid and GELU's ``Phi`` constant, the squared ReLU as ``relu * relu`` with
     the uniform rule."""
     if function == "silu":
-        return silu(x, identity_rule)
+        return silu(x, rule)
     if function == "gelu":
         phi = 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
-        return x * (phi.detach() if identity_rule else phi)
+        return x * (phi.detach() if rule else phi)
     if function == "relu2":
         positive = torch.where(x > 0, x, torch.zeros_like(x))
-        return half_product(positive, positive, identity_rule)
+        return half_product(positive, positive, rule)
     raise ValueError(function)
 
 

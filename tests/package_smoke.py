@@ -75,7 +75,8 @@ def main() -> None:
     import torch
     from captum.attr import LRP
 
-    from captum_mamba import LayerMambaLRP, MambaLRP, prepare_captum_lrp
+    from captum_mamba import LayerMambaLRP, MambaLRP
+    from captum_mamba.lrp import prepare_captum_lrp
     from captum_mamba.models import random_mamba_lm
 
     model = random_mamba_lm(seed=0, dtype=torch.float64, zero_biases=True)

@@ -25,9 +25,9 @@ from captum_mamba import (
     MambaLRP,
     MambaRules,
     UnsupportedModelError,
-    register_container,
     rules_applied,
 )
+from captum_mamba.adapters import register_container
 from captum_mamba.lrp import prepare_captum_lrp
 
 

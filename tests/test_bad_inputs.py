@@ -407,7 +407,7 @@ def test_overflowing_embeddings_are_refused(model):
 def test_captum_lrp_refuses_non_finite_inputs(model):
     from captum.attr import LRP
 
-    from captum_mamba import prepare_captum_lrp
+    from captum_mamba.lrp import prepare_captum_lrp
 
     bad = embeds(model)
     bad[0, 1, 2] = float("nan")

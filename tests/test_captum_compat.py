@@ -28,8 +28,9 @@ import matplotlib
 matplotlib.use("Agg")
 from captum.attr import LRP, LayerLRP
 from captum_mamba import _captum
-from captum_mamba import LayerMambaLRP, MambaLRP, attribute_generation, prepare_captum_lrp
+from captum_mamba import LayerMambaLRP, MambaLRP, attribute_generation
 from captum_mamba.attr.forward import default_forward
+from captum_mamba.lrp import prepare_captum_lrp
 from captum_mamba.models import random_mamba_lm
 
 assert captum.__version__ == {version!r}, captum.__version__

@@ -11,10 +11,10 @@ from captum.attr._utils.lrp_rules import EpsilonRule, GammaRule
 from torch import Tensor, nn
 from transformers import MambaModel
 
-from captum_mamba import Epsilon, Gamma, MambaLRP, MambaRules, register_container
-from captum_mamba.adapters import UnsupportedModelError
+from captum_mamba import Epsilon, Gamma, MambaLRP, MambaRules
+from captum_mamba.adapters import UnsupportedModelError, register_container
 from captum_mamba.lrp import (
-    HalfRule,
+    GateRule,
     LRP0Rule,
     NormRule,
     SiLURule,
@@ -206,7 +206,7 @@ def test_rules_by_default_and_switches() -> None:
     assert type(block.mixer.conv_act.rule) is SiLURule
     assert type(block.mixer.gate_act.rule) is SiLURule
     assert type(block.mixer.ssm.rule) is SSMRule
-    assert type(block.mixer.gate.rule) is HalfRule
+    assert type(block.mixer.gate.rule) is GateRule
     assert type(block.residual.rule) is LRP0Rule
     assert type(block.mixer.in_proj.rule) is LRP0Rule
     off = prepare_captum_lrp(_model(0), MambaRules.gradient_x_input()).model.backbone.layers[0]

@@ -28,8 +28,8 @@ from cases import ArchitectureCase, case_adapters, load_cases
 from helpers import assert_unchanged, gradient_x_input, relative_error, select, snapshot
 from torch import Tensor, nn
 
-from captum_mamba import LayerMambaLRP, MambaLRP, MambaRules, registered_adapters, rules_applied
-from captum_mamba.adapters import RecomputeBackend, plan_rules
+from captum_mamba import LayerMambaLRP, MambaLRP, MambaRules, rules_applied
+from captum_mamba.adapters import RecomputeBackend, plan_rules, registered_adapters
 from captum_mamba.attr.forward import default_forward
 from captum_mamba.baselines import MambaAttentionRollout, MambaAttr, hidden_attention_matrices
 from captum_mamba.baselines.recording import record_layers

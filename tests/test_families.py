@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 from cases import load_cases
 
-from captum_mamba import supported_architectures
-from captum_mamba.adapters import FamilyStatus, family_statuses
+from captum_mamba.adapters import FamilyStatus, describe_architectures, family_statuses
 from captum_mamba.adapters.families import RENAMED, Family, FamilyUnavailable, resolve
 
 TESTS = Path(__file__).resolve().parent
@@ -112,7 +111,7 @@ def test_statuses_name_every_family_with_the_release_it_needs() -> None:
         assert status.available == (status.reason == "")
         if status.name.startswith("transformers "):
             assert status.needs.startswith("transformers >= ")
-    text = supported_architectures()
+    text = describe_architectures()
     for status in statuses:
         if not status.available:
             assert status.describe() in text

@@ -44,7 +44,7 @@ def test_activation_values_are_transformers(function: str) -> None:
 @pytest.mark.parametrize("function", sorted(ACTIVATIONS))
 def test_activation_identity_rule_passes_relevance_unchanged(function: str) -> None:
     x = randn(7, seed=2) * 2
-    jac = jacobian(lambda v: activation(v, function, identity_rule=True), x)
+    jac = jacobian(lambda v: activation(v, function, rule=True), x)
     assert torch.count_nonzero(jac - torch.diag(torch.diagonal(jac))) == 0
     # Gradient x Input of each element is the element's output: R_in = R_out.
     torch.testing.assert_close(torch.diagonal(jac) * x, ACT2FN[function](x), rtol=1e-13, atol=0)
@@ -177,7 +177,7 @@ def test_grouped_linear_is_each_group_through_its_weight(rule) -> None:
 def test_mixture_sums_weighted_expert_outputs_per_token() -> None:
     weights, values = randn(5, seed=9), randn(5, 3, seed=10)
     index = torch.tensor([0, 2, 0, 1, 2])
-    out = mixture(weights, values, index, 4, router_rule=False)
+    out = mixture(weights, values, index, 4, rule=False)
     expected = torch.zeros(4, 3, dtype=DTYPE)
     for p in range(5):
         expected[index[p]] += weights[p] * values[p]
@@ -188,11 +188,11 @@ def test_router_rule_sends_relevance_to_the_experts_only_and_conserves() -> None
     weights, values = randn(5, seed=11).requires_grad_(), randn(5, 3, seed=12).requires_grad_()
     index = torch.tensor([0, 2, 0, 1, 2])
     upstream = randn(3, 3, seed=13)
-    out = mixture(weights, values, index, 3, router_rule=True)
+    out = mixture(weights, values, index, 3, rule=True)
     grad_w, grad_v = torch.autograd.grad(out, (weights, values), upstream, allow_unused=True)
     assert grad_w is None
     torch.testing.assert_close((values * grad_v).sum(), (out * upstream).sum(), rtol=1e-13, atol=0)
-    out = mixture(weights, values, index, 3, router_rule=False)
+    out = mixture(weights, values, index, 3, rule=False)
     grad_w, _ = torch.autograd.grad(out, (weights, values), upstream)
     assert grad_w.abs().min() > 0
 
@@ -201,7 +201,7 @@ def test_router_rule_sends_relevance_to_the_experts_only_and_conserves() -> None
 
 
 def test_attention_settings_and_presets() -> None:
-    assert MambaRules().attention is True and MambaRules.attn_lrp() == MambaRules()
+    assert MambaRules().attention is True and MambaRules.preset("mamba_lrp") == MambaRules()
     assert MambaRules.cp_lrp() == MambaRules(attention="cp_lrp")
     gxi = MambaRules.gradient_x_input()
     assert (gxi.activation, gxi.attention, gxi.router) == (False, False, False)

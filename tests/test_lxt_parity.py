@@ -47,7 +47,7 @@ CONFIG = dict(
     rope_theta=100.0,
 )
 SPEC = dict(config=CONFIG, seed=3, shape=[2, 9], targets=[[8, 5], [3, 11]])
-RULES = {"attn_lrp": MambaRules.attn_lrp(), "cp_lrp": MambaRules.cp_lrp()}
+RULES = {"attn_lrp": MambaRules(), "cp_lrp": MambaRules.cp_lrp()}
 
 
 @pytest.fixture(scope="module")

@@ -30,9 +30,9 @@ from captum_mamba import (
     MambaLRP,
     MambaRules,
     UnsupportedModelError,
-    register_container,
     rules_applied,
 )
+from captum_mamba.adapters import register_container
 
 
 @pytest.mark.slow

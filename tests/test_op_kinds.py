@@ -52,7 +52,12 @@ def examples() -> dict[str, dict[str, Any]]:
     g = torch.Generator().manual_seed(0)
     causal = torch.full((5, 5), float("-inf"), dtype=DTYPE).triu(1)[None, None]
     return {
-        "norm": {"x": _tensor(g, 2, 5, 4), "weight": _tensor(g, 4), "eps": 1e-5, "group_size": 2},
+        "rms_norm": {
+            "x": _tensor(g, 2, 5, 4),
+            "weight": _tensor(g, 4),
+            "eps": 1e-5,
+            "group_size": 2,
+        },
         "layer_norm": {
             "x": _tensor(g, 2, 5, 4),
             "weight": _tensor(g, 4),

@@ -35,8 +35,8 @@ def test_rms_norm_value(seed: int, with_weight: bool) -> None:
     x, w = randn(3, 5, seed=seed), randn(5, seed=seed + 10)
     expected = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-5)
     expected = expected * w if with_weight else expected
-    for ln_rule in (True, False):
-        out = rms_norm(x, w if with_weight else None, 1e-5, ln_rule)
+    for rule in (True, False):
+        out = rms_norm(x, w if with_weight else None, 1e-5, rule)
         torch.testing.assert_close(out, expected, rtol=1e-14, atol=1e-14)
 
 
@@ -44,7 +44,7 @@ def test_rms_norm_value(seed: int, with_weight: bool) -> None:
 def test_rms_norm_ln_rule_jacobian_is_diag_w_over_rms(seed: int) -> None:
     x, w, eps = randn(6, seed=seed), randn(6, seed=seed + 10), 1e-3
     rms = torch.sqrt((x**2).mean() + eps)
-    jac = jacobian(lambda v: rms_norm(v, w, eps, ln_rule=True), x)
+    jac = jacobian(lambda v: rms_norm(v, w, eps, rule=True), x)
     torch.testing.assert_close(jac, torch.diag(w / rms), rtol=1e-14, atol=1e-14)
     # Gradient x Input is conservative: the relevances sum to the output.
     assert torch.allclose((jac * x).sum(), (w * x / rms).sum(), rtol=1e-13)
@@ -56,7 +56,7 @@ def test_rms_norm_without_rule_has_true_jacobian(seed: int) -> None:
     n = x.numel()
     rms = torch.sqrt((x**2).mean() + eps)
     true = torch.diag(w) @ (torch.eye(n, dtype=DTYPE) / rms - torch.outer(x, x) / (n * rms**3))
-    jac = jacobian(lambda v: rms_norm(v, w, eps, ln_rule=False), x)
+    jac = jacobian(lambda v: rms_norm(v, w, eps, rule=False), x)
     torch.testing.assert_close(jac, true, rtol=1e-13, atol=1e-13)
 
 
@@ -68,7 +68,7 @@ def test_silu_identity_rule(seed: int) -> None:
     x = 3 * randn(7, seed=seed)
     sig = 1 / (1 + torch.exp(-x))
     torch.testing.assert_close(silu(x, True), x * sig, rtol=1e-14, atol=1e-14)
-    jac = jacobian(lambda v: silu(v, identity_rule=True), x)
+    jac = jacobian(lambda v: silu(v, rule=True), x)
     torch.testing.assert_close(jac, torch.diag(sig), rtol=1e-14, atol=1e-14)
     # identity rule: R_in = R_out elementwise
     torch.testing.assert_close(torch.diag(jac) * x, x * sig, rtol=1e-14, atol=1e-14)
@@ -79,21 +79,21 @@ def test_silu_without_rule_has_true_derivative(seed: int) -> None:
     x = 3 * randn(7, seed=seed)
     sig = 1 / (1 + torch.exp(-x))
     torch.testing.assert_close(silu(x, False), x * sig, rtol=1e-14, atol=1e-14)
-    jac = jacobian(lambda v: silu(v, identity_rule=False), x)
+    jac = jacobian(lambda v: silu(v, rule=False), x)
     torch.testing.assert_close(jac, torch.diag(sig * (1 + x * (1 - sig))), rtol=1e-13, atol=1e-13)
 
 
 # ---------------------------------------------------------------- gate
 
 
-@pytest.mark.parametrize("half_rule", [True, False])
-def test_gated_product(half_rule: bool) -> None:
+@pytest.mark.parametrize("rule", [True, False])
+def test_gated_product(rule: bool) -> None:
     y = randn(4, 3, seed=1).requires_grad_()
     g = randn(4, 3, seed=2).requires_grad_()
-    out = gated_product(y, g, half_rule)
+    out = gated_product(y, g, rule)
     torch.testing.assert_close(out, y * g, rtol=0, atol=0)
     grad_y, grad_g = torch.autograd.grad(out.sum(), (y, g))
-    share = 0.5 if half_rule else 1.0
+    share = 0.5 if rule else 1.0
     product = (y * g).detach()
     torch.testing.assert_close(y.detach() * grad_y, share * product, rtol=1e-15, atol=1e-15)
     torch.testing.assert_close(g.detach() * grad_g, share * product, rtol=1e-15, atol=1e-15)
@@ -132,9 +132,9 @@ def test_selective_ssm_value_is_explicit_linear_map(seed: int) -> None:
     M = explicit_ssm_matrix(dt, A, B, C, D)
     expected = torch.einsum("tsd,sd->td", M, x[0])[None]
     for rule in (True, False):
-        out = selective_ssm(x, dt, A, B, C, D, ssm_rule=rule)
+        out = selective_ssm(x, dt, A, B, C, D, rule=rule)
         torch.testing.assert_close(out, expected, rtol=1e-13, atol=1e-13)
-    out = selective_ssm(x, dt, A, B, C, None, ssm_rule=True)
+    out = selective_ssm(x, dt, A, B, C, None, rule=True)
     torch.testing.assert_close(out, expected - x * D, rtol=1e-13, atol=1e-13)
 
 
@@ -143,14 +143,14 @@ def test_ssm_rule_jacobian_is_the_frozen_linear_map(seed: int) -> None:
     x, dt, A, B, C, D = ssm_inputs(seed=seed)
     dt, B, C = (t.requires_grad_() for t in (dt, B, C))
     M = explicit_ssm_matrix(dt.detach(), A, B.detach(), C.detach(), D)
-    jac = jacobian(lambda v: selective_ssm(v, dt, A, B, C, D, ssm_rule=True), x)[0, :, :, 0]
+    jac = jacobian(lambda v: selective_ssm(v, dt, A, B, C, D, rule=True), x)[0, :, :, 0]
     length, channels = x.shape[1:]
     expected = torch.zeros(length, channels, length, channels, dtype=DTYPE)
     for d in range(channels):
         expected[:, d, :, d] = M[:, :, d]
     torch.testing.assert_close(jac, expected, rtol=1e-13, atol=1e-13)
     # No relevance flows into dt, B, C (they are constants of the rule).
-    out = selective_ssm(x.requires_grad_(), dt, A, B, C, D, ssm_rule=True)
+    out = selective_ssm(x.requires_grad_(), dt, A, B, C, D, rule=True)
     grads = torch.autograd.grad(out.sum(), (x, dt, B, C), allow_unused=True)
     assert grads[0] is not None
     assert all(g is None for g in grads[1:])
@@ -172,7 +172,7 @@ def test_selective_ssm_with_grouped_b_c_is_each_group_with_its_own(rule: bool) -
         expected[0, :, channels] = torch.einsum("tsd,sd->td", M, x[0, :, channels])
     expected = expected + x * D
     leaf = x.clone().requires_grad_()
-    out = selective_ssm(leaf, dt, A, B, C, D, ssm_rule=rule)
+    out = selective_ssm(leaf, dt, A, B, C, D, rule=rule)
     torch.testing.assert_close(out, expected, rtol=1e-13, atol=1e-13)
     (grad,) = torch.autograd.grad(out[0, -1, 3], leaf)
     M = explicit_ssm_matrix(dt[..., 2:4], A[2:4], B[:, :, 1], C[:, :, 1], 0.0)

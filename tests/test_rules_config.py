@@ -12,8 +12,8 @@ from cases.hf_mamba import build_lm
 from helpers import relative_error
 from transformers.models.mamba.modeling_mamba import MambaMixer, MambaRMSNorm
 
-from captum_mamba import Epsilon, Gamma, MambaLRP, MambaRules, prepare_captum_lrp
-from captum_mamba.lrp import EpsilonRule, GammaRule, LRP0Rule, NormRule
+from captum_mamba import Epsilon, Gamma, MambaLRP, MambaRules
+from captum_mamba.lrp import EpsilonRule, GammaRule, LRP0Rule, NormRule, prepare_captum_lrp
 from captum_mamba.rules import PRESETS
 from captum_mamba.rules.config import EVERY_KIND
 
@@ -32,7 +32,7 @@ def test_gradient_x_input_switches_every_kind_off_including_new_ones() -> None:
 
 
 def test_presets_are_data() -> None:
-    assert set(PRESETS) == {"mamba_lrp", "attn_lrp", "cp_lrp", "gradient_x_input", "norm_only"}
+    assert set(PRESETS) == {"mamba_lrp", "cp_lrp", "gradient_x_input", "norm_only"}
     assert PRESETS["gradient_x_input"] == {EVERY_KIND: False}
     assert MambaRules.preset("mamba_lrp") == MambaRules()
     with pytest.raises(ValueError, match="unknown preset 'lrp'; choose from"):

@@ -20,8 +20,8 @@ from captum_mamba import (
     LayerMambaLRP,
     MambaLRP,
     MambaRules,
-    register_container,
 )
+from captum_mamba.adapters import register_container
 
 VOCAB = 64
 

@@ -13,7 +13,8 @@ from cases.vim import CONFIGS, _ref_logits
 from cases.vim import build_model as _model
 from torch import Tensor, nn
 
-from captum_mamba import Epsilon, MambaLRP, MambaRules, register_container, rules_applied
+from captum_mamba import Epsilon, MambaLRP, MambaRules, rules_applied
+from captum_mamba.adapters import register_container
 from captum_mamba.vision import (
     VimBlock,
     VisionMamba,

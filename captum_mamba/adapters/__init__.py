@@ -22,6 +22,7 @@ from captum_mamba.adapters.base import (
     Plan,
     PlanEntry,
     UnsupportedModelError,
+    describe_architectures,
     plain_forward,
     plan_rules,
     register_adapter,
@@ -29,7 +30,6 @@ from captum_mamba.adapters.base import (
     register_leaf,
     registered_adapters,
     rules_applied,
-    supported_architectures,
 )
 from captum_mamba.adapters.families import (
     FamilyStatus,
@@ -69,6 +69,7 @@ __all__ = [
     "PlanEntry",
     "RecomputeBackend",
     "UnsupportedModelError",
+    "describe_architectures",
     "family_statuses",
     "plain_forward",
     "plan_rules",
@@ -78,5 +79,4 @@ __all__ = [
     "register_leaf",
     "registered_adapters",
     "rules_applied",
-    "supported_architectures",
 ]

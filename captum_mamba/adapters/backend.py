@@ -112,7 +112,7 @@ KINDS: Mapping[str, OpKind] = MappingProxyType(
         kind.name: kind
         for kind in (
             OpKind(
-                "norm",
+                "rms_norm",
                 "rms_norm",
                 ("x", "weight", "eps", "group_size"),
                 ("x",),
@@ -344,7 +344,7 @@ class BlockOps:
         """RMSNorm over the last dimension or over groups of ``group_size`` channels,
         LN-rule with ``norm``."""
         weight = self.parameter(weight, x)
-        return self.apply("norm", site, x=x, weight=weight, eps=eps, group_size=group_size)
+        return self.apply("rms_norm", site, x=x, weight=weight, eps=eps, group_size=group_size)
 
     def layer_norm(
         self, site: str, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float

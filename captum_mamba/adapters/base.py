@@ -185,10 +185,15 @@ def _check_module_type(module_type: Any) -> None:
         raise TypeError(f"expected an nn.Module subclass, got {module_type!r}")
 
 
-def supported_architectures() -> str:
-    """Human-readable list of the supported architectures, then of the families that
-    are unavailable with the installed libraries (with the reason and the release they
-    need)."""
+def describe_architectures() -> str:
+    """The supported architectures, then the families that are unavailable with the
+    installed libraries (with the reason and the release they need), as one line of text
+    for messages; :func:`registered_adapters` and
+    :func:`~captum_mamba.adapters.family_statuses` give the same as data.
+
+    Returns:
+        str: e.g. ``"transformers Mamba (MambaForCausalLM, ...); ...; unavailable: ..."``.
+    """
     named = [adapter.describe() for adapter in _ADAPTERS if adapter.blocks]
     missing = [status.describe() for status in family_statuses() if not status.available]
     listed = "; ".join(named) or "none (no adapter loaded)"
@@ -241,7 +246,7 @@ def _match(module: nn.Module, known: Mapping[type, Any] | set[type], path: str) 
             raise UnsupportedModelError(
                 f"{path or '<model>'} ({_qualified(cls)}) subclasses {base.__name__} but "
                 "overrides forward, so MambaLRP cannot tell what it computes; register an "
-                "adapter for it (captum_mamba.register_adapter)"
+                "adapter for it (captum_mamba.adapters.register_adapter)"
             )
         return known[base] if isinstance(known, Mapping) else base
     return None
@@ -385,10 +390,11 @@ def plan_rules(model: nn.Module, rules: MambaRules) -> Plan:
             return
         raise UnsupportedModelError(
             f"{path or '<model>'} ({_qualified(type(module))}) is on the relevance path but no "
-            "rule covers it: register an adapter for it (captum_mamba.register_adapter), or "
-            "if its forward only routes tensors between its children declare it with "
-            "captum_mamba.register_container; supported architectures: "
-            f"{supported_architectures()}"
+            "rule covers it: register an adapter for it "
+            "(captum_mamba.adapters.register_adapter), or if its forward only routes tensors "
+            "between its children declare it with captum_mamba.adapters.register_container; "
+            "supported architectures: "
+            f"{describe_architectures()}"
         )
 
     visit(model, "", ())
@@ -403,7 +409,7 @@ def plan_rules(model: nn.Module, rules: MambaRules) -> Plan:
         raise UnsupportedModelError(
             f"{type(model).__name__} contains no supported block (Mamba mixer or attention "
             "layer of a registered adapter); "
-            f"supported architectures: {supported_architectures()}"
+            f"supported architectures: {describe_architectures()}"
         )
     return Plan(tuple(entries), tuple(visited.values()))
 

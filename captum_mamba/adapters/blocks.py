@@ -90,7 +90,7 @@ def check_no_past_state(mixer: nn.Module, kwargs: Mapping[str, Any]) -> None:
 
 
 #: Sites of a module that is one operation (a norm).
-NORM_SITES = {"": "norm"}
+NORM_SITES = {"": "rms_norm"}
 
 
 def norm_epsilon(norm: nn.Module) -> float:
@@ -455,7 +455,7 @@ def gated_norm(
 
 
 #: Sites of :func:`gated_norm`.
-GATED_NORM_SITES = {"norm": "norm", "gate_act": "silu", "gate": "gate"}
+GATED_NORM_SITES = {"norm": "rms_norm", "gate_act": "silu", "gate": "gate"}
 
 
 def gated_norm_forward(

@@ -307,7 +307,7 @@ def mixer_model_forward(
     return backbone.norm_f(residual)
 
 
-RESIDUAL_NORM_SITES = {"norm": "norm", "residual": "add"}
+RESIDUAL_NORM_SITES = {"norm": "rms_norm", "residual": "add"}
 
 MAMBA_SSM = register_adapter(
     ArchitectureAdapter(

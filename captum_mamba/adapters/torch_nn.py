@@ -50,7 +50,7 @@ TORCH_NN = register_adapter(
         models=FAMILY.models,
         handlers=(
             ModuleHandler(nn.LayerNorm, layer_norm_forward, {"": "layer_norm"}),
-            ModuleHandler(nn.RMSNorm, rms_norm_forward, {"": "norm"}),
+            ModuleHandler(nn.RMSNorm, rms_norm_forward, {"": "rms_norm"}),
             ModuleHandler(nn.SiLU, silu_forward, {"": "silu"}),
         ),
     )

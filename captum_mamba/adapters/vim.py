@@ -386,7 +386,7 @@ def vision_forward(ops: BlockOps, model: VisionMamba, images: Tensor) -> Tensor:
     return model.forward_tokens(ops.add("position", ops.compute(content), position))
 
 
-RMS_NORM = ModuleHandler(RMSNorm, norm_forward, {"": "norm"})
+RMS_NORM = ModuleHandler(RMSNorm, norm_forward, {"": "rms_norm"})
 SSM_BRANCH = ModuleHandler(
     SSMBranch, branch_forward, SELECTIVE_SITES, ("conv1d", "x_proj", "dt_proj")
 )

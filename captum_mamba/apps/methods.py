@@ -27,7 +27,7 @@ from captum_mamba.attr.targets import TargetType
 from captum_mamba.baselines.captum_methods import (
     METHODS,
     MethodSettings,
-    TokenAttribution,
+    TokenScorer,
     build_method,
 )
 
@@ -128,7 +128,7 @@ class MethodRunner:
         model (nn.Module): the explained model.
         forward (Callable): ``forward(embeds, attention_mask) -> outputs``.
         settings (MethodSettings): hyper-parameters (and the run's seed).
-        built (TokenAttribution, optional): the method built once (unseeded methods;
+        built (TokenScorer, optional): the method built once (unseeded methods;
             the seeded ones are built per example).
     """
 
@@ -138,7 +138,7 @@ class MethodRunner:
     model: nn.Module
     forward: Callable[..., Tensor]
     settings: MethodSettings
-    built: TokenAttribution | None = None
+    built: TokenScorer | None = None
 
     def __call__(
         self,

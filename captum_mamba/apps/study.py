@@ -74,7 +74,7 @@ from captum_mamba.baselines import MambaAttentionRollout
 from captum_mamba.baselines.captum_methods import (
     SALIENCY,
     MethodSettings,
-    TokenAttribution,
+    TokenScorer,
     build_method,
 )
 from captum_mamba.metrics import (
@@ -288,7 +288,7 @@ Explainer = Callable[[Tensor, Any, int], Tensor]
 
 
 def _explainers(
-    methods: Sequence[str | TokenAttribution],
+    methods: Sequence[str | TokenScorer],
     model: nn.Module,
     forward: Callable[..., Tensor],
     settings: MethodSettings,
@@ -298,7 +298,7 @@ def _explainers(
     runners = iter(build_runners(names, model, forward, settings) if names else [])
     result: list[tuple[str, bool, Explainer]] = []
     for method in methods:
-        if isinstance(method, TokenAttribution):
+        if isinstance(method, TokenScorer):
             built = method
             result.append((built.name, built.signed, lambda e, t, i, m=built: m(e, t)))
         else:
@@ -439,7 +439,7 @@ def run_study(
     model: nn.Module,
     tokenize: Tokenize,
     examples: Sequence[Any],
-    methods: Sequence[str | TokenAttribution] = ALL_METHODS,
+    methods: Sequence[str | TokenScorer] = ALL_METHODS,
     output_dir: str | os.PathLike[str] = "study_results",
     forward_func: Callable[..., Tensor] | None = None,
     replacement: str = "zero",
@@ -473,7 +473,7 @@ def run_study(
             an example's id (its seed, its row in ``examples.csv``) is its index here.
         methods (sequence, optional): method names of
             :data:`~captum_mamba.apps.methods.ALL_METHODS` (any case) or built
-            :class:`TokenAttribution` objects. Default: all methods, sanity
+            :class:`TokenScorer` objects. Default: all methods, sanity
             baselines included.
         output_dir (str or PathLike, optional): folder for tables, plots and shards
             (created). Default: ``"study_results"``.

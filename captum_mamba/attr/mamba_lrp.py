@@ -72,7 +72,7 @@ class MambaLRP(GradientAttribution):
 
     Args:
         model (nn.Module): a model containing supported Mamba blocks (see
-            :func:`captum_mamba.supported_architectures`), e.g. ``MambaForCausalLM``
+            :func:`captum_mamba.adapters.describe_architectures`), e.g. ``MambaForCausalLM``
             or a classifier built on ``MambaModel``.
         forward_func (Callable, optional): function of the inputs (and
             ``additional_forward_args``) that runs ``model`` and returns a tensor

@@ -63,8 +63,10 @@ TokenFunction = Callable[[Tensor, TargetType, tuple[Any, ...]], Tensor]
 
 
 @dataclass(frozen=True)
-class TokenAttribution:
-    """A named attribution method that returns one score per token.
+class TokenScorer:
+    """A compared method, built for one model, as a function from input embeddings to one
+    score per token (not a Captum ``Attribution``: it wraps one, or scores tokens
+    directly).
 
     Args:
         name (str): display name.
@@ -357,7 +359,7 @@ def build_method(
     model: nn.Module,
     forward_func: Callable[..., Tensor] | None = None,
     settings: MethodSettings | None = None,
-) -> TokenAttribution:
+) -> TokenScorer:
     r"""Build one of :data:`METHODS` for ``model``.
 
     Args:
@@ -370,7 +372,7 @@ def build_method(
             ``MethodSettings()``.
 
     Returns:
-        TokenAttribution: the method.
+        TokenScorer: the method, ``scorer(embeds, target)`` -> ``(batch, seq)``.
 
     Raises:
         ValueError: for an unknown name.
@@ -390,7 +392,7 @@ def build_method(
     def function(embeds: Tensor, target: TargetType, extra: tuple[Any, ...]) -> Tensor:
         return reduce(scores(embeds, target, extra))
 
-    return TokenAttribution(name, function, spec.signed)
+    return TokenScorer(name, function, spec.signed)
 
 
 def build_methods(
@@ -398,6 +400,6 @@ def build_methods(
     model: nn.Module,
     forward_func: Callable[..., Tensor] | None = None,
     settings: MethodSettings | None = None,
-) -> list[TokenAttribution]:
+) -> list[TokenScorer]:
     """Build several methods, see :func:`build_method`."""
     return [build_method(name, model, forward_func, settings) for name in names]

@@ -13,7 +13,10 @@ with the modified backward of its MambaLRP rule (the factor detachments of
 :mod:`captum_mamba.rules`), so the composition of these local steps is exactly
 MambaLRP's global Gradient x Input. The Mamba rules below differ from
 :class:`LRP0Rule` only in telling their leaf module which factor to detach; the
-relevance arithmetic is the same exact division for all of them.
+relevance arithmetic is the same exact division for all of them. Each is named after the
+setting of :class:`~captum_mamba.rules.MambaRules` it switches on (``gate`` ->
+:class:`GateRule`); the two rules of the ``attention`` setting after the methods they
+are (:class:`AttnLRPRule` for True, :class:`CPLRPRule` for ``"cp_lrp"``).
 
 Captum's own rules can be used where they make sense: ``EpsilonRule`` and
 ``GammaRule`` on linear and convolutional layers reproduce
@@ -59,36 +62,43 @@ class LRP0Rule(PropagationRule):
 
 
 class NormRule(LRP0Rule):
-    """LN-rule: ``1 / rms(x)`` of an RMSNorm is a constant (relevance passes unchanged)."""
+    """LN-rule (setting ``norm``): ``1 / rms(x)`` of an RMSNorm is a constant (relevance
+    passes unchanged)."""
 
 
 class SiLURule(LRP0Rule):
-    """Identity rule for SiLU: ``sigmoid(x)`` is a constant (relevance passes unchanged)."""
+    """Identity rule for SiLU (setting ``silu``): ``sigmoid(x)`` is a constant (relevance
+    passes unchanged)."""
 
 
 class SSMRule(LRP0Rule):
-    """SSM rule: ``exp(dt A)``, ``dt B`` and ``C`` are constants; relevance flows through
-    the scan input only."""
+    """SSM rule (setting ``ssm``): ``exp(dt A)``, ``dt B`` and ``C`` are constants;
+    relevance flows through the scan input only."""
 
 
-class HalfRule(LRP0Rule):
-    """Half rule for the gate ``y * silu(z)``: each factor receives half of the relevance."""
+class GateRule(LRP0Rule):
+    """Half rule for the gate ``y * silu(z)`` (setting ``gate``): each factor receives half
+    of the relevance."""
 
 
 class ActivationRule(LRP0Rule):
-    """Identity rule for the activation of an MLP: ``f(x) / x`` is a constant."""
+    """Identity rule for the activation of an MLP (setting ``activation``): ``f(x) / x`` is
+    a constant."""
 
 
 class AttnLRPRule(LRP0Rule):
-    """AttnLRP on softmax attention: uniform rule on ``q k^T`` and ``weights v``."""
+    """AttnLRP on softmax attention (setting ``attention=True``): uniform rule on ``q k^T``
+    and ``weights v``."""
 
 
 class CPLRPRule(LRP0Rule):
-    """CP-LRP on softmax attention: the attention weights are constants."""
+    """CP-LRP on softmax attention (setting ``attention="cp_lrp"``): the attention weights
+    are constants."""
 
 
 class RouterRule(LRP0Rule):
-    """Router rule of a mixture of experts: the router weights are constants."""
+    """Router rule of a mixture of experts (setting ``router``): the router weights are
+    constants."""
 
 
 class ConstantRule(PropagationRule):

@@ -31,7 +31,7 @@ from captum_mamba.lrp.captum_rules import (
     AttnLRPRule,
     ConstantRule,
     CPLRPRule,
-    HalfRule,
+    GateRule,
     LRP0Rule,
     NormRule,
     RouterRule,
@@ -44,7 +44,7 @@ from captum_mamba.rules import MambaRules
 CAPTUM_RULES: dict[str, type[PropagationRule]] = {
     "norm": NormRule,
     "silu": SiLURule,
-    "gate": HalfRule,
+    "gate": GateRule,
     "ssm": SSMRule,
     "activation": ActivationRule,
     "attention": AttnLRPRule,

@@ -5,8 +5,8 @@ The operations of handled modules get their rule from their op kind and the
 the Captum rule equivalent to the linear rule (:func:`captum_linear_rule`). Other leaf
 types get a rule from this registry: register your own with :func:`register_rule`,
 which also admits the type on the relevance path of MambaLRP (as
-:func:`captum_mamba.register_leaf` does). Override single modules of a prepared model
-with ``module.rule = ...`` as in Captum.
+:func:`captum_mamba.adapters.register_leaf` does). Override single modules of a prepared
+model with ``module.rule = ...`` as in Captum.
 """
 
 from __future__ import annotations

@@ -181,8 +181,9 @@ class MambaRules:
         """The rules of a named preset, see :data:`PRESETS`.
 
         Args:
-            name (str): ``"mamba_lrp"`` (= ``"attn_lrp"``), ``"cp_lrp"``,
-                ``"gradient_x_input"`` or ``"norm_only"``.
+            name (str): ``"mamba_lrp"`` (every rule on, the default ``MambaRules()``:
+                AttnLRP on attention), ``"cp_lrp"``, ``"gradient_x_input"`` or
+                ``"norm_only"``.
 
         Returns:
             MambaRules: the preset.
@@ -196,11 +197,6 @@ class MambaRules:
         every = settings.pop(EVERY_KIND, None)
         values = {kind: every for kind in cls.kinds()} if every is not None else {}
         return cls(**{**values, **settings})
-
-    @classmethod
-    def attn_lrp(cls) -> MambaRules:
-        """MambaLRP with AttnLRP on softmax attention: every rule on (the default)."""
-        return cls.preset("attn_lrp")
 
     @classmethod
     def cp_lrp(cls) -> MambaRules:
@@ -262,7 +258,6 @@ class MambaRules:
 PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
         "mamba_lrp": MappingProxyType({}),
-        "attn_lrp": MappingProxyType({}),
         "cp_lrp": MappingProxyType({"attention": "cp_lrp"}),
         "gradient_x_input": MappingProxyType({EVERY_KIND: False}),
         "norm_only": MappingProxyType({EVERY_KIND: False, "norm": True}),

@@ -4,6 +4,13 @@ Each function returns exactly the value of the original operation; switching its
 on changes only which factors are treated as constants in the backward pass. With a
 rule off, the function is the plain operation (its gradient is the true gradient).
 Gradient x Input on a forward pass built from these functions is MambaLRP.
+
+A function's argument ``rule`` is the value of the setting of
+:class:`~captum_mamba.rules.MambaRules` that governs it (named in its docstring; the table
+of operation kinds, :data:`captum_mamba.adapters.backend.KINDS`, links each operation to
+its setting). Softmax attention takes the two mechanisms its setting chooses between
+(AttnLRP's uniform rule, CP-LRP's constant weights) as two flags: its setting is not a
+switch but a choice of rule.
 """
 
 from __future__ import annotations
@@ -20,27 +27,28 @@ from captum_mamba.ops.ssd_scan import ssd_scan
 from captum_mamba.rules.linear import LinearRule
 
 
-def rms_norm(x: Tensor, weight: Tensor | None, eps: float, ln_rule: bool) -> Tensor:
+def rms_norm(x: Tensor, weight: Tensor | None, eps: float, rule: bool) -> Tensor:
     r"""RMSNorm ``weight * x / rms(x)``; the LN-rule treats ``1 / rms(x)`` as a constant.
 
     Args:
         x (Tensor): input, normalised over its last dimension.
         weight (Tensor or None): elementwise scale, or None for no scale.
         eps (float): added to the mean square before the square root.
-        ln_rule (bool): detach the normalising factor from the backward.
+        rule (bool): the LN-rule (setting ``norm``): detach the normalising factor from
+            the backward.
 
     Returns:
         Tensor: the normalised input, same shape as ``x``.
     """
     inv_rms = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    if ln_rule:
+    if rule:
         inv_rms = inv_rms.detach()
     out = x * inv_rms
     return out if weight is None else weight * out
 
 
 def grouped_rms_norm(
-    x: Tensor, weight: Tensor | None, eps: float, group_size: int | None, ln_rule: bool
+    x: Tensor, weight: Tensor | None, eps: float, group_size: int | None, rule: bool
 ) -> Tensor:
     r"""RMSNorm over groups of ``group_size`` channels, ``weight * norm_groups(x)``, with the
     LN-rule on ``1 / rms`` of each group.
@@ -51,19 +59,20 @@ def grouped_rms_norm(
         eps (float): added to the mean square before the square root.
         group_size (int or None): channels normalised together (``channels`` must be a
             multiple); None for all of them.
-        ln_rule (bool): detach the normalising factors from the backward.
+        rule (bool): the LN-rule (setting ``norm``): detach the normalising factors from
+            the backward.
 
     Returns:
         Tensor: the normalised input, same shape as ``x``.
     """
     if group_size is None or group_size == x.shape[-1]:
-        return rms_norm(x, weight, eps, ln_rule)
-    out = rms_norm(x.unflatten(-1, (-1, group_size)), None, eps, ln_rule).flatten(-2)
+        return rms_norm(x, weight, eps, rule)
+    out = rms_norm(x.unflatten(-1, (-1, group_size)), None, eps, rule).flatten(-2)
     return out if weight is None else weight * out
 
 
 def layer_norm(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, ln_rule: bool
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, rule: bool
 ) -> Tensor:
     r"""LayerNorm ``weight * (x - mean(x)) / std(x) + bias``; the LN-rule treats ``1 / std(x)``
     as a constant.
@@ -76,12 +85,13 @@ def layer_norm(
         weight (Tensor or None): elementwise scale, or None for no scale.
         bias (Tensor or None): elementwise shift, or None for no shift.
         eps (float): added to the variance before the square root.
-        ln_rule (bool): detach the normalising factor from the backward.
+        rule (bool): the LN-rule (setting ``norm``): detach the normalising factor from
+            the backward.
 
     Returns:
         Tensor: the normalised input, same shape as ``x``.
     """
-    out = rms_norm(x - x.mean(-1, keepdim=True), weight, eps, ln_rule)
+    out = rms_norm(x - x.mean(-1, keepdim=True), weight, eps, rule)
     return out if bias is None else out + bias
 
 
@@ -120,23 +130,23 @@ def time_step(
     return dt
 
 
-def silu(x: Tensor, identity_rule: bool) -> Tensor:
+def silu(x: Tensor, rule: bool) -> Tensor:
     r"""SiLU ``x * sigmoid(x)``; the identity rule treats ``sigmoid(x)`` as a constant.
 
     Args:
         x (Tensor): input.
-        identity_rule (bool): detach the sigmoid factor, so relevance passes the
-            activation unchanged (``R_in = R_out``).
+        rule (bool): the identity rule (setting ``silu``): detach the sigmoid factor, so
+            relevance passes the activation unchanged (``R_in = R_out``).
 
     Returns:
         Tensor: ``silu(x)``.
     """
-    if identity_rule:
+    if rule:
         return x * torch.sigmoid(x).detach()
     return F.silu(x)
 
 
-def gated_product(y: Tensor, gate: Tensor, half_rule: bool) -> Tensor:
+def gated_product(y: Tensor, gate: Tensor, rule: bool) -> Tensor:
     r"""Gate ``y * gate``; the half rule passes half of the relevance to each factor.
 
     Both factors depend (linearly, under the other rules) on the input, so the product
@@ -147,19 +157,19 @@ def gated_product(y: Tensor, gate: Tensor, half_rule: bool) -> Tensor:
     Args:
         y (Tensor): SSM output.
         gate (Tensor): gate activation, same shape as ``y``.
-        half_rule (bool): apply the half rule.
+        rule (bool): the half rule (setting ``gate``).
 
     Returns:
         Tensor: ``y * gate``.
     """
     out = y * gate
-    if half_rule:
+    if rule:
         return 0.5 * out + 0.5 * out.detach()
     return out
 
 
 def selective_ssm(
-    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, ssm_rule: bool
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, rule: bool
 ) -> Tensor:
     r"""Selective SSM ``y = scan(x; exp(dt A), dt B, C) + D x``; the SSM rule keeps the
     input-dependent ``exp(dt A)``, ``dt B`` and ``C`` constant in the backward pass.
@@ -179,12 +189,12 @@ def selective_ssm(
             input projection.
         C (Tensor): output projection, the shape of ``B``.
         D (Tensor or None): ``(channels,)`` skip weight.
-        ssm_rule (bool): detach ``dt``, ``A``, ``B`` and ``C``.
+        rule (bool): the SSM rule (setting ``ssm``): detach ``dt``, ``A``, ``B`` and ``C``.
 
     Returns:
         Tensor: ``(batch, length, channels)`` SSM output.
     """
-    if ssm_rule:
+    if rule:
         dt, A, B, C = dt.detach(), A.detach(), B.detach(), C.detach()
     if B.dim() == 3:
         y = selective_scan(x, dt, A, B, C)
@@ -204,42 +214,6 @@ def selective_ssm(
     return y if D is None else y + x * D
 
 
-def gated_rms_norm(
-    y: Tensor,
-    z: Tensor | None,
-    weight: Tensor | None,
-    eps: float,
-    group_size: int,
-    identity_rule: bool,
-    half_rule: bool,
-    ln_rule: bool,
-) -> Tensor:
-    r"""Gated RMSNorm of Mamba-2, ``weight * norm_groups(y * silu(z))``, with three rules.
-
-    The identity rule acts on ``silu(z)``, the half rule on the product of the two
-    input-dependent branches ``y * silu(z)`` and the LN-rule on ``1 / rms`` of each
-    group of ``group_size`` channels. With all three, the map is linear in ``y`` and in
-    ``z`` for the backward pass and the relevance of the output is split evenly between
-    the SSM output and the gate.
-
-    Args:
-        y (Tensor): SSM output ``(..., channels)``.
-        z (Tensor or None): gate pre-activation, same shape as ``y``; None for a plain
-            grouped RMSNorm of ``y``.
-        weight (Tensor or None): ``(channels,)`` scale, or None for no scale.
-        eps (float): added to the mean square before the square root.
-        group_size (int): channels normalised together; ``channels`` must be a multiple.
-        identity_rule (bool): identity rule on the SiLU of the gate.
-        half_rule (bool): half rule on ``y * silu(z)``.
-        ln_rule (bool): LN-rule on the group normalisation.
-
-    Returns:
-        Tensor: the normalised, gated output, same shape as ``y``.
-    """
-    gated = y if z is None else gated_product(y, silu(z, identity_rule), half_rule)
-    return grouped_rms_norm(gated, weight, eps, group_size, ln_rule)
-
-
 def multihead_ssm(
     x: Tensor,
     dt: Tensor,
@@ -247,7 +221,7 @@ def multihead_ssm(
     B: Tensor,
     C: Tensor,
     D: Tensor | None,
-    ssm_rule: bool,
+    rule: bool,
     chunk_size: int,
 ) -> Tensor:
     r"""Mamba-2 SSM ``y = ssd(x; exp(dt A), dt B, C) + D x`` with one scalar decay per head;
@@ -264,15 +238,15 @@ def multihead_ssm(
             ``heads // groups`` consecutive heads of a group.
         C (Tensor): ``(batch, length, groups, state)`` output projection.
         D (Tensor or None): ``(heads,)`` or ``(heads, head_dim)`` skip weight.
-        ssm_rule (bool): detach ``dt``, ``A``, ``B`` and ``C``.
+        rule (bool): the SSM rule (setting ``ssm``): detach ``dt``, ``A``, ``B`` and ``C``.
         chunk_size (int): time steps per chunk of the scan.
 
     Returns:
         Tensor: ``(batch, length, heads, head_dim)`` SSM output.
     """
-    if ssm_rule:
+    if rule:
         dt, B, C = dt.detach(), B.detach(), C.detach()
-    y = ssd_scan(x, dt, A.detach() if ssm_rule else A, B, C, chunk_size)
+    y = ssd_scan(x, dt, A.detach() if rule else A, B, C, chunk_size)
     if D is None:
         return y
     return y + x * (D[:, None] if D.dim() == 1 else D)
@@ -309,7 +283,7 @@ ACTIVATIONS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tens
 }
 
 
-def activation(x: Tensor, function: str, identity_rule: bool) -> Tensor:
+def activation(x: Tensor, function: str, rule: bool) -> Tensor:
     r"""Elementwise activation ``f(x) = x * r(x)`` of an MLP; the identity rule treats the
     ratio ``r(x) = f(x) / x`` as a constant.
 
@@ -324,7 +298,7 @@ def activation(x: Tensor, function: str, identity_rule: bool) -> Tensor:
         x (Tensor): input.
         function (str): ``"silu"`` (``"swish"``), ``"relu"``, ``"relu2"``, ``"gelu"``
             or ``"gelu_pytorch_tanh"`` (transformers' ``ACT2FN`` names).
-        identity_rule (bool): detach ``r(x)``.
+        rule (bool): the identity rule (setting ``activation``): detach ``r(x)``.
 
     Returns:
         Tensor: ``f(x)``.
@@ -338,7 +312,7 @@ def activation(x: Tensor, function: str, identity_rule: bool) -> Tensor:
         raise NotImplementedError(
             f"the identity rule supports the activations {', '.join(ACTIVATIONS)}; got {function!r}"
         ) from None
-    if identity_rule:
+    if rule:
         return x * ratio(x).detach()
     return plain(x)
 
@@ -475,7 +449,7 @@ def grouped_linear(
     return rule.apply(op, x, weight, None)
 
 
-def mixture(weights: Tensor, values: Tensor, index: Tensor, size: int, router_rule: bool) -> Tensor:
+def mixture(weights: Tensor, values: Tensor, index: Tensor, size: int, rule: bool) -> Tensor:
     r"""Mixture of experts ``out[t] = sum_p weights[p] * values[p]`` over the (token,
     expert) pairs ``p`` with ``index[p] = t``; the router rule treats the weights as
     constants.
@@ -491,12 +465,12 @@ def mixture(weights: Tensor, values: Tensor, index: Tensor, size: int, router_ru
         values (Tensor): ``(pairs, hidden)`` expert outputs.
         index (Tensor): ``(pairs,)`` token of each pair.
         size (int): number of tokens.
-        router_rule (bool): detach the weights.
+        rule (bool): the router rule (setting ``router``): detach the weights.
 
     Returns:
         Tensor: ``(size, hidden)``.
     """
-    if router_rule:
+    if rule:
         weights = weights.detach()
     out = values.new_zeros(size, values.shape[-1])
     return out.index_add(0, index, weights[:, None].to(values.dtype) * values)
