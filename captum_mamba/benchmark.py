@@ -530,6 +530,110 @@ def plot_scaling(rows: Sequence[LengthRow], path: Path) -> Path:
     return path
 
 
+#: Hybrid shapes of ``--hybrid-lengths``: hidden 256, 16 attention heads, two attention
+#: and two state-space layers (Bamba: Mamba-2 mixers; Jamba: Mamba-1 mixers and a
+#: mixture of 4 experts, top 2, in every other layer), float32, random weights.
+HYBRIDS = {
+    "bamba": dict(
+        hidden_size=256, intermediate_size=512, num_hidden_layers=4, vocab_size=1024,
+        num_attention_heads=16, num_key_value_heads=16, attn_layer_indices=[1, 3],
+        mamba_n_heads=8, mamba_d_head=64, mamba_n_groups=1, mamba_d_state=64,
+        mamba_chunk_size=256, mamba_expand=2,
+    ),
+    "jamba": dict(
+        hidden_size=256, intermediate_size=512, num_hidden_layers=4, vocab_size=1024,
+        num_attention_heads=16, num_key_value_heads=16, attn_layer_period=2,
+        attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1, num_experts=4,
+        num_experts_per_tok=2, mamba_d_state=16, mamba_expand=2, use_mamba_kernels=False,
+    ),
+}  # fmt: skip
+
+
+def _hybrid_worker(family: str, method: str, length: int) -> dict[str, Any]:
+    """One measurement of ``method`` (``"mambalrp"`` or ``"forward-hf"``) on the hybrid
+    ``family`` at ``length`` tokens: warm-up on 8 tokens, peak resident set reset, one run."""
+    import transformers
+
+    from captum_mamba.attr import MambaLRP
+    from captum_mamba.study import _proc_status, _reset_peak
+
+    config_class, model_class = {
+        "bamba": (transformers.BambaConfig, transformers.BambaForCausalLM),
+        "jamba": (transformers.JambaConfig, transformers.JambaForCausalLM),
+    }[family]
+    torch.manual_seed(0)
+    config = config_class(**HYBRIDS[family])
+    config._attn_implementation = "sdpa"
+    model = model_class(config).eval()
+    ids = _ids(config.vocab_size, length, 0)
+    embeds = model.get_input_embeddings()(ids).detach()
+
+    def call(x: torch.Tensor) -> None:
+        if method == "mambalrp":
+            MambaLRP(model).attribute(x, target=(-1, TARGET_TOKEN))
+        else:
+            with torch.no_grad():
+                model(inputs_embeds=x, use_cache=False, logits_to_keep=1)
+
+    call(embeds[:, :8])
+    exact = _reset_peak()
+    before = _proc_status("VmRSS") or 0
+    start = time.perf_counter()
+    call(embeds)
+    seconds = time.perf_counter() - start
+    peak = _proc_status("VmHWM") or 0
+    increase = (peak - before) / 1024
+    return {
+        "family": family,
+        "method": method,
+        "length": length,
+        "seconds": round(seconds, 3),
+        "increase_mib": round(increase, 1),
+        "mib_per_token": round(increase / length, 4),
+        "peak_reset": exact,
+    }
+
+
+def measure_hybrids(args: argparse.Namespace, progress: Callable[[str], None] = print) -> list:
+    """MambaLRP against transformers' no-grad forward (SDPA attention) on the hybrid
+    shapes of :data:`HYBRIDS` at ``--hybrid-lengths``, each run in a fresh subprocess.
+
+    Returns:
+        list of dict: per family and length, ``lrp`` and ``forward`` seconds, their
+        ``ratio``, MambaLRP's peak memory growth ``lrp_mib`` and ``lrp_mib_per_token``.
+    """
+    rows = []
+    for family in args.hybrids:
+        for length in args.hybrid_lengths:
+            measured = {}
+            for method in ("mambalrp", "forward-hf"):
+                command = [sys.executable, "-m", "captum_mamba.benchmark", "--hybrid-worker",
+                           f"{family},{method},{length}"]  # fmt: skip
+                if args.threads:
+                    command += ["--threads", str(args.threads)]
+                done = subprocess.run(command, capture_output=True, text=True, check=True)
+                measured[method] = json.loads(done.stdout.strip().splitlines()[-1])
+            lrp, forward = measured["mambalrp"], measured["forward-hf"]
+            ratio = round(lrp["seconds"] / forward["seconds"], 1)
+            rows.append({
+                "family": family, "length": length, "lrp": lrp["seconds"],
+                "forward": forward["seconds"], "ratio": ratio,
+                "lrp_mib": lrp["increase_mib"], "lrp_mib_per_token": lrp["mib_per_token"],
+                "forward_mib": forward["increase_mib"],
+            })  # fmt: skip
+            progress(f"measured {family} at {length} tokens: {rows[-1]}")
+    return rows
+
+
+def hybrid_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows of :func:`measure_hybrids` as a markdown table."""
+    header = ["model", "tokens", "MambaLRP s", "forward s", "ratio", "MambaLRP MiB",
+              "MiB/token", "forward MiB"]  # fmt: skip
+    keys = ["family", "length", "lrp", "forward", "ratio", "lrp_mib", "lrp_mib_per_token",
+            "forward_mib"]  # fmt: skip
+    return _table(header, [[str(row[key]) for key in keys] for row in rows])
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="*", default=[128, 512, 2048])
@@ -563,6 +667,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--vocab", type=int, default=50280)
     parser.add_argument("--saliency-worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--generation-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--hybrids", nargs="*", default=["bamba", "jamba"], choices=HYBRIDS)
+    parser.add_argument("--hybrid-lengths", type=int, nargs="*", default=[])
+    parser.add_argument("--hybrid-worker", help=argparse.SUPPRESS)
     return parser
 
 
@@ -587,6 +694,7 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] = print) -> di
     }
     lengths = measure_lengths(args, progress)
     results["lengths"] = [asdict(row) for row in lengths]
+    results["hybrids"] = measure_hybrids(args, progress) if args.hybrid_lengths else []
     results["compare"] = compare_paths(args) if args.compare_length else []
     if args.generation:
         results["generation"] = asdict(measure_generation(args))
@@ -619,6 +727,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.generation_worker:
         _generation_worker(args)
         return
+    if args.hybrid_worker is not None:
+        family, method, length = args.hybrid_worker.split(",")
+        print(json.dumps(_hybrid_worker(family, method, int(length))))
+        return
     results = run(args, progress=lambda line: print(line, file=sys.stderr))
     machine = results["machine"]
     print(
@@ -627,6 +739,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{machine['load_before'][0]:.2f} before, {machine['load_after'][0]:.2f} after"
     )
     print(markdown_tables(results))
+    if results["hybrids"]:
+        print(hybrid_table(results["hybrids"]))
 
 
 if __name__ == "__main__":

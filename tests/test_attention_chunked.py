@@ -69,11 +69,12 @@ def masks(length: int, batch: int) -> dict[str, tuple[Tensor | None, bool, Tenso
         return torch.zeros(allowed.shape, dtype=torch.float64).masked_fill(~allowed, lowest)
 
     full = torch.ones(batch, length, length, dtype=torch.bool)
+    eye = torch.eye(length, dtype=torch.bool)
     return {
         "none": (None, False, full),
         "causal": (None, True, causal.expand(batch, -1, -1)),
         "padding-bias": (bias(padding)[:, None], False, padding),
-        "padding-and-causal": (bias(padded[:, None, :] | torch.eye(length, dtype=torch.bool))[:, None], True, padding),
+        "padding-and-causal": (bias(padded[:, None, :] | eye)[:, None], True, padding),
         "sliding-window": (bias(window), False, window.expand(batch, -1, -1)),
     }  # fmt: skip
 
@@ -95,21 +96,25 @@ def test_chunked_matches_loop_reference(rule: str, mask: str, heads: tuple[int, 
     q, k, v = inputs(*heads)
     bias, causal, allowed = masks(q.shape[2], q.shape[0])[mask]
     setting = RULES[rule]
-    cotangent = torch.randn(q.shape[:3] + (5,), generator=torch.Generator().manual_seed(7),
-                            dtype=torch.float64)  # fmt: skip
+    generator = torch.Generator().manual_seed(7)
+    cotangent = torch.randn((*q.shape[:3], 5), generator=generator, dtype=torch.float64)
 
     def gradients(function) -> tuple[Tensor, ...]:
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
         out = function(*leaves)
         grads = torch.autograd.grad((out * cotangent).sum(), leaves, allow_unused=True)
-        return (out, *(torch.zeros_like(t) if d is None else d for t, d in zip(leaves, grads)))
+        return (
+            out,
+            *(torch.zeros_like(t) if d is None else d for t, d in zip(leaves, grads, strict=True)),
+        )
 
     chunked = gradients(
-        lambda q, k, v: attention(q, k, v, bias, 0.6, setting is True, setting == "cp_lrp",
-                                  causal, impl="chunked")  # fmt: skip
+        lambda q, k, v: attention(
+            q, k, v, bias, 0.6, setting is True, setting == "cp_lrp", causal, impl="chunked"
+        )
     )
     expected = gradients(lambda q, k, v: loop_attention(q, k, v, allowed, 0.6, setting))
-    for name, got, want in zip(("out", "dq", "dk", "dv"), chunked, expected):
+    for name, got, want in zip(("out", "dq", "dk", "dv"), chunked, expected, strict=True):
         if want.abs().max() == 0:
             assert got.abs().max() == 0, name  # CP-LRP: no gradient to q and k
         else:
@@ -133,7 +138,7 @@ def test_chunked_keeps_nothing_quadratic(blocks_of_three: None) -> None:
 
 
 def test_auto_picks_by_size_and_can_be_forced(monkeypatch: pytest.MonkeyPatch) -> None:
-    q, k, v = inputs(4, 2)
+    q, k, _ = inputs(4, 2)
     assert attention_ops.choose(None, q, k, None) == "eager"
     monkeypatch.setattr(attention_ops, "CHUNKED_FROM_ELEMENTS", q.shape[0] * 4 * 10 * 10)
     assert attention_ops.choose(None, q, k, None) == "chunked"

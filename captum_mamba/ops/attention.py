@@ -24,15 +24,18 @@ from torch import Tensor
 from captum_mamba.ops.backends import _check_choice, get_implementation
 
 #: Scores of one query block (batch x heads x block x keys), about: the block size.
-BLOCK_ELEMENTS = 1 << 24
+BLOCK_ELEMENTS = 1 << 20
+#: Fewest queries per block (matrix products of fewer rows are slow).
+MIN_BLOCK = 16
 #: Query x key pairs (times batch and heads) from which ``"auto"`` computes attention in
 #: query blocks rather than eagerly (below it the eager path is as fast and small).
 CHUNKED_FROM_ELEMENTS = 1 << 22
 
 
 def query_block(batch: int, heads: int, keys: int, queries: int) -> int:
-    """Queries per block so that one block's scores hold about :data:`BLOCK_ELEMENTS`."""
-    return max(1, min(queries, BLOCK_ELEMENTS // max(1, batch * heads * keys)))
+    """Queries per block so that one block's scores hold about :data:`BLOCK_ELEMENTS`
+    (at least :data:`MIN_BLOCK`)."""
+    return min(queries, max(MIN_BLOCK, BLOCK_ELEMENTS // max(1, batch * heads * keys)))
 
 
 def choose(impl: str | None, q: Tensor, k: Tensor, bias: Tensor | None) -> str:
