@@ -216,3 +216,23 @@ def test_chunked_lean_path_matches_reference(
 ) -> None:
     chunked, expected = _relevance(case, config, PRESETS[preset], "chunked", True)
     assert relative_error(chunked, expected) <= 1e-10
+
+
+@pytest.mark.usefixtures("blocks_of_three")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_precision_hybrid_is_explained_in_float32(dtype: torch.dtype) -> None:
+    """A half-precision hybrid with chunked attention is explained as a float32 copy of its
+    (rounded) weights, whose chunked relevance equals the eager one."""
+    case = next(case for case in CASES if case.name == "hf_bamba")
+    config = "groups-mqa-biased-sdpa"
+    single = case.build(config, 0, False).to(dtype).float()  # the rounded weights
+    half = case.build(config, 0, False).to(dtype)
+    inputs, targets = case.inputs(half, config, 0)
+    with implementation(attention="chunked"):
+        relevance = MambaLRP(half).attribute(inputs.to(dtype), target=targets)
+        expected = MambaLRP(single).attribute(inputs.to(dtype).float(), target=targets)
+    with implementation(attention="eager"):
+        eager = MambaLRP(single).attribute(inputs.to(dtype).float(), target=targets)
+    assert relevance.dtype == torch.float32
+    assert relative_error(relevance, expected) <= 1e-6
+    assert relative_error(expected, eager) <= 1e-5
