@@ -485,6 +485,8 @@ def markdown_tables(results: dict[str, Any]) -> str:
             for r in results["throughput"]
         ]
         parts.append(_table(header, cells))
+    if results.get("hybrids"):
+        parts.append(hybrid_table(results["hybrids"]))
     return "\n\n".join(parts)
 
 
@@ -739,8 +741,6 @@ def main(argv: list[str] | None = None) -> None:
         f"{machine['load_before'][0]:.2f} before, {machine['load_after'][0]:.2f} after"
     )
     print(markdown_tables(results))
-    if results["hybrids"]:
-        print(hybrid_table(results["hybrids"]))
 
 
 if __name__ == "__main__":

@@ -86,3 +86,15 @@ def test_shapes() -> None:
     assert parse_shape("8,2,4,32") == (8, 2, 4, 32)
     with pytest.raises(ValueError, match="hidden,layers,state,vocab"):
         parse_shape("big")
+
+
+def test_hybrid_rows(tmp_path: Path) -> None:
+    args = benchmark._parser().parse_args(
+        ["--lengths", "--hybrid-lengths", "16", "--threads", "1", "--out", str(tmp_path)]
+    )
+    results = benchmark.run(args, progress=lambda line: None)
+    rows = results["hybrids"]
+    assert [(row["family"], row["length"]) for row in rows] == [("bamba", 16), ("jamba", 16)]
+    assert all(row["lrp"] > 0 and row["forward"] > 0 and row["lrp_mib"] >= 0 for row in rows)
+    tables = (tmp_path / "tables.md").read_text()
+    assert "| model | tokens | MambaLRP s |" in tables and "| jamba | 16 |" in tables
