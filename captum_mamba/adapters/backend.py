@@ -184,7 +184,7 @@ KINDS: Mapping[str, OpKind] = MappingProxyType(
             OpKind(
                 "attention",
                 "attention",
-                ("q", "k", "v", "bias", "scaling"),
+                ("q", "k", "v", "bias", "scaling", "causal"),
                 ("q", "k", "v"),
                 "attention",
                 _attention,
@@ -442,7 +442,14 @@ class BlockOps:
         return self.apply("activation", site, x=x, function=function)
 
     def attention(
-        self, site: str, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scaling: float
+        self,
+        site: str,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        bias: Tensor | None,
+        scaling: float,
+        causal: bool = False,
     ) -> Tensor:
         """Softmax attention, AttnLRP or CP-LRP with ``attention``.
 
@@ -454,11 +461,15 @@ class BlockOps:
             bias (Tensor or None): additive mask (see
                 :func:`captum_mamba.adapters.blocks.attention_bias`).
             scaling (float): factor of the scores.
+            causal (bool, optional): query ``i`` attends to keys ``j <= i`` only, on top
+                of ``bias`` (a causal mask that is never materialised). Default: False.
 
         Returns:
             Tensor: ``(batch, heads, queries, dim_v)``.
         """
-        return self.apply("attention", site, q=q, k=k, v=v, bias=bias, scaling=scaling)
+        return self.apply(
+            "attention", site, q=q, k=k, v=v, bias=bias, scaling=scaling, causal=causal
+        )
 
     def rotary(self, site: str, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """Rotary position embedding of ``(batch, heads, length, dim)`` queries or keys."""

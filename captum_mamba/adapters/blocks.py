@@ -493,7 +493,7 @@ def attention_bias(
     queries: Tensor,
     keys: Tensor,
     is_causal: bool | None = None,
-) -> Tensor | None:
+) -> tuple[Tensor | None, bool]:
     """The additive mask of an attention layer, read as the model's attention function
     reads the mask the model passes (``config._attn_implementation``).
 
@@ -515,8 +515,9 @@ def attention_bias(
             overriding the module's. Default: None.
 
     Returns:
-        Tensor or None: a bias broadcastable to ``(batch, heads, queries, keys)``, in
-        the dtype of ``queries``.
+        tuple: ``(bias, causal)``: a bias broadcastable to ``(batch, heads, queries,
+        keys)`` in the dtype of ``queries`` (or None), and whether the attention is
+        causal on top of it (a mask that is then never materialised).
 
     Raises:
         NotImplementedError: for other attention implementations (flash, flex), whose
@@ -533,14 +534,12 @@ def attention_bias(
     length, width = queries.shape[-2], keys.shape[-2]
     if attention_mask is None:
         causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
-        if implementation != "sdpa" or not causal or length == 1:
-            return None
-        allowed = torch.ones(length, width, dtype=torch.bool, device=queries.device).tril()
-        return torch.zeros((), dtype=dtype, device=queries.device).masked_fill(~allowed, lowest)
+        return None, implementation == "sdpa" and causal and length > 1
     mask = attention_mask[..., :width]
     if mask.dtype == torch.bool:
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, lowest)
-    return mask.to(dtype)
+        bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, lowest)
+        return bias, False
+    return mask.to(dtype), False
 
 
 def check_no_cached_keys(module: nn.Module, cache: Any, layer_idx: int | None = None) -> None:
@@ -605,8 +604,8 @@ def self_attention(
     if position_embeddings is not None:
         cos, sin = position_embeddings
         q, k = ops.rotary("q_rotary", q, cos, sin), ops.rotary("k_rotary", k, cos, sin)
-    bias = attention_bias(module, attention_mask, q, k, kwargs.get("is_causal"))
-    out = ops.attention("attention", q, k, v, bias, module.scaling)
+    bias, causal = attention_bias(module, attention_mask, q, k, kwargs.get("is_causal"))
+    out = ops.attention("attention", q, k, v, bias, module.scaling, causal)
     return module.o_proj(out.transpose(1, 2).reshape(batch, length, -1)), None
 
 

@@ -208,14 +208,6 @@ def ssm_gated_mlp_forward(ops: BlockOps, mlp: GatedMLP, x: Tensor) -> Tensor:
     return mlp.fc2(ops.gate("gate", y, ops.activation("act", gate, "silu")))
 
 
-def _causal_bias(q: Tensor) -> Tensor:
-    """Additive mask of causal attention over ``(batch, heads, length, dim)`` queries."""
-    length = q.shape[-2]
-    allowed = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
-    lowest = torch.finfo(q.dtype).min
-    return torch.zeros((), dtype=q.dtype, device=q.device).masked_fill(~allowed, lowest)
-
-
 def mha_forward(ops: BlockOps, mha: MHA, x: Tensor, inference_params: Any = None) -> Tensor:
     """mamba-ssm's multi-head attention (the attention layers of ``attn_layer_idx``):
     ``in_proj``, the optional causal depthwise conv over ``[q, k, v]`` (linear), softmax
@@ -238,8 +230,8 @@ def mha_forward(ops: BlockOps, mha: MHA, x: Tensor, inference_params: Any = None
         t.view(batch, length, -1, mha.head_dim).transpose(1, 2) for t in qkv.split(widths, dim=-1)
     )
     scaling = mha.head_dim**-0.5 if mha.softmax_scale is None else mha.softmax_scale
-    bias = _causal_bias(q) if mha.causal and length > 1 else None
-    context = ops.attention("attention", q, k, v, bias, scaling).transpose(1, 2).flatten(2)
+    context = ops.attention("attention", q, k, v, None, scaling, mha.causal and length > 1)
+    context = context.transpose(1, 2).flatten(2)
     if mha.mlp_dim > 0:
         up, gate = mlp.chunk(2, dim=-1)
         gated = ops.gate("mlp_gate", up, ops.activation("mlp_act", gate, "silu"))

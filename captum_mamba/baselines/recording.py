@@ -124,7 +124,11 @@ def _attention_record(path: str, arguments: dict[str, Any], out: Tensor) -> Atte
     """A softmax attention (kind ``attention``): its weights."""
     with torch.no_grad():
         weights = R.attention_weights(
-            arguments["q"], arguments["k"], arguments["bias"], arguments["scaling"]
+            arguments["q"],
+            arguments["k"],
+            arguments["bias"],
+            arguments["scaling"],
+            arguments["causal"],
         )
     return AttentionRecord(path, weights)
 

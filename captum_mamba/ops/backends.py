@@ -1,6 +1,6 @@
 """Scan ops: which implementation each op runs, and the fused kernels it may call.
 
-Three ops have several implementations with one autograd contract (every input that
+Four ops have several implementations with one autograd contract (every input that
 requires grad gets its exact gradient; inputs passed detached get none, which is how
 the MambaLRP rules are applied by the callers):
 
@@ -17,6 +17,9 @@ op                 implementations
                    mamba-ssm's Triton kernel ``mamba_chunk_scan_combined``.
 ``causal_conv1d``  ``"torch"``: ``torch.nn.functional.conv1d``; ``"fused"``:
                    causal-conv1d's CUDA kernel ``causal_conv1d_fn``.
+``attention``      ``"eager"``: the weight matrices in full; ``"chunked"``: query
+                   blocks in linear memory (:mod:`captum_mamba.ops.attention`);
+                   ``"auto"`` picks by size there, on any device.
 =================  ================================================================
 
 ``"auto"`` (the default) picks, per call, from the device and dtype of the inputs:
@@ -60,6 +63,7 @@ IMPLEMENTATIONS: dict[str, tuple[str, ...]] = {
     "selective_scan": ("auto", "sequential", "parallel", "fused"),
     "ssd_scan": ("auto", "chunked", "fused"),
     "causal_conv1d": ("auto", "torch", "fused"),
+    "attention": ("auto", "eager", "chunked"),
 }
 
 #: Fused kernel of each op, as ``(module, function)``.

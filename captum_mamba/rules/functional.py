@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from captum_mamba.ops import selective_scan
+from captum_mamba.ops.attention import causal_fill, chunked_attention
+from captum_mamba.ops.attention import choose as choose_attention
 from captum_mamba.ops.ssd_scan import ssd_scan
 from captum_mamba.rules.linear import LinearRule
 
@@ -324,8 +326,51 @@ def _repeat_heads(x: Tensor, heads: int) -> Tensor:
     return x if group == 1 else x.repeat_interleave(group, dim=1)
 
 
+def attention_gradient_scales(uniform_rule: bool, constant_weights: bool) -> tuple[float, float]:
+    r"""The two factors by which the rules of softmax attention rescale its gradient.
+
+    Both rules change only constants of the backward pass of ``out = softmax(s) v``
+    with ``s = q k^T * scaling + bias``: the gradient ``g`` of ``out`` enters the
+    attention as ``a g`` and the gradient of the product ``q k^T`` leaves it multiplied
+    by ``b`` (the softmax keeps its true gradient), so that
+
+    ``dv = a P^T g``, ``dS = b * scaling * P o (a g v^T - rowsum(a g o out))``,
+    ``dq = dS k``, ``dk = dS^T q``.
+
+    AttnLRP's uniform rule on ``weights v`` and on ``q k^T`` is ``(a, b) = (1/2, 1/2)``;
+    CP-LRP's constant weights are ``(1, 0)``; no rule is ``(1, 1)``.
+
+    Args:
+        uniform_rule (bool): AttnLRP's uniform rule on the two products.
+        constant_weights (bool): CP-LRP: the weights are constants (takes precedence).
+
+    Returns:
+        tuple of float: ``(a, b)``, the factors of the gradient of the output and of
+        ``q k^T``.
+    """
+    if constant_weights:
+        return 1.0, 0.0
+    if uniform_rule:
+        return 0.5, 0.5
+    return 1.0, 1.0
+
+
+def _gradient_scaled(x: Tensor, factor: float) -> Tensor:
+    """``x`` whose gradient is multiplied by ``factor``: ``f x + (1 - f) [x]_const``."""
+    if factor == 1.0:
+        return x
+    if factor == 0.0:
+        return x.detach()
+    return factor * x + (1.0 - factor) * x.detach()
+
+
 def attention_weights(
-    q: Tensor, k: Tensor, bias: Tensor | None, scaling: float, uniform_rule: bool = False
+    q: Tensor,
+    k: Tensor,
+    bias: Tensor | None,
+    scaling: float,
+    causal: bool = False,
+    score_scale: float = 1.0,
 ) -> Tensor:
     r"""Softmax attention weights ``softmax(q k^T * scaling + bias)`` over the keys.
 
@@ -337,18 +382,20 @@ def attention_weights(
             ``(batch, heads, queries, keys)`` (0 where attended, a large negative
             number elsewhere).
         scaling (float): factor of the scores.
-        uniform_rule (bool, optional): uniform rule on the product ``q k^T``: each
-            factor receives half of the relevance. Default: False.
+        causal (bool, optional): query ``i`` attends to keys ``j <= i`` only (on top of
+            ``bias``). Default: False.
+        score_scale (float, optional): factor of the gradient of ``q k^T`` (see
+            :func:`attention_gradient_scales`). Default: 1.
 
     Returns:
         Tensor: ``(batch, heads, queries, keys)`` weights, rows summing to one.
     """
-    scores = q @ _repeat_heads(k, q.shape[1]).transpose(-1, -2)
-    if uniform_rule:
-        scores = 0.5 * scores + 0.5 * scores.detach()
+    scores = _gradient_scaled(q @ _repeat_heads(k, q.shape[1]).transpose(-1, -2), score_scale)
     scores = scores * scaling
     if bias is not None:
         scores = scores + bias
+    if causal:
+        scores = causal_fill(scores, 0)
     return torch.softmax(scores, dim=-1)
 
 
@@ -360,6 +407,8 @@ def attention(
     scaling: float,
     uniform_rule: bool,
     constant_weights: bool,
+    causal: bool = False,
+    impl: str | None = None,
 ) -> Tensor:
     r"""Softmax attention ``softmax(q k^T * scaling + bias) v`` with the AttnLRP or
     CP-LRP rule.
@@ -379,6 +428,13 @@ def attention(
     exactly. The uniform rule does not apply then (the product has a single factor
     that carries relevance).
 
+    Both rules rescale the ordinary attention gradient by two constants
+    (:func:`attention_gradient_scales`), so the same rule runs on two implementations:
+    ``"eager"`` materialises the ``(batch, heads, queries, keys)`` weights and
+    ``"chunked"`` (:func:`captum_mamba.ops.attention.chunked_attention`) computes
+    them per block of queries, recomputing them in the backward pass, in memory linear
+    in the length.
+
     Args:
         q (Tensor): ``(batch, heads, queries, dim)``.
         k (Tensor): ``(batch, kv_heads, keys, dim)``.
@@ -387,18 +443,20 @@ def attention(
         scaling (float): factor of the scores.
         uniform_rule (bool): AttnLRP's uniform rule on the two products.
         constant_weights (bool): CP-LRP: detach the weights (takes precedence).
+        causal (bool, optional): query ``i`` attends to keys ``j <= i`` only (on top of
+            ``bias``). Default: False.
+        impl (str, optional): ``"eager"``, ``"chunked"`` or ``"auto"`` (by size);
+            None for the current setting (``implementation(attention=...)``).
+            Default: None.
 
     Returns:
         Tensor: ``(batch, heads, queries, dim_v)``.
     """
-    uniform = uniform_rule and not constant_weights
-    weights = attention_weights(q, k, bias, scaling, uniform)
-    if constant_weights:
-        weights = weights.detach()
-    out = weights @ _repeat_heads(v, q.shape[1])
-    if uniform:
-        return 0.5 * out + 0.5 * out.detach()
-    return out
+    value_scale, score_scale = attention_gradient_scales(uniform_rule, constant_weights)
+    if choose_attention(impl, q, k, bias) == "chunked":
+        return chunked_attention(q, k, v, bias, scaling, causal, value_scale, score_scale)
+    weights = attention_weights(q, k, bias, scaling, causal, score_scale)
+    return _gradient_scaled(weights @ _repeat_heads(v, q.shape[1]), value_scale)
 
 
 def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
