@@ -11,12 +11,12 @@ running it changes nothing.
 from __future__ import annotations
 
 import platform
-from importlib import metadata
 from importlib.util import find_spec
 
 import torch
 
 from captum_mamba.adapters import family_statuses
+from captum_mamba.adapters.families import installed_release
 
 #: The distributions whose releases are reported, in this order.
 DISTRIBUTIONS: tuple[str, ...] = (
@@ -34,10 +34,7 @@ MAMBA_SSM_KERNELS: tuple[str, ...] = ("selective_scan_cuda", "causal_conv1d_cuda
 
 def release(distribution: str) -> str:
     """The installed release of ``distribution``, or ``"not installed"``."""
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return "not installed"
+    return installed_release(distribution) or "not installed"
 
 
 def kernels_line() -> str:
