@@ -5,18 +5,26 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
+from app_helpers import tiny_setup
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from captum_mamba.apps.data import LabelledText
-from captum_mamba.apps.sentiment import PAD_TOKEN, TextClassifier, normalise, train_classifier
-
-from app_helpers import tiny_setup
+from captum_mamba.apps.report import DatasetExplanation, ReportOptions, explain_dataset
+from captum_mamba.apps.sentiment import (
+    PAD_TOKEN,
+    TextClassifier,
+    from_classifier,
+    normalise,
+    train_classifier,
+)
 
 POSITIVE = ("good", "great", "fine", "nice", "lovely")
 NEGATIVE = ("bad", "poor", "awful", "dull", "weak")
-FILLER = tuple("the film story plot actor scene music ending was is and a it".split())
+FILLER = ("the", "film", "story", "plot", "actor", "scene", "music", "ending", "was", "is")
+FILLER += ("and", "a", "it")
 MALE = ("he", "him", "man")
 FEMALE = ("she", "her", "woman")
 #: The planted shortcut: a token that no text has otherwise.
@@ -85,3 +93,35 @@ def train_tiny(train: Sequence[LabelledText], tokenizer: Tokenizer) -> TextClass
         torch.set_num_threads(threads)
     classifier.model.double()
     return classifier
+
+
+#: HTML that would run a script if it reached the page unescaped.
+PAYLOAD = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
+
+
+def xss_report(directory: Path) -> DatasetExplanation:
+    """A report whose texts, class names, group terms and data file name hold HTML."""
+    texts = [
+        f"good film {PAYLOAD} ok",
+        "bad plot <b>bold</b> story",
+        f'great "{PAYLOAD}" actor',
+        "poor & dull <i>scene",
+    ] * 3
+    labels = [1, 0, 1, 0] * 3
+    tokenizer = metaspace_tokenizer(texts)
+    train = [LabelledText(t, y) for t, y in zip(texts, labels, strict=True)]
+    classifier = train_tiny(train, tokenizer)
+    classifier.label_names = (f"neg{PAYLOAD}", f"pos{PAYLOAD}")
+    data_file = directory / f"data{PAYLOAD.replace('/', '_')}.csv"
+    data_file.write_text("text\n")
+    return explain_dataset(
+        from_classifier(classifier, f"model{PAYLOAD}"),
+        texts,
+        directory / "out",
+        labels=labels,
+        groups={f"g{PAYLOAD}": ["good", "<script>window.__pwned=1</script><img"], "h": ["bad"]},
+        options=ReportOptions(min_count=1, trust_examples=2, bootstrap=10, shortcut_min_examples=1),
+        progress=False,
+        data_file=data_file,
+        command_line=["captum-mamba", "report", "--dataset", str(data_file)],
+    )

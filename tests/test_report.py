@@ -12,6 +12,15 @@ import re
 import numpy as np
 import pytest
 import torch
+from report_helpers import (
+    FEMALE,
+    MALE,
+    PLANTED,
+    metaspace_tokenizer,
+    reviews,
+    train_tiny,
+    xss_report,
+)
 
 from captum_mamba.apps.report import (
     REPORT_FORMAT,
@@ -24,15 +33,6 @@ from captum_mamba.apps.report import (
 )
 from captum_mamba.apps.sentiment import from_classifier
 
-from report_helpers import (
-    FEMALE,
-    MALE,
-    PLANTED,
-    metaspace_tokenizer,
-    reviews,
-    train_tiny,
-)
-
 pytest.importorskip("pyarrow", reason="the report writes Parquet relevances (the [parquet] extra)")
 
 TEST = reviews(60, seed=1, planted=True)
@@ -41,6 +41,15 @@ TRAIN_CONTROL = reviews(200, seed=0, planted=False)
 TOKENIZER = metaspace_tokenizer([e.text for e in TRAIN_PLANTED + TEST])
 #: Thresholds of the planted-shortcut tests (short texts: six or seven words).
 OPTIONS = ReportOptions(shortcut_share=0.4, trust_examples=8, bootstrap=100)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: the tiny models are slower with more on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def build(train, directory, **kwargs):
@@ -141,13 +150,14 @@ def test_performance_against_a_direct_count(planted) -> None:
     predicted = classifier.logits([e.text for e in TEST]).argmax(1).tolist()
     labels = [e.label for e in TEST]
     perf = report.data["performance"]
-    assert perf["accuracy"] == pytest.approx(np.mean([p == y for p, y in zip(predicted, labels)]))
+    right = [p == y for p, y in zip(predicted, labels, strict=True)]
+    assert perf["accuracy"] == pytest.approx(np.mean(right))
     for c in (0, 1):
-        tp = sum(p == c and y == c for p, y in zip(predicted, labels))
+        tp = sum(p == c and y == c for p, y in zip(predicted, labels, strict=True))
         assert perf["per_class"][c]["precision"] == pytest.approx(tp / predicted.count(c))
         assert perf["per_class"][c]["recall"] == pytest.approx(tp / labels.count(c))
         for d in (0, 1):
-            count = sum(p == d and y == c for p, y in zip(predicted, labels))
+            count = sum(p == d and y == c for p, y in zip(predicted, labels, strict=True))
             assert perf["confusion"][c][d] == count
     assert _performance([0, 2, 1], [0, 1, 1], ["a", "b", "c"])["per_class"][2]["recall"] == 0
 
@@ -304,38 +314,7 @@ def test_numbers_of_the_page_are_in_the_json(planted) -> None:
     assert f"<b>{alert['predictions_changed']}</b> predictions" in page
     assert f"{data['performance']['accuracy']:.3g}" in page
     for feature in pos_section(report)["top"]:
-        assert f"<td class=\"\">{feature['mean_relevance']:.3g}</td>" in page
-
-
-PAYLOAD = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
-
-
-def xss_report(directory):
-    """A report whose texts, class names, group terms and data file name hold HTML."""
-    texts = [
-        f"good film {PAYLOAD} ok",
-        "bad plot <b>bold</b> story",
-        f'great "{PAYLOAD}" actor',
-        "poor & dull <i>scene",
-    ] * 3
-    labels = [1, 0, 1, 0] * 3
-    tokenizer = metaspace_tokenizer(texts)
-    train = [type(TEST[0])(t, y) for t, y in zip(texts, labels)]
-    classifier = train_tiny(train, tokenizer)
-    classifier.label_names = (f"neg{PAYLOAD}", f"pos{PAYLOAD}")
-    data_file = directory / f"data{PAYLOAD.replace('/', '_')}.csv"
-    data_file.write_text("text\n")
-    return explain_dataset(
-        from_classifier(classifier, f"model{PAYLOAD}"),
-        texts,
-        directory / "out",
-        labels=labels,
-        groups={f"g{PAYLOAD}": ["good", "<script>window.__pwned=1</script><img"], "h": ["bad"]},
-        options=ReportOptions(min_count=1, trust_examples=2, bootstrap=10, shortcut_min_examples=1),
-        progress=False,
-        data_file=data_file,
-        command_line=["captum-mamba", "report", "--dataset", str(data_file)],
-    )
+        assert f'<td class="">{feature["mean_relevance"]:.3g}</td>' in page
 
 
 def test_everything_a_user_supplies_is_escaped(tmp_path) -> None:
