@@ -14,6 +14,7 @@ import pytest
 import torch
 from report_helpers import (
     FEMALE,
+    LABELS,
     MALE,
     PLANTED,
     metaspace_tokenizer,
@@ -22,6 +23,7 @@ from report_helpers import (
     xss_report,
 )
 
+from captum_mamba.apps.cli import main
 from captum_mamba.apps.report import (
     REPORT_FORMAT,
     ReportOptions,
@@ -326,3 +328,27 @@ def test_everything_a_user_supplies_is_escaped(tmp_path) -> None:
     assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in page
     assert 'http-equiv="Content-Security-Policy"' in page
     assert torch.isfinite(torch.tensor(report.data["performance"]["accuracy"]))
+
+
+def test_command_line_writes_the_report_with_training_frequencies(planted, tmp_path) -> None:
+    classifier, _ = planted
+    checkpoint = classifier.save(tmp_path / "planted.ckpt")
+    for name, rows in (("test.csv", TEST), ("train.csv", TRAIN_PLANTED)):
+        lines = ["text,label"] + [f"{e.text},{LABELS[e.label]}" for e in rows]
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+    main(
+        [
+            *("report", "--model", str(checkpoint), "--dataset", str(tmp_path / "test.csv")),
+            *("--label-column", "label", "--train-dataset", str(tmp_path / "train.csv")),
+            *("--groups", "female=she,her;male=he,him", "--shortcut-share", "0.4"),
+            *("--trust-examples", "0", "--no-progress", "--output-dir", str(tmp_path / "out")),
+            *("--threads", "1"),
+        ]
+    )
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    (alert,) = [a for a in data["shortcuts"]["alerts"] if a["word"] == PLANTED]
+    assert [row["containing"] > 0 for row in alert["train_frequencies"]] == [False, True]
+    assert data["provenance"]["data_sha256"] is not None
+    assert data["provenance"]["command_line"][0] == "captum-mamba"  # then sys.argv[1:]
+    assert (tmp_path / "out" / "report.html").is_file()
+    assert (tmp_path / "out" / "attributions" / "attributions.parquet").is_file()

@@ -7,6 +7,7 @@ r"""The ``captum-mamba`` command line: one entry point, one set of flags.
     captum-mamba attribute  --model M --dataset FILE [--methods ...] --output-dir OUT
     captum-mamba study run  [--model M | --train-dataset FILE] [--dataset FILE] ...
     captum-mamba study memory [--length N]
+    captum-mamba report     [--model M --dataset FILE] [--groups SPEC] --output-dir OUT
     captum-mamba benchmark  [--quick] [--lengths N ...] [--generation] [--throughput] ...
     captum-mamba render-readme [--data-dir DIR] [--output DIR]
 
@@ -39,6 +40,7 @@ import torch
 
 from captum_mamba.apps import benchmark, demo, doctor, render_readme
 from captum_mamba.apps.data import (
+    ROTTEN_TOMATOES_FILE,
     SENTIMENT_LABELS,
     SST2_FILE,
     TOKENIZER_FILE,
@@ -53,6 +55,7 @@ from captum_mamba.apps.data import (
 from captum_mamba.apps.dataset import attribute_dataset
 from captum_mamba.apps.loading import ModelLoadError, load_explained
 from captum_mamba.apps.methods import resolve_methods
+from captum_mamba.apps.report import HTML_FILE, JSON_FILE, ReportOptions, explain_dataset
 from captum_mamba.apps.sentiment import (
     CheckpointError,
     ClassifierSetup,
@@ -849,6 +852,112 @@ def _benchmark(args: argparse.Namespace) -> None:
     print(benchmark.markdown_tables(results))
 
 
+def _add_report(commands: Commands) -> None:
+    report = _command(
+        commands,
+        "report",
+        "what the model relies on across a data set: report.html, report.json, Parquet",
+        _report,
+    )
+    report.add_argument("--data-dir", default=None, help="shared data folder (SST-2 default set)")
+    _add_model(report)
+    _add_data(report)
+    report.add_argument("--label-names", type=_label_names, help="class names of the labels")
+    _add_data(report, "train-")
+    _add_setup(report)
+    report.add_argument(
+        "--num-examples", type=positive_int, help="a seeded sample of this many texts"
+    )
+    _add_methods(report, "MambaLRP")
+    group = report.add_argument_group("report (thresholds: see docs/report.md)")
+    group.add_argument("--groups", help='bias probe, e.g. "female=she,her,woman;male=he,him,man"')
+    defaults = ReportOptions()
+    group.add_argument("--top-k", type=positive_int, default=defaults.top_k)
+    group.add_argument("--min-count", type=positive_int, default=defaults.min_count)
+    group.add_argument("--bootstrap", type=positive_int, default=defaults.bootstrap)
+    group.add_argument("--shortcut-share", type=_open_fraction, default=defaults.shortcut_share)
+    group.add_argument(
+        "--shortcut-min-examples", type=positive_int, default=defaults.shortcut_min_examples
+    )
+    group.add_argument("--long-range", type=positive_int, default=defaults.long_range)
+    group.add_argument(
+        "--trust-examples",
+        type=non_negative_int,
+        default=defaults.trust_examples,
+        help="texts of the faithfulness study (0: leave it out)",
+    )
+    report.add_argument("--batch-size", type=positive_int, default=8)
+    report.add_argument("--max-tokens", type=positive_int, help="padded tokens per batch")
+    report.add_argument("--device", default="cpu", help="cpu, cuda (cuda:<local rank>), cuda:N")
+    _add_output(report, "report")
+    _add_processes(report, 64)
+    _add_threads(report)
+
+
+def _report(args: argparse.Namespace) -> None:
+    check_output_dir(args.output_dir)
+    train = None
+    sentiment = not (args.dataset or args.model or args.train_dataset or args.train_fraction)
+    if sentiment:
+        explained, table, rows, _ = _sentiment_setup(args)
+        ratings = _data_dir(args) / ROTTEN_TOMATOES_FILE
+        train = read_texts(ratings, "text", "label", SENTIMENT_LABELS)
+    elif not args.dataset:
+        raise CommandError("pass --dataset (the texts to report on)")
+    elif args.model is not None and args.train_dataset is not None:
+        # a given model: --train-dataset only counts the flagged words per class
+        given, args.train_dataset = args.train_dataset, None
+        explained, table, rows = _explained_and_data(args)
+        args.train_dataset = given
+        train = _read(args, "train-", args.label_names or explained.label_names or None)
+    else:
+        explained, table, rows = _explained_and_data(args)
+        if args.train_dataset is not None:
+            train = _read(args, "train-", args.label_names or explained.label_names or None)
+    if args.num_examples and args.num_examples < len(rows):
+        rows = sorted(random.Random(args.seed).sample(rows, args.num_examples))
+    options = ReportOptions(
+        top_k=args.top_k,
+        min_count=args.min_count,
+        bootstrap=args.bootstrap,
+        shortcut_share=args.shortcut_share,
+        shortcut_min_examples=args.shortcut_min_examples,
+        long_range=args.long_range,
+        trust_examples=args.trust_examples,
+        seed=args.seed,
+    )
+    report = explain_dataset(
+        explained,
+        [table.texts[i] for i in rows],
+        args.output_dir,
+        None if table.labels is None else [table.labels[i] for i in rows],
+        args.methods,
+        args.groups,
+        None if train is None or train.labels is None else train.texts,
+        None if train is None or train.labels is None else train.labels,
+        options,
+        MethodSettings(
+            ig_steps=args.ig_steps, smoothgrad_samples=args.smoothgrad_samples, seed=args.seed
+        ),
+        args.shard_size,
+        args.batch_size,
+        args.max_tokens,
+        args.rank,
+        args.world_size,
+        args.device,
+        args.overwrite,
+        not args.no_progress,
+        table.source,
+        [PROG, *sys.argv[1:]],
+        rows,
+    )
+    if report is None:
+        print("the other ranks finish the rest; rank 0 writes the report")
+        return
+    print("\n".join(report.data["summary"]))
+    print(f"report: {Path(args.output_dir) / HTML_FILE} and {JSON_FILE}")
+
+
 def _add_render_readme(commands: Commands) -> None:
     parser = _command(
         commands,
@@ -889,6 +998,7 @@ COMMANDS: tuple[Callable[[Commands], None], ...] = (
     _add_train,
     _add_attribute,
     _add_study,
+    _add_report,
     _add_benchmark,
     _add_render_readme,
     _add_doctor,
