@@ -24,6 +24,7 @@ from report_helpers import (
 )
 
 from captum_mamba.apps.cli import main
+from captum_mamba.apps.loading import ExplainedModel
 from captum_mamba.apps.report import (
     REPORT_FORMAT,
     ReportOptions,
@@ -34,6 +35,7 @@ from captum_mamba.apps.report import (
     word_key,
 )
 from captum_mamba.apps.sentiment import from_classifier
+from captum_mamba.attr.forward import default_forward
 
 pytest.importorskip("pyarrow", reason="the report writes Parquet relevances (the [parquet] extra)")
 
@@ -352,3 +354,19 @@ def test_command_line_writes_the_report_with_training_frequencies(planted, tmp_p
     assert data["provenance"]["command_line"][0] == "captum-mamba"  # then sys.argv[1:]
     assert (tmp_path / "out" / "report.html").is_file()
     assert (tmp_path / "out" / "attributions" / "attributions.parquet").is_file()
+
+
+def test_a_language_model_is_refused(tmp_path, tiny_lm) -> None:
+    explained = ExplainedModel(
+        tiny_lm,
+        None,
+        lambda texts: [[1, 2, 3] for _ in texts],
+        default_forward(tiny_lm, "inputs_embeds"),
+        0,
+        (),
+        "tiny LM",
+        "tiny",
+    )
+    with pytest.raises(ValueError, match="explains classifiers"):
+        explain_dataset(explained, ["a b c"], tmp_path, progress=False)
+    assert not (tmp_path / "attributions").exists()

@@ -40,7 +40,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from captum_mamba.apps.dataset import _outputs, attribute_dataset, read_attributions
+from captum_mamba.apps.dataset import (
+    _outputs,
+    attribute_dataset,
+    model_kind,
+    read_attributions,
+)
 from captum_mamba.apps.doctor import report as doctor_report
 from captum_mamba.apps.loading import ExplainedModel
 from captum_mamba.apps.methods import method_slug, resolve_methods
@@ -862,6 +867,16 @@ def explain_dataset(
     if (train_texts is None) != (train_labels is None):
         raise ValueError("pass train_texts and train_labels together")
     label_names = list(explained.label_names)
+    if texts:
+        with torch.no_grad():
+            first = torch.tensor(explained.encode([texts[0]])[0])
+            device = next(explained.model.parameters()).device
+            sample = explained.model.get_input_embeddings()(first.to(device))
+        if model_kind(explained, sample)[0] != "classifier":
+            raise ValueError(
+                "the report explains classifiers (outputs of shape (batch, classes)); explain "
+                "a language model's texts with captum-mamba attribute"
+            )
     directory = Path(output_dir)
     run = attribute_dataset(
         explained,
@@ -885,9 +900,6 @@ def explain_dataset(
     if run.merged is None:
         return None
     rows = read_attributions(directory / ATTRIBUTIONS_DIR).to_pylist()
-    width = max(max(r["predicted"] for r in rows) + 1, len(label_names))
-    if len(label_names) < width:
-        label_names += [str(i) for i in range(len(label_names), width)]
     slug = method_slug(names[0])
     examples = []
     for row in rows:
@@ -905,9 +917,8 @@ def explain_dataset(
         examples.append(example)
     explained.model.eval()
     logits = _logits_of(explained, [e.token_ids for e in examples], batch_size)
-    if logits.shape[1] != width and logits.shape[1] < width:
-        raise ValueError("the model's outputs do not match its class names")
-    label_names = label_names[: logits.shape[1]]
+    width = logits.shape[1]  # classes without a name are named by their index
+    label_names = [*label_names, *map(str, range(len(label_names), width))][:width]
     probabilities = logits.softmax(1)
     rng = np.random.default_rng(options.seed)
     sections = []
