@@ -233,6 +233,18 @@ def test_group_probe_finds_a_planted_gender_bias(tmp_path) -> None:
             progress=False,
         )
         results[name] = report.data["groups"]
+        # independent check of the swap: each term for its counterpart, word by word
+        counterpart = dict(zip(FEMALE, MALE, strict=True)) | dict(zip(MALE, FEMALE, strict=True))
+        texts = [e.text for e in test]
+        swapped = [" ".join(counterpart.get(w, w) for w in t.split()) for t in texts]
+        before, after = classifier.logits(texts), classifier.logits(swapped)
+        predicted = before.argmax(1)
+        changed = int((after.argmax(1) != predicted).sum())
+        change = (after - before).gather(1, predicted[:, None]).double()
+        assert results[name]["swap"]["predictions_changed"] == changed
+        assert results[name]["swap"]["mean_logit_change"] == pytest.approx(
+            float(change.mean()), rel=1e-5, abs=1e-6
+        )
     shares = {
         name: {(r["class"], r["group"]): r["share_of_class_relevance"] for r in probe["shares"]}
         for name, probe in results.items()
