@@ -382,3 +382,22 @@ def test_a_language_model_is_refused(tmp_path, tiny_lm) -> None:
     with pytest.raises(ValueError, match="explains classifiers"):
         explain_dataset(explained, ["a b c"], tmp_path, progress=False)
     assert not (tmp_path / "attributions").exists()
+
+
+def test_a_second_run_resumes_from_the_shards(planted) -> None:
+    classifier, report = planted
+    shards = sorted((report.directory / "attributions" / "shards").glob("*.parquet"))
+    written = [path.stat().st_mtime_ns for path in shards]
+    again = explain_dataset(
+        from_classifier(classifier, "tiny"),
+        [e.text for e in TEST],
+        report.directory,
+        labels=[e.label for e in TEST],
+        train_texts=[e.text for e in TRAIN_PLANTED],
+        train_labels=[e.label for e in TRAIN_PLANTED],
+        progress=False,
+        options=OPTIONS,
+    )
+    assert [path.stat().st_mtime_ns for path in shards] == written
+    for key in ("global", "shortcuts", "performance", "long_range", "gallery"):
+        assert json.loads(again.to_json())[key] == json.loads(report.to_json())[key], key
