@@ -1,13 +1,15 @@
-"""Softmax attention in query blocks (``implementation(attention="chunked")``).
+"""Softmax attention in linear memory: query blocks (``implementation(attention="chunked")``)
+and PyTorch's fused kernels (``"sdpa"``).
 
-- the chunked path gives the value and the rule gradients (AttnLRP, CP-LRP, none) of an
+- both paths give the value and the rule gradients (AttnLRP, CP-LRP, none) of an
   independent float64 loop over heads and queries, with causal, padding and
   sliding-window masks, and with multi-head, grouped and multi-query heads;
-- it keeps nothing of size ``queries x keys`` for the backward pass;
-- ``"auto"`` picks it by size, and it can be forced either way;
-- on every hybrid family's conformance case, MambaLRP with chunked attention (blocks of
-  three queries) equals the case's independent reference and the eager path, for every
-  rule preset and single-rule ablation, and on the lean path.
+- neither keeps anything of size ``queries x keys`` for the backward pass (without a
+  mask, for ``"sdpa"``);
+- ``"auto"`` picks by size and mask, and the choice can be forced;
+- on every hybrid family's conformance case, MambaLRP with either path (query blocks of
+  three) equals the case's independent reference and the eager path, for every rule
+  preset and single-rule ablation, and on the lean path.
 """
 
 from __future__ import annotations
@@ -89,10 +91,13 @@ def inputs(heads: int, kv_heads: int, seed: int = 0) -> tuple[Tensor, Tensor, Te
 
 
 @pytest.mark.usefixtures("blocks_of_three")
+@pytest.mark.parametrize("impl", ["chunked", "sdpa"])
 @pytest.mark.parametrize("heads", [(4, 4), (4, 2), (3, 1)], ids=["mha", "gqa", "mqa"])
 @pytest.mark.parametrize("mask", list(masks(10, 2)))
 @pytest.mark.parametrize("rule", list(RULES))
-def test_chunked_matches_loop_reference(rule: str, mask: str, heads: tuple[int, int]) -> None:
+def test_linear_memory_paths_match_loop_reference(
+    rule: str, mask: str, heads: tuple[int, int], impl: str
+) -> None:
     q, k, v = inputs(*heads)
     bias, causal, allowed = masks(q.shape[2], q.shape[0])[mask]
     setting = RULES[rule]
@@ -110,7 +115,7 @@ def test_chunked_matches_loop_reference(rule: str, mask: str, heads: tuple[int, 
 
     chunked = gradients(
         lambda q, k, v: attention(
-            q, k, v, bias, 0.6, setting is True, setting == "cp_lrp", causal, impl="chunked"
+            q, k, v, bias, 0.6, setting is True, setting == "cp_lrp", causal, impl=impl
         )
     )
     expected = gradients(lambda q, k, v: loop_attention(q, k, v, allowed, 0.6, setting))
@@ -121,7 +126,9 @@ def test_chunked_matches_loop_reference(rule: str, mask: str, heads: tuple[int, 
             assert relative_error(got, want) <= 1e-12, name
 
 
-def test_chunked_keeps_nothing_quadratic(blocks_of_three: None) -> None:
+@pytest.mark.usefixtures("blocks_of_three")
+@pytest.mark.parametrize("impl", ["chunked", "sdpa"])
+def test_linear_memory_paths_keep_nothing_quadratic(impl: str) -> None:
     q, k, v = (t.requires_grad_() for t in inputs(4, 2))
     length = q.shape[2]
     saved: list[int] = []
@@ -131,9 +138,10 @@ def test_chunked_keeps_nothing_quadratic(blocks_of_three: None) -> None:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = attention(q, k, v, None, 0.5, True, False, True, impl="chunked")
+        out = attention(q, k, v, None, 0.5, True, False, True, impl=impl)
     out.sum().backward()
-    assert saved and max(saved) <= q.numel() * 2  # q, k, v, the output, the row sums
+    # q, k and v (their heads repeated for "sdpa"), the output, the row sums
+    assert saved and max(saved) <= q.numel() * 2
     assert max(saved) < q.shape[0] * q.shape[1] * length * length
 
 
@@ -141,11 +149,13 @@ def test_auto_picks_by_size_and_can_be_forced(monkeypatch: pytest.MonkeyPatch) -
     q, k, _ = inputs(4, 2)
     assert attention_ops.choose(None, q, k, None) == "eager"
     monkeypatch.setattr(attention_ops, "CHUNKED_FROM_ELEMENTS", q.shape[0] * 4 * 10 * 10)
-    assert attention_ops.choose(None, q, k, None) == "chunked"
+    assert attention_ops.choose(None, q, k, None) == "sdpa"
+    assert attention_ops.choose(None, q, k, torch.zeros(10, 10)) == "chunked"
     assert attention_ops.choose(None, q, k, torch.zeros(10, 10, requires_grad=True)) == "eager"
     with implementation(attention="eager"):
         assert attention_ops.choose(None, q, k, None) == "eager"
         assert attention_ops.choose("chunked", q, k, None) == "chunked"
+        assert attention_ops.choose("sdpa", q, k, None) == "sdpa"
     with pytest.raises(ValueError, match="attention has no implementation 'flash'"):
         attention_ops.choose("flash", q, k, None)
 
@@ -192,14 +202,23 @@ def test_every_hybrid_family_is_covered() -> None:
     } <= names
 
 
+#: Presets per linear-memory path: the chunked path under every preset and single-rule
+#: ablation; the SDPA path under the three attention settings (AttnLRP, CP-LRP, none),
+#: which are all the attention rule can vary (its two gradient factors), the other
+#: ablations changing only layers that are the same code on both paths.
+PATH_PRESETS = [("chunked", preset) for preset in PRESETS] + [
+    ("sdpa", preset) for preset in ("mamba_lrp", "cp_lrp", "no_attention")
+]
+
+
 @pytest.mark.usefixtures("blocks_of_three")
 @pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require")
-@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize(("impl", "preset"), PATH_PRESETS)
 @pytest.mark.parametrize(("case", "config"), by_case_config())
-def test_chunked_matches_reference_and_eager(
-    case: ArchitectureCase, config: str, preset: str
+def test_linear_memory_paths_match_reference_and_eager(
+    case: ArchitectureCase, config: str, preset: str, impl: str
 ) -> None:
-    chunked, expected = _relevance(case, config, PRESETS[preset], "chunked", False)
+    chunked, expected = _relevance(case, config, PRESETS[preset], impl, False)
     eager, _ = _relevance(case, config, PRESETS[preset], "eager", False)
     assert relative_error(chunked, expected) <= 1e-10
     assert relative_error(chunked, eager) <= 1e-10
@@ -207,12 +226,13 @@ def test_chunked_matches_reference_and_eager(
 
 @pytest.mark.usefixtures("blocks_of_three")
 @pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require")
+@pytest.mark.parametrize("impl", ["chunked", "sdpa"])
 @pytest.mark.parametrize("preset", ["mamba_lrp", "cp_lrp"])
 @pytest.mark.parametrize(("case", "config"), by_case_config())
-def test_chunked_lean_path_matches_reference(
-    case: ArchitectureCase, config: str, preset: str
+def test_lean_path_matches_reference(
+    case: ArchitectureCase, config: str, preset: str, impl: str
 ) -> None:
-    chunked, expected = _relevance(case, config, PRESETS[preset], "chunked", True)
+    chunked, expected = _relevance(case, config, PRESETS[preset], impl, True)
     assert relative_error(chunked, expected) <= 1e-10
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from captum_mamba.apps import benchmark
-from captum_mamba.apps.cli import main
+from captum_mamba.apps.cli import benchmark_settings, main, parser
 from captum_mamba.apps.study import MEMORY_METHODS, measure_peak_memory, parse_shape
 
 
@@ -88,3 +88,24 @@ def test_shapes() -> None:
     assert parse_shape("8,2,4,32") == (8, 2, 4, 32)
     with pytest.raises(ValueError, match="hidden,layers,state,vocab"):
         parse_shape("big")
+
+
+@pytest.mark.slow
+def test_hybrid_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    options = ["--lengths", "--hybrid-lengths", "16", "--threads", "1", "--saliency-cap", "0"]
+    main(["benchmark", *options, "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "results.json").read_text())["hybrids"]
+    assert [(row["family"], row["length"]) for row in rows] == [("bamba", 16), ("jamba", 16)]
+    for row in rows:
+        assert row["lrp"] > 0 and row["forward"] > 0 and row["lrp_mib"] >= 0
+        assert row["ratio"] == pytest.approx(row["lrp"] / row["forward"], abs=0.051)
+    tables = (tmp_path / "tables.md").read_text()
+    assert "| model | tokens | MambaLRP s |" in tables and "| Jamba-shaped | 16 |" in tables
+    assert tables.strip() in capsys.readouterr().out
+
+
+def test_hybrid_options_reach_the_settings() -> None:
+    options = ["benchmark", "--hybrids", "bamba", "--hybrid-lengths", "1024", "4096"]
+    settings = benchmark_settings(parser().parse_args(options))
+    assert settings.hybrids == ("bamba",) and settings.hybrid_lengths == (1024, 4096)
+    assert benchmark.BenchmarkSettings().hybrid_lengths == ()

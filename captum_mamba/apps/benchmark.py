@@ -23,6 +23,9 @@ initialised Mamba with the shape of ``mamba-130m`` (float32, batch 1) it prints:
   per token: timed explaining the last 1 and the last K tokens of the same sequence);
 - ``--throughput``: tokens per second of :func:`captum_mamba.attribute_batches` on
   texts of random lengths against batch size and threads;
+- ``--hybrid-lengths``: MambaLRP against transformers' no-grad forward on a Bamba-shaped
+  and a Jamba-shaped hybrid (:data:`HYBRIDS`, ``--hybrids``), time and peak memory per
+  length, each measurement in a fresh subprocess;
 - ``--out DIR``: ``results.json``, ``tables.md`` and ``scaling.png`` (time and peak
   memory against length, log-log).
 
@@ -45,10 +48,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 
 from captum_mamba.adapters import rules_applied
-from captum_mamba.apps.study import _proc_status, _reset_peak, measure_peak_memory
-from captum_mamba.attr import LayerMambaLRP, attribute_batches, attribute_generation
+from captum_mamba.apps.study import measure_peak_memory, proc_status, reset_peak
+from captum_mamba.attr import LayerMambaLRP, MambaLRP, attribute_batches, attribute_generation
 from captum_mamba.attr.forward import default_forward
 from captum_mamba.attr.generation import greedy_generate
 from captum_mamba.models import mamba_config, random_mamba_lm
@@ -80,6 +84,9 @@ class BenchmarkSettings:
         text_lengths (tuple of int): lowest and highest text length. Default: 16, 256.
         batch_sizes (tuple of int): batch sizes of the throughput. Default: 1, 4, 16.
         thread_counts (tuple of int): torch threads of the throughput. Default: 1, 2.
+        hybrids (tuple of str): the hybrid shapes (names of :data:`HYBRIDS`) measured at
+            ``hybrid_lengths``. Default: ``("bamba", "jamba")``.
+        hybrid_lengths (tuple of int): sequence lengths of the hybrids. Default: none.
         threads (int, optional): torch threads of the runs. Default: None (torch's).
         out (Path, optional): folder for ``results.json``, ``tables.md`` and
             ``scaling.png``. Default: None (nothing written).
@@ -104,6 +111,8 @@ class BenchmarkSettings:
     text_lengths: tuple[int, int] = (16, 256)
     batch_sizes: tuple[int, ...] = (1, 4, 16)
     thread_counts: tuple[int, ...] = (1, 2)
+    hybrids: tuple[str, ...] = ("bamba", "jamba")
+    hybrid_lengths: tuple[int, ...] = ()
     threads: int | None = None
     out: Path | None = None
     hidden: int = 768
@@ -407,14 +416,14 @@ def generation_worker(settings: BenchmarkSettings) -> float:
     prompt = _ids(settings.vocab, settings.gen_prompt, 1)[0]
     targets = _ids(settings.vocab, settings.gen_tokens, 2)[0]
     attribute_generation(model, prompt[:4], target_ids=targets[:2])  # warm-up
-    if not _reset_peak():
+    if not reset_peak():
         return float("nan")
-    before = _proc_status("VmRSS")
+    before = proc_status("VmRSS")
     steps = settings.gen_explain_steps
     if 0 < steps < len(targets):  # the same sequence, its last ``steps`` tokens explained
         prompt, targets = torch.cat([prompt, targets[:-steps]]), targets[-steps:]
     attribute_generation(model, prompt, target_ids=targets)
-    return (_proc_status("VmHWM") - before) / 1024
+    return (proc_status("VmHWM") - before) / 1024
 
 
 def measure_throughput(settings: BenchmarkSettings) -> list[dict[str, Any]]:
@@ -451,6 +460,134 @@ def measure_throughput(settings: BenchmarkSettings) -> list[dict[str, Any]]:
     finally:
         torch.set_num_threads(previous)
     return results
+
+
+#: Hybrid shapes of ``--hybrid-lengths`` (transformers configuration arguments): hidden
+#: 256, 16 attention heads, two attention and two state-space layers (Bamba: Mamba-2
+#: mixers; Jamba: Mamba-1 mixers and a mixture of 4 experts, top 2, in every other layer).
+HYBRIDS: dict[str, dict[str, Any]] = {
+    "bamba": dict(
+        hidden_size=256, intermediate_size=512, num_hidden_layers=4, vocab_size=1024,
+        num_attention_heads=16, num_key_value_heads=16, attn_layer_indices=[1, 3],
+        mamba_n_heads=8, mamba_d_head=64, mamba_n_groups=1, mamba_d_state=64,
+        mamba_chunk_size=256, mamba_expand=2,
+    ),
+    "jamba": dict(
+        hidden_size=256, intermediate_size=512, num_hidden_layers=4, vocab_size=1024,
+        num_attention_heads=16, num_key_value_heads=16, attn_layer_period=2,
+        attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1, num_experts=4,
+        num_experts_per_tok=2, mamba_d_state=16, mamba_expand=2, use_mamba_kernels=False,
+    ),
+}  # fmt: skip
+
+_HYBRID_CLASSES = {
+    "bamba": ("BambaConfig", "BambaForCausalLM"),
+    "jamba": ("JambaConfig", "JambaForCausalLM"),
+}
+
+
+def hybrid_worker(family: str, method: str, length: int) -> dict[str, Any]:
+    """One measurement on a hybrid of :data:`HYBRIDS` (run in a worker process): warm-up
+    on 8 tokens, peak resident set reset, one run.
+
+    Args:
+        family (str): ``"bamba"`` or ``"jamba"``.
+        method (str): ``"mambalrp"`` (``MambaLRP.attribute``, one target logit at the last
+            position) or ``"forward-hf"`` (transformers' no-grad forward, SDPA attention,
+            the last position's logits).
+        length (int): sequence length (batch 1).
+
+    Returns:
+        dict: ``seconds``, ``increase_mib`` (peak resident set above the one before the
+        run) and ``peak_reset`` (whether the peak could be reset).
+    """
+    config_name, model_name = _HYBRID_CLASSES[family]
+    torch.manual_seed(0)
+    config = getattr(transformers, config_name)(**HYBRIDS[family])
+    config._attn_implementation = "sdpa"
+    model = getattr(transformers, model_name)(config).eval()
+    embeds = model.get_input_embeddings()(_ids(config.vocab_size, length, 0)).detach()
+    explainer = MambaLRP(model)
+
+    def call(x: torch.Tensor) -> None:
+        if method == "mambalrp":
+            explainer.attribute(x, target=(-1, TARGET_TOKEN))
+        else:
+            with torch.no_grad():
+                model(inputs_embeds=x, use_cache=False, logits_to_keep=1)
+
+    call(embeds[:, :8])
+    exact = reset_peak()
+    before = proc_status("VmRSS") or 0
+    start = time.perf_counter()
+    call(embeds)
+    seconds = time.perf_counter() - start
+    peak = proc_status("VmHWM") or 0
+    return {
+        "seconds": round(seconds, 3),
+        "increase_mib": round((peak - before) / 1024, 1),
+        "peak_reset": exact,
+    }
+
+
+def measure_hybrids(
+    settings: BenchmarkSettings, progress: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
+    """MambaLRP against transformers' no-grad forward on the hybrids ``settings.hybrids``
+    at ``settings.hybrid_lengths``, each measurement in a fresh worker process.
+
+    Args:
+        settings (BenchmarkSettings): what to measure.
+        progress (Callable, optional): receives one line per finished length.
+
+    Returns:
+        list of dict: per hybrid and length, ``lrp`` and ``forward`` seconds, their
+        ``ratio``, the peak memory growths ``lrp_mib`` and ``forward_mib`` and
+        ``lrp_mib_per_token``.
+    """
+    rows = []
+    for family in settings.hybrids:
+        for length in settings.hybrid_lengths:
+            measured = {}
+            for method in ("mambalrp", "forward-hf"):
+                command = [sys.executable, *WORKER_COMMAND, "--hybrid-worker", family, method]
+                command += [str(length)]
+                if settings.threads:
+                    command += ["--threads", str(settings.threads)]
+                done = subprocess.run(command, capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    raise RuntimeError(
+                        f"the hybrid worker ({family}, {method}, {length} tokens) failed:\n"
+                        + done.stderr[-3000:]
+                    )
+                measured[method] = json.loads(done.stdout.strip().splitlines()[-1])
+            lrp, forward = measured["mambalrp"], measured["forward-hf"]
+            rows.append(
+                {
+                    "family": family,
+                    "length": length,
+                    "lrp": lrp["seconds"],
+                    "forward": forward["seconds"],
+                    "ratio": round(lrp["seconds"] / max(forward["seconds"], 1e-9), 1),
+                    "lrp_mib": lrp["increase_mib"],
+                    "lrp_mib_per_token": round(lrp["increase_mib"] / length, 4),
+                    "forward_mib": forward["increase_mib"],
+                }
+            )
+            progress(f"measured the {family}-shaped hybrid at {length} tokens")
+    return rows
+
+
+HYBRID_HEADER = [
+    "model",
+    "tokens",
+    "MambaLRP s",
+    "forward s",
+    "LRP / forward",
+    "MambaLRP peak MiB",
+    "MiB/token",
+    "forward peak MiB",
+]
 
 
 def _cell(value: float | None, digits: int = 2) -> str:
@@ -556,6 +693,18 @@ def markdown_tables(results: dict[str, Any]) -> str:
             for r in results["throughput"]
         ]
         parts.append(_table(header, cells))
+    if results.get("hybrids"):
+        cells = [
+            [
+                f"{row['family'].capitalize()}-shaped",
+                str(row["length"]),
+                *(_cell(row["lrp"]), _cell(row["forward"]), _cell(row["ratio"], 1)),
+                *(_cell(row["lrp_mib"], 0), _cell(row["lrp_mib_per_token"], 3)),
+                _cell(row["forward_mib"], 0),
+            ]
+            for row in results["hybrids"]
+        ]
+        parts.append(_table(HYBRID_HEADER, cells))
     return "\n\n".join(parts)
 
 
@@ -610,7 +759,7 @@ def run(settings: BenchmarkSettings, progress: Callable[[str], None] = print) ->
 
     Returns:
         dict: ``machine`` (threads, load, torch version), ``lengths``, ``compare``,
-        ``generation`` and ``throughput`` results (empty when not run).
+        ``generation``, ``throughput`` and ``hybrids`` results (empty when not run).
     """
     results: dict[str, Any] = {
         "machine": {
@@ -629,6 +778,7 @@ def run(settings: BenchmarkSettings, progress: Callable[[str], None] = print) ->
     if settings.throughput:
         results["throughput"] = measure_throughput(settings)
         progress("measured throughput")
+    results["hybrids"] = measure_hybrids(settings, progress) if settings.hybrid_lengths else []
     results["machine"]["load_after"] = os.getloadavg()
     if settings.out is not None:
         settings.out.mkdir(parents=True, exist_ok=True)

@@ -801,6 +801,12 @@ def _add_benchmark(commands: Commands) -> None:
     parser.add_argument("--text-lengths", type=positive_int, nargs=2)
     parser.add_argument("--batch-sizes", type=positive_int, nargs="+")
     parser.add_argument("--thread-counts", type=positive_int, nargs="+")
+    parser.add_argument(
+        "--hybrids", nargs="+", choices=sorted(benchmark.HYBRIDS), help="default: bamba jamba"
+    )
+    parser.add_argument(
+        "--hybrid-lengths", **lengths, help="lengths of the hybrids (default: none)"
+    )
     parser.add_argument("--threads", type=positive_int, help="torch threads of the runs")
     parser.add_argument("--out", type=Path, help="folder for json, md and plot")
     parser.add_argument("--quick", action="store_true", help="tiny model, small sizes")
@@ -810,6 +816,7 @@ def _add_benchmark(commands: Commands) -> None:
     parser.add_argument("--vocab", type=_vocab)
     parser.add_argument("--saliency-worker", type=positive_int, help=argparse.SUPPRESS)
     parser.add_argument("--generation-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--hybrid-worker", nargs=3, help=argparse.SUPPRESS)
 
 
 def benchmark_settings(args: argparse.Namespace) -> benchmark.BenchmarkSettings:
@@ -842,11 +849,19 @@ def _benchmark(args: argparse.Namespace) -> None:
     if getattr(args, "generation_worker", False):
         print(f"{benchmark.generation_worker(settings):.1f}")
         return
+    if getattr(args, "hybrid_worker", None) is not None:
+        family, method, length = args.hybrid_worker
+        print(json.dumps(benchmark.hybrid_worker(family, method, int(length))))
+        return
     results = benchmark.run(settings, progress=_log)
     machine = results["machine"]
-    print(
+    model = (
         f"random Mamba ({machine['shape']}: hidden, layers, state, vocab), float32, batch 1; "
-        f"torch {machine['torch']}, {machine['threads']} threads; load average "
+        if results["lengths"] or results["compare"]
+        else ""
+    )
+    print(
+        f"{model}torch {machine['torch']}, {machine['threads']} threads; load average "
         f"{machine['load_before'][0]:.2f} before, {machine['load_after'][0]:.2f} after"
     )
     print(benchmark.markdown_tables(results))

@@ -710,8 +710,16 @@ def _no_grad(call: Callable[[], Any]) -> Any:
         return call()
 
 
-def _proc_status(field: str) -> int | None:
-    """A ``/proc/self/status`` field in KiB, or None where there is none (not Linux)."""
+def proc_status(field: str) -> int | None:
+    """A ``/proc/self/status`` field of this process in KiB (``"VmRSS"``: resident set,
+    ``"VmHWM"``: its peak), or None where there is none (not Linux).
+
+    Args:
+        field (str): the field name.
+
+    Returns:
+        int or None: the value in KiB.
+    """
     try:
         with open("/proc/self/status") as handle:
             for line in handle:
@@ -722,14 +730,18 @@ def _proc_status(field: str) -> int | None:
     return None
 
 
-def _reset_peak() -> bool:
-    """Reset the process's peak resident set (Linux ``clear_refs``); False if impossible."""
+def reset_peak() -> bool:
+    """Reset this process's peak resident set (Linux ``clear_refs``).
+
+    Returns:
+        bool: False where that is impossible (the peak then keeps earlier use).
+    """
     try:
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")
     except OSError:
         return False
-    return _proc_status("VmHWM") is not None
+    return proc_status("VmHWM") is not None
 
 
 def _memory_worker(
@@ -743,15 +755,15 @@ def _memory_worker(
     ids = torch.randint(0, model.config.vocab_size, (1, length), generator=generator)
     _memory_call(method, model, ids[:, :8])()
     call = _memory_call(method, model, ids)
-    exact = _reset_peak()
+    exact = reset_peak()
     # ru_maxrss is in KiB on Linux; it cannot be reset, so it is the fallback only.
-    before = _proc_status("VmRSS") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = proc_status("VmRSS") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-    peak = _proc_status("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = proc_status("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "method": method,
         "length": length,

@@ -12,6 +12,11 @@ output is multiplied by ``value_scale`` before it enters the attention, and the
 gradient of the scores ``q k^T`` by ``score_scale`` (0 gives ``q`` and ``k`` none).
 Grouped and multi-query heads read their key/value head without copying it; a causal
 mask is applied per block (keys past a block's last query are never read).
+
+:func:`sdpa_attention` computes the same attention with PyTorch's
+``scaled_dot_product_attention``, whose CPU and CUDA kernels (flash and memory-efficient
+attention) also keep memory linear in the length for the backward; the rules' two
+gradient factors are applied around it (:func:`captum_mamba.rules.functional.attention`).
 """
 
 from __future__ import annotations
@@ -39,17 +44,20 @@ def query_block(batch: int, heads: int, keys: int, queries: int) -> int:
 
 
 def choose(impl: str | None, q: Tensor, k: Tensor, bias: Tensor | None) -> str:
-    """``"eager"`` or ``"chunked"`` for attention of ``q`` over ``k``: the caller's choice
-    (None: the current setting, see :mod:`captum_mamba.ops.backends`), and for ``"auto"``
-    chunked from :data:`CHUNKED_FROM_ELEMENTS` weights on, unless the bias needs a
-    gradient (only the eager path gives it one)."""
+    """``"eager"``, ``"chunked"`` or ``"sdpa"`` for attention of ``q`` over ``k``: the
+    caller's choice (None: the current setting, see :mod:`captum_mamba.ops.backends`),
+    and for ``"auto"`` eager below :data:`CHUNKED_FROM_ELEMENTS` weights or when the bias
+    needs a gradient (only the eager path gives it one); above, ``"sdpa"`` without a
+    bias (PyTorch's fused kernels) and ``"chunked"`` with one (its mask is read per block,
+    never combined with the causal mask into a full matrix)."""
     impl = impl or get_implementation("attention")
     _check_choice("attention", impl)
     if impl != "auto":
         return impl
     size = q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
-    wants_bias_grad = bias is not None and bias.requires_grad
-    return "chunked" if size >= CHUNKED_FROM_ELEMENTS and not wants_bias_grad else "eager"
+    if size < CHUNKED_FROM_ELEMENTS or (bias is not None and bias.requires_grad):
+        return "eager"
+    return "sdpa" if bias is None else "chunked"
 
 
 def causal_fill(scores: Tensor, start: int) -> Tensor:
@@ -200,3 +208,48 @@ def chunked_attention(
         value_scale, score_scale,
     )  # fmt: skip
     return out.flatten(1, 2)
+
+
+def sdpa_attention(
+    q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scaling: float, causal: bool
+) -> Tensor:
+    """Softmax attention ``softmax(q k^T * scaling + bias) v`` by PyTorch's
+    ``scaled_dot_product_attention`` (its ordinary gradient).
+
+    Without a bias its fused kernels keep memory linear in the length, forward and
+    backward. A bias is passed as the kernel's mask (it receives no gradient); with a
+    causal mask as well, the two are combined into one ``queries x keys`` mask, so
+    ``"auto"`` leaves that case to :func:`chunked_attention`.
+
+    Args:
+        q (Tensor): ``(batch, heads, queries, dim)``.
+        k (Tensor): ``(batch, kv_heads, keys, dim)``; ``heads`` is a multiple of
+            ``kv_heads`` (query head ``h`` reads key/value head ``h // group``).
+        v (Tensor): ``(batch, kv_heads, keys, dim_v)``.
+        bias (Tensor or None): additive mask broadcastable to
+            ``(batch, heads, queries, keys)``.
+        scaling (float): factor of the scores.
+        causal (bool): query ``i`` attends to keys ``j <= i`` only (on top of ``bias``).
+
+    Returns:
+        Tensor: ``(batch, heads, queries, dim_v)``.
+    """
+    group = q.shape[1] // k.shape[1]
+    if group > 1:
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    mask = None if bias is None else bias.detach()
+    if mask is not None and causal:
+        shape = (*torch.broadcast_shapes(mask.shape[:-2], q.shape[:-2]), q.shape[-2], k.shape[-2])
+        mask, causal = causal_fill(mask.expand(shape), 0), False
+    # The fused CPU kernel takes values as wide as the queries (else PyTorch falls back
+    # to its quadratic reference path): zero channels change neither scores nor outputs.
+    dim, dim_v = q.shape[-1], v.shape[-1]
+    pad = torch.nn.functional.pad
+    if dim_v < dim:
+        v = pad(v, (0, dim - dim_v))
+    elif dim_v > dim:
+        q, k = pad(q, (0, dim_v - dim)), pad(k, (0, dim_v - dim))
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal, scale=scaling
+    )
+    return out[..., :dim_v]

@@ -19,7 +19,9 @@ op                 implementations
                    causal-conv1d's CUDA kernel ``causal_conv1d_fn``.
 ``attention``      ``"eager"``: the weight matrices in full; ``"chunked"``: query
                    blocks in linear memory (:mod:`captum_mamba.ops.attention`);
-                   ``"auto"`` picks by size there, on any device.
+                   ``"sdpa"``: PyTorch's ``scaled_dot_product_attention``
+                   kernels; ``"auto"`` picks by size and mask there, on any
+                   device.
 =================  ================================================================
 
 ``"auto"`` (the default) picks, per call, from the device and dtype of the inputs:
@@ -63,7 +65,7 @@ IMPLEMENTATIONS: dict[str, tuple[str, ...]] = {
     "selective_scan": ("auto", "sequential", "parallel", "fused"),
     "ssd_scan": ("auto", "chunked", "fused"),
     "causal_conv1d": ("auto", "torch", "fused"),
-    "attention": ("auto", "eager", "chunked"),
+    "attention": ("auto", "eager", "chunked", "sdpa"),
 }
 
 #: Fused kernel of each op, as ``(module, function)``.

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from captum_mamba.ops import selective_scan
-from captum_mamba.ops.attention import causal_fill, chunked_attention
+from captum_mamba.ops.attention import causal_fill, chunked_attention, sdpa_attention
 from captum_mamba.ops.attention import choose as choose_attention
 from captum_mamba.ops.ssd_scan import ssd_scan
 from captum_mamba.rules.linear import LinearRule
@@ -430,10 +430,13 @@ def attention(
 
     Both rules rescale the ordinary attention gradient by two constants
     (:func:`attention_gradient_scales`), so the same rule runs on two implementations:
-    ``"eager"`` materialises the ``(batch, heads, queries, keys)`` weights and
+    ``"eager"`` materialises the ``(batch, heads, queries, keys)`` weights,
     ``"chunked"`` (:func:`captum_mamba.ops.attention.chunked_attention`) computes
     them per block of queries, recomputing them in the backward pass, in memory linear
-    in the length.
+    in the length, and ``"sdpa"`` (:func:`captum_mamba.ops.attention.sdpa_attention`)
+    runs PyTorch's fused ``scaled_dot_product_attention`` with the two factors applied
+    to the gradients of its output and of ``q`` and ``k`` (the gradient of ``q k^T``
+    reaches ``q`` and ``k`` only, so scaling theirs scales it).
 
     Args:
         q (Tensor): ``(batch, heads, queries, dim)``.
@@ -445,7 +448,8 @@ def attention(
         constant_weights (bool): CP-LRP: detach the weights (takes precedence).
         causal (bool, optional): query ``i`` attends to keys ``j <= i`` only (on top of
             ``bias``). Default: False.
-        impl (str, optional): ``"eager"``, ``"chunked"`` or ``"auto"`` (by size);
+        impl (str, optional): ``"eager"``, ``"chunked"``, ``"sdpa"`` or ``"auto"``
+            (by size and bias, see :func:`captum_mamba.ops.attention.choose`);
             None for the current setting (``implementation(attention=...)``).
             Default: None.
 
@@ -453,8 +457,13 @@ def attention(
         Tensor: ``(batch, heads, queries, dim_v)``.
     """
     value_scale, score_scale = attention_gradient_scales(uniform_rule, constant_weights)
-    if choose_attention(impl, q, k, bias) == "chunked":
+    chosen = choose_attention(impl, q, k, bias)
+    if chosen == "chunked":
         return chunked_attention(q, k, v, bias, scaling, causal, value_scale, score_scale)
+    if chosen == "sdpa":
+        q, k = _gradient_scaled(q, score_scale), _gradient_scaled(k, score_scale)
+        out = sdpa_attention(q, k, v, bias, scaling, causal)
+        return _gradient_scaled(out, value_scale)
     weights = attention_weights(q, k, bias, scaling, causal, score_scale)
     return _gradient_scaled(weights @ _repeat_heads(v, q.shape[1]), value_scale)
 
