@@ -5,7 +5,9 @@ test's temporary folder).
 
 Needs ``pip install playwright`` (the ``browser`` extra) and a Chromium: the operating
 system's (``apt-get install -y chromium``; found on the PATH or at
-``$CAPTUM_MAMBA_CHROMIUM``) or Playwright's own (``playwright install chromium``)."""
+``$CAPTUM_MAMBA_CHROMIUM``) or Playwright's own (``playwright install chromium``). Without
+them the tests skip with the reason, except under ``CAPTUM_MAMBA_REQUIRE_BROWSER=1`` (set by
+``.ci/run``, which installs both), where they fail."""
 
 from __future__ import annotations
 
@@ -20,10 +22,21 @@ from report_helpers import FEMALE, MALE, metaspace_tokenizer, reviews, train_tin
 from captum_mamba.apps.report import ReportOptions, explain_dataset
 from captum_mamba.apps.sentiment import from_classifier
 
+REQUIRED = os.environ.get("CAPTUM_MAMBA_REQUIRE_BROWSER") == "1"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip with ``reason``, or fail where the browser is required (CI)."""
+    if REQUIRED:
+        pytest.fail(f"CAPTUM_MAMBA_REQUIRE_BROWSER=1 but {reason}")
+    pytest.skip(reason, allow_module_level=True)
+
+
 pytest.importorskip("pyarrow", reason="the report writes Parquet relevances (the [parquet] extra)")
-sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="the browser test needs playwright (pip install playwright)"
-)
+try:
+    from playwright import sync_api
+except ImportError:
+    skip_or_fail("the browser test needs playwright (pip install playwright)")
 
 
 def chromium() -> str | None:
@@ -55,7 +68,7 @@ def open_page(path: Path, screenshot: Path | None = None) -> dict:
                 executable_path=chromium(), args=["--no-sandbox", "--disable-gpu"]
             )
         except Exception as error:  # no browser at all: say so and how to get one
-            pytest.skip(
+            skip_or_fail(
                 f"no Chromium to run ({str(error).splitlines()[0]}); apt-get install -y "
                 f"chromium, or playwright install chromium"
             )
