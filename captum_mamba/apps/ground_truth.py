@@ -6,15 +6,15 @@ example is a token sequence with one or more **queries**: a position whose next-
 logit is explained, the answer token and the **evidence positions** that hold what the
 answer needs (besides the current token):
 
-============  ==================================================  =====================
-task          sequence (answer after the last token)              evidence
-============  ==================================================  =====================
-copy          ``x_0 .. x_7 SEP x_0 .. x_{j-1}`` -> ``x_j``           ``x_j``'s source ``j``
-recall        ``k_1 v_1 .. k_6 v_6 QUERY k_i`` -> ``v_i``            ``k_i`` and ``v_i``
-needle        filler .. ``NEEDLE v`` .. filler ``QUERY`` -> ``v``    ``NEEDLE`` and ``v``
-induction     ``.. a b .. a`` -> ``b``                               the earlier ``a``, ``b``
-planted       noise .. ``MARK_c`` .. noise ``QUERY`` -> ``LABEL_c``  ``MARK_c``
-============  ==================================================  =====================
+=========  =====================================================  ========================
+task       sequence (answer after the last token)                 evidence
+=========  =====================================================  ========================
+copy       ``x_0 .. x_7 SEP x_0 .. x_{j-1}`` -> ``x_j``           ``x_j``'s source ``j``
+recall     ``k_1 v_1 .. k_4 v_4 QUERY k_i`` -> ``v_i``            ``k_i`` and ``v_i``
+needle     filler .. ``NEEDLE v`` .. filler ``QUERY`` -> ``v``    ``NEEDLE`` and ``v``
+induction  ``.. a b .. a`` -> ``b``                               the earlier ``a``, ``b``
+planted    noise .. ``MARK_c`` .. noise ``QUERY`` -> ``LABEL_c``  ``MARK_c``
+=========  =====================================================  ========================
 
 The copy source tokens are distinct, recall keys are distinct, needle values and the
 induction pair never occur elsewhere in their sequence, so each answer has exactly the
@@ -27,7 +27,7 @@ logit of the correct answer token at the last position: ``forward(embeds)`` retu
 last position's logits ``(batch, vocab)`` and ``target`` is the answer's token id. The
 last position, the *current token*, is never evidence: the metrics are reported both
 with it among the candidates and with it set aside (see
-:mod:`captum_mamba.metrics.ground_truth`).
+:func:`~captum_mamba.metrics.evidence_scores`).
 
 Models (:data:`ARCHITECTURES`): Mamba-1 (``MambaForCausalLM``), Mamba-2
 (``Mamba2ForCausalLM``) and a hybrid (``BambaForCausalLM``: Mamba-2 layers and one
@@ -66,6 +66,7 @@ from transformers import (
 
 from captum_mamba.apps.methods import build_runners, resolve_methods
 from captum_mamba.apps.sentiment import default_cache_dir
+from captum_mamba.attr import MambaLRP
 from captum_mamba.attr.forward import fast_forward
 from captum_mamba.baselines.captum_methods import MethodSettings
 from captum_mamba.metrics import (
@@ -76,6 +77,7 @@ from captum_mamba.metrics import (
     mean_sem,
     perturbation_curves,
 )
+from captum_mamba.rules import MambaRules
 
 #: Special tokens; the content tokens are ``CONTENT`` (ids 8 to 39).
 PAD, SEP, QUERY, NEEDLE, LABEL_A, LABEL_B, MARK_A, MARK_B = range(8)
@@ -129,7 +131,7 @@ def copy_example(rng: random.Random, length: int = 8) -> TaskExample:
     return TaskExample(ids, queries)
 
 
-def recall_example(rng: random.Random, pairs: int = 6) -> TaskExample:
+def recall_example(rng: random.Random, pairs: int = 4) -> TaskExample:
     """``k_1 v_1 .. k_n v_n QUERY k_i`` -> ``v_i`` (distinct keys from the first half
     of the content tokens, values from the second half)."""
     half = len(CONTENT) // 2
@@ -198,7 +200,7 @@ TASKS: dict[str, Task] = {
     task.name: task
     for task in (
         Task("copy", copy_example, (8,), (8,), "copy 8 distinct tokens after SEP"),
-        Task("recall", recall_example, (6,), (6,), "associative recall, 6 key-value pairs"),
+        Task("recall", recall_example, (4,), (4,), "associative recall, 4 key-value pairs"),
         Task(
             "planted",
             planted_example,
@@ -792,3 +794,150 @@ def run_suite(
     files["json"] = directory / "ground_truth.json"
     files["json"].write_text(json.dumps({"tables": tables, "captions": captions}, indent=1))
     return SuiteResult(tables, captions, files)
+
+
+# ---------------------------------------------------------------- the copy task, diagnosed
+
+#: Rule variants of the copy diagnosis: MambaLRP, each of its rules switched off alone,
+#: the LN-rule alone and no rules (Gradient x Input).
+DIAGNOSIS_RULES: dict[str, Callable[[], MambaRules]] = {
+    "MambaLRP": MambaRules,
+    "without SSM rule": lambda: MambaRules(ssm=False),
+    "without SiLU rule": lambda: MambaRules(silu=False),
+    "without half rule (gate)": lambda: MambaRules(gate=False),
+    "LN-rule only": MambaRules.norm_only,
+    "no rules (GxI)": MambaRules.gradient_x_input,
+}
+#: Token aggregations of the element relevance ``(seq, hidden)``.
+AGGREGATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "sum": lambda r: r.sum(-1),
+    "|sum|": lambda r: r.sum(-1).abs(),
+    "L1": lambda r: r.abs().sum(-1),
+    "L2": lambda r: r.norm(dim=-1),
+}
+#: Explained outputs: the answer's logit, or the answer's logit minus the mean logit
+#: (a contrast that removes what raises every logit alike).
+TARGETS: tuple[str, ...] = ("logit", "logit - mean")
+#: Columns of the diagnosis table.
+DIAGNOSIS_COLUMNS: tuple[str, ...] = (
+    "hit@1",
+    "hit@1-cur",
+    "hit@1-src",
+    "auc",
+    "auc-cur",
+    "auc-src",
+    "top=cur",
+    "top=src±1",
+    "share src",
+    "share cur",
+    "cons. err",
+)
+
+
+def _contrast(model: nn.Module) -> Callable[..., Tensor]:
+    forward = last_logits(model)
+
+    def contrast(embeds: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        logits = forward(embeds, attention_mask)
+        return logits - logits.mean(-1, keepdim=True)
+
+    return contrast
+
+
+def copy_diagnosis(
+    model: nn.Module,
+    count: int = 40,
+    rules: Sequence[str] = tuple(DIAGNOSIS_RULES),
+    progress: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """MambaLRP on the copy task under every convention: rule variants, the explained
+    output and the aggregation over the hidden dimension.
+
+    For each copied token (every query of ``count // 4`` examples, as in
+    :func:`evaluate`) it records hit@1 and AUC with every position competing, with the
+    current token set aside (``-cur``) and among the source tokens only (``-src``,
+    positions ``0 .. n-1``); how often the top token (all positions) is the current one
+    and how often (current set aside) it is next to the source; the shares of
+    ``sum |R|`` on the source and on the current token; and the conservation error
+    ``|sum R - f| / |f|`` of the explained output ``f``.
+
+    Args:
+        model (nn.Module): the copy model (float64).
+        count (int, optional): examples, as for :func:`evaluate`. Default: 40.
+        rules (sequence of str, optional): keys of :data:`DIAGNOSIS_RULES`.
+        progress (Callable, optional): receives progress lines. Default: print.
+
+    Returns:
+        list of dict: one row per rules, target and aggregation: ``"rules"``,
+        ``"target"``, ``"aggregation"`` and ``(mean, s.e.)`` per column of
+        :data:`DIAGNOSIS_COLUMNS`.
+    """
+    items = evaluation_items("copy", max(count // 4, 2), TASKS["copy"].eval_sizes[0], True)
+    embedding = model.get_input_embeddings()
+    forwards = {"logit": last_logits(model), "logit - mean": _contrast(model)}
+    rows = []
+    for rule_name in rules:
+        for target in TARGETS:
+            progress(f"copy diagnosis: {rule_name}, {target}")
+            lrp = MambaLRP(model, forwards[target], rules=DIAGNOSIS_RULES[rule_name]())
+            values: dict[str, dict[str, list[float]]] = {a: {} for a in AGGREGATIONS}
+            for item in items:
+                with torch.no_grad():
+                    embeds = embedding(torch.tensor([item.ids])).double()
+                    output = float(forwards[target](embeds)[0, item.answer])
+                relevance = lrp.attribute(embeds, target=item.answer)[0].detach()
+                length = len(item.ids)
+                current, source = length - 1, item.evidence[0]
+                aside = torch.arange(length) != current
+                sources = torch.arange(length) < TASKS["copy"].eval_sizes[0]
+                magnitude = relevance.abs().sum(-1)
+                conservation = abs(float(relevance.sum()) - output) / abs(output)
+                for aggregation, reduce in AGGREGATIONS.items():
+                    scores = reduce(relevance)
+                    full = evidence_scores(scores, item.evidence)
+                    without = evidence_scores(scores, item.evidence, candidates=aside)
+                    within = evidence_scores(scores, item.evidence, candidates=sources)
+                    row = {
+                        "hit@1": full.hit_at_1,
+                        "hit@1-cur": without.hit_at_1,
+                        "hit@1-src": within.hit_at_1,
+                        "auc": full.auc,
+                        "auc-cur": without.auc,
+                        "auc-src": within.auc,
+                        "top=cur": float(full.top == current),
+                        "top=src±1": float(abs(without.top - source) == 1),
+                        "share src": float(magnitude[source] / magnitude.sum()),
+                        "share cur": float(magnitude[current] / magnitude.sum()),
+                        "cons. err": conservation,
+                    }
+                    for key, value in row.items():
+                        values[aggregation].setdefault(key, []).append(value)
+            for aggregation, columns in values.items():
+                summary = {key: mean_sem(v) for key, v in columns.items()}
+                rows.append(
+                    {"rules": rule_name, "target": target, "aggregation": aggregation, **summary}
+                )
+    return rows
+
+
+def diagnosis_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """A markdown table of :func:`copy_diagnosis` (``mean ± s.e.``).
+
+    Args:
+        rows (sequence of dict): the diagnosis rows.
+
+    Returns:
+        str: the table.
+    """
+    lines = [
+        "| rules | target | aggregation | " + " | ".join(DIAGNOSIS_COLUMNS) + " |",
+        "|---|---|---|" + "---:|" * len(DIAGNOSIS_COLUMNS),
+    ]
+    for row in rows:
+        cells = [f"{row[c][0]:.2f} ± {row[c][1]:.2f}" for c in DIAGNOSIS_COLUMNS]
+        lines.append(
+            f"| {row['rules']} | {row['target']} | {row['aggregation']} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines)
