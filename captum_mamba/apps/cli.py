@@ -699,6 +699,10 @@ def _ground_truth_run(args: argparse.Namespace) -> None:
     )
     for key, rows in result.tables.items():
         print(f"\n{key}: {result.captions[key]}\n{ground_truth.markdown(rows)}")
+    for architecture, rows in result.diagnoses.items():
+        print(
+            f"\ncopy/{architecture}, MambaLRP diagnosis:\n{ground_truth.diagnosis_markdown(rows)}"
+        )
     print(f"\ntables: {result.files['markdown']}")
 
 

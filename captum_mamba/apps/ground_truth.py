@@ -713,11 +713,13 @@ class SuiteResult:
         tables (dict): ``"task/architecture/size"`` -> summary rows.
         captions (dict): the same keys -> caption (model accuracy, examples).
         files (dict): name -> written path.
+        diagnoses (dict): architecture -> :func:`copy_diagnosis` rows (copy only).
     """
 
     tables: dict[str, list[dict[str, Any]]]
     captions: dict[str, str]
     files: dict[str, Path]
+    diagnoses: dict[str, list[dict[str, Any]]]
 
 
 def run_suite(
@@ -730,6 +732,7 @@ def run_suite(
     settings: MethodSettings | None = None,
     cache_dir: str | Path | None = None,
     with_delta: bool = True,
+    diagnose: bool = True,
     progress: Callable[[str], None] = print,
 ) -> SuiteResult:
     """Train (or load) each task model, explain its evaluation queries with every
@@ -748,10 +751,12 @@ def run_suite(
         settings (MethodSettings, optional): method hyper-parameters.
         cache_dir (str or Path, optional): model cache folder.
         with_delta (bool, optional): compute ``Delta A^F``. Default: True.
+        diagnose (bool, optional): with copy, the MambaLRP conventions of
+            :func:`copy_diagnosis` too. Default: True.
         progress (Callable, optional): receives progress lines. Default: print.
 
     Returns:
-        SuiteResult: the tables, captions and files.
+        SuiteResult: the tables, captions, files and copy diagnoses.
     """
     directory = Path(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
@@ -759,6 +764,7 @@ def run_suite(
     tables: dict[str, list[dict[str, Any]]] = {}
     captions: dict[str, str] = {}
     files: dict[str, Path] = {}
+    diagnoses: dict[str, list[dict[str, Any]]] = {}
     for task in tasks:
         for architecture in architectures:
             model, metrics = load_or_train_task_model(
@@ -770,16 +776,19 @@ def run_suite(
                 results = evaluate(model, task, size, names, count, settings, with_delta)
                 tables[key] = summary_rows(results)
                 correct = next(iter(results.values()))["correct"]
+                examples = max(count // 4, 2) if task == "copy" else count
                 captions[key] = (
                     f"{TASKS[task].description}; {architecture}, size {size}; model accuracy "
                     f"{metrics['accuracy'][str(size)]:.3f} (512 held-out examples, trained "
                     f"{metrics['steps']} steps in {metrics['seconds']} s); {len(correct)} "
-                    f"explained queries of {count} examples, answered correctly: "
+                    f"explained queries of {examples} examples, answered correctly: "
                     f"{sum(correct) / len(correct):.3f}"
                 )
                 plot = directory / f"{task}-{architecture}-{size}.png"
                 _plot(tables[key], key, plot)
                 files[key] = plot
+            if task == "copy" and diagnose:
+                diagnoses[architecture] = copy_diagnosis(model, count, progress=progress)
     text = [
         "# Ground-truth suite\n",
         "Explained: the correct answer's logit at the last position; evidence positions "
@@ -789,11 +798,14 @@ def run_suite(
     ]
     for key, rows in tables.items():
         text += [f"## {key}\n", captions[key] + "\n", markdown(rows) + "\n"]
+    for architecture, rows in diagnoses.items():
+        text += [f"## copy/{architecture}: MambaLRP diagnosis\n", diagnosis_markdown(rows) + "\n"]
     files["markdown"] = directory / "ground_truth.md"
     files["markdown"].write_text("\n".join(text))
     files["json"] = directory / "ground_truth.json"
-    files["json"].write_text(json.dumps({"tables": tables, "captions": captions}, indent=1))
-    return SuiteResult(tables, captions, files)
+    saved = {"tables": tables, "captions": captions, "copy_diagnosis": diagnoses}
+    files["json"].write_text(json.dumps(saved, indent=1))
+    return SuiteResult(tables, captions, files, diagnoses)
 
 
 # ---------------------------------------------------------------- the copy task, diagnosed
