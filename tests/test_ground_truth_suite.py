@@ -10,6 +10,8 @@ from captum_mamba.apps import ground_truth
 from captum_mamba.apps.cli import main
 from captum_mamba.baselines.captum_methods import MAMBA_LRP, RANDOM
 
+pytestmark = pytest.mark.slow  # trains a tiny model (about 30 s of CPU)
+
 SETUP = ground_truth.TrainingSetup(steps=100, batch_size=32, target_accuracy=0.98)
 
 

@@ -840,6 +840,7 @@ DIAGNOSIS_COLUMNS: tuple[str, ...] = (
     "auc-src",
     "top=cur",
     "top=src±1",
+    "top=cur-K",
     "share src",
     "share cur",
     "cons. err",
@@ -869,7 +870,9 @@ def copy_diagnosis(
     :func:`evaluate`) it records hit@1 and AUC with every position competing, with the
     current token set aside (``-cur``) and among the source tokens only (``-src``,
     positions ``0 .. n-1``); how often the top token (all positions) is the current one
-    and how often (current set aside) it is next to the source; the shares of
+    and how often (current set aside) it is next to the source or ``K`` tokens before the
+    current one (``K`` the conv kernel width: the nearest token outside the current
+    token's conv window); the shares of
     ``sum |R|`` on the source and on the current token; and the conservation error
     ``|sum R - f| / |f|`` of the explained output ``f``.
 
@@ -886,6 +889,7 @@ def copy_diagnosis(
     """
     items = evaluation_items("copy", max(count // 4, 2), TASKS["copy"].eval_sizes[0], True)
     embedding = model.get_input_embeddings()
+    kernel = getattr(model.config, "conv_kernel", getattr(model.config, "mamba_d_conv", 4))
     forwards = {"logit": last_logits(model), "logit - mean": _contrast(model)}
     rows = []
     for rule_name in rules:
@@ -918,6 +922,7 @@ def copy_diagnosis(
                         "auc-src": within.auc,
                         "top=cur": float(full.top == current),
                         "top=src±1": float(abs(without.top - source) == 1),
+                        "top=cur-K": float(without.top == current - kernel),
                         "share src": float(magnitude[source] / magnitude.sum()),
                         "share cur": float(magnitude[current] / magnitude.sum()),
                         "cons. err": conservation,
