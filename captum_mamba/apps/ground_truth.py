@@ -823,7 +823,7 @@ DIAGNOSIS_RULES: dict[str, Callable[[], MambaRules]] = {
 #: Token aggregations of the element relevance ``(seq, hidden)``.
 AGGREGATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "sum": lambda r: r.sum(-1),
-    "|sum|": lambda r: r.sum(-1).abs(),
+    "abs(sum)": lambda r: r.sum(-1).abs(),
     "L1": lambda r: r.abs().sum(-1),
     "L2": lambda r: r.norm(dim=-1),
 }
