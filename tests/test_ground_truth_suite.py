@@ -72,3 +72,28 @@ def test_command_line(cache, tmp_path, capsys):
     assert (tmp_path / "ground_truth.md").is_file()
     with pytest.raises(SystemExit):
         main(["study", "run", "--suite", "ground-truth", "--tasks", "nope"])
+
+
+def test_copy_diagnosis_against_autograd():
+    """The diagnosis' conservation error of Gradient x Input equals the one computed from
+    torch's own gradient of the model (an untrained Mamba-1, float64)."""
+    model = ground_truth.build_model("mamba").double().eval()
+    rows = ground_truth.copy_diagnosis(
+        model, count=8, rules=("no rules (GxI)",), progress=lambda line: None
+    )
+    assert [(r["target"], r["aggregation"]) for r in rows[:4]] == [
+        ("logit", a) for a in ground_truth.AGGREGATIONS
+    ]
+    errors = []
+    for item in ground_truth.evaluation_items("copy", 2, 8, every_query=True):
+        embeds = model.get_input_embeddings()(torch.tensor([item.ids])).double().detach()
+        embeds.requires_grad_()
+        output = model(inputs_embeds=embeds).logits[0, -1, item.answer]
+        (gradient,) = torch.autograd.grad(output, embeds)
+        value = float(output.detach())
+        errors.append(abs(float((gradient * embeds).sum()) - value) / abs(value))
+    expected = sum(errors) / len(errors)
+    assert rows[0]["cons. err"][0] == pytest.approx(expected, rel=1e-6)
+    for row in rows:
+        for column in ("hit@1", "auc-cur", "share src", "top=cur-K"):
+            assert 0.0 <= row[column][0] <= 1.0
