@@ -6,6 +6,7 @@ r"""The ``captum-mamba`` command line: one entry point, one set of flags.
     captum-mamba train      --dataset FILE [--text-column C] [--label-column C] --output M.ckpt
     captum-mamba attribute  --model M --dataset FILE [--methods ...] --output-dir OUT
     captum-mamba study run  [--model M | --train-dataset FILE] [--dataset FILE] ...
+    captum-mamba study run  --suite ground-truth [--tasks copy,...] [--architectures ...]
     captum-mamba study memory [--length N]
     captum-mamba report     [--model M --dataset FILE] [--groups SPEC] --output-dir OUT
     captum-mamba benchmark  [--quick] [--lengths N ...] [--generation] [--throughput] ...
@@ -38,7 +39,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from captum_mamba.apps import benchmark, demo, doctor, render_readme
+from captum_mamba.apps import benchmark, demo, doctor, ground_truth, render_readme
 from captum_mamba.apps.data import (
     ROTTEN_TOMATOES_FILE,
     SENTIMENT_LABELS,
@@ -627,8 +628,16 @@ def _add_study(commands: Commands) -> None:
     run.add_argument("--label-names", type=_label_names, help="class names of the labels")
     _add_data(run, "train-")
     _add_setup(run)
-    run.add_argument("--num-examples", type=positive_int, default=200)
+    run.add_argument(
+        "--num-examples", type=positive_int, help="default: 200 (ground-truth suite: 40)"
+    )
     _add_methods(run, "all")
+    suite = run.add_argument_group("ground-truth suite (captum_mamba.apps.ground_truth)")
+    suite.add_argument(
+        "--suite", choices=("ground-truth",), help="generated tasks with known evidence"
+    )
+    suite.add_argument("--tasks", type=_task_names, default=tuple(ground_truth.TASKS))
+    suite.add_argument("--architectures", type=_architectures, default=("mamba", "mamba2", "bamba"))
     run.add_argument("--replacement", choices=("zero", "mean", "token"), default="zero")
     run.add_argument("--replacement-token", type=non_negative_int, help="id for 'token'")
     run.add_argument("--keep-last", action="store_true", help="never remove the last (read) token")
@@ -659,8 +668,53 @@ def _add_study(commands: Commands) -> None:
     worker.add_argument("--repeats", type=positive_int, default=1)
 
 
+def _names(value: str, known: Sequence[str], what: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown {what} {', '.join(unknown) or value!r}; choose from {', '.join(known)}"
+        )
+    return names
+
+
+def _task_names(value: str) -> tuple[str, ...]:
+    return _names(value, tuple(ground_truth.TASKS), "task")
+
+
+def _architectures(value: str) -> tuple[str, ...]:
+    return _names(value, ground_truth.ARCHITECTURES, "architecture")
+
+
+def _ground_truth_run(args: argparse.Namespace) -> None:
+    """``study run --suite ground-truth``: the tables of the ground-truth suite."""
+    result = ground_truth.run_suite(
+        args.output_dir,
+        args.tasks,
+        args.architectures,
+        args.methods,
+        count=args.num_examples or 40,
+        settings=MethodSettings(
+            ig_steps=args.ig_steps, smoothgrad_samples=args.smoothgrad_samples, seed=args.seed
+        ),
+        cache_dir=args.cache_dir,
+        progress=_log,
+    )
+    for key, rows in result.tables.items():
+        print(f"\n{key}: {result.captions[key]}\n{ground_truth.markdown(rows)}")
+    for architecture, rows in result.diagnoses.items():
+        print(
+            f"\ncopy/{architecture}, MambaLRP diagnosis:\n{ground_truth.diagnosis_markdown(rows)}"
+        )
+    print(f"\ntables: {result.files['markdown']}")
+
+
 def _study_run(args: argparse.Namespace) -> None:
     check_output_dir(args.output_dir)
+    if args.suite == "ground-truth":
+        _ground_truth_run(args)
+        return
+    args.num_examples = args.num_examples or 200
     if args.replacement == "token" and args.replacement_token is None:
         raise CommandError("--replacement token needs --replacement-token ID (e.g. the pad id)")
     if args.target == "label" and args.dataset and not args.label_column:

@@ -1,4 +1,5 @@
-"""Metrics: faithfulness (input-perturbation curves, Delta A^F) and conservation.
+"""Metrics: faithfulness (input-perturbation curves, Delta A^F), conservation, and
+relevance against known evidence positions (ground truth).
 
 Bad numbers never pass silently: NaN or inf inputs are refused with a one-line error,
 and statistics that are undefined on valid data are NaN with a :class:`BadNumberWarning`.
@@ -6,6 +7,13 @@ and statistics that are undefined on valid data are NaN with a :class:`BadNumber
 
 from captum_mamba.metrics.checks import BadNumberWarning
 from captum_mamba.metrics.conservation import ConservationStats, conservation_stats, pearson
+from captum_mamba.metrics.ground_truth import (
+    EVIDENCE_METRICS,
+    EvidenceScores,
+    alignment_error_rate,
+    evidence_scores,
+    mean_sem,
+)
 from captum_mamba.metrics.perturbation import (
     CURVES,
     REPLACEMENTS,
@@ -20,12 +28,17 @@ from captum_mamba.metrics.perturbation import (
 
 __all__ = [
     "CURVES",
+    "EVIDENCE_METRICS",
     "REPLACEMENTS",
     "BadNumberWarning",
     "ConservationStats",
+    "EvidenceScores",
+    "alignment_error_rate",
     "conservation_stats",
     "curve_area",
     "delta_area",
+    "evidence_scores",
+    "mean_sem",
     "pearson",
     "perturbation_curve",
     "perturbation_curves",
