@@ -88,3 +88,19 @@ def test_shapes() -> None:
     assert parse_shape("8,2,4,32") == (8, 2, 4, 32)
     with pytest.raises(ValueError, match="hidden,layers,state,vocab"):
         parse_shape("big")
+
+
+def test_family_timings_on_a_tiny_lfm2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--families``: one row per family and length, and its table."""
+    pytest.importorskip("transformers.models.lfm2", reason="LFM2 needs transformers >= 4.54")
+    config, model, fields = benchmark.FAMILY_MODELS["lfm2"]
+    tiny = dict(fields, hidden_size=16, intermediate_size=24, num_attention_heads=4)
+    tiny.update(num_key_value_heads=2, vocab_size=64)
+    monkeypatch.setitem(benchmark.FAMILY_MODELS, "lfm2", (config, model, tiny))
+    settings = benchmark.BenchmarkSettings(families=("lfm2",), family_lengths=(8, 16), repeats=1)
+    rows = benchmark.measure_families(settings, progress=lambda _: None)
+    assert [(r["family"], r["length"]) for r in rows] == [("lfm2", 8), ("lfm2", 16)]
+    assert all(r["mambalrp"] > 0 and r["forward"] > 0 for r in rows)
+    table = benchmark.markdown_tables({"families": rows})
+    assert table.splitlines()[0].startswith("| family | tokens | MambaLRP s | forward s")
+    assert len(table.splitlines()) == 4

@@ -798,6 +798,10 @@ def _add_benchmark(commands: Commands) -> None:
     parser.add_argument("--text-lengths", type=positive_int, nargs=2)
     parser.add_argument("--batch-sizes", type=positive_int, nargs="+")
     parser.add_argument("--thread-counts", type=positive_int, nargs="+")
+    parser.add_argument(
+        "--families", nargs="+", choices=sorted(benchmark.FAMILY_MODELS), help="default: none"
+    )
+    parser.add_argument("--family-lengths", **lengths, help="default: 512 2048")
     parser.add_argument("--threads", type=positive_int, help="torch threads of the runs")
     parser.add_argument("--out", type=Path, help="folder for json, md and plot")
     parser.add_argument("--quick", action="store_true", help="tiny model, small sizes")
@@ -841,8 +845,9 @@ def _benchmark(args: argparse.Namespace) -> None:
         return
     results = benchmark.run(settings, progress=_log)
     machine = results["machine"]
+    model = f"random Mamba ({machine['shape']}: hidden, layers, state, vocab), "
     print(
-        f"random Mamba ({machine['shape']}: hidden, layers, state, vocab), float32, batch 1; "
+        f"{model if results['lengths'] else ''}float32, batch 1; "
         f"torch {machine['torch']}, {machine['threads']} threads; load average "
         f"{machine['load_before'][0]:.2f} before, {machine['load_after'][0]:.2f} after"
     )
