@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from captum_mamba.adapters import family_statuses
 from captum_mamba.apps import benchmark
 from captum_mamba.apps.cli import main
 from captum_mamba.apps.study import MEMORY_METHODS, measure_peak_memory, parse_shape
@@ -92,7 +93,9 @@ def test_shapes() -> None:
 
 def test_family_timings_on_a_tiny_lfm2(monkeypatch: pytest.MonkeyPatch) -> None:
     """``--families``: one row per family and length, and its table."""
-    pytest.importorskip("transformers.models.lfm2", reason="LFM2 needs transformers >= 4.54")
+    status = {s.adapter: s for s in family_statuses()}["captum_mamba.adapters.hf_lfm2"]
+    if not status.available:
+        pytest.skip(status.describe())
     config, model, fields = benchmark.FAMILY_MODELS["lfm2"]
     tiny = dict(fields, hidden_size=16, intermediate_size=24, num_attention_heads=4)
     tiny.update(num_key_value_heads=2, vocab_size=64)
