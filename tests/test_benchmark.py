@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from captum_mamba.adapters import family_statuses
 from captum_mamba.apps import benchmark
 from captum_mamba.apps.cli import benchmark_settings, main, parser
 from captum_mamba.apps.study import MEMORY_METHODS, measure_peak_memory, parse_shape
@@ -109,3 +110,21 @@ def test_hybrid_options_reach_the_settings() -> None:
     settings = benchmark_settings(parser().parse_args(options))
     assert settings.hybrids == ("bamba",) and settings.hybrid_lengths == (1024, 4096)
     assert benchmark.BenchmarkSettings().hybrid_lengths == ()
+
+
+def test_family_timings_on_a_tiny_lfm2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--families``: one row per family and length, and its table."""
+    status = {s.adapter: s for s in family_statuses()}["captum_mamba.adapters.hf_lfm2"]
+    if not status.available:
+        pytest.skip(status.describe())
+    config, model, fields = benchmark.FAMILY_MODELS["lfm2"]
+    tiny = dict(fields, hidden_size=16, intermediate_size=24, num_attention_heads=4)
+    tiny.update(num_key_value_heads=2, vocab_size=64)
+    monkeypatch.setitem(benchmark.FAMILY_MODELS, "lfm2", (config, model, tiny))
+    settings = benchmark.BenchmarkSettings(families=("lfm2",), family_lengths=(8, 16), repeats=1)
+    rows = benchmark.measure_families(settings, progress=lambda _: None)
+    assert [(r["family"], r["length"]) for r in rows] == [("lfm2", 8), ("lfm2", 16)]
+    assert all(r["mambalrp"] > 0 and r["forward"] > 0 for r in rows)
+    table = benchmark.markdown_tables({"families": rows})
+    assert table.splitlines()[0].startswith("| family | tokens | MambaLRP s | forward s")
+    assert len(table.splitlines()) == 4

@@ -563,6 +563,7 @@ def self_attention(
     position_embeddings: tuple[Tensor, Tensor] | None = None,
     cache: Any = None,
     project: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]] | None = None,
+    output_proj: str = "o_proj",
     **kwargs: Any,
 ) -> tuple[Tensor, None]:
     r"""Softmax self-attention of transformers' attention modules, with AttnLRP or CP-LRP.
@@ -587,6 +588,8 @@ def self_attention(
             into heads, for modules that compute more than the three projections
             (Zamba2's per-depth adapters, Falcon-H1's key multiplier), written in the
             operations of ``ops``. Default: None (``q_proj``, ``k_proj``, ``v_proj``).
+        output_proj (str, optional): the name of the output projection. Default:
+            ``"o_proj"``.
         **kwargs: further arguments of the module's forward (``is_causal`` is read).
 
     Returns:
@@ -606,7 +609,8 @@ def self_attention(
         q, k = ops.rotary("q_rotary", q, cos, sin), ops.rotary("k_rotary", k, cos, sin)
     bias, causal = attention_bias(module, attention_mask, q, k, kwargs.get("is_causal"))
     out = ops.attention("attention", q, k, v, bias, module.scaling, causal)
-    return module.o_proj(out.transpose(1, 2).reshape(batch, length, -1)), None
+    output = getattr(module, output_proj)
+    return output(out.transpose(1, 2).reshape(batch, length, -1)), None
 
 
 # --- gated MLPs and mixtures of experts ---------------------------------------------------
@@ -654,12 +658,13 @@ GLU_SITES = {"act": "activation", "gate": "gate"}
 GATED_MLP_CALLS = ("gate_proj", "up_proj", "down_proj")
 
 
-def glu(ops: BlockOps, gate: Tensor, up: Tensor, function: str) -> Tensor:
+def glu(ops: BlockOps, gate: Tensor, up: Tensor, function: str, suffix: str = "") -> Tensor:
     r"""Gated product ``act(gate) * up`` of a gated MLP (SwiGLU and friends): identity
     rule on the activation, half rule on the product (under the identity rule both
     factors are linear in the MLP input, so the product is homogeneous of degree two
-    and Gradient x Input would count its relevance twice)."""
-    return ops.gate("gate", ops.activation("act", gate, function), up)
+    and Gradient x Input would count its relevance twice). ``suffix`` is appended to
+    the site names (where the module has a child named ``gate``)."""
+    return ops.gate(f"gate{suffix}", ops.activation(f"act{suffix}", gate, function), up)
 
 
 def gated_mlp_forward(ops: BlockOps, mlp: nn.Module, x: Tensor) -> Tensor:
@@ -700,7 +705,12 @@ class Experts:
 
 
 def mixture_of_experts(
-    ops: BlockOps, experts: Experts, x: Tensor, select: Callable[[Tensor], Tensor], routed: Tensor
+    ops: BlockOps,
+    experts: Experts,
+    x: Tensor,
+    select: Callable[[Tensor], Tensor],
+    routed: Tensor,
+    suffix: str = "",
 ) -> Tensor:
     r"""Routed experts combined by their router weights, with the router rule.
 
@@ -720,24 +730,27 @@ def mixture_of_experts(
             for the experts a token is not sent to.
         routed (Tensor): ``(tokens, in)`` expert input (``x``, or its latent
             projection).
+        suffix (str, optional): appended to every site name (:data:`MOE_SITES`, with
+            :func:`suffixed`), where the module has a child of a site's name. Default:
+            ``""``.
 
     Returns:
         Tensor: ``(tokens, out)``.
     """
-    weights = ops.routing("routing", x, select)
+    weights = ops.routing(f"routing{suffix}", x, select)
     with torch.no_grad():
         token, expert = weights.detach().nonzero().unbind(1)
         order = torch.argsort(expert, stable=True)
         token, expert = token[order], expert[order]
         sizes = torch.bincount(expert, minlength=experts.up.shape[0]).tolist()
-    hidden = ops.grouped_linear("up", routed[token], experts.up, sizes)
+    hidden = ops.grouped_linear(f"up{suffix}", routed[token], experts.up, sizes)
     if experts.gated:
         gate, up = hidden.chunk(2, dim=-1)
-        hidden = glu(ops, gate, up, experts.function)
+        hidden = glu(ops, gate, up, experts.function, suffix)
     else:
-        hidden = ops.activation("act", hidden, experts.function)
-    values = ops.grouped_linear("down", hidden, experts.down, sizes)
-    return ops.mixture("mixture", weights[token, expert], values, token, x.shape[0])
+        hidden = ops.activation(f"act{suffix}", hidden, experts.function)
+    values = ops.grouped_linear(f"down{suffix}", hidden, experts.down, sizes)
+    return ops.mixture(f"mixture{suffix}", weights[token, expert], values, token, x.shape[0])
 
 
 def gated_experts_forward(

@@ -26,6 +26,11 @@ initialised Mamba with the shape of ``mamba-130m`` (float32, batch 1) it prints:
 - ``--hybrid-lengths``: MambaLRP against transformers' no-grad forward on a Bamba-shaped
   and a Jamba-shaped hybrid (:data:`HYBRIDS`, ``--hybrids``), time and peak memory per
   length, each measurement in a fresh subprocess;
+- ``--families NAME ...``: for each named model family (:data:`FAMILY_MODELS`) a
+  randomly initialised model of a small shape (float32, batch 1, SDPA attention):
+  ``MambaLRP.attribute`` (one target logit) against transformers' own no-grad forward
+  to the last position's logits, at each of ``--family-lengths`` (in this process,
+  median of ``--repeats`` runs, no memory measured);
 - ``--out DIR``: ``results.json``, ``tables.md`` and ``scaling.png`` (time and peak
   memory against length, log-log).
 
@@ -36,6 +41,7 @@ is printed with the results.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import statistics
@@ -87,6 +93,10 @@ class BenchmarkSettings:
         hybrids (tuple of str): the hybrid shapes (names of :data:`HYBRIDS`) measured at
             ``hybrid_lengths``. Default: ``("bamba", "jamba")``.
         hybrid_lengths (tuple of int): sequence lengths of the hybrids. Default: none.
+        families (tuple of str): model families measured (keys of
+            :data:`FAMILY_MODELS`). Default: none.
+        family_lengths (tuple of int): sequence lengths of the families. Default: 512,
+            2048.
         threads (int, optional): torch threads of the runs. Default: None (torch's).
         out (Path, optional): folder for ``results.json``, ``tables.md`` and
             ``scaling.png``. Default: None (nothing written).
@@ -113,6 +123,8 @@ class BenchmarkSettings:
     thread_counts: tuple[int, ...] = (1, 2)
     hybrids: tuple[str, ...] = ("bamba", "jamba")
     hybrid_lengths: tuple[int, ...] = ()
+    families: tuple[str, ...] = ()
+    family_lengths: tuple[int, ...] = (512, 2048)
     threads: int | None = None
     out: Path | None = None
     hidden: int = 768
@@ -590,6 +602,96 @@ HYBRID_HEADER = [
 ]
 
 
+#: The families ``--families`` measures: name -> (transformers configuration class,
+#: model class, configuration fields) of a randomly initialised model.
+FAMILY_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "lfm2": (
+        "Lfm2Config",
+        "Lfm2ForCausalLM",
+        dict(
+            hidden_size=256,
+            intermediate_size=768,
+            num_hidden_layers=6,
+            num_attention_heads=16,
+            num_key_value_heads=4,
+            full_attn_idxs=[2, 5],
+            block_auto_adjust_ff_dim=False,
+            vocab_size=1024,
+        ),
+    ),
+    "lfm2-moe": (
+        "Lfm2MoeConfig",
+        "Lfm2MoeForCausalLM",
+        dict(
+            hidden_size=256,
+            intermediate_size=768,
+            moe_intermediate_size=192,
+            num_hidden_layers=6,
+            num_attention_heads=16,
+            num_key_value_heads=4,
+            layer_types=["conv", "conv", "full_attention", "conv", "conv", "full_attention"],
+            num_dense_layers=1,
+            num_experts=16,
+            num_experts_per_tok=4,
+            vocab_size=1024,
+        ),
+    ),
+}
+
+
+def _family_model(name: str) -> torch.nn.Module:
+    config_name, model_name, fields = FAMILY_MODELS[name]
+    transformers = importlib.import_module("transformers")
+    config = getattr(transformers, config_name)(**fields)
+    config._attn_implementation = "sdpa"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return getattr(transformers, model_name)(config).eval()
+
+
+def _family_row(name: str, model: torch.nn.Module, length: int, repeats: int) -> dict[str, Any]:
+    ids = _ids(model.config.vocab_size, length, seed=0)
+    embeds = model.get_input_embeddings()(ids).detach()
+    target = (length - 1, int(ids[0, -1]))
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(inputs_embeds=embeds, use_cache=False, logits_to_keep=1)
+
+    def explain() -> None:
+        MambaLRP(model).attribute(embeds, target=target)
+
+    explain()  # warm-up
+    mambalrp = _median_time(explain, repeats)
+    return {
+        "family": name,
+        "length": length,
+        "mambalrp": mambalrp,
+        "forward": _median_time(forward, repeats),
+    }
+
+
+def measure_families(
+    settings: BenchmarkSettings, progress: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
+    """MambaLRP against transformers' own forward, per family and length.
+
+    Args:
+        settings (BenchmarkSettings): the families, lengths and repeats.
+        progress (Callable, optional): receives one line per measurement.
+
+    Returns:
+        list of dict: ``family``, ``length``, ``mambalrp`` and ``forward`` (seconds).
+    """
+    rows = []
+    for name in settings.families:
+        model = _family_model(name)
+        for length in settings.family_lengths:
+            rows.append(_family_row(name, model, length, settings.repeats))
+            progress(f"measured {name} at {length} tokens")
+    return rows
+
+
 def _cell(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -685,6 +787,19 @@ def markdown_tables(results: dict[str, Any]) -> str:
             f"{g.generate / g.forward_rules:.2f}; explanation peak memory "
             f"{g.explain_mib:.0f} MiB\n\n" + _table(header, cells)
         )
+    if results.get("families"):
+        header = ["family", "tokens", "MambaLRP s", "forward s", "MambaLRP / forward"]
+        cells = [
+            [
+                r["family"],
+                str(r["length"]),
+                _cell(r["mambalrp"]),
+                _cell(r["forward"]),
+                f"{r['mambalrp'] / r['forward']:.1f}",
+            ]
+            for r in results["families"]
+        ]
+        parts.append(_table(header, cells))
     if results.get("throughput"):
         header = ["threads", "batch size", "texts", "tokens", "s", "tokens/s"]
         cells = [
@@ -760,6 +875,7 @@ def run(settings: BenchmarkSettings, progress: Callable[[str], None] = print) ->
     Returns:
         dict: ``machine`` (threads, load, torch version), ``lengths``, ``compare``,
         ``generation``, ``throughput`` and ``hybrids`` results (empty when not run).
+        ``generation``, ``families`` and ``throughput`` results (empty when not run).
     """
     results: dict[str, Any] = {
         "machine": {
@@ -775,6 +891,8 @@ def run(settings: BenchmarkSettings, progress: Callable[[str], None] = print) ->
     if settings.generation:
         results["generation"] = asdict(measure_generation(settings))
         progress("measured generation")
+    if settings.families:
+        results["families"] = measure_families(settings, progress)
     if settings.throughput:
         results["throughput"] = measure_throughput(settings)
         progress("measured throughput")

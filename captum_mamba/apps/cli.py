@@ -861,6 +861,10 @@ def _add_benchmark(commands: Commands) -> None:
     parser.add_argument(
         "--hybrid-lengths", **lengths, help="lengths of the hybrids (default: none)"
     )
+    parser.add_argument(
+        "--families", nargs="+", choices=sorted(benchmark.FAMILY_MODELS), help="default: none"
+    )
+    parser.add_argument("--family-lengths", **lengths, help="default: 512 2048")
     parser.add_argument("--threads", type=positive_int, help="torch threads of the runs")
     parser.add_argument("--out", type=Path, help="folder for json, md and plot")
     parser.add_argument("--quick", action="store_true", help="tiny model, small sizes")
