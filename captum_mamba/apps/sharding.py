@@ -146,7 +146,15 @@ def device_for(process: ProcessInfo, device: str) -> torch.device:
     """
     if device == "cuda":
         return torch.device("cuda", process.local_rank)
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise ValueError(
+            f"--device {device!r} is not a torch device; pass cpu, cuda or cuda:N"
+        ) from None
+    if chosen.type == "meta":
+        raise ValueError("--device meta holds shapes without values; pass cpu, cuda or cuda:N")
+    return chosen
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:

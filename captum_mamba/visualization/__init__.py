@@ -28,6 +28,7 @@ from captum_mamba.visualization.styles import (
 )
 from captum_mamba.visualization.text import (
     HeatmapRow,
+    ReadableTokenizer,
     TextHeatmap,
     batch_text_heatmap_figure,
     batch_text_heatmap_html,
@@ -44,6 +45,7 @@ __all__ = [
     "METHOD_STYLES",
     "HeatmapRow",
     "MethodStyle",
+    "ReadableTokenizer",
     "TextHeatmap",
     "area_under_curve",
     "batch_text_heatmap_figure",
