@@ -88,6 +88,7 @@ from captum_mamba.metrics import (
 )
 from captum_mamba.models import mamba_config, random_mamba_lm
 from captum_mamba.rules import MambaRules
+from captum_mamba.visualization.styles import method_styles
 
 Tokenize = Callable[[str], Tensor]
 #: Result files of a study (besides the shards).
@@ -211,8 +212,6 @@ def _plot(records: Sequence[MethodRecord], fractions: Tensor, directory: Path) -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from captum_mamba.visualization.styles import method_styles
 
     files = {"curves": directory / "curves.png", "conservation": directory / "conservation.png"}
     titles = {"morf": "deletion, MoRF", "lerf": "deletion, LeRF", "insertion": "insertion"}
