@@ -149,7 +149,8 @@ def _format_of(path: Path, file_format: str | None) -> str:
     if found is None:
         raise DataFormatError(
             f"{path}: cannot tell the format from the suffix {path.suffix!r}; "
-            f"rename it to .csv, .tsv, .jsonl or .parquet or pass file_format"
+            f"rename it to .csv, .tsv, .jsonl or .parquet or pass file_format= "
+            f"(--format on the command line)"
         )
     return found
 
