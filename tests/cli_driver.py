@@ -1,5 +1,5 @@
 """Runs command lines of ``captum_mamba.apps.cli``, each in its own process, and reports their
-exit codes and stderr as JSON (``python tests/cli_driver.py cases.json``).
+exit codes, stderr and run times as JSON (``python tests/cli_driver.py cases.json``).
 
 The package is imported once; every case runs in a process forked from this one (a
 real process with its own exit code and stderr), so that a table of dozens of error
@@ -12,12 +12,14 @@ import json
 import os
 import sys
 import tempfile
+import time
 
 
 def run_case(argv: list[str], env: dict[str, str]) -> dict[str, object]:
     from captum_mamba.apps.cli import main
 
     with tempfile.TemporaryFile(mode="w+") as err, tempfile.TemporaryFile(mode="w+") as out:
+        start = time.perf_counter()
         pid = os.fork()
         if pid == 0:  # the child: run the command line, exit with its code
             os.dup2(err.fileno(), 2)
@@ -37,12 +39,14 @@ def run_case(argv: list[str], env: dict[str, str]) -> dict[str, object]:
             sys.stderr.flush()
             os._exit(code)
         _, status = os.waitpid(pid, 0)
+        seconds = time.perf_counter() - start
         err.seek(0)
         out.seek(0)
         return {
             "code": os.waitstatus_to_exitcode(status),
             "stderr": err.read(),
             "stdout": out.read(),
+            "seconds": seconds,
         }
 
 

@@ -246,7 +246,9 @@ def test_model_without_floating_weights(model):
 
 def test_inputs_on_another_device(model):
     x = embeds(model).to("meta")
-    expect_error(lambda: MambaLRP(model).attribute(x, target=(-1, 0)), "inputs is on meta", "cpu")
+    expect_error(
+        lambda: MambaLRP(model).attribute(x, target=(-1, 0)), "inputs is on the meta device"
+    )
 
 
 def test_mask_on_another_device(model):
@@ -254,8 +256,7 @@ def test_mask_on_another_device(model):
     lrp = LayerMambaLRP(model, model.get_input_embeddings())
     expect_error(
         lambda: lrp.attribute(ids(), target=(-1, 0), additional_forward_args=mask),
-        "additional_forward_args[0] is on meta",
-        ".to('cpu')",
+        "additional_forward_args[0] is on the meta device",
     )
 
 
@@ -263,7 +264,18 @@ def test_model_on_another_device():
     with torch.device("meta"):
         meta_model = MambaForCausalLM(mamba_config(vocab_size=VOCAB))
     lrp = LayerMambaLRP(meta_model, meta_model.get_input_embeddings())
-    expect_error(lambda: lrp.attribute(ids(), target=(-1, 0)), "inputs is on cpu", "meta")
+    expect_error(lambda: lrp.attribute(ids(), target=(-1, 0)), "weights on the meta device")
+
+
+def test_model_and_inputs_on_the_meta_device():
+    """Both on meta (so on one device): refused in one line, not deep inside torch."""
+    with torch.device("meta"):
+        meta_model = MambaForCausalLM(mamba_config(vocab_size=VOCAB))
+    x = torch.zeros(1, 5, meta_model.config.hidden_size, device="meta")
+    expect_error(lambda: MambaLRP(meta_model).attribute(x, target=(-1, 0)), "meta device")
+    lrp = LayerMambaLRP(meta_model, meta_model.get_input_embeddings())
+    tokens = torch.zeros(1, 5, dtype=torch.long, device="meta")
+    expect_error(lambda: lrp.attribute(tokens, target=(-1, 0)), "meta device")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -42,6 +42,8 @@ def files(tmp_path_factory) -> dict[str, str]:
         "bad_json": root / "bad.jsonl",
         "no_dataset": root / "not_a_dataset",
         "old_run": root / "old_run",
+        "free_text": root / "free_text.csv",
+        "broken_cr": root / "broken_cr.csv",
     }
     word_tokenizer().save(str(paths["tokenizer"]))
     paths["file"].write_text("not a folder\n")
@@ -55,6 +57,10 @@ def files(tmp_path_factory) -> dict[str, str]:
     paths["latin1"].write_bytes("id,body,topic\n0,caf\xe9 news,tech\n".encode("latin-1"))
     paths["bad_json"].write_text('{"body": "the team won", "topic": "sport"}\n{oops\n')
     paths["no_dataset"].mkdir()
+    rows = "".join(f'{i},"{text} {i}",{text} {i}\n' for i, (text, _) in enumerate(NEWS * 2))
+    paths["free_text"].write_text("id,body,topic\n" + rows)
+    # A row ended by a bare carriage return in a file whose rows end with \n.
+    paths["broken_cr"].write_bytes(b"id,body,topic\n0,the team won,sport\r1,new chip,tech\n")
     return {name: str(path) for name, path in paths.items()}
 
 
@@ -90,7 +96,13 @@ CASES = [
         "demo data folder missing",
         lambda f: ["demo", "--data-dir", f["file"] + "_missing", "--output-dir", f["old_run"]],
         1,
-        ["rotten_tomatoes.csv not found", "CAPTUM_MAMBA_DATA"],
+        ["rotten_tomatoes.csv not found in --data-dir", "_missing"],
+    ),
+    (
+        "demo default data folder missing",
+        lambda f: ["demo", "--output-dir", f["old_run"]],
+        1,
+        ["rotten_tomatoes.csv not found in the data folder of $CAPTUM_MAMBA_DATA"],
     ),
     ("train epochs 0", lambda f: train(f, "--epochs", "0"), 2, ["--epochs: must be at least 1"]),
     ("train lr nan", lambda f: train(f, "--learning-rate", "nan"), 2, ["--learning-rate"]),
@@ -128,7 +140,13 @@ CASES = [
         "train missing file",
         lambda f: [*train(f), "--dataset", f["news"] + ".missing"],
         1,
-        ["news.csv.missing not found"],
+        ["file ", "news.csv.missing not found (no such file)"],
+    ),
+    (
+        "train free-text label column",
+        lambda f: [*train(f, "--dataset", f["free_text"])],
+        1,
+        ["column 'topic' has 36 distinct labels in 36 rows", "--label-column", "--max-classes"],
     ),
     (
         "train missing column",
@@ -140,7 +158,7 @@ CASES = [
         "train tokenizer missing",
         lambda f: [*train(f), "--tokenizer", f["file"] + ".json"],
         1,
-        ["not found; pass --tokenizer"],
+        ["--tokenizer", "a_file.txt.json: no such file"],
     ),
     (
         "train tokenizer unreadable",
@@ -164,7 +182,10 @@ CASES = [
         "attribute label outside the classes",
         lambda f: attribute(f, dataset="bad_label"),
         1,
-        ["bad_label.csv line 3 (row 2): label 'politics' is not one of the classes"],
+        [
+            "bad_label.csv line 3 (row 2): label 'politics' is not one of the classes",
+            "--label-names",
+        ],
     ),
     (
         "attribute non-integer label",
@@ -187,6 +208,12 @@ CASES = [
         lambda f: attribute(f, dataset="quote"),
         1,
         ["quote.csv line", "malformed CSV", "close the quotes"],
+    ),
+    (
+        "attribute row broken by a carriage return",
+        lambda f: attribute(f, dataset="broken_cr"),
+        1,
+        ["broken_cr.csv line 2 (row 1): 5 fields but 3 columns", "carriage return", "with \\n"],
     ),
     (
         "attribute malformed JSONL",
@@ -267,7 +294,33 @@ CASES = [
         "attribute missing model",
         lambda f: [*attribute(f), "--model", f["file"] + ".d/model"],
         1,
-        ["not a model checkpoint, transformers folder, hub id or module:function"],
+        ["a_file.txt.d/model: no such file or folder"],
+    ),
+    (
+        "attribute model file name typo",
+        lambda f: [*attribute(f), "--model", "sentimnet.ckpt"],
+        1,
+        ["sentimnet.ckpt: no such file or folder"],
+    ),
+    (
+        "attribute hub id offline",
+        lambda f: [*attribute(f), "--model", "nobody-here/no-such-model"],
+        1,
+        ["nobody-here/no-such-model", "hub cannot be reached", "HF_HUB_OFFLINE"],
+    ),
+    (
+        "attribute on the meta device",
+        lambda f: attribute(f, "--device", "meta", "--output-dir", f["old_run"] + "_meta"),
+        1,
+        ["--device meta holds shapes without values"],
+    ),
+    (
+        "attribute long text refused",
+        lambda f: attribute(
+            f, "--max-length", "3", "--long-texts", "refuse", "--output-dir", f["old_run"] + "_l"
+        ),
+        1,
+        ["news.csv row 1: a text has 6 tokens, more than the 3 the model reads", "keep-tail"],
     ),
     (
         "attribute factory without the function",
@@ -355,9 +408,10 @@ def results(files, tmp_path_factory) -> list[dict]:
     """Every case of :data:`CASES`, each in its own process (see tests/cli_driver.py)."""
     # The "other run" case needs a finished run in old_run first.
     main([*attribute(files, "--output-dir", files["old_run"], "--no-progress")])
+    missing = str(Path(files["file"]).parent / "no_data_here")
+    environment = {"HF_HUB_OFFLINE": "1", "CAPTUM_MAMBA_DATA": missing}
     cases = [
-        {"argv": [str(a) for a in build(files)], "env": {"HF_HUB_OFFLINE": "1"}}
-        for _, build, _, _ in CASES
+        {"argv": [str(a) for a in build(files)], "env": environment} for _, build, _, _ in CASES
     ]
     table = tmp_path_factory.mktemp("driver") / "cases.json"
     table.write_text(json.dumps(cases))
@@ -383,6 +437,13 @@ def test_every_error_is_one_line_without_a_traceback(results, index) -> None:
     assert ": error: " in lines[0]
     for part in parts:
         assert part in lines[0], (part, lines[0])
+    assert result["seconds"] < 5, f"{result['seconds']:.1f} s to fail"
+
+
+def test_data_folder_hint_only_where_the_folder_is_used(results) -> None:
+    """A file the user named is 'not found', without the data-folder hint."""
+    index = [case[0] for case in CASES].index("train missing file")
+    assert "CAPTUM_MAMBA_DATA" not in results[index]["stderr"]
 
 
 def test_errors_name_the_command(capsys) -> None:

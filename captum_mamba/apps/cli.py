@@ -32,6 +32,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,6 +42,7 @@ import torch
 
 from captum_mamba.apps import benchmark, demo, doctor, ground_truth, render_readme
 from captum_mamba.apps.data import (
+    MAX_CLASSES,
     ROTTEN_TOMATOES_FILE,
     SENTIMENT_LABELS,
     SST2_FILE,
@@ -48,14 +50,15 @@ from captum_mamba.apps.data import (
     DataFormatError,
     LabelledData,
     LabelledText,
+    class_list,
     default_data_dir,
     load_tokenizer,
     read_texts,
     split_indices,
 )
 from captum_mamba.apps.dataset import attribute_dataset
-from captum_mamba.apps.loading import ModelLoadError, load_explained
-from captum_mamba.apps.methods import resolve_methods
+from captum_mamba.apps.loading import LongTextError, ModelLoadError, load_explained
+from captum_mamba.apps.methods import ALL_METHODS, resolve_methods
 from captum_mamba.apps.report import HTML_FILE, JSON_FILE, ReportOptions, explain_dataset
 from captum_mamba.apps.sentiment import (
     CheckpointError,
@@ -101,6 +104,23 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         line = " ".join(message.split())
         self.exit(EXIT_USAGE, f"{self.prog}: error: {line} (see {self.prog} --help)\n")
+
+
+def plain_text(doc: str) -> str:
+    """A docstring as plain text for ``--help``: reStructuredText roles, literals and
+    ``::`` markers removed.
+
+    Args:
+        doc (str): the docstring.
+
+    Returns:
+        str: e.g. ``"Run captum-mamba benchmark (options: BenchmarkSettings)."``.
+    """
+    text = re.sub(r":\w+:`~?([^`<]*?)(?:\s*<[^>]*>)?`", r"\1", doc)  # :func:`name <target>`
+    text = text.replace("``", "")
+    text = re.sub(r"\n\s*::\s*\n", "\n\n", text)  # a paragraph that is only "::"
+    text = re.sub(r"::(\s*\n)", r":\1", text)  # "text::" ends with a colon
+    return text.strip() + "\n"
 
 
 def _ranged(kind: Callable[[str], Any], low: float | None, high: float | None = None) -> Any:
@@ -219,6 +239,13 @@ def _add_data(parser: argparse.ArgumentParser, prefix: str = "", required: bool 
         help="label column" + ("; default: --label-column" if prefix else ""),
     )
     group.add_argument(f"--{prefix}split", help="split of a saved DatasetDict")
+    if not prefix:
+        group.add_argument(
+            "--max-classes",
+            type=positive_int,
+            help=f"allow this many classes in the label column (default: {MAX_CLASSES}, and "
+            f"fewer than half as many as the rows)",
+        )
     group.add_argument(
         f"--{prefix}format",
         choices=("csv", "tsv", "jsonl", "parquet", "arrow"),
@@ -238,14 +265,16 @@ def _add_output(parser: argparse.ArgumentParser, default: str | None, *aliases: 
 
 def _add_setup(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("classifier training (default: ClassifierSetup())")
-    group.add_argument("--epochs", type=positive_int)
-    group.add_argument("--learning-rate", type=_positive_float)
-    group.add_argument("--hidden-size", type=positive_int)
-    group.add_argument("--num-layers", type=positive_int)
-    group.add_argument("--state-size", type=positive_int)
+    group.add_argument("--epochs", type=positive_int, help="most passes over the data")
+    group.add_argument("--learning-rate", type=_positive_float, help="peak AdamW learning rate")
+    group.add_argument("--hidden-size", type=positive_int, help="width of the Mamba blocks")
+    group.add_argument("--num-layers", type=positive_int, help="number of Mamba blocks")
+    group.add_argument("--state-size", type=positive_int, help="SSM state size N")
     group.add_argument("--train-max-length", type=positive_int, help="tokens kept per text")
-    group.add_argument("--pooling", choices=("last", "mean"))
-    group.add_argument("--train-batch-size", type=positive_int)
+    group.add_argument(
+        "--pooling", choices=("last", "mean"), help="classify the last token or the mean"
+    )
+    group.add_argument("--train-batch-size", type=positive_int, help="texts per training step")
     group.add_argument(
         "--validation-fraction", type=_open_fraction, help="held out for early stopping"
     )
@@ -275,7 +304,16 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--tokenizer", help="tokenizer.json, tokenizer folder or hub id")
     group.add_argument(
-        "--max-length", type=positive_int, help="tokens kept per text (the last ones)"
+        "--max-length",
+        type=positive_int,
+        help="tokens the model reads per text (default: the classifier's setting; all "
+        "tokens of other models)",
+    )
+    group.add_argument(
+        "--long-texts",
+        choices=("keep-tail", "keep-head", "refuse"),
+        help="a text longer than --max-length: explain its last or first tokens, or stop "
+        "with an error naming it (default: the classifier's setting, else keep-tail)",
     )
     group.add_argument(
         "--cache-dir",
@@ -295,16 +333,26 @@ def _add_methods(parser: argparse.ArgumentParser, default: str) -> None:
         "--methods",
         type=_methods,
         default=_methods(default),
-        help=f"comma-separated names (any case) or 'all' (default: {default})",
+        help=f"comma-separated method names (any case) or 'all' (default: {default}); "
+        f"one of: {'; '.join(ALL_METHODS)}",
     )
-    group.add_argument("--ig-steps", type=positive_int, default=32)
-    group.add_argument("--smoothgrad-samples", type=positive_int, default=10)
-    group.add_argument("--seed", type=int, default=0)
+    group.add_argument(
+        "--ig-steps", type=positive_int, default=32, help="Integrated Gradients steps (32)"
+    )
+    group.add_argument(
+        "--smoothgrad-samples", type=positive_int, default=10, help="SmoothGrad samples (10)"
+    )
+    group.add_argument("--seed", type=int, default=0, help="seed of sampling and noise (0)")
 
 
 def _add_processes(parser: argparse.ArgumentParser, shard_size: int) -> None:
     group = parser.add_argument_group("shards and processes")
-    group.add_argument("--shard-size", type=positive_int, default=shard_size)
+    group.add_argument(
+        "--shard-size",
+        type=positive_int,
+        default=shard_size,
+        help=f"examples per result shard, the unit of resuming ({shard_size})",
+    )
     group.add_argument("--rank", type=non_negative_int, help="re-run one rank alone")
     group.add_argument("--world-size", type=positive_int, help="with --rank")
     group.add_argument("--overwrite", action="store_true", help="replace a run with other settings")
@@ -377,6 +425,30 @@ def _data_dir(args: argparse.Namespace) -> Path:
     return Path(args.data_dir) if getattr(args, "data_dir", None) else default_data_dir()
 
 
+#: The files of the shared data folder that the sentiment commands read.
+SENTIMENT_FILES = (ROTTEN_TOMATOES_FILE, SST2_FILE, TOKENIZER_FILE)
+
+
+def _data_files(args: argparse.Namespace, *names: str) -> Path:
+    """The data folder, checked to hold ``names``; a missing file is one line that says
+    where the folder came from (``--data-dir``, ``$CAPTUM_MAMBA_DATA`` or the default)."""
+    folder = _data_dir(args)
+    for name in names:
+        if (folder / name).is_file():
+            continue
+        if getattr(args, "data_dir", None):
+            origin = "--data-dir"
+        elif os.environ.get("CAPTUM_MAMBA_DATA"):
+            origin = "the data folder of $CAPTUM_MAMBA_DATA"
+        else:
+            origin = "the default data folder (../shared/data from here)"
+        raise CommandError(
+            f"{name} not found in {origin} {folder}; pass --data-dir with the folder that "
+            f"holds it, or set CAPTUM_MAMBA_DATA"
+        )
+    return folder
+
+
 def _read(args: argparse.Namespace, prefix: str, label_names: Any = None, labels: bool = True):
     """The texts of ``--dataset`` (or ``--train-dataset``/``--test-dataset``)."""
     name = prefix.replace("-", "_")
@@ -390,6 +462,7 @@ def _read(args: argparse.Namespace, prefix: str, label_names: Any = None, labels
         label_names,
         getattr(args, f"{name}format"),
         getattr(args, f"{name}split"),
+        max_classes=getattr(args, "max_classes", None),
     )
 
 
@@ -413,11 +486,12 @@ def _setup(args: argparse.Namespace) -> Any:
 
 
 def _tokenizer(args: argparse.Namespace) -> Any:
-    path = Path(args.tokenizer) if args.tokenizer else _data_dir(args) / TOKENIZER_FILE
-    if not path.is_file():
-        raise CommandError(
-            f"{path} not found; pass --tokenizer (a tokenizer.json file) or --data-dir"
-        )
+    if args.tokenizer:
+        path = Path(args.tokenizer)
+        if not path.is_file():
+            raise CommandError(f"--tokenizer {path}: no such file; pass a tokenizer.json file")
+    else:
+        path = _data_files(args, TOKENIZER_FILE) / TOKENIZER_FILE
     try:
         return load_tokenizer(path)
     except Exception as error:  # tokenizers raises its own exception types
@@ -456,7 +530,11 @@ def _add_demo(commands: Commands) -> None:
     parser.add_argument("--count", type=positive_int, default=4, help="SST-2 sentences to explain")
     parser.add_argument("--cache-dir", default=None, help="classifier checkpoints")
     parser.add_argument("--hub-model", help="e.g. state-spaces/mamba-130m-hf (needs internet)")
-    parser.add_argument("--prompt", default="The Eiffel Tower is located in the city of")
+    parser.add_argument(
+        "--prompt",
+        default="The Eiffel Tower is located in the city of",
+        help="text whose next token --hub-model explains",
+    )
     _add_threads(parser)
 
 
@@ -465,7 +543,8 @@ def _demo(args: argparse.Namespace) -> None:
     if args.hub_model:
         demo.explain_hub_model(args.hub_model, args.prompt)
     else:
-        demo.explain_sentiment(_data_dir(args), args.output_dir, args.count, args.cache_dir)
+        data_dir = _data_files(args, *SENTIMENT_FILES)
+        demo.explain_sentiment(data_dir, args.output_dir, args.count, args.cache_dir)
 
 
 def _add_train(commands: Commands) -> None:
@@ -501,7 +580,7 @@ def _train_command(args: argparse.Namespace) -> None:
     if args.output:
         classifier.save(args.output)
     metrics = classifier.metrics
-    line = f"classifier: classes {', '.join(classifier.label_names)}"
+    line = f"classifier: classes {class_list(classifier.label_names)}"
     if "validation_accuracy" in metrics:
         line += f", validation accuracy {metrics['validation_accuracy']:.3f}"
     if "test_accuracy" in metrics:
@@ -534,7 +613,9 @@ def _add_attribute(commands: Commands) -> None:
         "--num-examples", type=positive_int, help="a seeded sample of this many texts"
     )
     _add_methods(attribute, "MambaLRP")
-    attribute.add_argument("--batch-size", type=positive_int, default=8)
+    attribute.add_argument(
+        "--batch-size", type=positive_int, default=8, help="texts explained together (8)"
+    )
     attribute.add_argument("--max-tokens", type=positive_int, help="padded tokens per batch")
     attribute.add_argument("--device", default="cpu", help="cpu, cuda (cuda:<local rank>), cuda:N")
     _add_output(attribute, "attributions")
@@ -553,7 +634,7 @@ def _explained_and_data(args: argparse.Namespace) -> tuple[Any, Any, list[int]]:
             "classifier on it first) or --train-fraction (train on a share of --dataset)"
         )
     if args.model is not None:
-        explained = load_explained(args.model, args.tokenizer, args.max_length)
+        explained = load_explained(args.model, args.tokenizer, args.max_length, _long(args))
         names = args.label_names or explained.label_names or None
         table = _read(args, "", names, labels=bool(args.label_column))
         return explained, table, list(range(len(table.texts)))
@@ -573,7 +654,24 @@ def _explained_and_data(args: argparse.Namespace) -> tuple[Any, Any, list[int]]:
         train = LabelledData(examples, table.label_names, table.source)
         source = f"{table.source} (seeded {args.train_fraction:g} share, seed {args.seed})"
     classifier = _train(args, train)
-    return from_classifier(classifier, source, args.max_length), table, rows
+    return from_classifier(classifier, source, args.max_length, _long(args)), table, rows
+
+
+def _long(args: argparse.Namespace) -> str | None:
+    """``--long-texts`` as a :data:`~captum_mamba.apps.loading.LONG_TEXTS` policy."""
+    return args.long_texts.replace("-", "_") if args.long_texts else None
+
+
+def _check_lengths(args: argparse.Namespace, explained: Any, table: Any, rows: list[int]) -> None:
+    """With ``--long-texts refuse``, stop before any work at the first text longer than
+    the model reads, naming its row."""
+    if args.long_texts != "refuse":
+        return
+    for row in rows:
+        try:
+            explained.encode([table.texts[row]])
+        except LongTextError as error:
+            raise CommandError(f"{table.source} row {row + 1}: {error}") from None
 
 
 def _attribute(args: argparse.Namespace) -> None:
@@ -581,6 +679,7 @@ def _attribute(args: argparse.Namespace) -> None:
     explained, table, rows = _explained_and_data(args)
     if args.num_examples and args.num_examples < len(rows):
         rows = sorted(random.Random(args.seed).sample(rows, args.num_examples))
+    _check_lengths(args, explained, table, rows)
     texts = [table.texts[i] for i in rows]
     labels = None if table.labels is None else [table.labels[i] for i in rows]
     settings = MethodSettings(
@@ -629,7 +728,10 @@ def _add_study(commands: Commands) -> None:
     _add_data(run, "train-")
     _add_setup(run)
     run.add_argument(
-        "--num-examples", type=positive_int, help="default: 200 (ground-truth suite: 40)"
+        "--num-examples",
+        type=positive_int,
+        help="a seeded sample of this many labelled texts is studied (200; ground-truth "
+        "suite: 40 per task)",
     )
     _add_methods(run, "all")
     suite = run.add_argument_group("ground-truth suite (captum_mamba.apps.ground_truth)")
@@ -638,10 +740,21 @@ def _add_study(commands: Commands) -> None:
     )
     suite.add_argument("--tasks", type=_task_names, default=tuple(ground_truth.TASKS))
     suite.add_argument("--architectures", type=_architectures, default=("mamba", "mamba2", "bamba"))
-    run.add_argument("--replacement", choices=("zero", "mean", "token"), default="zero")
+    run.add_argument(
+        "--replacement",
+        choices=("zero", "mean", "token"),
+        default="zero",
+        help="what a removed token becomes: a zero embedding, the mean embedding or the "
+        "embedding of --replacement-token (zero)",
+    )
     run.add_argument("--replacement-token", type=non_negative_int, help="id for 'token'")
     run.add_argument("--keep-last", action="store_true", help="never remove the last (read) token")
-    run.add_argument("--target", choices=("predicted", "label"), default="predicted")
+    run.add_argument(
+        "--target",
+        choices=("predicted", "label"),
+        default="predicted",
+        help="explain the logit of the predicted class or of the label (predicted)",
+    )
     _add_output(run, "study_results")
     _add_processes(run, 25)
     _add_threads(run)
@@ -653,11 +766,15 @@ def _add_study(commands: Commands) -> None:
         _study_memory,
         "study",
     )
-    memory.add_argument("--length", type=positive_int, default=1024)
-    memory.add_argument("--methods", default="forward,rollout,mambalrp")
-    memory.add_argument("--seed", type=int, default=0)
+    memory.add_argument("--length", type=positive_int, default=1024, help="tokens (1024)")
+    memory.add_argument(
+        "--methods",
+        default="forward,rollout,mambalrp",
+        help=f"comma-separated, from: {', '.join(MEMORY_METHODS)} (forward,rollout,mambalrp)",
+    )
+    memory.add_argument("--seed", type=int, default=0, help="seed of the random model (0)")
     memory.add_argument("--shape", type=_shape, default="130m", help=SHAPE_HELP)
-    memory.add_argument("--repeats", type=positive_int, default=1)
+    memory.add_argument("--repeats", type=positive_int, default=1, help="runs, median (1)")
     _add_threads(memory)
     worker = _command(studies, "memory-worker", None, _study_memory_worker, "study")
     worker.add_argument("--method", required=True)
@@ -733,6 +850,7 @@ def _study_run(args: argparse.Namespace) -> None:
         raise CommandError("the study needs labels; pass --label-column")
     count = min(args.num_examples, len(rows))
     rows = sorted(random.Random(args.seed).sample(rows, count))
+    _check_lengths(args, explained, table, rows)
     examples = [(table.texts[i], table.labels[i]) for i in rows]
 
     def tokenize(text: str) -> Any:
@@ -776,7 +894,7 @@ def _study_run(args: argparse.Namespace) -> None:
 
 def _sentiment_setup(args: argparse.Namespace) -> tuple[Any, Any, list[int], str]:
     """The default study: the sentiment classifier on SST-2 validation."""
-    data_dir = _data_dir(args)
+    data_dir = _data_files(args, *SENTIMENT_FILES)
     setup = _setup(args)
     table = read_texts(data_dir / SST2_FILE, "sentence", "label", SENTIMENT_LABELS)
     classifier = load_or_train_classifier(data_dir, args.cache_dir, setup, progress=_log)
@@ -788,7 +906,7 @@ def _sentiment_setup(args: argparse.Namespace) -> tuple[Any, Any, list[int], str
         f"{setup.validation_fraction:.0%} of rotten_tomatoes.csv), SST-2 validation accuracy "
         f"{metrics['test_accuracy']:.3f} (all {len(table.texts)} sentences)"
     )
-    explained = from_classifier(classifier, "sentiment classifier", args.max_length)
+    explained = from_classifier(classifier, "sentiment classifier", args.max_length, _long(args))
     return explained, table, list(range(len(table.texts))), caption
 
 
@@ -827,7 +945,7 @@ def _add_benchmark(commands: Commands) -> None:
         "MambaLRP time vs forward and Saliency",
         _benchmark,
         sets_threads=False,
-        description=benchmark.__doc__,
+        description=plain_text(benchmark.__doc__ or ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,  # given options replace BenchmarkSettings'
     )
@@ -842,19 +960,21 @@ def _add_benchmark(commands: Commands) -> None:
         "--hf-max-length", type=non_negative_int, help="0 skips transformers' own forward"
     )
     parser.add_argument("--compare-length", type=non_negative_int, help="0 skips the comparison")
-    parser.add_argument("--generation", action="store_true")
-    parser.add_argument("--gen-prompt", type=positive_int)
-    parser.add_argument("--gen-tokens", type=positive_int)
+    parser.add_argument("--generation", action="store_true", help="explain generated tokens")
+    parser.add_argument("--gen-prompt", type=positive_int, help="prompt tokens (1024)")
+    parser.add_argument("--gen-tokens", type=positive_int, help="generated tokens (256)")
     parser.add_argument(
         "--gen-explain-steps",
         type=non_negative_int,
         help="explain only this many tokens and extrapolate (0: explain all)",
     )
-    parser.add_argument("--throughput", action="store_true")
-    parser.add_argument("--texts", type=positive_int)
-    parser.add_argument("--text-lengths", type=positive_int, nargs=2)
-    parser.add_argument("--batch-sizes", type=positive_int, nargs="+")
-    parser.add_argument("--thread-counts", type=positive_int, nargs="+")
+    parser.add_argument("--throughput", action="store_true", help="texts per second, batched")
+    parser.add_argument("--texts", type=positive_int, help="texts of the throughput (64)")
+    parser.add_argument(
+        "--text-lengths", type=positive_int, nargs=2, help="shortest and longest text (16 256)"
+    )
+    parser.add_argument("--batch-sizes", type=positive_int, nargs="+", help="(1 4 16)")
+    parser.add_argument("--thread-counts", type=positive_int, nargs="+", help="(1 2)")
     parser.add_argument(
         "--hybrids", nargs="+", choices=sorted(benchmark.HYBRIDS), help="default: bamba jamba"
     )
@@ -864,14 +984,14 @@ def _add_benchmark(commands: Commands) -> None:
     parser.add_argument(
         "--families", nargs="+", choices=sorted(benchmark.FAMILY_MODELS), help="default: none"
     )
-    parser.add_argument("--family-lengths", **lengths, help="default: 512 2048")
+    parser.add_argument("--family-lengths", **lengths, help="lengths of the families (512 2048)")
     parser.add_argument("--threads", type=positive_int, help="torch threads of the runs")
     parser.add_argument("--out", type=Path, help="folder for json, md and plot")
     parser.add_argument("--quick", action="store_true", help="tiny model, small sizes")
-    parser.add_argument("--hidden", type=positive_int)
-    parser.add_argument("--layers", type=positive_int)
-    parser.add_argument("--state", type=positive_int)
-    parser.add_argument("--vocab", type=_vocab)
+    parser.add_argument("--hidden", type=positive_int, help="model width (768)")
+    parser.add_argument("--layers", type=positive_int, help="Mamba blocks (24)")
+    parser.add_argument("--state", type=positive_int, help="SSM state size (16)")
+    parser.add_argument("--vocab", type=_vocab, help="vocabulary size (50280)")
     parser.add_argument("--saliency-worker", type=positive_int, help=argparse.SUPPRESS)
     parser.add_argument("--generation-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--hybrid-worker", nargs=3, help=argparse.SUPPRESS)
@@ -1040,12 +1160,17 @@ def _add_render_readme(commands: Commands) -> None:
         sets_threads=False,
     )
     parser.add_argument("--data-dir", default=None, help="shared data folder")
-    parser.add_argument("--output", type=Path, default=Path("docs") / "images")
-    parser.add_argument("--num-sentences", type=positive_int, default=24)
+    parser.add_argument(
+        "--output", type=Path, default=Path("docs") / "images", help="folder (docs/images)"
+    )
+    parser.add_argument(
+        "--num-sentences", type=positive_int, default=24, help="SST-2 sentences plotted (24)"
+    )
 
 
 def _render_readme(args: argparse.Namespace) -> None:
-    for path in render_readme.render(_data_dir(args), args.output, args.num_sentences):
+    data_dir = _data_files(args, *SENTIMENT_FILES)
+    for path in render_readme.render(data_dir, args.output, args.num_sentences):
         print("wrote", path)
 
 
@@ -1085,7 +1210,9 @@ def parser() -> _Parser:
         argparse.ArgumentParser: the parser; its errors are one line.
     """
     main_parser = _Parser(
-        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG,
+        description=plain_text(__doc__ or ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = main_parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in COMMANDS:

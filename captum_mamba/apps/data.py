@@ -25,6 +25,7 @@ import json
 import os
 import random
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,14 @@ TOKENIZER_FILE = "gpt-neox-20b-tokenizer.json"
 SENTIMENT_LABELS = ("negative", "positive")
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet", "arrow")
+
+#: Most classes inferred from a label column (without ``label_names``) unless
+#: ``max_classes`` allows more; a column with more is probably not a label column.
+MAX_CLASSES = 100
+#: A label column whose inferred classes are more than this share of its (at least
+#: :data:`MIN_ROWS_FOR_SHARE`) rows is refused too: nearly one class per row is a text.
+MAX_CLASS_SHARE = 0.5
+MIN_ROWS_FOR_SHARE = 20
 _SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet"}
 _INTEGER = re.compile(r"[+-]?\d+")
 
@@ -97,6 +106,23 @@ def fingerprint(examples: Sequence[LabelledText], label_names: Sequence[str]) ->
     return digest.hexdigest()
 
 
+def class_list(names: Sequence[str], limit: int = 8, width: int = 40) -> str:
+    """Class names for a message or a caption, never the whole of a long list.
+
+    Args:
+        names (sequence of str): the class names.
+        limit (int, optional): names shown at most. Default: 8.
+        width (int, optional): characters shown of each name at most. Default: 40.
+
+    Returns:
+        str: e.g. ``"negative, positive"`` or ``"a, b, ... (2300 classes)"``.
+    """
+    shown = [name if len(name) <= width else name[: width - 3] + "..." for name in names[:limit]]
+    if len(names) > limit:
+        return f"{', '.join(shown)}, ... ({len(names)} classes)"
+    return ", ".join(shown)
+
+
 def default_data_dir() -> Path:
     """``$CAPTUM_MAMBA_DATA`` if set, else ``../shared/data`` from the working directory."""
     return Path(os.environ.get("CAPTUM_MAMBA_DATA", Path("..") / "shared" / "data"))
@@ -105,9 +131,8 @@ def default_data_dir() -> Path:
 def _require(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found; pass the data folder explicitly or set CAPTUM_MAMBA_DATA"
-        )
+        what = "is a folder, not a file" if path.is_dir() else "not found (no such file)"
+        raise FileNotFoundError(f"file {path} {what}")
     return path
 
 
@@ -124,7 +149,8 @@ def _format_of(path: Path, file_format: str | None) -> str:
     if found is None:
         raise DataFormatError(
             f"{path}: cannot tell the format from the suffix {path.suffix!r}; "
-            f"rename it to .csv, .tsv, .jsonl or .parquet or pass file_format"
+            f"rename it to .csv, .tsv, .jsonl or .parquet or pass file_format= "
+            f"(--format on the command line)"
         )
     return found
 
@@ -135,11 +161,54 @@ RawRow = tuple[str, dict[Any, Any]]
 Columns = tuple[tuple[str, str], ...]
 
 
+#: Stands for a bare carriage return inside a record while the csv module reads it (a
+#: Unicode noncharacter, reserved for such internal use), and is turned back afterwards.
+_BARE_CR = "\uffff"
+_BARE_CR_PATTERN = re.compile(r"\r(?!\n)")
+
+
+def line_ending(path: Path) -> str:
+    """The line ending of a text file: ``"\\r\\n"`` or ``"\\n"`` (whichever ends its
+    first line), or ``"\\r"`` for a file with carriage returns but no line feed.
+
+    Args:
+        path (Path): the file.
+
+    Returns:
+        str: the line ending (``"\\n"`` for a file without any).
+    """
+    carriage_return, previous = False, b""
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 16):
+            newline = chunk.find(b"\n")
+            if newline >= 0:
+                before = (previous + chunk[:newline])[-1:]
+                return "\r\n" if before == b"\r" else "\n"
+            carriage_return = carriage_return or b"\r" in chunk
+            previous = chunk
+    return "\r" if carriage_return else "\n"
+
+
+def _records(handle: Any, ending: str) -> Iterator[str]:
+    """The lines of ``handle`` for the csv module: split at ``ending`` only, a bare
+    carriage return inside a line kept as text (hidden from the csv module, which would
+    end the record there)."""
+    if ending == "\r":
+        yield from handle
+        return
+    for line in handle:
+        yield _BARE_CR_PATTERN.sub(_BARE_CR, line)
+
+
 def _csv_rows(path: Path, delimiter: str, columns: Columns) -> Iterator[RawRow]:
     reader = None
+    ending = line_ending(path)
+    limit = csv.field_size_limit()
     try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            reader = csv.reader(handle, delimiter=delimiter, strict=True)
+        # A field may be as long as the file (a whole book in one cell).
+        csv.field_size_limit(max(limit, min(path.stat().st_size + 1, sys.maxsize, 2**31 - 1)))
+        with path.open(encoding="utf-8-sig", newline="" if ending == "\r" else "\n") as handle:
+            reader = csv.reader(_records(handle, ending), delimiter=delimiter, strict=True)
             header = next(reader, None)
             if not header:
                 names = tuple(column for _, column in columns)
@@ -153,10 +222,19 @@ def _csv_rows(path: Path, delimiter: str, columns: Columns) -> Iterator[RawRow]:
                 if record:  # blank lines are skipped
                     number += 1
                     where = f"line {start} (row {number})"
+                    if any(_BARE_CR in field for field in record):
+                        record = [field.replace(_BARE_CR, "\r") for field in record]
                     if len(record) > len(header):
                         raise DataFormatError(
-                            f"{path} {where}: {len(record)} fields but {len(header)} columns; "
-                            f"quote the fields that contain {delimiter!r}"
+                            f"{path} {where}: {len(record)} fields but {len(header)} columns"
+                            f"{_carriage_return_note(record, ending)}; quote the fields that "
+                            f"contain {delimiter!r}"
+                        )
+                    if len(record) < len(header) and any("\r" in f for f in record):
+                        raise DataFormatError(
+                            f"{path} {where}: {len(record)} fields but {len(header)} columns"
+                            f"{_carriage_return_note(record, ending)}; end every row with the "
+                            f"file's line ending or quote the field"
                         )
                     yield where, dict(zip(header, record, strict=False))
                 start = reader.line_num + 1
@@ -168,6 +246,19 @@ def _csv_rows(path: Path, delimiter: str, columns: Columns) -> Iterator[RawRow]:
         ) from None
     except UnicodeDecodeError as error:
         raise DataFormatError(f"{path} is not UTF-8 text ({error}); save it as UTF-8") from None
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _carriage_return_note(record: Sequence[str], ending: str) -> str:
+    """Names a carriage return found inside a broken row, or nothing."""
+    if not any("\r" in field for field in record):
+        return ""
+    shown = {"\n": "\\n", "\r\n": "\\r\\n", "\r": "\\r"}[ending]
+    return (
+        f" (a carriage return \\r inside a field, kept as text since the file's rows end "
+        f"with {shown}; if it ends a row there, replace it with {shown})"
+    )
 
 
 def _check_columns(path: Path, header: Sequence[str], columns: Columns) -> None:
@@ -385,6 +476,7 @@ def read_texts(
     file_format: str | None = None,
     split: str | None = None,
     separator: str = "\n",
+    max_classes: int | None = None,
 ) -> TextTable:
     """Read texts (one or more text columns) and optional labels from a CSV, TSV,
     JSON-lines or Parquet file, or a Hugging Face ``datasets`` data set saved with
@@ -407,6 +499,10 @@ def read_texts(
         split (str, optional): split of a saved ``DatasetDict``. Default: None (the
             only split).
         separator (str, optional): joins several text columns. Default: ``"\\n"``.
+        max_classes (int, optional): most classes inferred from the label column
+            (without ``label_names``); more are refused as not a label column.
+            Default: None (:data:`MAX_CLASSES`, and at most half as many classes
+            as rows from :data:`MIN_ROWS_FOR_SHARE` rows on).
 
     Returns:
         TextTable: the texts, labels and class names.
@@ -478,7 +574,7 @@ def read_texts(
         raise DataFormatError(f"{source} has no rows; it needs at least one {what}")
     labels = None
     if label_column is not None:
-        names, found = _class_indices(source, raw_labels, names)
+        names, found = _class_indices(source, raw_labels, names, label_column, max_classes)
         labels = tuple(found)
     return TextTable(tuple(texts), labels, names or (), str(source))
 
@@ -534,7 +630,11 @@ def read_labelled(
 
 
 def _class_indices(
-    path: Path, rows: Sequence[tuple[str, Any]], names: tuple[str, ...] | None
+    path: Path,
+    rows: Sequence[tuple[str, Any]],
+    names: tuple[str, ...] | None,
+    column: str = "label",
+    max_classes: int | None = None,
 ) -> tuple[tuple[str, ...], list[int]]:
     values = [_label_value(label) for _, label in rows]
     for (where, label), value in zip(rows, values, strict=True):
@@ -553,8 +653,10 @@ def _class_indices(
             where, label = rows[strings[0]]
             raise DataFormatError(
                 f"{path} {where}: label {label!r} is not an integer class index like the "
-                f"other rows; fix the label or pass label_names to name the classes"
+                f"other rows; fix the label or name the classes with label_names= "
+                f"(--label-names on the command line)"
             )
+        _check_class_count(path, column, names, len(rows), max_classes)
     index = {name: k for k, name in enumerate(names)}
     labels = []
     for (where, label), value in zip(rows, values, strict=True):
@@ -563,10 +665,29 @@ def _class_indices(
         if not 0 <= value < len(names):
             raise DataFormatError(
                 f"{path} {where}: label {label!r} is not one of the classes "
-                f"0..{len(names) - 1} ({', '.join(names)}); fix the label or pass label_names"
+                f"0..{len(names) - 1} ({class_list(names)}); fix the label or pass "
+                f"label_names= (--label-names on the command line)"
             )
         labels.append(value)
     return names, labels
+
+
+def _check_class_count(
+    path: Path, column: str, names: Sequence[str], rows: int, max_classes: int | None
+) -> None:
+    """Refuse inferred classes that are too many to come from a label column."""
+    if max_classes is None:
+        share = len(names) > MAX_CLASS_SHARE * rows and rows >= MIN_ROWS_FOR_SHARE
+        if len(names) <= MAX_CLASSES and not share:
+            return
+    elif len(names) <= max_classes:
+        return
+    raise DataFormatError(
+        f"{path}: column {column!r} has {len(names)} distinct labels in {rows} rows "
+        f"({class_list(names, 3, 30)}); that is not a label column: pass the column of "
+        f"the class labels as label_column= (--label-column), or allow more classes with "
+        f"max_classes= (--max-classes)"
+    )
 
 
 def split_indices(

@@ -64,8 +64,10 @@ from captum_mamba.apps.methods import MethodRunner, build_runners, method_slug, 
 from captum_mamba.apps.sharding import (
     ShardLayout,
     barrier,
+    check_once,
     current_process,
     device_for,
+    discard_bad_shards,
     finish,
     prepare_directory,
     write_atomic,
@@ -371,16 +373,18 @@ def merge_shards(directory: str | os.PathLike[str], layout: ShardLayout | None =
     target = directory / MERGED_FILE
 
     def write(path: Path) -> None:
-        writer = None
+        writer, found = None, []
         try:
             for file in files:
                 table = pyarrow.parquet.read_table(file)
+                found.extend(table.column("example_id").to_pylist())
                 if writer is None:
                     writer = pyarrow.parquet.ParquetWriter(path, table.schema)
                 writer.write_table(table)
         finally:
             if writer is not None:
                 writer.close()
+        check_once(found, len(found) if layout is None else layout.count, f"{directory} shards")
 
     write_atomic(target, write)
     return target
@@ -547,6 +551,16 @@ def attribute_dataset(
         runners = build_runners(names, explained.model, explained.forward, settings)
         schema = _schema(pyarrow, [method_slug(n) for n in names], description)
         mine = process.shards(layout.num_shards)
+        discard_bad_shards(
+            layout,
+            mine,
+            lambda path: (
+                pyarrow.parquet.read_table(path, columns=["example_id"])
+                .column("example_id")
+                .to_pylist()
+            ),
+            lambda shard: [ids[i] for i in layout.examples(shard)],
+        )
         todo = layout.missing(mine)
         run = DatasetRun(directory, skipped=[k for k in mine if k not in todo])
         if batch_size > 1 and todo:

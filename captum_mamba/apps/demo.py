@@ -12,12 +12,13 @@ the next-token prediction of a pretrained Mamba language model for ``--prompt``.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from captum_mamba.apps.data import SST2_FILE, load_sst2
-from captum_mamba.apps.sentiment import ClassifierSetup, load_or_train_classifier
+from captum_mamba.apps.data import SST2_FILE, LabelledText, load_sst2
+from captum_mamba.apps.sentiment import ClassifierSetup, TextClassifier, load_or_train_classifier
 from captum_mamba.attr import LayerMambaLRP
 from captum_mamba.attr.forward import fast_forward
 from captum_mamba.visualization import (
@@ -50,11 +51,38 @@ def explain_sentiment(
             (``$CAPTUM_MAMBA_CACHE`` or ``~/.cache/captum-mamba``).
     """
     classifier = load_or_train_classifier(data_dir, cache_dir, ClassifierSetup.quick())
-    model, tokenizer, labels = classifier.model, classifier.tokenizer, classifier.label_names
     examples = load_sst2(Path(data_dir) / SST2_FILE)[:count]
+    print(
+        f"Mamba sentiment classifier ({classifier.setup.describe()}), accuracy "
+        f"{classifier.metrics['test_accuracy']:.3f} on all SST-2 validation sentences\n"
+    )
+    explain_examples(classifier, examples, output_dir)
+
+
+def explain_examples(
+    classifier: TextClassifier,
+    examples: Sequence[LabelledText],
+    output_dir: str | os.PathLike[str],
+) -> Path:
+    """Explain a classifier's predictions of labelled texts with MambaLRP: print, per
+    text, the true and predicted class, the explained logit (whose class it is, its
+    value and the class probability) and the token relevances; write
+    ``sentiment_heatmap.png`` and ``.html`` with the true and predicted class of every
+    row, misclassified rows marked.
+
+    Args:
+        classifier (TextClassifier): the classifier.
+        examples (sequence of LabelledText): the texts and their labels.
+        output_dir (str or PathLike): folder of the heatmaps (created if missing).
+
+    Returns:
+        Path: the PNG heatmap.
+    """
+    model, tokenizer, labels = classifier.model, classifier.tokenizer, classifier.label_names
     texts = [e.text for e in examples]
     ids, mask = classifier.encode(texts)
     logits = classifier.logits(texts)  # through the package's scans: no kernel messages
+    probabilities = logits.double().softmax(-1)
     predicted = logits.argmax(-1)
     lrp = LayerMambaLRP(model, model.get_input_embeddings())
     relevance, delta = lrp.attribute(
@@ -64,39 +92,47 @@ def explain_sentiment(
         return_convergence_delta=True,
     )
     token_relevance = relevance.sum(-1)
-    print(
-        f"Mamba sentiment classifier ({classifier.setup.describe()}), accuracy "
-        f"{classifier.metrics['test_accuracy']:.3f} on all SST-2 validation sentences\n"
-    )
-    all_tokens, rows = [], []
+    all_tokens, rows, row_labels = [], [], []
     for i, example in enumerate(examples):
         real = mask[i].bool()
         tokens = token_texts(tokenizer, ids[i][real].tolist())
         scores = token_relevance[i][real]
-        explained = logits[i, predicted[i]].item()
+        guess = int(predicted[i])
+        wrong = guess != example.label
+        mark = "  MISCLASSIFIED" if wrong else ""
         print(f"[{i}] {example.text}")
         print(
-            f"    label {labels[example.label]}, predicted {labels[predicted[i]]} "
-            f"(logit {explained:+.3f}); sum of relevances {scores.sum().item():+.3f}, "
-            f"delta {delta[i].item():+.1e} (absorbed by the conv biases)"
+            f"    label {labels[example.label]}, predicted {labels[guess]} with probability "
+            f"{probabilities[i, guess].item():.2f}{mark}"
+        )
+        print(
+            f"    explained: the logit of class {labels[guess]!r}, "
+            f"{logits[i, guess].item():+.3f} (the class with the largest logit is "
+            f"predicted); sum of relevances {scores.sum().item():+.3f}, delta "
+            f"{delta[i].item():+.1e} (absorbed by the conv biases)"
         )
         print(f"    {_format_tokens(tokens, scores)}\n")
         all_tokens.append(tokens)
         rows.append(scores)
+        row_labels.append(
+            f"[{i}] label {labels[example.label]}, predicted {labels[guess]} "
+            f"(p {probabilities[i, guess].item():.2f})" + (" - misclassified" if wrong else "")
+        )
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    row_labels = [f"[{i}] predicted {labels[p]}" for i, p in enumerate(predicted.tolist())]
     figure = batch_text_heatmap_figure(
         all_tokens,
         {"MambaLRP": rows},
         text_labels=row_labels,
-        title="MambaLRP relevance for the predicted class",
+        title="MambaLRP relevance for the logit of the predicted class",
     )
-    figure.savefig(out / "sentiment_heatmap.png", dpi=150, bbox_inches="tight")
+    png = out / "sentiment_heatmap.png"
+    figure.savefig(png, dpi=150, bbox_inches="tight")
     batch_text_heatmap_html(all_tokens, {"MambaLRP": rows}, text_labels=row_labels).save(
         out / "sentiment_heatmap.html"
     )
-    print(f"heatmaps written to {out / 'sentiment_heatmap.png'} and .html")
+    print(f"heatmaps written to {png} and .html")
+    return png
 
 
 def explain_hub_model(model_id: str, prompt: str) -> None:

@@ -24,11 +24,14 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 import re
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 from torch import Tensor, nn
@@ -37,10 +40,53 @@ from captum_mamba.apps.data import load_tokenizer
 from captum_mamba.attr.forward import default_forward
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+#: A Hugging Face hub id: ``name`` or ``owner/name`` (letters, digits, ``-``, ``_``, ``.``).
+_HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
+#: Suffixes of model files: an argument ending in one is a path, never a hub id.
+_FILE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors", ".json", ".pkl", ".gguf")
+#: Seconds to wait for the hub before calling it unreachable.
+HUB_PROBE_TIMEOUT = 3.0
 
 
 class ModelLoadError(ValueError):
     """A model or tokenizer cannot be loaded; the message names it and the fix."""
+
+
+class LongTextError(ValueError):
+    """A text is longer than the model reads and the policy is to refuse it."""
+
+
+#: What happens to a text of more tokens than the model reads (``max_length``): its
+#: last tokens are kept (what a causal model reads last), its first ones, or it is
+#: refused with a :class:`LongTextError`.
+LONG_TEXTS = ("keep_tail", "keep_head", "refuse")
+
+
+def keep_tokens(ids: Sequence[int], max_length: int | None, policy: str = "keep_tail") -> list[int]:
+    """The token ids of one text that are explained, by the long-text ``policy``.
+
+    Args:
+        ids (sequence of int): all token ids of the text.
+        max_length (int, optional): tokens the model reads; None reads all.
+        policy (str, optional): one of :data:`LONG_TEXTS`. Default: ``"keep_tail"``.
+
+    Returns:
+        list of int: ``ids``, or its last / first ``max_length`` ids.
+
+    Raises:
+        LongTextError: for a longer text under ``"refuse"``.
+    """
+    if policy not in LONG_TEXTS:
+        raise ValueError(f"policy must be one of {', '.join(LONG_TEXTS)}, got {policy!r}")
+    if max_length is None or len(ids) <= max_length:
+        return list(ids)
+    if policy == "refuse":
+        raise LongTextError(
+            f"a text has {len(ids)} tokens, more than the {max_length} the model reads "
+            f"(--max-length); pass --long-texts keep-tail or keep-head to explain a part "
+            f"of it, or a larger --max-length"
+        )
+    return list(ids[:max_length] if policy == "keep_head" else ids[-max_length:])
 
 
 @dataclass
@@ -120,14 +166,18 @@ def load_tokenizer_any(source: Any) -> Any:
         ) from None
 
 
-def _encoder(tokenizer: Any, max_length: int | None, pad_id: int) -> Callable[..., list[list[int]]]:
-    """``encode(texts)`` with either kind of tokenizer; the last ``max_length`` tokens
-    of a longer text are kept (the end is what a causal model reads last).
+def _encoder(
+    tokenizer: Any, max_length: int | None, pad_id: int, truncation: str | None = None
+) -> Callable[..., list[list[int]]]:
+    """``encode(texts)`` with either kind of tokenizer; a text longer than
+    ``max_length`` tokens is handled as :func:`keep_tokens` says.
 
     Args:
         tokenizer (Any): a ``tokenizers.Tokenizer`` or a transformers tokenizer.
         max_length (int, optional): tokens kept per text; None keeps all.
         pad_id (int): the id of a text without tokens.
+        truncation (str, optional): one of :data:`LONG_TEXTS`. Default: None
+            (``"keep_tail"``).
 
     Returns:
         Callable: ``encode(texts) -> list of id lists`` (never empty).
@@ -138,8 +188,7 @@ def _encoder(tokenizer: Any, max_length: int | None, pad_id: int) -> Callable[..
             rows = [e.ids for e in tokenizer.encode_batch(list(texts))]
         else:
             rows = [list(ids) for ids in tokenizer(list(texts))["input_ids"]]
-        if max_length is not None:
-            rows = [row[-max_length:] for row in rows]
+        rows = [keep_tokens(row, max_length, truncation or "keep_tail") for row in rows]
         return [row or [pad_id] for row in rows]
 
     return encode
@@ -174,6 +223,7 @@ def _explained(
     description: str,
     source: str,
     forward: Callable[..., Tensor] | None = None,
+    truncation: str | None = None,
 ) -> ExplainedModel:
     """An :class:`ExplainedModel` of a loaded model with its tokenizer (an object or a
     path / hub id), encoding with it and padding with its pad id."""
@@ -182,7 +232,7 @@ def _explained(
     return ExplainedModel(
         model,
         tokenizer,
-        _encoder(tokenizer, max_length, pad),
+        _encoder(tokenizer, max_length, pad, truncation),
         forward or default_forward(model, "inputs_embeds"),
         pad,
         labels,
@@ -191,7 +241,9 @@ def _explained(
     )
 
 
-def _factory(spec: str, tokenizer: Any, max_length: int | None) -> ExplainedModel:
+def _factory(
+    spec: str, tokenizer: Any, max_length: int | None, truncation: str | None = None
+) -> ExplainedModel:
     module_name, _, function_name = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -229,10 +281,13 @@ def _factory(spec: str, tokenizer: Any, max_length: int | None) -> ExplainedMode
         f"{type(model).__name__} from {spec}",
         spec,
         forward,
+        truncation,
     )
 
 
-def _mamba_ssm(source: str, tokenizer: Any, max_length: int | None) -> ExplainedModel:
+def _mamba_ssm(
+    source: str, tokenizer: Any, max_length: int | None, truncation: str | None = None
+) -> ExplainedModel:
     path = Path(source)
     if tokenizer is None:
         raise ModelLoadError(
@@ -248,16 +303,79 @@ def _mamba_ssm(source: str, tokenizer: Any, max_length: int | None) -> Explained
             f"on a CUDA machine"
         ) from None
     model = MambaLMHeadModel.from_pretrained(str(path)).eval()
+    description = f"mamba-ssm MambaLMHeadModel from {path}"
     return _explained(
-        model, tokenizer, max_length, (), f"mamba-ssm MambaLMHeadModel from {path}", str(path)
+        model, tokenizer, max_length, (), description, str(path), truncation=truncation
     )
 
 
-def _transformers(source: str, tokenizer: Any, max_length: int | None) -> ExplainedModel:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+def looks_like_hub_id(source: str) -> bool:
+    """Whether a model argument that is not a local path reads as a hub id
+    (``owner/name`` or ``name``, no file suffix, no folder of it here).
+
+    Args:
+        source (str): the model argument.
+
+    Returns:
+        bool: True for e.g. ``"state-spaces/mamba-130m-hf"``; False for
+        ``"./model"``, ``"/tmp/x"``, ``"run/model.ckpt"`` or ``"outputs/model"`` when
+        ``outputs`` is a local folder.
+    """
+    if not _HUB_ID.match(source) or ".." in source or source.lower().endswith(_FILE_SUFFIXES):
+        return False
+    return "/" not in source or not Path(source.split("/")[0]).exists()
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> bool:
+    """Whether the Hugging Face hub answers (a TCP connection to its endpoint within
+    ``timeout`` seconds); False when ``HF_HUB_OFFLINE`` is set.
+
+    Args:
+        timeout (float, optional): seconds to wait. Default: :data:`HUB_PROBE_TIMEOUT`.
+
+    Returns:
+        bool: whether a download can be tried.
+    """
+    from huggingface_hub import constants
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    if constants.HF_HUB_OFFLINE or offline:
+        return False
+    endpoint = urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _hub_config(source: str) -> Any:
+    """The config of a hub model: downloaded when the hub answers, else from the local
+    cache only (no retries against an unreachable hub)."""
+    from transformers import AutoConfig
+
+    if Path(source).exists() or hub_reachable():
+        return AutoConfig.from_pretrained(source)
+    try:
+        return AutoConfig.from_pretrained(source, local_files_only=True)
+    except Exception:  # not in the cache
+        raise ModelLoadError(
+            f"{source}: no such local file or folder, and the model hub cannot be reached "
+            f"(offline or HF_HUB_OFFLINE set) with no copy of it in the local cache; pass a "
+            f"local model, or connect and try again"
+        ) from None
+
+
+def _transformers(
+    source: str, tokenizer: Any, max_length: int | None, truncation: str | None = None
+) -> ExplainedModel:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     try:
-        config = AutoConfig.from_pretrained(source)
+        config = _hub_config(source)
+    except ModelLoadError:
+        raise
     except Exception as error:  # OSError, ValueError, connection errors
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise ModelLoadError(
@@ -280,6 +398,7 @@ def _transformers(source: str, tokenizer: Any, max_length: int | None) -> Explai
         labels,
         f"transformers {type(model).__name__} ({kind}) from {source}",
         source,
+        truncation=truncation,
     )
 
 
@@ -293,12 +412,13 @@ class ModelLoader:
             path, hub id or other text) is of this kind; it may raise
             :class:`ModelLoadError` for one that is but is broken.
         load (Callable): ``load(source, tokenizer, max_length) -> ExplainedModel``, with
-            the arguments of :func:`load_explained`.
+            the arguments of :func:`load_explained`; it is passed ``truncation`` (one
+            of :data:`LONG_TEXTS`) as a fourth argument only when one is asked for.
     """
 
     name: str
     accepts: Callable[[str], bool]
-    load: Callable[[str, Any, int | None], ExplainedModel]
+    load: Callable[..., ExplainedModel]
 
 
 _REGISTERED: dict[str, ModelLoader] = {}
@@ -341,6 +461,11 @@ def _transformers_source(source: str) -> bool:
             f"{path} is a folder without config.json; pass a transformers or mamba-ssm model "
             f"folder (save_pretrained), a classifier checkpoint, a hub id or module:function"
         )
+    if not path.exists() and not looks_like_hub_id(source):
+        raise ModelLoadError(
+            f"{source}: no such file or folder (and not a hub id owner/name); pass an "
+            f"existing classifier checkpoint or model folder, a hub id or module:function"
+        )
     return True
 
 
@@ -363,7 +488,10 @@ def model_loaders() -> tuple[ModelLoader, ...]:
 
 
 def load_explained(
-    model: str | Path, tokenizer: Any = None, max_length: int | None = None
+    model: str | Path,
+    tokenizer: Any = None,
+    max_length: int | None = None,
+    truncation: str | None = None,
 ) -> ExplainedModel:
     """Load a model (and its tokenizer) to explain with the first loader of
     :func:`model_loaders` that accepts it, see the module docstring.
@@ -377,6 +505,9 @@ def load_explained(
             model's own).
         max_length (int, optional): tokens kept per text (the last ones). Default:
             None (the classifier's setting; all tokens otherwise).
+        truncation (str, optional): what happens to a longer text, one of
+            :data:`LONG_TEXTS`. Default: None (the classifier's setting; the last
+            tokens kept otherwise).
 
     Returns:
         ExplainedModel: model, encoder, forward function, class names.
@@ -392,5 +523,9 @@ def load_explained(
         >>> explained = load_explained("my_project.models:build")
     """
     source = str(model)
+    if truncation is not None and truncation not in LONG_TEXTS:
+        raise ValueError(f"truncation must be one of {', '.join(LONG_TEXTS)}, got {truncation!r}")
     loader = next(loader for loader in model_loaders() if loader.accepts(source))
-    return loader.load(source, tokenizer, max_length)
+    if truncation is None:
+        return loader.load(source, tokenizer, max_length)
+    return loader.load(source, tokenizer, max_length, truncation)

@@ -38,6 +38,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -59,11 +60,18 @@ from captum_mamba.apps.data import (
     TOKENIZER_FILE,
     LabelledData,
     LabelledText,
+    class_list,
     load_tokenizer,
     read_labelled,
     train_validation_split,
 )
-from captum_mamba.apps.loading import ExplainedModel, ModelLoader, ModelLoadError, register_loader
+from captum_mamba.apps.loading import (
+    ExplainedModel,
+    ModelLoader,
+    ModelLoadError,
+    keep_tokens,
+    register_loader,
+)
 from captum_mamba.attr.batches import length_buckets, pad_sequences
 from captum_mamba.attr.forward import default_forward, fast_forward
 
@@ -1039,7 +1047,10 @@ def load_or_train_classifier(
 
 
 def from_classifier(
-    classifier: TextClassifier, source: str, max_length: int | None = None
+    classifier: TextClassifier,
+    source: str,
+    max_length: int | None = None,
+    truncation: str | None = None,
 ) -> ExplainedModel:
     """An :class:`~captum_mamba.apps.loading.ExplainedModel` of a :class:`TextClassifier`.
 
@@ -1048,17 +1059,26 @@ def from_classifier(
         source (str): where it came from (for captions).
         max_length (int, optional): tokens kept per text. Default: None (the
             classifier's setting).
+        truncation (str, optional): what happens to a longer text, one of
+            :data:`~captum_mamba.apps.loading.LONG_TEXTS`. Default: None (the
+            classifier's setting).
 
     Returns:
         ExplainedModel: the classifier with its own tokenization (normalisation and
-        truncation as in training).
+        truncation as in training, unless ``truncation`` says otherwise).
     """
     setup = classifier.setup
     if max_length is not None:
         setup = setup.replace(max_length=max_length)
+    if truncation in TRUNCATIONS:
+        setup = setup.replace(truncation=truncation)
 
     def encode(texts: Sequence[str]) -> list[list[int]]:
-        return tokenize(classifier.tokenizer, texts, setup, classifier.padding_id)
+        if truncation != "refuse":
+            return tokenize(classifier.tokenizer, texts, setup, classifier.padding_id)
+        whole = setup.replace(max_length=sys.maxsize)
+        rows = tokenize(classifier.tokenizer, texts, whole, classifier.padding_id)
+        return [keep_tokens(row, setup.max_length, "refuse") for row in rows]
 
     model = classifier.model
     return ExplainedModel(
@@ -1069,7 +1089,7 @@ def from_classifier(
         classifier.padding_id,
         classifier.label_names,
         f"captum-mamba text classifier {Path(source).name} ({setup.describe()}; "
-        f"classes {', '.join(classifier.label_names)})",
+        f"classes {class_list(classifier.label_names)})",
         source,
     )
 
@@ -1082,11 +1102,13 @@ def _is_checkpoint(source: str) -> bool:
         return handle.read(len(CHECKPOINT_FORMAT)) == CHECKPOINT_FORMAT.encode()
 
 
-def _load_checkpoint(source: str, tokenizer: Any, max_length: int | None) -> ExplainedModel:
+def _load_checkpoint(
+    source: str, tokenizer: Any, max_length: int | None, truncation: str | None = None
+) -> ExplainedModel:
     """A checkpoint as :func:`~captum_mamba.apps.loading.load_explained` loads it (its
     own tokenizer: ``tokenizer`` is not used)."""
     try:
-        return from_classifier(TextClassifier.load(source), source, max_length)
+        return from_classifier(TextClassifier.load(source), source, max_length, truncation)
     except CheckpointError as error:
         raise ModelLoadError(str(error)) from None
 

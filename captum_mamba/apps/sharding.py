@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,7 +146,15 @@ def device_for(process: ProcessInfo, device: str) -> torch.device:
     """
     if device == "cuda":
         return torch.device("cuda", process.local_rank)
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise ValueError(
+            f"--device {device!r} is not a torch device; pass cpu, cuda or cuda:N"
+        ) from None
+    if chosen.type == "meta":
+        raise ValueError("--device meta holds shapes without values; pass cpu, cuda or cuda:N")
+    return chosen
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -194,6 +203,80 @@ class ShardLayout:
         """The shards (of ``shards``, default all) that have no file yet."""
         chosen = range(self.num_shards) if shards is None else shards
         return [shard for shard in chosen if not self.path(shard).is_file()]
+
+
+def _notice(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def discard_bad_shards(
+    layout: ShardLayout,
+    shards: Sequence[int],
+    read_ids: Callable[[Path], list[int]],
+    expected_ids: Callable[[int], list[int]],
+    notice: Callable[[str], None] = _notice,
+) -> list[int]:
+    """Delete the files of shards that cannot be read, or do not hold exactly their
+    examples, so that they are computed again (a resume never stops at a corrupt
+    shard).
+
+    Args:
+        layout (ShardLayout): the run's shards.
+        shards (sequence of int): the shards to check (those without a file are skipped).
+        read_ids (Callable): ``read_ids(path) -> example ids`` of a shard file; any
+            exception means the file is unreadable.
+        expected_ids (Callable): ``expected_ids(shard) -> example ids`` it should hold.
+        notice (Callable, optional): prints the one-line notice naming each deleted
+            file. Default: a line on stderr.
+
+    Returns:
+        list of int: the shards whose files were deleted.
+    """
+    discarded = []
+    for shard in shards:
+        path = layout.path(shard)
+        if not path.is_file():
+            continue
+        try:
+            found = read_ids(path)
+        except Exception as error:  # any reader's error: the file is not usable
+            reason = " ".join(str(error).split())[:200] or type(error).__name__
+            problem = f"cannot be read ({type(error).__name__}: {reason})"
+        else:
+            wanted = expected_ids(shard)
+            problem = (
+                ""
+                if list(found) == list(wanted)
+                else (f"holds {len(found)} examples, not its {len(wanted)} examples in order")
+            )
+        if problem:
+            notice(f"{path} {problem}; computing it again")
+            path.unlink()
+            discarded.append(shard)
+    return discarded
+
+
+def check_once(ids: Sequence[int], count: int, what: str) -> None:
+    """Check that merged results hold ``count`` examples, each exactly once.
+
+    Args:
+        ids (sequence of int): the example ids found.
+        count (int): the number of examples of the run.
+        what (str): the results, for the message.
+
+    Raises:
+        ValueError: naming an example found twice, or the counts.
+    """
+    seen: set[int] = set()
+    for example in ids:
+        if example in seen:
+            raise ValueError(
+                f"{what} holds example {example} twice; delete the shards folder's files of "
+                f"other runs and run the command again"
+            )
+        seen.add(example)
+    if len(seen) != count:
+        raise ValueError(f"{what} holds {len(seen)} examples, not {count}; run it again")
 
 
 def prepare_directory(

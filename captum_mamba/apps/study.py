@@ -63,7 +63,9 @@ from captum_mamba.apps.methods import ALL_METHODS, build_runners
 from captum_mamba.apps.sharding import (
     ShardLayout,
     barrier,
+    check_once,
     current_process,
+    discard_bad_shards,
     finish,
     prepare_directory,
     write_atomic,
@@ -86,6 +88,7 @@ from captum_mamba.metrics import (
 )
 from captum_mamba.models import mamba_config, random_mamba_lm
 from captum_mamba.rules import MambaRules
+from captum_mamba.visualization.styles import method_styles
 
 Tokenize = Callable[[str], Tensor]
 #: Result files of a study (besides the shards).
@@ -212,12 +215,14 @@ def _plot(records: Sequence[MethodRecord], fractions: Tensor, directory: Path) -
 
     files = {"curves": directory / "curves.png", "conservation": directory / "conservation.png"}
     titles = {"morf": "deletion, MoRF", "lerf": "deletion, LeRF", "insertion": "insertion"}
+    styles = method_styles(record.name for record in records)
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.5), sharey=True)
     for axis, (kind, title) in zip(axes, titles.items(), strict=True):
         for record in records:
             if record.curves.get(kind):
                 mean = torch.stack(record.curves[kind]).mean(0)
-                axis.plot(fractions.numpy(), mean.numpy(), label=record.name)
+                style = styles[record.name].line(len(mean))
+                axis.plot(fractions.numpy(), mean.numpy(), label=record.name, **style)
         axis.set_title(title)
         axis.set_xlabel("fraction of tokens perturbed")
     axes[0].set_ylabel("explained logit (mean)")
@@ -233,7 +238,7 @@ def _plot(records: Sequence[MethodRecord], fractions: Tensor, directory: Path) -
     for axis in axes.flat[len(signed) :]:
         axis.axis("off")
     for axis, record in zip(axes.flat, signed, strict=False):
-        axis.scatter(record.output, record.relevance_sum, s=8)
+        axis.scatter(record.output, record.relevance_sum, s=8, **styles[record.name].scatter())
         low = min(record.output + record.relevance_sum)
         high = max(record.output + record.relevance_sum)
         axis.plot([low, high], [low, high], color="grey", linewidth=0.8)
@@ -432,6 +437,7 @@ def _load_records(
                     for kind in KINDS:
                         curve = torch.tensor(values["curves"][kind], dtype=torch.float64)
                         record.curves.setdefault(kind, []).append(curve)
+    check_once(example_ids, len(example_ids), f"{layout.directory} shards")
     return records, example_ids, correct
 
 
@@ -555,7 +561,14 @@ def run_study(
     try:
         directory = prepare_directory(output_dir, description, overwrite, OUTPUT_FILES)
         layout = ShardLayout(directory, len(pairs), shard_size, ".jsonl")
-        todo = layout.missing(process.shards(layout.num_shards))
+        mine = process.shards(layout.num_shards)
+        discard_bad_shards(
+            layout,
+            mine,
+            lambda path: [json.loads(line)["example"] for line in path.read_text().splitlines()],
+            lambda shard: [ids[i] for i in layout.examples(shard)],
+        )
+        todo = layout.missing(mine)
         bar = tqdm(
             total=sum(len(layout.examples(k)) for k in todo), desc="study", disable=not progress
         )

@@ -60,7 +60,8 @@ def compute_dtype(model: nn.Module) -> torch.dtype:
 
 
 def check_devices(model: nn.Module, named: Sequence[tuple[str, Any]]) -> None:
-    """Check that every tensor in ``named`` is on a device that holds ``model``.
+    """Check that every tensor in ``named`` is on a device that holds ``model``, and
+    that neither the model nor a tensor is on the meta device (no values).
 
     Args:
         model (nn.Module): the model to explain.
@@ -68,10 +69,21 @@ def check_devices(model: nn.Module, named: Sequence[tuple[str, Any]]) -> None:
             ignored.
 
     Raises:
-        AttributionInputError: naming the first tensor on another device.
+        AttributionInputError: naming the first tensor on another device or on the
+            meta device.
     """
     devices = {t.device for t in (*model.parameters(), *model.buffers())}
+    if any(device.type == "meta" for device in devices):
+        raise AttributionInputError(
+            f"{type(model).__name__} has weights on the meta device (shapes without values); "
+            f"load its weights first, e.g. with from_pretrained or to_empty and load_state_dict"
+        )
     for name, value in named:
+        if isinstance(value, Tensor) and value.device.type == "meta":
+            raise AttributionInputError(
+                f"{name} is on the meta device (a shape without values); pass a tensor with "
+                f"values on the model's device"
+            )
         if isinstance(value, Tensor) and devices and value.device not in devices:
             target = sorted(str(d) for d in devices)[0]
             raise AttributionInputError(

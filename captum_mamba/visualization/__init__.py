@@ -3,7 +3,9 @@
 :mod:`captum_mamba.visualization.text` draws token heatmaps (HTML for Jupyter and
 standalone files, Matplotlib figures for papers, Captum record interop);
 :mod:`captum_mamba.visualization.plots` draws perturbation curves, the conservation
-scatter, long-range relevance and image heatmaps. All take plain tensors or arrays.
+scatter, long-range relevance and image heatmaps;
+:mod:`captum_mamba.visualization.styles` gives every method one fixed line style. All
+take plain tensors or arrays.
 """
 
 from captum_mamba.visualization.plots import (
@@ -18,8 +20,15 @@ from captum_mamba.visualization.plots import (
     plot_relevance_over_context,
     top_k_distances,
 )
+from captum_mamba.visualization.styles import (
+    METHOD_STYLES,
+    MethodStyle,
+    method_style,
+    method_styles,
+)
 from captum_mamba.visualization.text import (
     HeatmapRow,
+    ReadableTokenizer,
     TextHeatmap,
     batch_text_heatmap_figure,
     batch_text_heatmap_html,
@@ -33,7 +42,10 @@ from captum_mamba.visualization.text import (
 )
 
 __all__ = [
+    "METHOD_STYLES",
     "HeatmapRow",
+    "MethodStyle",
+    "ReadableTokenizer",
     "TextHeatmap",
     "area_under_curve",
     "batch_text_heatmap_figure",
@@ -41,6 +53,8 @@ __all__ = [
     "heatmap_rows_figure",
     "image_heatmaps_figure",
     "merge_word_pieces",
+    "method_style",
+    "method_styles",
     "patch_relevance_map",
     "plot_conservation",
     "plot_image_heatmap",

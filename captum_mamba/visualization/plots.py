@@ -48,6 +48,7 @@ from captum_mamba.visualization._colors import (
     symmetric_limit,
     zero_centred_norm,
 )
+from captum_mamba.visualization.styles import method_styles
 
 
 def _new_axes(ax: Axes | None, size: tuple[float, float] = (5.0, 3.6)) -> Axes:
@@ -165,7 +166,9 @@ def plot_perturbation_curves(
         raise TypeError(f"order must be 'MoRF' or 'LeRF', got {type(order).__name__}")
     ax = _new_axes(ax)
     left_out = []
-    for name, values in _named(curves, "curve", "curves").items():
+    named = _named(curves, "curve", "curves")
+    styles = method_styles(named)
+    for name, values in named.items():
         rows = values.reshape(-1, values.shape[-1])
         x = _fractions(fractions, rows.shape[1], name)
         good = np.isfinite(rows).all(1)
@@ -173,7 +176,8 @@ def plot_perturbation_curves(
         if not good.all():
             left_out.append((repr(name), np.flatnonzero(~good)))
         if kept.shape[0] == 0:
-            ax.plot([], [], label=f"{name} (all {rows.shape[0]} curves NaN/inf; not drawn)")
+            label = f"{name} (all {rows.shape[0]} curves NaN/inf; not drawn)"
+            ax.plot([], [], label=label, **styles[name].line())
             continue
         note = (
             f"; {rows.shape[0] - kept.shape[0]} of {rows.shape[0]} curves with NaN/inf left out"
@@ -181,10 +185,11 @@ def plot_perturbation_curves(
             else ""
         )
         mean = kept.mean(0)
-        (line,) = ax.plot(x, mean, label=f"{name} (AUC {area_under_curve(mean, x):.3g}{note})")
+        label = f"{name} (AUC {area_under_curve(mean, x):.3g}{note})"
+        ax.plot(x, mean, label=label, **styles[name].line(mean.size))
         if kept.shape[0] > 1:
             error = kept.std(0, ddof=1) / np.sqrt(kept.shape[0])
-            ax.fill_between(x, mean - error, mean + error, color=line.get_color(), alpha=0.2)
+            ax.fill_between(x, mean - error, mean + error, color=styles[name].color, alpha=0.2)
     _warn_left_out(f"{order} perturbation curves", left_out, "curves")
     description = {"MoRF": "most relevant first", "LeRF": "least relevant first"}
     ax.set_title(f"{order}: {description.get(order, 'perturbation')}")
@@ -263,6 +268,7 @@ def plot_conservation(
         if missing:
             raise ValueError(f"outputs has no entry for {describe(map(repr, missing))}")
     everything, left_out = [], []
+    styles = method_styles(sums)
     for name, values in sums.items():
         given = outputs[name] if isinstance(outputs, Mapping) else outputs
         x = as_array(given, f"outputs of {name!r}").reshape(-1)
@@ -274,7 +280,7 @@ def plot_conservation(
         if not good.all():
             left_out.append((repr(name), np.flatnonzero(~good)))
             label += f" ({int((~good).sum())} NaN/inf points left out)"
-        ax.scatter(x[good], y[good], s=18, alpha=0.75, label=label)
+        ax.scatter(x[good], y[good], s=18, alpha=0.75, label=label, **styles[name].scatter())
         everything.extend([x[good], y[good]])
     _warn_left_out("conservation plot", left_out, "examples")
     values = np.concatenate(everything)
@@ -397,15 +403,21 @@ def plot_relevance_distance(
     if log_x and isinstance(bins, int):
         edges = np.unique(np.round(np.geomspace(1.0, max(largest, 2.0) + 1.0, bins + 1)))
         bins = edges - 0.5
+    styles = method_styles(kept)
     for name, (flat, total) in kept.items():
         if flat.size == 0:
-            ax.plot([], [], label=f"{name} (all {total} NaN/inf; not drawn)")
+            ax.plot([], [], label=f"{name} (all {total} NaN/inf; not drawn)", **styles[name].line())
             continue
         label = str(name) + (
             f" ({total - flat.size} NaN/inf left out)" if flat.size < total else ""
         )
         ax.hist(
-            flat, bins=bins, weights=np.full(flat.size, 1.0 / flat.size), alpha=0.5, label=label
+            flat,
+            bins=bins,
+            weights=np.full(flat.size, 1.0 / flat.size),
+            alpha=0.5,
+            label=label,
+            color=styles[name].color,
         )
     _warn_left_out("relevance distances", left_out, "entries")
     if log_x:

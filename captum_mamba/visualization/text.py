@@ -198,6 +198,54 @@ def token_texts(
     return texts
 
 
+class ReadableTokenizer:
+    """A transformers tokenizer whose token strings are readable: Captum's text inputs
+    (``TextTokenInput``, ``LLMGradientAttribution``) label tokens with
+    ``convert_ids_to_tokens``, which for byte-level BPE gives ``"Ġquick"``; through
+    this wrapper they are :func:`token_texts` (``" quick"``). Everything else is the
+    wrapped tokenizer's.
+
+    Args:
+        tokenizer (Any): a transformers tokenizer.
+
+    Examples::
+
+        >>> readable = ReadableTokenizer(tokenizer)
+        >>> llm = LLMGradientAttribution(LayerMambaLRP(model, embeddings), readable)
+        >>> inp = TextTokenInput("The quick brown fox", readable)   # tokens ' quick', ...
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        if not hasattr(tokenizer, "convert_ids_to_tokens"):
+            raise TypeError(
+                f"{type(tokenizer).__name__} is not a transformers tokenizer (no "
+                "convert_ids_to_tokens); wrap a tokenizers.Tokenizer in "
+                "PreTrainedTokenizerFast(tokenizer_object=...) first"
+            )
+        self.tokenizer = tokenizer
+
+    def convert_ids_to_tokens(self, ids: int | Sequence[int]) -> str | list[str]:
+        """Display text of one id or of several (see :func:`token_texts`).
+
+        Args:
+            ids (int or sequence of int): token ids.
+
+        Returns:
+            str or list of str: the text of each (a list for a sequence).
+        """
+        if isinstance(ids, int):
+            return token_texts(self.tokenizer, [ids])[0]
+        return token_texts(self.tokenizer, list(ids))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.tokenizer(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "tokenizer":  # not set yet (e.g. while copying)
+            raise AttributeError(name)
+        return getattr(self.tokenizer, name)
+
+
 def merge_word_pieces(tokens: Sequence[str], relevance: ArrayLike) -> tuple[list[str], np.ndarray]:
     """Join word pieces into words and add up their relevances.
 
