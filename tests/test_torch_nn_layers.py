@@ -299,3 +299,43 @@ def test_captum_lrp_equals_mamba_lrp(name: str) -> None:
         expected = MambaLRP(model, rules=rules).attribute(signals, target=targets)
         actual = LRP(prepare_captum_lrp(model, rules)).attribute(signals, target=targets)
         assert relative_error(actual, expected) <= 1e-10, rules
+
+
+MASKS = {
+    "none": lambda length: {},
+    "causal-bool": lambda length: {
+        "attn_mask": torch.ones(length, length, dtype=torch.bool).triu(1)
+    },
+    "float": lambda length: {
+        "attn_mask": torch.randn(length, length, dtype=torch.float64).clamp(max=0)
+    },
+    "padding": lambda length: {
+        "key_padding_mask": torch.tensor([[False] * length, [False] * (length - 2) + [True] * 2])
+    },
+}
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("mask", list(MASKS))
+def test_multihead_attention_computes_its_own_forward(mask: str, batch_first: bool) -> None:
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(WIDTH, 2, batch_first=batch_first, bias=False)
+    attention = attention.double().eval()
+    x, memory = torch.randn(2, 5, WIDTH, dtype=torch.float64), torch.randn(2, 5, WIDTH).double()
+    if not batch_first:
+        x, memory = x.transpose(0, 1), memory.transpose(0, 1)
+    kwargs = MASKS[mask](5)
+    own, own_weights = attention(x, memory, memory, **kwargs)
+    for rules in (MambaRules(), MambaRules.cp_lrp(), MambaRules.gradient_x_input()):
+        with rules_applied(attention, rules):
+            out, weights = attention(x, memory, memory, **kwargs)
+        assert relative_error(out, own) <= 1e-12
+        assert relative_error(weights, own_weights) <= 1e-12
+    # CP-LRP: the weights are constants, relevance reaches the values only, conserved
+    leaves = x.clone().requires_grad_(), memory.clone().requires_grad_()
+    with rules_applied(attention, MambaRules.cp_lrp()):
+        out = attention(leaves[0], leaves[1], leaves[1], need_weights=False, **kwargs)[0]
+    grads = torch.autograd.grad(out.sum(), leaves, allow_unused=True)
+    assert grads[0] is None  # the queries get no relevance
+    relevance = (leaves[1] * grads[1]).sum()
+    assert abs(float(relevance - out.sum())) <= 1e-10 * float(out.abs().sum())
