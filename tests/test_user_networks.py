@@ -134,3 +134,18 @@ def test_baselines_take_signals_directly(method: str) -> None:
     scores = build_method(method, model)(signals, target=[0, 2])
     assert scores.shape == (2, 9)
     assert torch.isfinite(scores).all() and scores.abs().sum() > 0
+
+
+def test_innermost_unsupported_module_of_a_hybrid_is_named() -> None:
+    from cases.user_hybrid import build as build_hybrid
+
+    model = build_hybrid("pre-norm-gelu", 0, False)
+    model.blocks[1].norm1 = nn.Softplus()  # inside nn.TransformerEncoderLayer
+    with pytest.raises(
+        UnsupportedModelError, match=r"^blocks\.1\.norm1 \(torch\.nn\.[\w.]*Softplus"
+    ):
+        MambaLRP(model)
+    model = build_hybrid("pre-norm-gelu", 0, False)
+    model.blocks[1].self_attn.out_proj = nn.Sequential(nn.Linear(8, 8), nn.Softplus())
+    with pytest.raises(UnsupportedModelError, match=r"^blocks\.1\.self_attn\.out_proj\.1 "):
+        MambaLRP(model)
