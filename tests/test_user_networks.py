@@ -134,6 +134,14 @@ def test_baselines_take_signals_directly(method: str) -> None:
     scores = build_method(method, model)(signals, target=[0, 2])
     assert scores.shape == (2, 9)
     assert torch.isfinite(scores).all() and scores.abs().sum() > 0
+    if method == "Attention Rollout":
+        with pytest.raises(ValueError, match="positions only"):
+            build_method(method, model, per_feature=True)
+        return
+    elements = build_method(method, model, per_feature=True)(signals, target=[0, 2])
+    assert elements.shape == signals.shape
+    reduced = elements.abs().sum(-1) if method == "Saliency" else elements.sum(-1)
+    torch.testing.assert_close(reduced, scores, rtol=1e-12, atol=1e-15)
 
 
 def test_innermost_unsupported_module_of_a_hybrid_is_named() -> None:
