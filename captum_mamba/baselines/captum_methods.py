@@ -359,6 +359,7 @@ def build_method(
     model: nn.Module,
     forward_func: Callable[..., Tensor] | None = None,
     settings: MethodSettings | None = None,
+    per_feature: bool = False,
 ) -> TokenScorer:
     r"""Build one of :data:`METHODS` for ``model``.
 
@@ -370,12 +371,17 @@ def build_method(
             ``forward(inputs_embeds, attention_mask=None)`` returning the logits.
         settings (MethodSettings, optional): hyper-parameters. Default:
             ``MethodSettings()``.
+        per_feature (bool, optional): return the scores of every input element
+            ``(batch, seq, features)`` (e.g. per time step and channel of a signal),
+            before their reduction to one score per position. Default: False.
 
     Returns:
-        TokenScorer: the method, ``scorer(embeds, target)`` -> ``(batch, seq)``.
+        TokenScorer: the method, ``scorer(embeds, target)`` -> ``(batch, seq)``, or
+        the shape of ``embeds`` with ``per_feature``.
 
     Raises:
-        ValueError: for an unknown name.
+        ValueError: for an unknown name, or ``per_feature`` for a method that scores
+            positions only (rollout, Mamba-Attr, random, the position baselines).
 
     Examples::
 
@@ -387,7 +393,10 @@ def build_method(
     spec = METHODS.get(name)
     if spec is None:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-    scores, reduce = spec.build(model, forward, settings), REDUCTIONS[spec.reduction]
+    if per_feature and spec.reduction == "none":
+        raise ValueError(f"{name} scores positions only; it has no per-feature scores")
+    scores = spec.build(model, forward, settings)
+    reduce = REDUCTIONS["none" if per_feature else spec.reduction]
 
     def function(embeds: Tensor, target: TargetType, extra: tuple[Any, ...]) -> Tensor:
         return reduce(scores(embeds, target, extra))
