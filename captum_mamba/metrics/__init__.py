@@ -1,4 +1,5 @@
-"""Metrics: faithfulness (input-perturbation curves, Delta A^F) and conservation.
+"""Metrics: faithfulness (input-perturbation curves, Delta A^F), conservation, and the
+signal metrics (curves over time windows and channels, localisation).
 
 Bad numbers never pass silently: NaN or inf inputs are refused with a one-line error,
 and statistics that are undefined on valid data are NaN with a :class:`BadNumberWarning`.
@@ -17,19 +18,41 @@ from captum_mamba.metrics.perturbation import (
     replacement_embedding,
     resample_curve,
 )
+from captum_mamba.metrics.signals import (
+    SIGNAL_REPLACEMENTS,
+    UNITS,
+    evidence_share,
+    group_relevance,
+    mean_and_sem,
+    signal_perturbation_curve,
+    signal_perturbation_curves,
+    unit_masks,
+    unit_scores,
+    window_relevance,
+)
 
 __all__ = [
     "CURVES",
     "REPLACEMENTS",
+    "SIGNAL_REPLACEMENTS",
+    "UNITS",
     "BadNumberWarning",
     "ConservationStats",
     "conservation_stats",
     "curve_area",
     "delta_area",
+    "evidence_share",
+    "group_relevance",
+    "mean_and_sem",
     "pearson",
     "perturbation_curve",
     "perturbation_curves",
     "relevance_order",
     "replacement_embedding",
     "resample_curve",
+    "signal_perturbation_curve",
+    "signal_perturbation_curves",
+    "unit_masks",
+    "unit_scores",
+    "window_relevance",
 ]
