@@ -9,6 +9,7 @@ r"""The ``captum-mamba`` command line: one entry point, one set of flags.
     captum-mamba study memory [--length N]
     captum-mamba benchmark  [--quick] [--lengths N ...] [--generation] [--throughput] ...
     captum-mamba render-readme [--data-dir DIR] [--output DIR]
+    captum-mamba signals    train | attribute | study  --dataset basic-motions|planted
 
 ``python -m captum_mamba`` is the same program. Common flags: ``--data-dir`` (the shared
 data folder), ``--dataset`` (a CSV, TSV, JSONL or Parquet file, or a saved Hugging Face
@@ -61,6 +62,7 @@ from captum_mamba.apps.sentiment import (
     load_or_train_classifier,
 )
 from captum_mamba.apps.sharding import RunSettingsError
+from captum_mamba.apps.signals_cli import add_signals
 from captum_mamba.apps.study import (
     MEMORY_METHODS,
     _memory_worker,
@@ -892,6 +894,7 @@ COMMANDS: tuple[Callable[[Commands], None], ...] = (
     _add_benchmark,
     _add_render_readme,
     _add_doctor,
+    lambda commands: add_signals(commands, PROG),
 )
 
 
