@@ -6,6 +6,7 @@ and what to do. One test per case that used to pass silently with unconserved re
 from __future__ import annotations
 
 import functools
+import re
 
 import pytest
 import torch
@@ -173,27 +174,38 @@ class HybridBlock(nn.Module):
         return self.attention(self.mamba(x))
 
 
+#: Each refusal names the innermost module no rule covers (path, type): the attention
+#: layer itself when all its children are covered, else the uncovered child.
 ATTENTIONS = {
-    "cross-attention": (lambda: CrossAttentionLayer(16), r"test_allow_list\.CrossAttentionLayer"),
-    "multihead": (
-        lambda: nn.MultiheadAttention(16, 2, batch_first=True),
-        r"torch\.nn\.modules\.activation\.MultiheadAttention",
+    "cross-attention": (
+        lambda: CrossAttentionLayer(16),
+        "0.attention",
+        r"test_allow_list\.CrossAttentionLayer",
     ),
-    "gpt2": (lambda: GPT2Attention(GPT2Config(n_embd=16, n_head=2), layer_idx=1), r"GPT2Attention"),
+    "decoder-layer": (  # nn.MultiheadAttention itself is covered, the decoder layer not
+        lambda: nn.TransformerDecoderLayer(16, 2, 32, batch_first=True),
+        "0.attention",
+        r"torch\.nn\.modules\.transformer\.TransformerDecoderLayer",
+    ),
+    "gpt2": (
+        lambda: GPT2Attention(GPT2Config(n_embd=16, n_head=2), layer_idx=1),
+        "0.attention.c_attn",
+        r"Conv1D",
+    ),
 }
 
 
 @pytest.mark.parametrize("attention", list(ATTENTIONS))
 def test_attention_next_to_mamba_blocks_is_refused(attention: str):
-    build, type_name = ATTENTIONS[attention]
+    build, path, type_name = ATTENTIONS[attention]
     model = nn.Sequential(HybridBlock(build()))
     with pytest.raises(UnsupportedModelError) as error:
         MambaLRP(model)
     message = _one_line(error)
-    assert message.startswith("0.attention (") and type_name.split("\\")[-1] in message
+    assert message.startswith(f"{path} (") and type_name.split("\\")[-1] in message
     assert "register an adapter" in message and "transformers Mamba-2" in message
     for make in (MambaAttentionRollout, MambaAttr, prepare_captum_lrp):
-        with pytest.raises(UnsupportedModelError, match=r"^0\.attention \("):
+        with pytest.raises(UnsupportedModelError, match=rf"^{re.escape(path)} \("):
             make(model)
     with pytest.raises(UnsupportedModelError), rules_applied(model, MambaRules()):
         pass
@@ -213,8 +225,17 @@ def test_unknown_container_and_unknown_leaf_are_refused():
             self.backbone = MambaModel(build_lm().config)
             self.pooler = Pooler()
 
-    with pytest.raises(UnsupportedModelError) as error:
+    class Backbone(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = MambaModel(build_lm().config)
+
+    # the innermost module without a rule is named: the unknown leaf, never the outer
+    # class; the outer class only when everything inside it is covered
+    with pytest.raises(UnsupportedModelError, match=r"^pooler \(test_allow_list\.Pooler\)"):
         MambaLRP(Classifier())
+    with pytest.raises(UnsupportedModelError) as error:
+        MambaLRP(Backbone())
     assert _one_line(error).startswith("<model> (test_allow_list.")
     assert "register_container" in str(error.value)
     register_container(Classifier)

@@ -246,12 +246,15 @@ class _Classifier(nn.Module):
 def test_registry_extends_to_user_modules() -> None:
     model = _Classifier(6).eval()
     embeds = _embeds(model.backbone, 6)
-    with pytest.raises(UnsupportedModelError, match=r"^<model> \(.*_Classifier\).*register"):
+    # the innermost module without a rule is named first, then the undeclared class
+    with pytest.raises(UnsupportedModelError, match=r"^scale \(.*_Scale\)"):
         prepare_captum_lrp(model)
-    register_container(_Classifier)
     with pytest.raises(UnsupportedModelError, match=r"^scale \(.*_Scale\)"):
         MambaLRP(model)
     register_rule(_Scale, LRP0Rule)
+    with pytest.raises(UnsupportedModelError, match=r"^<model> \(.*_Classifier\).*register"):
+        prepare_captum_lrp(model)
+    register_container(_Classifier)
     prepared = prepare_captum_lrp(model)
     assert type(prepared.model.scale.rule) is LRP0Rule
     expected = MambaLRP(model).attribute(embeds, target=1)

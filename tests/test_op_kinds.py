@@ -84,7 +84,7 @@ def examples() -> dict[str, dict[str, Any]]:
             "D": _tensor(g, 2),
             "chunk_size": 2,
         },
-        "activation": {"x": _tensor(g, 2, 5, 4), "function": "gelu"},
+        "activation": {"x": _tensor(g, 2, 5, 4), "function": "leaky_relu", "negative_slope": 0.2},
         "attention": {
             "q": _tensor(g, 1, 2, 5, 3),
             "k": _tensor(g, 1, 1, 5, 3),
@@ -103,6 +103,7 @@ def examples() -> dict[str, dict[str, Any]]:
             "weight": _tensor(g, 2, 4, 3),
             "group_sizes": [2, 3],
         },
+        "projection": {"x": _tensor(g, 2, 5, 3), "weight": _tensor(g, 4, 3), "bias": _tensor(g, 4)},
         "add": {"a": _tensor(g, 2, 5, 3), "b": _tensor(g, 2, 5, 3)},
         "scale": {"x": _tensor(g, 2, 5, 3), "factor": 0.5},
         "time_step": {"raw": _tensor(g, 2, 5, 3), "bias": _tensor(g, 3), "low": 0.0, "high": 3.0},

@@ -176,10 +176,12 @@ KINDS: Mapping[str, OpKind] = MappingProxyType(
             OpKind(
                 "activation",
                 "activation",
-                ("x", "function"),
+                ("x", "function", "negative_slope"),
                 ("x",),
                 "activation",
-                lambda on, x, function: R.activation(x, function, on),
+                lambda on, x, function, negative_slope: R.activation(
+                    x, function, on, negative_slope
+                ),
             ),
             OpKind(
                 "attention",
@@ -208,6 +210,14 @@ KINDS: Mapping[str, OpKind] = MappingProxyType(
                 ("x",),
                 "linear",
                 lambda rule, x, weight, group_sizes: R.grouped_linear(x, weight, group_sizes, rule),
+            ),
+            OpKind(
+                "projection",
+                "projection",
+                ("x", "weight", "bias"),
+                ("x",),
+                "linear",
+                lambda rule, x, weight, bias: R.projection(x, weight, bias, rule),
             ),
             OpKind(
                 "add",
@@ -436,10 +446,13 @@ class BlockOps:
         bias = self.parameter(bias, raw)
         return self.apply("time_step", site, raw=raw, bias=bias, low=low, high=high)
 
-    def activation(self, site: str, x: Tensor, function: str) -> Tensor:
-        """Elementwise activation of an MLP (transformers name, e.g. ``"silu"``,
-        ``"relu2"``), identity rule with ``activation``."""
-        return self.apply("activation", site, x=x, function=function)
+    def activation(
+        self, site: str, x: Tensor, function: str, negative_slope: float = 0.01
+    ) -> Tensor:
+        """Elementwise activation (transformers name, e.g. ``"silu"``, ``"relu2"``,
+        ``"tanh"``; ``negative_slope`` of ``"leaky_relu"``), identity rule with
+        ``activation``."""
+        return self.apply("activation", site, x=x, function=function, negative_slope=negative_slope)
 
     def attention(
         self,
@@ -482,6 +495,12 @@ class BlockOps:
         with the linear rule."""
         weight = self.parameter(weight, x)
         return self.apply("grouped_linear", site, x=x, weight=weight, group_sizes=group_sizes)
+
+    def projection(self, site: str, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """``x weight^T + bias`` with a weight that is not a linear layer of its own (the
+        packed input projection of ``nn.MultiheadAttention``), with the linear rule."""
+        weight, bias = self.parameter(weight, x), self.parameter(bias, x)
+        return self.apply("projection", site, x=x, weight=weight, bias=bias)
 
     def routing(self, site: str, x: Tensor, select: Callable[[Tensor], Tensor]) -> Tensor:
         """Router weights ``select(x)`` ``(tokens, experts)`` of a mixture of experts, zero

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from weakref import WeakKeyDictionary
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -116,9 +117,24 @@ _ADAPTERS: list[ArchitectureAdapter] = []
 _CONTAINERS: set[type] = {nn.Sequential, nn.ModuleList, nn.ModuleDict}
 #: Leaves on the relevance path that need no rule: their forward is the identity or a
 #: lookup of the input (which is where relevance stops).
-_SAFE_LEAVES: set[type] = {nn.Embedding, nn.Dropout, nn.Identity}
-#: Linear and convolutional layers: the linear rule of the explanation applies.
-LINEAR_LAYERS: tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+#: Pooling is a linear map (average) or routes the winner's value (max: its gradient,
+#: winner-take-all, passes all relevance to the maximum).
+_SAFE_LEAVES: set[type] = {
+    nn.Embedding,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Identity,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.AvgPool1d,
+    nn.AdaptiveAvgPool1d,
+    nn.MaxPool1d,
+    nn.AdaptiveMaxPool1d,
+}
+#: Linear and convolutional layers and batch norms (in eval mode an affine map per
+#: channel): the linear rule of the explanation applies.
+LINEAR_LAYERS: tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def register_adapter(adapter: ArchitectureAdapter) -> ArchitectureAdapter:
@@ -379,23 +395,26 @@ def plan_rules(model: nn.Module, rules: MambaRules) -> Plan:
                     visit(child, _join(path, name), owners)
             return
         if _match(module, set(LINEAR_LAYERS), path) is not None:
+            _check_batch_norm(module, path)
             entries.append(PlanEntry(module, path, None, resolve(path, owners), {}))
             return
         if _match(module, _SAFE_LEAVES, path) is not None:
             resolve(path, owners)
             return
-        if _match(module, containers, path) is not None:
-            for name, child in module.named_children():
-                visit(child, _join(path, name), owners)
-            return
-        raise UnsupportedModelError(
-            f"{path or '<model>'} ({_qualified(type(module))}) is on the relevance path but no "
-            "rule covers it: register an adapter for it "
-            "(captum_mamba.adapters.register_adapter), or if its forward only routes tensors "
-            "between its children declare it with captum_mamba.adapters.register_container; "
-            "supported architectures: "
-            f"{describe_architectures()}"
-        )
+        known = _match(module, containers, path) is not None
+        # An unknown module's children are checked first, so that the message names the
+        # innermost module that no rule covers.
+        for name, child in module.named_children():
+            visit(child, _join(path, name), owners)
+        if not known:
+            raise UnsupportedModelError(
+                f"{path or '<model>'} ({_qualified(type(module))}) is on the relevance path but "
+                "no rule covers it: if its forward only routes tensors between its children "
+                "(residual sums, means, concatenation, slicing) declare it with "
+                "captum_mamba.adapters.register_container, else register an adapter for it "
+                "(captum_mamba.adapters.register_adapter); supported architectures: "
+                f"{describe_architectures()}"
+            )
 
     visit(model, "", ())
     unmatched = [o.selector for i, o in enumerate(rules.overrides) if i not in matched]
@@ -414,15 +433,46 @@ def plan_rules(model: nn.Module, rules: MambaRules) -> Plan:
     return Plan(tuple(entries), tuple(visited.values()))
 
 
+def _check_batch_norm(module: nn.Module, path: str) -> None:
+    """Refuse a batch norm that normalises with the statistics of the batch."""
+    if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return
+    if module.training or module.running_mean is None:
+        raise UnsupportedModelError(
+            f"{path or '<model>'} ({type(module).__name__}) normalises with the statistics of "
+            "the batch (training mode or track_running_stats=False), so each example's "
+            "explanation would depend on the others; call model.eval() first"
+        )
+
+
 def _weights(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
     # Half-precision models are explained in float32: cast the parameters on the fly.
     bias = None if module.bias is None else module.bias.to(x.dtype)
-    return module.weight.to(x.dtype), bias
+    weight = module.weight
+    if weight is None:  # a batch norm without affine parameters
+        weight = torch.ones_like(module.running_var)
+    return weight.to(x.dtype), bias
+
+
+def _batch_norm_op(module: nn.Module) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
+    """A batch norm in eval mode as ``op(x, weight, bias)``: an affine map per channel."""
+
+    def op(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        mean, var = module.running_mean.to(x.dtype), module.running_var.to(x.dtype)
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, module.eps)
+
+    return op
 
 
 def linear_forward(module: nn.Module, rules: MambaRules, x: Tensor) -> Tensor:
-    """``module(x)`` of a linear or convolutional layer with the linear rule of ``rules``."""
-    op = F.linear if isinstance(module, nn.Linear) else module._conv_forward
+    """``module(x)`` of a linear or convolutional layer or of a batch norm in eval mode
+    with the linear rule of ``rules``."""
+    if isinstance(module, nn.Linear):
+        op = F.linear
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        op = _batch_norm_op(module)
+    else:
+        op = module._conv_forward
     return rules.linear.apply(op, x, *_weights(module, x))
 
 

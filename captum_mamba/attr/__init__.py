@@ -10,6 +10,7 @@ from captum_mamba.attr.generation import (
 from captum_mamba.attr.layer_mamba_lrp import LayerMambaLRP
 from captum_mamba.attr.mamba_lrp import MambaLRP
 from captum_mamba.attr.targets import AttributionInputError, MaskedTargetWarning
+from captum_mamba.attr.time_steps import time_step_relevance
 
 __all__ = [
     "LEAN_FROM_TOKENS",
@@ -21,5 +22,6 @@ __all__ = [
     "attribute_batches",
     "attribute_generation",
     "greedy_generate",
+    "time_step_relevance",
     "uses_lean",
 ]

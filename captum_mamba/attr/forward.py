@@ -318,19 +318,47 @@ class ModelForward:
         return gather_targets(logits, [index[1:] for index in indices]), indices, shape
 
 
-def default_forward(model: nn.Module, keyword: str) -> ModelForward:
-    """Forward function of a Hugging Face (or mamba-ssm) model that returns its logits.
+def default_forward(model: nn.Module, keyword: str) -> ModelForward | nn.Module:
+    """Forward function of a Hugging Face (or mamba-ssm) model that returns its logits;
+    for a user's own network (a module without a ``config``), the network itself, called
+    with the inputs and additional arguments positionally (e.g. ``model(x, mask)`` for
+    ``(batch, time, channels)`` signals).
 
     Args:
-        model (nn.Module): a Hugging Face model.
+        model (nn.Module): a Hugging Face model or a user's network.
         keyword (str): ``"inputs_embeds"`` or ``"input_ids"``.
 
     Returns:
-        ModelForward: ``forward(inputs, attention_mask=None) -> Tensor``; it raises
-        :class:`AttributionInputError` for embeddings of the wrong shape and for an
-        attention mask that is not a 0/1 tensor of shape ``(batch, seq)``.
+        ModelForward or nn.Module: ``forward(inputs, attention_mask=None) -> Tensor``;
+        it raises :class:`AttributionInputError` for embeddings of the wrong shape and
+        for an attention mask that is not a 0/1 tensor of shape ``(batch, seq)``.
     """
+    if getattr(model, "config", None) is None:
+        return model
     return ModelForward(model, keyword)
+
+
+def explained_module(model: nn.Module, forward_func: Any) -> nn.Module:
+    """The module whose rules an explanation applies: ``model``, or the module that
+    ``forward_func`` is (or is a bound method of) when that module contains ``model``,
+    e.g. ``MambaLRP(net.backbone, forward_func=net)``. Every module the forward function
+    runs is then checked against the allow-list, so that none of it passes relevance
+    without a rule. (A plain function or lambda cannot be inspected: it must run only
+    ``model`` and routing operations.)
+
+    Args:
+        model (nn.Module): the model given to the attribution class.
+        forward_func (Any): its forward function, or None.
+
+    Returns:
+        nn.Module: ``model`` or the module around it.
+    """
+    owner = forward_func if isinstance(forward_func, nn.Module) else None
+    owner = owner or getattr(forward_func, "__self__", None)
+    inside = isinstance(owner, nn.Module) and owner is not model
+    if inside and any(module is model for module in owner.modules()):
+        return owner
+    return model
 
 
 def _mask_argument(inputs: Tensor, extra: tuple[Any, ...]) -> Tensor | None:

@@ -19,6 +19,7 @@ from captum_mamba.attr.forward import (
     compute_dtype,
     count_tokens,
     default_forward,
+    explained_module,
     explained_outputs,
     explanation_backend,
     explanation_mode,
@@ -92,6 +93,7 @@ class LayerMambaLRP(LayerGradientXActivation):
         self.rules = check_model(model, rules)
         if not isinstance(layer, nn.Module):
             raise TypeError(f"layer must be a module of the model, got {type(layer).__name__}")
+        model = explained_module(model, forward_func)
         plan_rules(model, self.rules)
         # The model is the forward function, as in Captum: its LLM attributions read the
         # model from it and replace it with their own; the model runs as ``_logits``.

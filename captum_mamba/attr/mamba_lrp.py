@@ -24,6 +24,7 @@ from captum_mamba.attr.forward import (
     compute_dtype,
     count_tokens,
     default_forward,
+    explained_module,
     explained_outputs,
     explanation_backend,
     explanation_mode,
@@ -108,6 +109,7 @@ class MambaLRP(GradientAttribution):
         lean: bool | None = None,
     ) -> None:
         self.rules = check_model(model, rules)
+        model = explained_module(model, forward_func)
         plan_rules(model, self.rules)
         super().__init__(forward_func or default_forward(model, "inputs_embeds"))
         self.model = model

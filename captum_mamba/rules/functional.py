@@ -274,33 +274,62 @@ def _gelu_tanh(x: Tensor) -> Tensor:
     return F.gelu(x, approximate="tanh")
 
 
+def _ratio(f: Tensor, x: Tensor, at_zero: float) -> Tensor:
+    """``f / x`` elementwise, ``at_zero`` where ``x`` is exactly zero."""
+    zero = x == 0
+    return torch.where(zero, at_zero, f / torch.where(zero, 1.0, x))
+
+
+def _tanh_ratio(x: Tensor) -> Tensor:
+    return _ratio(torch.tanh(x), x, 1.0)
+
+
+def _sigmoid_ratio(x: Tensor) -> Tensor:
+    return _ratio(torch.sigmoid(x), x, 0.0)
+
+
+def _leaky_relu_ratio(x: Tensor, negative_slope: float = 0.01) -> Tensor:
+    return torch.where(x > 0, torch.ones_like(x), torch.full_like(x, negative_slope))
+
+
 #: Elementwise activations ``f(x) = x * r(x)`` by their transformers name: ``(f, r)``.
-ACTIVATIONS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
+#: ``leaky_relu``'s two functions take the slope for negative inputs as a second
+#: argument (default 0.01).
+ACTIVATIONS: dict[str, tuple[Callable[..., Tensor], Callable[..., Tensor]]] = {
     "silu": (F.silu, torch.sigmoid),
     "swish": (F.silu, torch.sigmoid),
     "relu": (F.relu, _relu_ratio),
     "relu2": (_relu2, F.relu),
     "gelu": (F.gelu, _gelu_ratio),
     "gelu_pytorch_tanh": (_gelu_tanh, _gelu_tanh_ratio),
+    "leaky_relu": (F.leaky_relu, _leaky_relu_ratio),
+    "tanh": (torch.tanh, _tanh_ratio),
+    "sigmoid": (torch.sigmoid, _sigmoid_ratio),
 }
 
 
-def activation(x: Tensor, function: str, rule: bool) -> Tensor:
-    r"""Elementwise activation ``f(x) = x * r(x)`` of an MLP; the identity rule treats the
-    ratio ``r(x) = f(x) / x`` as a constant.
+def activation(x: Tensor, function: str, rule: bool, negative_slope: float = 0.01) -> Tensor:
+    r"""Elementwise activation ``f(x) = x * r(x)``; the identity rule treats the ratio
+    ``r(x) = f(x) / x`` as a constant.
 
     With the rule, relevance passes the activation unchanged (``R_in = R_out``, Eq. 9 of
-    AttnLRP). ``r`` is written in closed form (``sigmoid`` for SiLU, ``Phi`` for GELU,
-    ``relu`` for the squared ReLU ``relu(x)^2``), so no division by ``x`` is needed. The
-    squared ReLU is the product ``relu(x) * relu(x)`` of two factors that depend on the
-    same input: its uniform rule (half of the relevance to each factor, each factor
-    passing its half on as a ReLU does) gives the same ``R_in = R_out``.
+    AttnLRP). ``r`` is written in closed form where there is one (``sigmoid`` for SiLU,
+    ``Phi`` for GELU, ``relu`` for the squared ReLU ``relu(x)^2``, ``1`` or the slope for
+    the leaky ReLU), else as ``f(x) / x`` with its limit at ``x = 0`` (``tanh``: 1;
+    ``sigmoid``, which is not zero at 0: 0, so the ``sigmoid(0) = 1/2`` of an input that
+    is exactly zero passes no relevance, as a bias would not). The squared ReLU is the
+    product ``relu(x) * relu(x)`` of two factors that depend on the same input: its
+    uniform rule (half of the relevance to each factor, each factor passing its half on
+    as a ReLU does) gives the same ``R_in = R_out``.
 
     Args:
         x (Tensor): input.
-        function (str): ``"silu"`` (``"swish"``), ``"relu"``, ``"relu2"``, ``"gelu"``
-            or ``"gelu_pytorch_tanh"`` (transformers' ``ACT2FN`` names).
+        function (str): ``"silu"`` (``"swish"``), ``"relu"``, ``"relu2"``, ``"gelu"``,
+            ``"gelu_pytorch_tanh"``, ``"leaky_relu"``, ``"tanh"`` or ``"sigmoid"``
+            (transformers' ``ACT2FN`` names).
         rule (bool): the identity rule (setting ``activation``): detach ``r(x)``.
+        negative_slope (float, optional): slope of ``"leaky_relu"`` for negative inputs;
+            the other functions ignore it. Default: 0.01.
 
     Returns:
         Tensor: ``f(x)``.
@@ -314,9 +343,10 @@ def activation(x: Tensor, function: str, rule: bool) -> Tensor:
         raise NotImplementedError(
             f"the identity rule supports the activations {', '.join(ACTIVATIONS)}; got {function!r}"
         ) from None
+    slope = (negative_slope,) if function == "leaky_relu" else ()
     if rule:
-        return x * ratio(x).detach()
-    return plain(x)
+        return x * ratio(x, *slope).detach()
+    return plain(x, *slope)
 
 
 def _repeat_heads(x: Tensor, heads: int) -> Tensor:
@@ -481,6 +511,23 @@ def rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     turned = torch.cat([-rotated[..., half:], rotated[..., :half]], dim=-1)
     out = rotated * cos + turned * sin
     return out if passed.shape[-1] == 0 else torch.cat([out, passed], dim=-1)
+
+
+def projection(x: Tensor, weight: Tensor, bias: Tensor | None, rule: LinearRule) -> Tensor:
+    r"""``x W^T + b`` with a weight that is a parameter of a larger module rather than a
+    linear layer of its own (e.g. the packed input projection of
+    ``nn.MultiheadAttention``), with a linear rule.
+
+    Args:
+        x (Tensor): ``(..., in)``.
+        weight (Tensor): ``(out, in)``.
+        bias (Tensor or None): ``(out,)``.
+        rule (LinearRule): the linear rule (LRP-0, epsilon, gamma).
+
+    Returns:
+        Tensor: ``(..., out)``.
+    """
+    return rule.apply(F.linear, x, weight, bias)
 
 
 def grouped_linear(
