@@ -16,10 +16,10 @@ training set's statistics):
 
 The classifier (:class:`SignalClassifier`) is a bias-free ``Linear`` stem over the
 channels, a transformers ``MambaModel`` fed through ``inputs_embeds`` (no biases in
-its projections and convolution), the mean over time and a bias-free ``Linear`` head:
-``MambaLRP(model.backbone, forward_func=model)`` then explains the whole network
-(stem and head are linear maps, so the gradient times input through them is their LRP-0
-rule) and the relevances of a signal sum to the explained logit.
+its projections and convolution), the mean over time and a bias-free ``Linear`` head,
+declared a container: ``MambaLRP(model)`` (or ``MambaLRP(model.backbone,
+forward_func=model)``) explains the whole network (stem and head are linear maps, LRP-0)
+and the relevances of a signal sum to the explained logit.
 
 Methods (:data:`SIGNAL_METHODS`) are those of
 :data:`~captum_mamba.baselines.captum_methods.METHODS`, run on the raw signal:
@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 from transformers import MambaConfig, MambaModel
 
-from captum_mamba.adapters import rules_applied
+from captum_mamba.adapters import register_container, rules_applied
 from captum_mamba.apps.sentiment import default_cache_dir
 from captum_mamba.baselines.captum_methods import (
     INTEGRATED_GRADIENTS,
@@ -231,9 +231,11 @@ def load_signal_dataset(name: str, seed: int = 0) -> SignalDataset:
     raise ValueError(f"unknown signal data set {name!r}; choose from {', '.join(SIGNAL_DATASETS)}")
 
 
+@register_container
 class SignalClassifier(nn.Module):
     """Bias-free ``Linear`` stem -> ``MambaModel`` (``inputs_embeds``) -> mean over
-    time -> bias-free ``Linear`` head.
+    time -> bias-free ``Linear`` head (declared a container: its forward only wires its
+    children together and takes a mean over time).
 
     Args:
         channels (int): input channels.
