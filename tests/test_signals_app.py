@@ -60,8 +60,13 @@ def test_mambalrp_conserves_through_stem_backbone_and_head(seed):
 @pytest.fixture(scope="module")
 def planted_model():
     data = planted_pulses(num_train=120, num_test=20, time=60, channels=3, width=8, seed=0)
-    setup = SignalSetup(hidden=8, layers=1, epochs=25)
-    return data, train_signal_classifier(data, setup, progress=lambda line: None)
+    setup = SignalSetup(hidden=16, layers=1, epochs=25)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is the fastest on a shared machine
+    try:
+        return data, train_signal_classifier(data, setup, progress=lambda line: None)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_mambalrp_finds_the_planted_pulse(planted_model):
