@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 
-from captum_mamba.metrics.ground_truth import alignment_error_rate, evidence_scores, mean_sem
+from captum_mamba.metrics import mean_sem
+from captum_mamba.metrics.ground_truth import alignment_error_rate, evidence_scores
 
 
 def values(scores, evidence, **kwargs):

@@ -11,6 +11,7 @@ r"""The ``captum-mamba`` command line: one entry point, one set of flags.
     captum-mamba report     [--model M --dataset FILE] [--groups SPEC] --output-dir OUT
     captum-mamba benchmark  [--quick] [--lengths N ...] [--generation] [--throughput] ...
     captum-mamba render-readme [--data-dir DIR] [--output DIR]
+    captum-mamba signals    train | attribute | study  --dataset basic-motions|planted
 
 ``python -m captum_mamba`` is the same program. Common flags: ``--data-dir`` (the shared
 data folder), ``--dataset`` (a CSV, TSV, JSONL or Parquet file, or a saved Hugging Face
@@ -68,6 +69,7 @@ from captum_mamba.apps.sentiment import (
     load_or_train_classifier,
 )
 from captum_mamba.apps.sharding import RunSettingsError
+from captum_mamba.apps.signals_cli import add_signals
 from captum_mamba.apps.study import (
     MEMORY_METHODS,
     _memory_worker,
@@ -1200,6 +1202,7 @@ COMMANDS: tuple[Callable[[Commands], None], ...] = (
     _add_benchmark,
     _add_render_readme,
     _add_doctor,
+    lambda commands: add_signals(commands, PROG),
 )
 
 

@@ -82,6 +82,7 @@ from captum_mamba.baselines.captum_methods import (
 from captum_mamba.metrics import (
     conservation_stats,
     curve_area,
+    mean_sem,
     perturbation_curves,
     replacement_embedding,
     resample_curve,
@@ -143,11 +144,9 @@ def _text_and_label(example: Any) -> tuple[str, int]:
 
 
 def _mean_sem(values: Sequence[float]) -> tuple[float, float]:
-    data = torch.tensor([v for v in values if not math.isnan(v)], dtype=torch.float64)
-    if data.numel() == 0:
-        return math.nan, math.nan
-    sem = float(data.std() / math.sqrt(data.numel())) if data.numel() > 1 else math.nan
-    return float(data.mean()), sem
+    """:func:`mean_sem` of the values that are not NaN (NaN for none)."""
+    kept = [v for v in values if not math.isnan(v)]
+    return mean_sem(kept) if kept else (math.nan, math.nan)
 
 
 def _summary(record: MethodRecord, accuracy: float) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Metrics: faithfulness (input-perturbation curves, Delta A^F), conservation, and
-relevance against known evidence positions (ground truth).
+"""Metrics: faithfulness (input-perturbation curves, Delta A^F), conservation,
+relevance against known evidence positions (ground truth), and the signal metrics (curves
+over time windows and channels, localisation).
 
 Bad numbers never pass silently: NaN or inf inputs are refused with a one-line error,
 and statistics that are undefined on valid data are NaN with a :class:`BadNumberWarning`.
@@ -12,7 +13,6 @@ from captum_mamba.metrics.ground_truth import (
     EvidenceScores,
     alignment_error_rate,
     evidence_scores,
-    mean_sem,
 )
 from captum_mamba.metrics.perturbation import (
     CURVES,
@@ -25,11 +25,25 @@ from captum_mamba.metrics.perturbation import (
     replacement_embedding,
     resample_curve,
 )
+from captum_mamba.metrics.signals import (
+    SIGNAL_REPLACEMENTS,
+    UNITS,
+    evidence_share,
+    group_relevance,
+    signal_perturbation_curve,
+    signal_perturbation_curves,
+    unit_masks,
+    unit_scores,
+    window_relevance,
+)
+from captum_mamba.metrics.statistics import mean_sem
 
 __all__ = [
     "CURVES",
     "EVIDENCE_METRICS",
     "REPLACEMENTS",
+    "SIGNAL_REPLACEMENTS",
+    "UNITS",
     "BadNumberWarning",
     "ConservationStats",
     "EvidenceScores",
@@ -38,6 +52,8 @@ __all__ = [
     "curve_area",
     "delta_area",
     "evidence_scores",
+    "evidence_share",
+    "group_relevance",
     "mean_sem",
     "pearson",
     "perturbation_curve",
@@ -45,4 +61,9 @@ __all__ = [
     "relevance_order",
     "replacement_embedding",
     "resample_curve",
+    "signal_perturbation_curve",
+    "signal_perturbation_curves",
+    "unit_masks",
+    "unit_scores",
+    "window_relevance",
 ]

@@ -34,8 +34,7 @@ alignment ``A``, sure links ``S`` and possible links ``P`` (``S`` is part of ``P
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -205,32 +204,3 @@ def alignment_error_rate(
         raise ValueError("an alignment error rate needs predicted or sure links")
     matched = len(links & sure_links) + len(links & possible_links)
     return 1.0 - matched / (len(links) + len(sure_links))
-
-
-def mean_sem(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and standard error of the mean (``s / sqrt(n)``, ``s`` with ``n - 1``).
-
-    Args:
-        values (sequence of float): finite values.
-
-    Returns:
-        tuple of float: ``(mean, s.e.)``; the s.e. is NaN for fewer than 2 values.
-
-    Raises:
-        ValueError: for no values, or NaN or inf among them.
-
-    Examples::
-
-        >>> mean_sem([1.0, 2.0, 3.0])
-        (2.0, 0.5773502691896258)
-    """
-    values = [float(v) for v in values]
-    if not values:
-        raise ValueError("mean_sem needs at least one value")
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError("mean_sem got NaN or inf; leave those values out first")
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, math.nan
-    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return mean, math.sqrt(variance / len(values))

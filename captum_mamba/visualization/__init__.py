@@ -4,8 +4,9 @@
 standalone files, Matplotlib figures for papers, Captum record interop);
 :mod:`captum_mamba.visualization.plots` draws perturbation curves, the conservation
 scatter, long-range relevance and image heatmaps;
-:mod:`captum_mamba.visualization.styles` gives every method one fixed line style. All
-take plain tensors or arrays.
+:mod:`captum_mamba.visualization.styles` gives every method one fixed line style;
+:mod:`captum_mamba.visualization.signals` draws relevance over multichannel signals
+(lanes and time x channel heatmaps). All take plain tensors or arrays.
 """
 
 from captum_mamba.visualization.plots import (
@@ -19,6 +20,12 @@ from captum_mamba.visualization.plots import (
     plot_relevance_distance,
     plot_relevance_over_context,
     top_k_distances,
+)
+from captum_mamba.visualization.signals import (
+    SignalView,
+    aggregate_grid,
+    signal_heatmap_figure,
+    signal_relevance_figure,
 )
 from captum_mamba.visualization.styles import (
     METHOD_STYLES,
@@ -46,7 +53,9 @@ __all__ = [
     "HeatmapRow",
     "MethodStyle",
     "ReadableTokenizer",
+    "SignalView",
     "TextHeatmap",
+    "aggregate_grid",
     "area_under_curve",
     "batch_text_heatmap_figure",
     "batch_text_heatmap_html",
@@ -63,6 +72,8 @@ __all__ = [
     "plot_relevance_distance",
     "plot_relevance_over_context",
     "row_from_captum_record",
+    "signal_heatmap_figure",
+    "signal_relevance_figure",
     "text_heatmap_figure",
     "text_heatmap_html",
     "to_captum_record",
