@@ -21,6 +21,10 @@ initialised Mamba with the shape of ``mamba-130m`` (float32, batch 1) it prints:
   whose cost is extrapolated from sampled steps; with ``--gen-explain-steps K`` the
   new explanation's cost is extrapolated too (one forward pass plus one backward pass
   per token: timed explaining the last 1 and the last K tokens of the same sequence);
+- ``--targets K ...``: many targets per pass: seconds per target of
+  ``MambaLRP.attribute(embeds, targets=[K targets])`` (one forward pass, one backward
+  pass per target) against one ``attribute`` call per target (a forward and a backward
+  pass each), at ``--targets-length`` tokens, for each ``K``;
 - ``--throughput``: tokens per second of :func:`captum_mamba.attribute_batches` on
   texts of random lengths against batch size and threads;
 - ``--out DIR``: ``results.json``, ``tables.md`` and ``scaling.png`` (time and peak
@@ -48,7 +52,12 @@ import torch
 
 from captum_mamba.adapters import rules_applied
 from captum_mamba.apps.study import _proc_status, _reset_peak, measure_peak_memory
-from captum_mamba.attr import LayerMambaLRP, attribute_batches, attribute_generation
+from captum_mamba.attr import (
+    LayerMambaLRP,
+    MambaLRP,
+    attribute_batches,
+    attribute_generation,
+)
 from captum_mamba.attr.forward import default_forward
 from captum_mamba.attr.generation import greedy_generate
 from captum_mamba.models import mamba_config, random_mamba_lm
@@ -75,6 +84,10 @@ class BenchmarkSettings:
         gen_tokens (int): generated tokens. Default: 256.
         gen_explain_steps (int): explain only this many tokens and extrapolate (0:
             explain all). Default: 0.
+        targets (tuple of int): numbers of targets ``K`` of the many-target
+            measurement. Default: none (skipped).
+        targets_length (int): sequence length of the many-target measurement.
+            Default: 256.
         throughput (bool): measure batched throughput. Default: False.
         texts (int): texts of the throughput measurement. Default: 64.
         text_lengths (tuple of int): lowest and highest text length. Default: 16, 256.
@@ -99,6 +112,8 @@ class BenchmarkSettings:
     gen_prompt: int = 1024
     gen_tokens: int = 256
     gen_explain_steps: int = 0
+    targets: tuple[int, ...] = ()
+    targets_length: int = 256
     throughput: bool = False
     texts: int = 64
     text_lengths: tuple[int, int] = (16, 256)
@@ -417,6 +432,38 @@ def generation_worker(settings: BenchmarkSettings) -> float:
     return (_proc_status("VmHWM") - before) / 1024
 
 
+def measure_targets(settings: BenchmarkSettings) -> list[dict[str, Any]]:
+    """Seconds per target of MambaLRP with ``K`` targets in one call (one forward pass,
+    one backward pass per target) against one call per target, for each ``K`` of
+    ``settings.targets``; target ``k`` is token ``42 + k`` at position ``-1 - k``
+    (cycling through the sequence)."""
+    model = _model(settings)
+    length = settings.targets_length
+    embeds = model.get_input_embeddings()(_ids(settings.vocab, length, 5)).detach()
+    lrp = MambaLRP(model)
+
+    def targets(count: int) -> list[tuple[int, int]]:
+        return [
+            (length - 1 - k % length, (TARGET_TOKEN + k) % settings.vocab) for k in range(count)
+        ]
+
+    lrp.attribute(embeds[:, :8], targets=[(-1, TARGET_TOKEN), (-2, TARGET_TOKEN)])  # warm-up
+    single = _median_time(lambda: lrp.attribute(embeds, target=targets(1)[0]), settings.repeats)
+    results = []
+    for count in settings.targets:
+        seconds = _median_time(lambda c=count: lrp.attribute(embeds, targets=targets(c)), 1)
+        results.append(
+            {
+                "targets": count,
+                "length": length,
+                "seconds": round(seconds, 3),
+                "per_target": round(seconds / count, 4),
+                "single_call": round(single, 4),
+            }
+        )
+    return results
+
+
 def measure_throughput(settings: BenchmarkSettings) -> list[dict[str, Any]]:
     """Tokens per second of :func:`attribute_batches` (LayerMambaLRP on token ids, last
     token's logit) over texts of random lengths, per batch size and thread count."""
@@ -548,6 +595,21 @@ def markdown_tables(results: dict[str, Any]) -> str:
             f"{g.generate / g.forward_rules:.2f}; explanation peak memory "
             f"{g.explain_mib:.0f} MiB\n\n" + _table(header, cells)
         )
+    if results.get("targets"):
+        length = results["targets"][0]["length"]
+        header = ["targets K", f"one call, K targets, {length} tokens: s", "s per target"]
+        header += ["one call per target: s per target", "speedup per target"]
+        cells = [
+            [
+                str(r["targets"]),
+                _cell(r["seconds"]),
+                _cell(r["per_target"], 3),
+                _cell(r["single_call"], 3),
+                f"{r['single_call'] / r['per_target']:.1f}x",
+            ]
+            for r in results["targets"]
+        ]
+        parts.append(_table(header, cells))
     if results.get("throughput"):
         header = ["threads", "batch size", "texts", "tokens", "s", "tokens/s"]
         cells = [
@@ -610,7 +672,7 @@ def run(settings: BenchmarkSettings, progress: Callable[[str], None] = print) ->
 
     Returns:
         dict: ``machine`` (threads, load, torch version), ``lengths``, ``compare``,
-        ``generation`` and ``throughput`` results (empty when not run).
+        ``generation``, ``targets`` and ``throughput`` results (empty when not run).
     """
     results: dict[str, Any] = {
         "machine": {
@@ -626,6 +688,9 @@ def run(settings: BenchmarkSettings, progress: Callable[[str], None] = print) ->
     if settings.generation:
         results["generation"] = asdict(measure_generation(settings))
         progress("measured generation")
+    if settings.targets:
+        results["targets"] = measure_targets(settings)
+        progress("measured many targets per pass")
     if settings.throughput:
         results["throughput"] = measure_throughput(settings)
         progress("measured throughput")

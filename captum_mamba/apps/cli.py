@@ -793,6 +793,10 @@ def _add_benchmark(commands: Commands) -> None:
         type=non_negative_int,
         help="explain only this many tokens and extrapolate (0: explain all)",
     )
+    parser.add_argument(
+        "--targets", type=positive_int, nargs="+", help="many targets per pass: K values"
+    )
+    parser.add_argument("--targets-length", type=positive_int)
     parser.add_argument("--throughput", action="store_true")
     parser.add_argument("--texts", type=positive_int)
     parser.add_argument("--text-lengths", type=positive_int, nargs=2)
