@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_mamba.adapters import UnsupportedModelError
+from captum_mamba.baselines.captum_methods import LATIM_ALTI, MAMBA1_METHODS, build_method
 from captum_mamba.baselines.latim import LaTIM, aggregate
 from captum_mamba.models import mamba_config, random_mamba_lm
 
@@ -163,3 +164,14 @@ def test_other_architectures_are_refused_in_one_line() -> None:
     inputs = torch.randn(1, 4, model.config.hidden_size, dtype=torch.float64)
     with pytest.raises(UnsupportedModelError, match="Mamba-1"):
         LaTIM(model).attribute(inputs)
+
+
+def test_latim_is_in_the_method_catalogue() -> None:
+    model = _model(4)
+    embeds = torch.randn(1, 5, 12, generator=torch.Generator().manual_seed(4)).double()
+    for name in MAMBA1_METHODS:
+        scores = build_method(name, model)(embeds, (-1, 1))
+        assert scores.shape == (1, 5)
+        assert torch.isfinite(scores).all() and scores.sum() > 0
+    expected = LaTIM(model, aggregation="alti").attribute(embeds)
+    torch.testing.assert_close(build_method(LATIM_ALTI, model)(embeds, (-1, 1)), expected)
