@@ -18,7 +18,11 @@ from captum_mamba.baselines.latim import LaTIM
 from captum_mamba.baselines.mamba_attr import MambaAttr
 from captum_mamba.baselines.random import RandomAttribution
 from captum_mamba.baselines.recording import LayerRecord, SSMRecord, SSMRecorder, record_layers
-from captum_mamba.baselines.rollout import MambaAttentionRollout, attention_rollout
+from captum_mamba.baselines.rollout import (
+    MambaAttentionRollout,
+    RawHiddenAttention,
+    attention_rollout,
+)
 
 __all__ = [
     "LaTIM",
@@ -26,6 +30,7 @@ __all__ = [
     "MambaAttentionRollout",
     "MambaAttr",
     "RandomAttribution",
+    "RawHiddenAttention",
     "SSMRecord",
     "SSMRecorder",
     "SelectiveSSMInputs",

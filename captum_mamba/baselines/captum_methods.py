@@ -57,7 +57,7 @@ from captum_mamba.attr.targets import TargetType
 from captum_mamba.baselines.latim import LaTIM
 from captum_mamba.baselines.mamba_attr import MambaAttr
 from captum_mamba.baselines.random import RandomAttribution
-from captum_mamba.baselines.rollout import MambaAttentionRollout
+from captum_mamba.baselines.rollout import MambaAttentionRollout, RawHiddenAttention
 from captum_mamba.rules import MambaRules
 
 TokenFunction = Callable[[Tensor, TargetType, tuple[Any, ...]], Tensor]
@@ -118,6 +118,7 @@ INPUT_X_GRADIENT = "Gradient x Input"
 INTEGRATED_GRADIENTS = "Integrated Gradients"
 SMOOTHGRAD = "SmoothGrad"
 SALIENCY = "Saliency"
+HIDDEN_ATTENTION = "Hidden Attention (last layer)"
 ROLLOUT = "Attention Rollout"
 MAMBA_ATTR = "Mamba-Attr"
 LATIM_L2 = "LaTIM (l2)"
@@ -315,6 +316,14 @@ METHODS: dict[str, MethodSpec] = {
                 model, _captum(Saliency(forward), abs=False)
             ),
             signed=False,
+            seeded=False,
+        ),
+        _token_spec(
+            HIDDEN_ATTENTION,
+            lambda model, forward, settings: _captum(
+                RawHiddenAttention(model, forward), leaf=False, position=settings.position
+            ),
+            batchable=False,
             seeded=False,
         ),
         _token_spec(
