@@ -389,11 +389,8 @@ def _many_targets(case: ArchitectureCase, model: nn.Module, inputs: Tensor, targ
     """Four targets for one call: the case's own (one per example), a random index of the
     output per example, one common random index (negative) for every example, and the
     case's own again (a repeated target)."""
-    forward = (
-        case.forward_func(model) if case.forward_func else default_forward(model, "inputs_embeds")
-    )
     with torch.no_grad():
-        shape = forward(inputs).shape
+        shape = case.reference(model, inputs, MambaRules()).shape
     if len(shape) == 1:
         return [None] * 4
     generator = torch.Generator().manual_seed(5)
