@@ -88,3 +88,16 @@ def test_shapes() -> None:
     assert parse_shape("8,2,4,32") == (8, 2, 4, 32)
     with pytest.raises(ValueError, match="hidden,layers,state,vocab"):
         parse_shape("big")
+
+
+def test_many_targets_table(capsys: pytest.CaptureFixture[str]) -> None:
+    main(
+        [
+            "benchmark", "--quick", "--lengths", "--long-lengths", "--compare-length", "0",
+            "--targets", "1", "3", "--targets-length", "8", "--repeats", "1",
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "| targets K | one call, K targets, 8 tokens: s |" in out
+    rows = [line for line in out.splitlines() if line.startswith(("| 1 |", "| 3 |"))]
+    assert len(rows) == 2 and all(row.endswith("x |") for row in rows)
