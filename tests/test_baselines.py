@@ -9,10 +9,16 @@ from test_hidden_attention import mixer_inputs_of, reference_mixer_inputs
 from torch import Tensor, nn
 
 from captum_mamba.attr import MambaLRP
-from captum_mamba.baselines import MambaAttentionRollout, MambaAttr, RandomAttribution
+from captum_mamba.baselines import (
+    MambaAttentionRollout,
+    MambaAttr,
+    RandomAttribution,
+    RawHiddenAttention,
+)
 from captum_mamba.baselines.captum_methods import (
     INPUT_X_GRADIENT,
     INTEGRATED_GRADIENTS,
+    MAMBA1_METHODS,
     MAMBA_LRP,
     METHOD_NAMES,
     METHODS,
@@ -79,6 +85,22 @@ def test_rollout_matches_naive_loops(make_lm, position: int) -> None:
     start_two = MambaAttentionRollout(model, start_layer=2).attribute(embeds, position=position)
     expected = naive_rollout([layer_attention[2][0]])[stop - 1]
     torch.testing.assert_close(start_two[0, :stop], expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("position", [-1, 3])
+def test_raw_hidden_attention_matches_naive_loops(make_lm, position: int) -> None:
+    model, embeds = _model_and_embeds(make_lm, seed=1)
+    length = embeds.shape[1]
+    stop = position % length + 1
+    mixers = [layer.mixer for layer in model.backbone.layers]
+    inputs = mixer_inputs_of(model, embeds)
+    for layer in (-1, 0):
+        got = RawHiddenAttention(model, layer=layer).attribute(embeds, position=position)
+        expected = naive_attention(reference_mixer_inputs(mixers[layer], inputs[layer][:, :stop]))
+        torch.testing.assert_close(
+            got[:, :stop], expected.mean(1)[:, stop - 1], rtol=1e-9, atol=1e-12
+        )
+        assert torch.all(got[:, stop:] == 0)
 
 
 def residual_gradients(model: nn.Module, embeds: Tensor, position: int, token: int) -> list[Tensor]:
@@ -197,7 +219,8 @@ def test_the_catalogue_describes_what_each_method_does(make_lm) -> None:
     """Every method is in the catalogue once; the seeded ones, and only they, change
     with the seed; the batchable ones score a batch as they score its texts one by one;
     signed token scores are sums over the hidden dimension."""
-    assert tuple(METHODS) == (*METHOD_NAMES, *POSITION_BASELINES)
+    names = [name for name in METHODS if name not in MAMBA1_METHODS]
+    assert tuple(names) == (*METHOD_NAMES, *POSITION_BASELINES)
     model, embeds = _model_and_embeds(make_lm, seed=8, batch=2, layers=2)
     target = (-1, 1)
     for name, spec in METHODS.items():

@@ -128,3 +128,16 @@ def test_family_timings_on_a_tiny_lfm2(monkeypatch: pytest.MonkeyPatch) -> None:
     table = benchmark.markdown_tables({"families": rows})
     assert table.splitlines()[0].startswith("| family | tokens | MambaLRP s | forward s")
     assert len(table.splitlines()) == 4
+
+
+def test_many_targets_table(capsys: pytest.CaptureFixture[str]) -> None:
+    main(
+        [
+            "benchmark", "--quick", "--lengths", "--long-lengths", "--compare-length", "0",
+            "--targets", "1", "3", "--targets-length", "8", "--repeats", "1",
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "| targets K | one call, K targets, 8 tokens: s |" in out
+    rows = [line for line in out.splitlines() if line.startswith(("| 1 |", "| 3 |"))]
+    assert len(rows) == 2 and all(row.endswith("x |") for row in rows)

@@ -383,3 +383,56 @@ def test_lean_backward_outside_the_rules_raises(case: ArchitectureCase) -> None:
     with pytest.raises(RuntimeError, match="inside the rules_applied"):
         torch.autograd.grad(explained.sum(), leaf)
     assert all("forward" not in vars(module) for module in model.modules())
+
+
+def _many_targets(case: ArchitectureCase, model: nn.Module, inputs: Tensor, targets: list) -> list:
+    """Four targets for one call: the case's own (one per example), a random index of the
+    output per example, one common random index (negative) for every example, and the
+    case's own again (a repeated target)."""
+    with torch.no_grad():
+        shape = case.reference(model, inputs, MambaRules()).shape
+    if len(shape) == 1:
+        return [None] * 4
+    generator = torch.Generator().manual_seed(5)
+
+    def draw() -> tuple[int, ...]:
+        return tuple(int(torch.randint(0, n, (1,), generator=generator)) for n in shape[1:])
+
+    common = tuple(index - n for index, n in zip(draw(), shape[1:], strict=True))
+    return [targets, [draw() for _ in targets], common, targets]
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["fast", "lean"])
+@pytest.mark.parametrize(("case", "config"), by_case_config())
+def test_many_targets_equal_single_calls(case: ArchitectureCase, config: str, lean: bool) -> None:
+    model = case.build(config, 4, False)
+    inputs, targets = case.inputs(model, config, 4)
+    lrp = _lrp(case, model, MambaRules(), lean)
+    many = _many_targets(case, model, inputs, targets)
+    relevance, delta = lrp.attribute(inputs, targets=many, return_convergence_delta=True)
+    assert relevance.shape == (len(many), *inputs.shape)
+    assert delta.shape == (len(many), inputs.shape[0])
+    for k, target in enumerate(many):
+        single, single_delta = lrp.attribute(inputs, target=target, return_convergence_delta=True)
+        assert single.abs().max() > 1e-6
+        assert relative_error(relevance[k], single) <= 1e-12
+        scale = single.abs().flatten(1).sum(1).max()
+        assert (delta[k] - single_delta).abs().max() <= 1e-12 * scale
+    if many[1] is not None:
+        assert relative_error(relevance[1], relevance[0]) > 1e-3  # the rows differ
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_many_targets_of_layer_mamba_lrp_equal_single_calls(case: ArchitectureCase) -> None:
+    model = case.build(case.configs[0], 6, False)
+    layer = model.get_submodule(case.layer)
+    forward = (
+        case.forward_func(model) if case.forward_func else default_forward(model, "inputs_embeds")
+    )
+    lrp = LayerMambaLRP(model, layer, forward_func=forward)
+    inputs, targets = case.inputs(model, case.configs[0], 6)
+    many = _many_targets(case, model, inputs, targets)
+    relevance = lrp.attribute(inputs, targets=many)
+    for k, target in enumerate(many):
+        single = lrp.attribute(inputs, target=target)
+        assert relative_error(relevance[k], single) <= 1e-12

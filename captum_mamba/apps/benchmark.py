@@ -21,6 +21,10 @@ initialised Mamba with the shape of ``mamba-130m`` (float32, batch 1) it prints:
   whose cost is extrapolated from sampled steps; with ``--gen-explain-steps K`` the
   new explanation's cost is extrapolated too (one forward pass plus one backward pass
   per token: timed explaining the last 1 and the last K tokens of the same sequence);
+- ``--targets K ...``: many targets per pass: seconds per target of
+  ``MambaLRP.attribute(embeds, targets=[K targets])`` (one forward pass, one backward
+  pass per target) against one ``attribute`` call per target (a forward and a backward
+  pass each), at ``--targets-length`` tokens, for each ``K``;
 - ``--throughput``: tokens per second of :func:`captum_mamba.attribute_batches` on
   texts of random lengths against batch size and threads;
 - ``--hybrid-lengths``: MambaLRP against transformers' no-grad forward on a Bamba-shaped
@@ -85,6 +89,10 @@ class BenchmarkSettings:
         gen_tokens (int): generated tokens. Default: 256.
         gen_explain_steps (int): explain only this many tokens and extrapolate (0:
             explain all). Default: 0.
+        targets (tuple of int): numbers of targets ``K`` of the many-target
+            measurement. Default: none (skipped).
+        targets_length (int): sequence length of the many-target measurement.
+            Default: 256.
         throughput (bool): measure batched throughput. Default: False.
         texts (int): texts of the throughput measurement. Default: 64.
         text_lengths (tuple of int): lowest and highest text length. Default: 16, 256.
@@ -116,6 +124,8 @@ class BenchmarkSettings:
     gen_prompt: int = 1024
     gen_tokens: int = 256
     gen_explain_steps: int = 0
+    targets: tuple[int, ...] = ()
+    targets_length: int = 256
     throughput: bool = False
     texts: int = 64
     text_lengths: tuple[int, int] = (16, 256)
@@ -436,6 +446,38 @@ def generation_worker(settings: BenchmarkSettings) -> float:
         prompt, targets = torch.cat([prompt, targets[:-steps]]), targets[-steps:]
     attribute_generation(model, prompt, target_ids=targets)
     return (proc_status("VmHWM") - before) / 1024
+
+
+def measure_targets(settings: BenchmarkSettings) -> list[dict[str, Any]]:
+    """Seconds per target of MambaLRP with ``K`` targets in one call (one forward pass,
+    one backward pass per target) against one call per target, for each ``K`` of
+    ``settings.targets``; target ``k`` is token ``42 + k`` at position ``-1 - k``
+    (cycling through the sequence)."""
+    model = _model(settings)
+    length = settings.targets_length
+    embeds = model.get_input_embeddings()(_ids(settings.vocab, length, 5)).detach()
+    lrp = MambaLRP(model)
+
+    def targets(count: int) -> list[tuple[int, int]]:
+        return [
+            (length - 1 - k % length, (TARGET_TOKEN + k) % settings.vocab) for k in range(count)
+        ]
+
+    lrp.attribute(embeds[:, :8], targets=[(-1, TARGET_TOKEN), (-2, TARGET_TOKEN)])  # warm-up
+    single = _median_time(lambda: lrp.attribute(embeds, target=targets(1)[0]), settings.repeats)
+    results = []
+    for count in settings.targets:
+        seconds = _median_time(lambda c=count: lrp.attribute(embeds, targets=targets(c)), 1)
+        results.append(
+            {
+                "targets": count,
+                "length": length,
+                "seconds": round(seconds, 3),
+                "per_target": round(seconds / count, 4),
+                "single_call": round(single, 4),
+            }
+        )
+    return results
 
 
 def measure_throughput(settings: BenchmarkSettings) -> list[dict[str, Any]]:
@@ -800,6 +842,21 @@ def markdown_tables(results: dict[str, Any]) -> str:
             for r in results["families"]
         ]
         parts.append(_table(header, cells))
+    if results.get("targets"):
+        length = results["targets"][0]["length"]
+        header = ["targets K", f"one call, K targets, {length} tokens: s", "s per target"]
+        header += ["one call per target: s per target", "speedup per target"]
+        cells = [
+            [
+                str(r["targets"]),
+                _cell(r["seconds"]),
+                _cell(r["per_target"], 3),
+                _cell(r["single_call"], 3),
+                f"{r['single_call'] / r['per_target']:.1f}x",
+            ]
+            for r in results["targets"]
+        ]
+        parts.append(_table(header, cells))
     if results.get("throughput"):
         header = ["threads", "batch size", "texts", "tokens", "s", "tokens/s"]
         cells = [
@@ -874,8 +931,8 @@ def run(settings: BenchmarkSettings, progress: Callable[[str], None] = print) ->
 
     Returns:
         dict: ``machine`` (threads, load, torch version), ``lengths``, ``compare``,
-        ``generation``, ``throughput`` and ``hybrids`` results (empty when not run).
-        ``generation``, ``families`` and ``throughput`` results (empty when not run).
+        ``generation``, ``families``, ``targets``, ``throughput`` and ``hybrids`` results
+        (empty when not run).
     """
     results: dict[str, Any] = {
         "machine": {
@@ -893,6 +950,9 @@ def run(settings: BenchmarkSettings, progress: Callable[[str], None] = print) ->
         progress("measured generation")
     if settings.families:
         results["families"] = measure_families(settings, progress)
+    if settings.targets:
+        results["targets"] = measure_targets(settings)
+        progress("measured many targets per pass")
     if settings.throughput:
         results["throughput"] = measure_throughput(settings)
         progress("measured throughput")

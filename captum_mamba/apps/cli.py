@@ -970,6 +970,10 @@ def _add_benchmark(commands: Commands) -> None:
         type=non_negative_int,
         help="explain only this many tokens and extrapolate (0: explain all)",
     )
+    parser.add_argument(
+        "--targets", type=positive_int, nargs="+", help="many targets per pass: K values"
+    )
+    parser.add_argument("--targets-length", type=positive_int, help="tokens of the K table")
     parser.add_argument("--throughput", action="store_true", help="texts per second, batched")
     parser.add_argument("--texts", type=positive_int, help="texts of the throughput (64)")
     parser.add_argument(

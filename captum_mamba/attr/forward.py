@@ -301,21 +301,22 @@ class ModelForward:
         self,
         inputs: Tensor,
         attention_mask: Tensor | None,
-        target: TargetType,
+        targets: Sequence[TargetType],
         batch: int,
-    ) -> tuple[Tensor, list[tuple[int, ...]], tuple[int, ...]]:
-        """The explained logits, with the head run at the explained positions only.
+    ) -> tuple[list[Tensor], list[list[tuple[int, ...]]], tuple[int, ...]]:
+        """The explained logits of one or more targets, from one run of the backbone, with
+        the head run at the explained positions only.
 
         Args:
             inputs (Tensor): the model inputs ``(batch, seq, ...)``.
             attention_mask (Tensor or None): ``(batch, seq)`` 0/1 padding mask.
-            target: ``(position, token)`` per example, in Captum's conventions
-                (see :func:`~captum_mamba.attr.targets.select_target`).
+            targets (sequence): targets, each ``(position, token)`` per example in
+                Captum's conventions (see :func:`~captum_mamba.attr.targets.select_target`).
             batch (int): number of examples.
 
         Returns:
-            tuple: the ``(batch,)`` explained logits, the index tuple of each example
-            and the shape the full logits would have.
+            tuple: for each target the ``(batch,)`` explained logits and the index tuple
+            of each example; and the shape the full logits would have.
 
         Raises:
             AttributionInputError: as :func:`select_target` for the full logits.
@@ -323,11 +324,15 @@ class ModelForward:
         kwargs = self._check(inputs, attention_mask)
         hidden = _first(self.backbone(**kwargs))
         shape = (*hidden.shape[:2], self.vocab_size())
-        indices = target_indices(target, shape, batch)
         rows = torch.arange(batch, device=hidden.device)
-        positions = torch.tensor([index[0] for index in indices], device=hidden.device)
-        logits = self.head(hidden[rows, positions][:, None])[:, 0]
-        return gather_targets(logits, [index[1:] for index in indices]), indices, shape
+        values, all_indices = [], []
+        for target in targets:
+            indices = target_indices(target, shape, batch)
+            positions = torch.tensor([index[0] for index in indices], device=hidden.device)
+            logits = self.head(hidden[rows, positions][:, None])[:, 0]
+            values.append(gather_targets(logits, [index[1:] for index in indices]))
+            all_indices.append(indices)
+        return values, all_indices, shape
 
 
 def default_forward(model: nn.Module, keyword: str) -> ModelForward | nn.Module:
@@ -412,26 +417,107 @@ def explained_outputs(
     Raises:
         AttributionInputError: for outputs or targets that do not fit.
     """
+    return explained_outputs_many(forward_func, inputs, extra, [target], batch)[0]
+
+
+def explained_outputs_many(
+    forward_func: Callable[..., Any],
+    inputs: tuple[Tensor, ...],
+    extra: tuple[Any, ...],
+    targets: Sequence[TargetType],
+    batch: int,
+) -> list[Tensor]:
+    """Run the forward function once and select the explained output of each example
+    for each of several targets (as :func:`explained_outputs` for one).
+
+    Args:
+        forward_func (Callable): the attribution's forward function.
+        inputs (tuple of Tensor): its inputs (leaves of the backward pass).
+        extra (tuple): its additional arguments.
+        targets (sequence): Captum-style targets (see :func:`select_target`).
+        batch (int): number of examples.
+
+    Returns:
+        list of Tensor: ``(batch,)`` explained outputs per target, part of one autograd
+        graph.
+
+    Raises:
+        AttributionInputError: for outputs or targets that do not fit.
+    """
     targeted = (
         isinstance(forward_func, ModelForward)
         and forward_func.backbone is not None
         and forward_func.vocab_size() is not None
         and len(inputs) == 1
         and len(extra) <= 1
-        and _is_position_target(target)
+        and all(_is_position_target(target) for target in targets)
     )
     if targeted:
         mask = extra[0] if extra else None
-        explained, indices, shape = forward_func.explained(inputs[0], mask, target, batch)
+        explained, indices, shape = forward_func.explained(inputs[0], mask, targets, batch)
     else:
         output = forward_func(*inputs, *extra)
         check_output(output, batch)
-        indices, shape = target_indices(target, output.shape, batch), tuple(output.shape)
-        explained = gather_targets(output, indices)
+        shape = tuple(output.shape)
+        indices = [target_indices(target, shape, batch) for target in targets]
+        explained = [gather_targets(output, index) for index in indices]
     mask = _mask_argument(inputs[0], extra)
     if mask is not None:
-        warn_masked_targets(mask, indices, shape)
+        for index in indices:
+            warn_masked_targets(mask, index, shape)
     return explained
+
+
+def gradients_per_output(
+    explained: Sequence[Tensor], leaves: Sequence[Tensor]
+) -> list[tuple[Tensor | None, ...]]:
+    """Gradients of the leaves for each explained output, through one autograd graph.
+
+    The graph of one forward pass serves every output: each gets one backward pass
+    (the graph is kept until the last), never another forward pass. Under the rules the
+    backward pass is linear in its cotangent and does not depend on it, so the result
+    for each output is the one a call for that output alone gives.
+
+    Args:
+        explained (sequence of Tensor): ``(batch,)`` explained outputs of one graph.
+        leaves (sequence of Tensor): the leaves to differentiate.
+
+    Returns:
+        list of tuple: per output, the gradient of the sum of its values for every leaf
+        (None where a leaf does not reach it).
+    """
+    last = len(explained) - 1
+    return [
+        torch.autograd.grad(value.sum(), leaves, retain_graph=k < last, allow_unused=True)
+        for k, value in enumerate(explained)
+    ]
+
+
+def check_target_list(targets: Any, target: TargetType) -> list[TargetType]:
+    """Check the ``targets`` argument of a many-target attribution call.
+
+    Args:
+        targets (Any): should be a non-empty list of Captum targets.
+        target (TargetType): the call's ``target`` argument, which must then be None.
+
+    Returns:
+        list: the targets.
+
+    Raises:
+        AttributionInputError: if ``targets`` is not a non-empty list, or both
+            ``target`` and ``targets`` are given.
+    """
+    if target is not None:
+        raise AttributionInputError(
+            "pass either target (one output) or targets (a list of several), not both"
+        )
+    if not isinstance(targets, list) or not targets:
+        raise AttributionInputError(
+            "targets must be a non-empty list of Captum targets (one result row each), "
+            f"got {type(targets).__name__}"
+            + (f" of length {len(targets)}" if isinstance(targets, list) else "")
+        )
+    return targets
 
 
 def _is_position_target(target: TargetType) -> bool:

@@ -47,6 +47,7 @@ from captum_mamba.attr.forward import (
     compute_dtype,
     explanation_backend,
     explanation_mode,
+    gradients_per_output,
 )
 from captum_mamba.attr.targets import AttributionInputError, check_relevance, check_token_ids
 from captum_mamba.rules import MambaRules
@@ -248,7 +249,6 @@ def attribute_generation(
         return leaf
 
     backend = explanation_backend(lean, len(context))
-    rows = []
     with explanation_mode(), rules_applied(model, rules, backend):
         handle = embedding.register_forward_hook(capture)
         try:
@@ -266,10 +266,8 @@ def attribute_generation(
                 "(check its weights and dtype)"
             )
         (leaf,) = captured
-        for j in range(steps):
-            (grad,) = torch.autograd.grad(explained[j], leaf, retain_graph=j < steps - 1)
-            rows.append((leaf.detach() * grad)[0].sum(-1))
-    token_attr = torch.stack(rows)
+        gradients = gradients_per_output([value[None] for value in explained], [leaf])
+    token_attr = torch.stack([(leaf.detach() * grad)[0].sum(-1) for (grad,) in gradients])
     check_relevance((token_attr,))
     probs = torch.stack([torch.softmax(row.detach(), -1) for row in logits])
     explained_values = explained_values.detach()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -16,13 +16,15 @@ from captum_mamba.attr.forward import (
     as_leaf,
     check_devices,
     check_model,
+    check_target_list,
     compute_dtype,
     count_tokens,
     default_forward,
     explained_module,
-    explained_outputs,
+    explained_outputs_many,
     explanation_backend,
     explanation_mode,
+    gradients_per_output,
     plain_arguments,
     uses_lean,
 )
@@ -124,6 +126,7 @@ class LayerMambaLRP(LayerGradientXActivation):
         additional_forward_args: Any = None,
         return_convergence_delta: bool = False,
         attribute_to_layer_input: bool = False,
+        targets: Sequence[TargetType] | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         r"""Relevance of every element of the layer's output (or input).
 
@@ -138,16 +141,21 @@ class LayerMambaLRP(LayerGradientXActivation):
                 output minus the sum of relevances, per example. Default: False.
             attribute_to_layer_input (bool, optional): attribute to the layer's input
                 instead of its output. Default: False.
+            targets (list, optional): several targets at once instead of ``target``,
+                from one forward pass, as in :meth:`MambaLRP.attribute`. Default: None.
 
         Returns:
             *Tensor* **attributions** with the shape of the layer's output (or
-            input); and, if ``return_convergence_delta``, a ``(batch,)`` **delta**.
+            input), with a leading dimension ``K`` for ``K`` ``targets``; and, if
+            ``return_convergence_delta``, a ``(batch,)`` (``(K, batch)``) **delta**.
 
         Examples::
 
             >>> relevance, delta = lrp.attribute(ids, target=(-1, token),
             ...                                  return_convergence_delta=True)
         """
+        many = targets is not None
+        target_list = check_target_list(targets, target) if many else [target]
         formatted = as_input_tuple(inputs, "token ids")
         batch = batch_size(formatted)
         extra = format_additional_forward_args(additional_forward_args) or ()
@@ -180,11 +188,11 @@ class LayerMambaLRP(LayerGradientXActivation):
             try:
                 forward = self._logits if self.forward_func is self.model else self.forward_func
                 arguments = plain_arguments((*formatted, *extra))
-                explained = explained_outputs(
+                explained = explained_outputs_many(
                     forward,
                     arguments[: len(formatted)],
                     arguments[len(formatted) :],
-                    target,
+                    target_list,
                     batch,
                 )
                 if len(captured) != 1:
@@ -192,12 +200,15 @@ class LayerMambaLRP(LayerGradientXActivation):
                         f"layer {type(self.layer).__name__} ran {len(captured)} times in "
                         "one forward pass; LayerMambaLRP needs a layer that runs exactly once"
                     )
-                (grad,) = torch.autograd.grad(explained.sum(), captured, allow_unused=True)
+                gradients = gradients_per_output(explained, captured)
             finally:
                 handle.remove()
         activation = captured[0].detach()
-        attributions = activation * (torch.zeros_like(activation) if grad is None else grad)
-        check_relevance((attributions,))
-        if return_convergence_delta:
-            return attributions, relevance_delta(attributions, explained)
-        return attributions
+        zero = torch.zeros_like(activation)
+        rows = [activation * (zero if g is None else g) for (g,) in gradients]
+        check_relevance(tuple(rows))
+        deltas = [relevance_delta(row, value) for row, value in zip(rows, explained, strict=True)]
+        if not many:
+            return (rows[0], deltas[0]) if return_convergence_delta else rows[0]
+        attributions = torch.stack(rows)
+        return (attributions, torch.stack(deltas)) if return_convergence_delta else attributions

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -21,13 +21,15 @@ from captum_mamba.attr.forward import (
     as_leaf,
     check_devices,
     check_model,
+    check_target_list,
     compute_dtype,
     count_tokens,
     default_forward,
     explained_module,
-    explained_outputs,
+    explained_outputs_many,
     explanation_backend,
     explanation_mode,
+    gradients_per_output,
     plain_arguments,
     uses_lean,
 )
@@ -131,8 +133,10 @@ class MambaLRP(GradientAttribution):
         target: TargetType = None,
         additional_forward_args: Any = None,
         return_convergence_delta: bool = False,
+        targets: Sequence[TargetType] | None = None,
     ) -> TensorOrTuple | tuple[TensorOrTuple, Tensor]:
-        r"""Relevance of every input element for the target output.
+        r"""Relevance of every input element for the target output (or for each of
+        several targets, from one forward pass).
 
         Args:
             inputs (Tensor or tuple of Tensor): input embeddings
@@ -148,16 +152,28 @@ class MambaLRP(GradientAttribution):
                 Default: None.
             return_convergence_delta (bool, optional): also return the explained
                 output minus the sum of relevances, per example. Default: False.
+            targets (list, optional): explain several outputs at once instead of
+                ``target`` (which must then be None): a list of ``K`` targets, each
+                anything ``target`` takes. The model runs forward once; each target
+                gets one backward pass through that forward pass. The result has a
+                leading dimension of size ``K``, and row ``k`` equals the result of
+                ``attribute(inputs, target=targets[k])``. Default: None.
 
         Returns:
             *Tensor* or *tuple[Tensor, ...]* of **attributions**, with the shape of
-            ``inputs``, in the compute dtype (the model's, at least float32); and,
-            if ``return_convergence_delta``, a ``(batch,)`` tensor **delta**.
+            ``inputs`` (``(K, *inputs.shape)`` with ``targets``), in the compute dtype
+            (the model's, at least float32); and, if ``return_convergence_delta``, a
+            ``(batch,)`` (``(K, batch)``) tensor **delta**.
 
         Examples::
 
             >>> relevance = lrp.attribute(embeds, target=(-1, token_id))
+            >>> # every position's next token at once: (seq, batch, seq, hidden)
+            >>> every = lrp.attribute(embeds, targets=[(p, int(ids[0, p + 1]))
+            ...                                        for p in range(ids.shape[1] - 1)])
         """
+        many = targets is not None
+        target_list = check_target_list(targets, target) if many else [target]
         tuple_input = is_tuple(inputs)
         formatted = as_input_tuple(inputs)
         extra = format_additional_forward_args(additional_forward_args) or ()
@@ -167,18 +183,33 @@ class MambaLRP(GradientAttribution):
         backend = explanation_backend(self.lean, count_tokens(formatted[0]))
         with explanation_mode(), rules_applied(self.model, self.rules, backend):
             leaves = tuple(as_leaf(x, dtype) for x in formatted)
-            explained = explained_outputs(
-                self.forward_func, leaves, plain_arguments(extra), target, formatted[0].shape[0]
+            explained = explained_outputs_many(
+                self.forward_func,
+                leaves,
+                plain_arguments(extra),
+                target_list,
+                formatted[0].shape[0],
             )
-            grads = torch.autograd.grad(explained.sum(), leaves, allow_unused=True)
-        attributions = tuple(
-            x.detach() * (torch.zeros_like(x) if g is None else g)
-            for x, g in zip(leaves, grads, strict=True)
-        )
-        check_relevance(attributions)
-        result = format_output(tuple_input, attributions)
+            gradients = gradients_per_output(explained, leaves)
+        rows = []
+        for grads in gradients:
+            attributions = tuple(
+                x.detach() * (torch.zeros_like(x) if g is None else g)
+                for x, g in zip(leaves, grads, strict=True)
+            )
+            check_relevance(attributions)
+            rows.append(attributions)
+        if many:
+            stacked = tuple(torch.stack(parts) for parts in zip(*rows, strict=True))
+            result = format_output(tuple_input, stacked)
+            if return_convergence_delta:
+                pairs = zip(rows, explained, strict=True)
+                deltas = [relevance_delta(row, value) for row, value in pairs]
+                return result, torch.stack(deltas)
+            return result
+        result = format_output(tuple_input, rows[0])
         if return_convergence_delta:
-            return result, relevance_delta(result, explained)
+            return result, relevance_delta(result, explained[0])
         return result
 
     def compute_convergence_delta(self, attributions: TensorOrTuple, output: Tensor) -> Tensor:

@@ -14,16 +14,23 @@ from captum_mamba.baselines.hidden_attention import (
     positive_hidden_attention,
     ssd_as_selective,
 )
+from captum_mamba.baselines.latim import LaTIM
 from captum_mamba.baselines.mamba_attr import MambaAttr
 from captum_mamba.baselines.random import RandomAttribution
 from captum_mamba.baselines.recording import LayerRecord, SSMRecord, SSMRecorder, record_layers
-from captum_mamba.baselines.rollout import MambaAttentionRollout, attention_rollout
+from captum_mamba.baselines.rollout import (
+    MambaAttentionRollout,
+    RawHiddenAttention,
+    attention_rollout,
+)
 
 __all__ = [
+    "LaTIM",
     "LayerRecord",
     "MambaAttentionRollout",
     "MambaAttr",
     "RandomAttribution",
+    "RawHiddenAttention",
     "SSMRecord",
     "SSMRecorder",
     "SelectiveSSMInputs",

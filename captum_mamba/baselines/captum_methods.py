@@ -54,9 +54,10 @@ from captum_mamba.adapters import rules_applied
 from captum_mamba.attr import MambaLRP
 from captum_mamba.attr.forward import count_tokens, default_forward, explanation_backend
 from captum_mamba.attr.targets import TargetType
+from captum_mamba.baselines.latim import LaTIM
 from captum_mamba.baselines.mamba_attr import MambaAttr
 from captum_mamba.baselines.random import RandomAttribution
-from captum_mamba.baselines.rollout import MambaAttentionRollout
+from captum_mamba.baselines.rollout import MambaAttentionRollout, RawHiddenAttention
 from captum_mamba.rules import MambaRules
 
 TokenFunction = Callable[[Tensor, TargetType, tuple[Any, ...]], Tensor]
@@ -117,8 +118,11 @@ INPUT_X_GRADIENT = "Gradient x Input"
 INTEGRATED_GRADIENTS = "Integrated Gradients"
 SMOOTHGRAD = "SmoothGrad"
 SALIENCY = "Saliency"
+HIDDEN_ATTENTION = "Hidden Attention (last layer)"
 ROLLOUT = "Attention Rollout"
 MAMBA_ATTR = "Mamba-Attr"
+LATIM_L2 = "LaTIM (l2)"
+LATIM_ALTI = "LaTIM (ALTI)"
 RANDOM = "Random"
 RECENCY = "Recency"
 READ_POSITION = "Read position, then random"
@@ -315,6 +319,14 @@ METHODS: dict[str, MethodSpec] = {
             seeded=False,
         ),
         _token_spec(
+            HIDDEN_ATTENTION,
+            lambda model, forward, settings: _captum(
+                RawHiddenAttention(model, forward), leaf=False, position=settings.position
+            ),
+            batchable=False,
+            seeded=False,
+        ),
+        _token_spec(
             ROLLOUT,
             lambda model, forward, settings: _captum(
                 MambaAttentionRollout(model, forward), leaf=False, position=settings.position
@@ -329,6 +341,17 @@ METHODS: dict[str, MethodSpec] = {
             ),
             batchable=False,
             seeded=False,
+        ),
+        *(
+            _token_spec(
+                name,
+                lambda model, forward, settings, aggregation=aggregation: _captum(
+                    LaTIM(model, forward, aggregation), leaf=False, position=settings.position
+                ),
+                batchable=False,
+                seeded=False,
+            )
+            for name, aggregation in ((LATIM_L2, "l2"), (LATIM_ALTI, "alti"))
         ),
         _token_spec(
             RANDOM,
@@ -350,8 +373,12 @@ METHODS: dict[str, MethodSpec] = {
 
 #: The position-only sanity baselines.
 POSITION_BASELINES: tuple[str, ...] = (RECENCY, READ_POSITION)
-#: The methods that read the model, in table order.
-METHOD_NAMES: tuple[str, ...] = tuple(name for name in METHODS if name not in POSITION_BASELINES)
+#: Methods for transformers Mamba-1 models only (they refuse others in one line).
+MAMBA1_METHODS: tuple[str, ...] = (LATIM_L2, LATIM_ALTI)
+#: The methods that read the model and explain every architecture, in table order.
+METHOD_NAMES: tuple[str, ...] = tuple(
+    name for name in METHODS if name not in POSITION_BASELINES + MAMBA1_METHODS
+)
 
 
 def build_method(

@@ -262,3 +262,63 @@ class MambaAttentionRollout(Attribution):
         rows = length if any(layer.bidirectional for layer in layers) else stop
         attentions = (self._layer_attention(layer, rows) for layer in layers)
         return scatter_row(attention_rollout(attentions)[:, stop - 1, :rows], length)
+
+
+class RawHiddenAttention(MambaAttentionRollout):
+    r"""Raw hidden attention of one layer (Ali et al., "The Hidden Attention of Mamba
+    Models", ACL 2025): the channel mean of the layer's hidden attention (plus the head
+    mean of a softmax attention in the same layer), without rollout.
+
+    Token relevance for the output at sequence position ``t`` is row ``t`` of that
+    matrix. The explanation does not depend on the explained class (``target`` is
+    accepted for a uniform API and ignored).
+
+    Args:
+        model (nn.Module): a model that MambaLRP explains (any supported architecture).
+        forward_func (Callable, optional): as for :class:`MambaAttentionRollout`.
+        layer (int, optional): the layer, counted from 0 over the layers with a scan or
+            an attention (negative counts from the last). Default: -1.
+        leaf_size (int, optional): see :func:`mean_hidden_attention`. Default: 8.
+        chunk_elements (int, optional): work-buffer size. Default: ``2**22``.
+
+    Examples::
+
+        >>> scores = RawHiddenAttention(model, layer=-1).attribute(embeds)  # (batch, seq)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        forward_func: Callable[..., Tensor] | None = None,
+        layer: int = -1,
+        leaf_size: int = DEFAULT_LEAF_SIZE,
+        chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    ) -> None:
+        super().__init__(model, forward_func, layer, leaf_size, chunk_elements)
+
+    def attribute(
+        self,
+        inputs: Tensor,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        position: int = -1,
+    ) -> Tensor:
+        r"""Raw hidden attention of every token for the output at ``position``.
+
+        Args:
+            inputs (Tensor): ``(batch, seq, hidden)`` input embeddings.
+            target (optional): ignored (class-independent).
+            additional_forward_args (Any, optional): further forward arguments (e.g.
+                the attention mask). Default: None.
+            position (int, optional): sequence position of the explained output.
+                Default: -1 (the last position).
+
+        Returns:
+            Tensor: ``(batch, seq)`` token scores.
+        """
+        length, stop, extra = self._prepare(inputs, position, additional_forward_args)
+        with torch.no_grad():
+            _, layers = self._record(inputs.detach(), extra)
+        layer = layers[0]
+        rows = length if layer.bidirectional else stop
+        return scatter_row(self._layer_attention(layer, rows)[:, stop - 1, :rows], length)

@@ -1,0 +1,277 @@
+r"""Baselines: LaTIM, token-to-token interactions of Mamba-1 layers (Pitorro and Treviso,
+ACL 2025, "LaTIM: Measuring Latent Token-to-Token Interactions in Mamba Models").
+
+A Mamba-1 mixer maps its (normalised) input ``a`` to
+
+.. math::
+
+    o_i = W_o\Big(\mathrm{silu}(z_i) \odot \sum_{t \le i} P_{it} \odot s_t \odot
+          \big(\textstyle\sum_k w_k \odot x_{t-K+1+k} + b_c\big)\Big) + b_o,
+
+with ``x = W_x a + b_x`` and ``z = W_z a + b_z`` the two halves of the input projection,
+``w`` the depthwise causal convolution (kernel ``K``, bias ``b_c``), ``s = sigmoid`` of
+the convolution's output (so that ``s_t`` times the convolution's output is the SiLU that
+feeds the scan), and ``P`` the scan's per-channel hidden attention plus its skip ``D`` on
+the diagonal (:func:`~captum_mamba.baselines.hidden_attention.hidden_attention_matrices`).
+With the gates ``s`` and ``silu(z)`` taken as the values of the forward pass, ``o_i`` is
+linear in the inputs ``a_j`` of the earlier tokens, and so is exactly a sum
+
+.. math::
+
+    o_i = \sum_{j \le i} T_{ij} + \beta_i, \qquad
+    T_{ij} = W_o\Big(\mathrm{silu}(z_i) \odot \sum_{k} P_{i,j+k} \odot s_{j+k} \odot
+             w_{K-1-k} \odot W_x a_j\Big),
+
+where ``beta_i`` collects the biases ``b_x``, ``b_c`` and ``b_o`` (no token's). The
+decomposition reproduces the mixer's output exactly (``tests/test_latim.py`` checks it
+against transformers' own forward). Each residual layer adds its input: the layer output
+``h_i + o_i`` has the contributions ``C_{ij} = T_{ij} + [i = j] h_i``.
+
+Two aggregations turn the ``(L, L, hidden)`` contributions into token-to-token scores:
+
+- ``"l2"``: ``||C_ij||_2``, normalised to sum 1 over ``j``;
+- ``"alti"`` (ALTI, Ferrando et al., EMNLP 2022): ``max(0, ||y_i||_1 - ||y_i - C_ij||_1)``
+  with ``y_i = sum_j C_ij`` the layer output without its biases, normalised to sum 1.
+
+As in ALTI, the token relevance for the output at position ``t`` is row ``t`` of the
+product of the layers' score matrices (last layer first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from captum.attr import Attribution
+from torch import Tensor, nn
+
+from captum_mamba._captum import format_additional_forward_args
+from captum_mamba.adapters import UnsupportedModelError
+from captum_mamba.attr.forward import check_model, default_forward
+from captum_mamba.attr.targets import TargetType
+from captum_mamba.baselines.hidden_attention import hidden_attention_matrices
+from captum_mamba.baselines.recording import LayerRecord, record_layers
+from captum_mamba.baselines.rollout import check_token_embeddings, target_position
+
+#: The aggregations of :class:`LaTIM`.
+AGGREGATIONS = ("l2", "alti")
+
+
+def _mixer_parts(block: nn.Module, path: str) -> nn.Module:
+    mixer = getattr(block, "mixer", None)
+    names = ("in_proj", "conv1d", "out_proj", "x_proj", "dt_proj")
+    if not isinstance(getattr(block, "norm", None), nn.Module) or not all(
+        isinstance(getattr(mixer, name, None), nn.Module) for name in names
+    ):
+        raise UnsupportedModelError(
+            f"{path} ({type(block).__name__}): LaTIM decomposes transformers' Mamba-1 "
+            "blocks (norm, mixer with in_proj, conv1d, x_proj, dt_proj, out_proj) only"
+        )
+    return mixer
+
+
+def latim_contributions(block: nn.Module, layer: LayerRecord) -> tuple[Tensor, Tensor]:
+    r"""The LaTIM decomposition of one Mamba-1 mixer's output.
+
+    Args:
+        block (nn.Module): the residual block (``norm`` and ``mixer``), e.g. a
+            transformers ``MambaBlock``.
+        layer (LayerRecord): its recorded forward pass (input and scan).
+
+    Returns:
+        tuple: ``T`` of shape ``(batch, L, L, hidden)`` with ``T[b, i, j]`` the
+        contribution of token ``j`` to the mixer's output at ``i`` (zero for ``j > i``),
+        and the ``(batch, L, hidden)`` bias part ``beta``; ``T.sum(2) + beta`` is the
+        mixer's output.
+
+    Raises:
+        UnsupportedModelError: for blocks that are not Mamba-1 blocks.
+    """
+    mixer = _mixer_parts(block, layer.path)
+    if len(layer.ssms) != 1 or layer.ssms[0].reverse or layer.ssms[0].inputs.B.dim() != 3:
+        raise UnsupportedModelError(
+            f"{layer.path} ({type(block).__name__}): LaTIM needs one forward Mamba-1 scan per layer"
+        )
+    ssm = layer.ssms[0].inputs
+    hidden = layer.hidden_states.detach()
+    dtype = ssm.x.dtype
+    with torch.no_grad():
+        a = block.norm(hidden).to(dtype)
+        length, channels = a.shape[1], ssm.x.shape[-1]
+        weight_in = mixer.in_proj.weight.to(dtype)
+        bias_in = mixer.in_proj.bias
+        bias_in = torch.zeros(2 * channels, dtype=dtype) if bias_in is None else bias_in.to(dtype)
+        v = a @ weight_in[:channels].T  # W_x a_j, without the bias
+        z = a @ weight_in[channels:].T + bias_in[channels:]
+        kernel = mixer.conv1d.weight.to(dtype)[:, 0]  # (channels, K)
+        width = kernel.shape[1]
+        conv_bias = mixer.conv1d.bias
+        conv_bias = 0 if conv_bias is None else conv_bias.to(dtype)
+
+        def conv(x: Tensor) -> Tensor:
+            out = torch.zeros_like(x)
+            for k in range(width):
+                shift = width - 1 - k
+                if shift < length:
+                    out[:, shift:] += kernel[:, k] * x[:, : length - shift]
+            return out
+
+        bias_x = bias_in[:channels].expand_as(v)
+        constant = conv(bias_x) + conv_bias  # the convolution's output without tokens
+        gate_in = torch.sigmoid(conv(v) + constant)  # (batch, L, channels)
+        mixing = hidden_attention_matrices(ssm)  # (batch, channels, L, L)
+        if ssm.D is not None:
+            mixing = mixing + torch.diag_embed(ssm.D[:, None].expand(channels, length))
+        mixing = mixing * gate_in.transpose(1, 2)[:, :, None, :]  # P_it s_t
+        # Q[b, e, i, j] = sum_k P_{i, j+k} s_{j+k} w_{K-1-k}
+        spread = torch.zeros_like(mixing)
+        for k in range(min(width, length)):
+            spread[..., : length - k] += mixing[..., k:] * kernel[:, width - 1 - k, None, None]
+        gate_out = F.silu(z)  # (batch, L, channels)
+        inner = spread.permute(0, 2, 3, 1) * gate_out[:, :, None] * v[:, None]
+        weight_out = mixer.out_proj.weight.to(dtype)
+        contributions = inner @ weight_out.T
+        bias_inner = gate_out * torch.einsum("beit,bte->bie", mixing, constant)
+        beta = bias_inner @ weight_out.T
+        if mixer.out_proj.bias is not None:
+            beta = beta + mixer.out_proj.bias.to(dtype)
+    return contributions, beta
+
+
+def aggregate(contributions: Tensor, residual: Tensor, aggregation: str) -> Tensor:
+    r"""Token-to-token scores of one residual layer from its contributions.
+
+    Args:
+        contributions (Tensor): ``(batch, L, L, hidden)`` mixer contributions ``T``.
+        residual (Tensor): ``(batch, L, hidden)`` the layer's input ``h``, added to
+            token ``i``'s own contribution.
+        aggregation (str): ``"l2"`` or ``"alti"`` (see the module docstring).
+
+    Returns:
+        Tensor: ``(batch, L, L)`` non-negative scores, each row summing to 1.
+
+    Raises:
+        ValueError: for another aggregation.
+    """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+    total = contributions + torch.diag_embed(residual.transpose(1, 2)).permute(0, 2, 3, 1)
+    if aggregation == "l2":
+        scores = total.norm(dim=-1)
+    else:
+        output = total.sum(2, keepdim=True)
+        distance = (output - total).abs().sum(-1)
+        scores = (output.abs().sum(-1) - distance).clamp(min=0)
+    sums = scores.sum(-1, keepdim=True)
+    return scores / torch.where(sums > 0, sums, torch.ones_like(sums))
+
+
+class LaTIM(Attribution):
+    r"""LaTIM token relevance for Mamba-1 models (Pitorro and Treviso, ACL 2025).
+
+    Each layer's output is decomposed exactly into contributions of the input tokens
+    (:func:`latim_contributions`), scored with the ``"l2"`` or ``"alti"`` aggregation
+    (:func:`aggregate`) and composed over the layers as ALTI does; the relevance of the
+    output at ``position`` is a row of that product. The explanation does not depend on
+    the explained class (``target`` is accepted for a uniform API and ignored), and the
+    scores are non-negative and sum to 1.
+
+    Args:
+        model (nn.Module): a transformers Mamba-1 model (``MambaModel``,
+            ``MambaForCausalLM`` or a classifier built on them).
+        forward_func (Callable, optional): runs ``model`` on the inputs. Default: for
+            Hugging Face models, ``forward(inputs_embeds, attention_mask=None)``.
+        aggregation (str, optional): ``"l2"`` or ``"alti"``. Default: ``"alti"``.
+
+    Examples::
+
+        >>> latim = LaTIM(model, aggregation="l2")
+        >>> scores = latim.attribute(model.get_input_embeddings()(ids))  # (batch, seq)
+        >>> maps = latim.layer_scores(embeds)  # list of (batch, seq, seq), one per layer
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        forward_func: Callable[..., Tensor] | None = None,
+        aggregation: str = "alti",
+    ) -> None:
+        check_model(model, None)
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        super().__init__(forward_func or default_forward(model, "inputs_embeds"))
+        self.model = model
+        self.aggregation = aggregation
+
+    def decompositions(
+        self, inputs: Tensor, additional_forward_args: Any = None
+    ) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """The decomposition of every layer.
+
+        Args:
+            inputs (Tensor): ``(batch, seq, hidden)`` input embeddings.
+            additional_forward_args (Any, optional): further forward arguments.
+                Default: None.
+
+        Returns:
+            list of tuple: per layer, its input ``h``, contributions ``T`` and bias
+            part ``beta`` (see :func:`latim_contributions`).
+        """
+        check_token_embeddings(inputs)
+        extra = format_additional_forward_args(additional_forward_args) or ()
+        with torch.no_grad():
+            _, layers = record_layers(self.model, lambda: self.forward_func(inputs, *extra))
+        result = []
+        for layer in layers:
+            block = self.model.get_submodule(layer.path)
+            contributions, beta = latim_contributions(block, layer)
+            result.append((layer.hidden_states.detach(), contributions, beta))
+        return result
+
+    def layer_scores(self, inputs: Tensor, additional_forward_args: Any = None) -> list[Tensor]:
+        """The token-to-token scores of every layer.
+
+        Args:
+            inputs (Tensor): ``(batch, seq, hidden)`` input embeddings.
+            additional_forward_args (Any, optional): further forward arguments.
+                Default: None.
+
+        Returns:
+            list of Tensor: ``(batch, seq, seq)`` per layer; row ``i`` scores the tokens
+            for the layer's output at ``i``.
+        """
+        return [
+            aggregate(contributions, hidden.to(contributions.dtype), self.aggregation)
+            for hidden, contributions, _ in self.decompositions(inputs, additional_forward_args)
+        ]
+
+    def attribute(
+        self,
+        inputs: Tensor,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        position: int = -1,
+    ) -> Tensor:
+        r"""LaTIM relevance of every token for the output at ``position``.
+
+        Args:
+            inputs (Tensor): ``(batch, seq, hidden)`` input embeddings.
+            target (optional): ignored (LaTIM is class-independent).
+            additional_forward_args (Any, optional): further forward arguments.
+                Default: None.
+            position (int, optional): sequence position of the explained output.
+                Default: -1 (the last position).
+
+        Returns:
+            Tensor: ``(batch, seq)`` token relevances (non-negative, summing to 1).
+        """
+        check_token_embeddings(inputs)
+        row = target_position(position, inputs.shape[1])
+        joint = None
+        for scores in self.layer_scores(inputs, additional_forward_args):
+            joint = scores if joint is None else scores @ joint
+        if joint is None:
+            raise UnsupportedModelError(f"{type(self.model).__name__} has no Mamba-1 layer")
+        return joint[:, row]
