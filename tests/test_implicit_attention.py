@@ -102,6 +102,119 @@ def _reference(mixer: nn.Module, a: Tensor) -> tuple[Tensor, Tensor, Tensor, Ten
     return out, omega, x, beta
 
 
+def mamba2_model(seed: int, groups: int, layers: int, biases: bool) -> nn.Module:
+    """A tiny float64 transformers Mamba-2 LM with random biases and norm weights."""
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Mamba2Config(
+        hidden_size=16, num_heads=4, head_dim=8, n_groups=groups, state_size=4,
+        num_hidden_layers=layers, vocab_size=32, use_bias=biases, use_conv_bias=biases,
+        chunk_size=4,
+    )  # fmt: skip
+    model = Mamba2ForCausalLM(config).double().eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias") and "dt_bias" not in name:
+                parameter.copy_(0.2 * torch.randn_like(parameter))
+            elif name.endswith("norm.weight") or name.endswith(".D"):
+                parameter.add_(0.3 * torch.randn_like(parameter))
+    return model
+
+
+def mamba2_reference(mixer: nn.Module, a: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Loops over time for a transformers ``Mamba2Mixer`` in float64: the output,
+    ``Omega``, the values and the conv-bias term, as :func:`_reference` (the gated
+    RMSNorm's normaliser held at its forward value)."""
+    batch, length, _ = a.shape
+    heads, head_dim = mixer.num_heads, mixer.head_dim
+    channels, groups, state = heads * head_dim, mixer.n_groups, mixer.ssm_state_size
+    projected = mixer.in_proj(a)
+    z = projected[..., :channels]
+    xbc = projected[..., channels : channels + mixer.conv_dim]
+    dt = F.softplus(projected[..., channels + mixer.conv_dim :] + mixer.dt_bias)
+    kernel = mixer.conv1d.weight[:, 0]
+    width = kernel.shape[1]
+    conv = torch.zeros_like(xbc)
+    for t in range(length):
+        for k in range(width):
+            source = t - (width - 1) + k
+            if source >= 0:
+                conv[:, t] = conv[:, t] + kernel[:, k] * xbc[:, source]
+    conv_bias = mixer.conv1d.bias if mixer.conv1d.bias is not None else torch.zeros(conv.shape[-1])
+    conv = conv + conv_bias
+    s = torch.sigmoid(conv)[..., :channels]
+    act = F.silu(conv)
+    u = act[..., :channels]
+    B = act[..., channels : channels + groups * state].unflatten(-1, (groups, state))
+    C = act[..., channels + groups * state :].unflatten(-1, (groups, state))
+    head = torch.arange(channels) // head_dim  # head of each channel
+    group = head // (heads // groups)
+    A = -torch.exp(mixer.A_log)
+    # the scan, per channel: scalar decay of its head, B and C of its group
+    h = torch.zeros(batch, channels, state, dtype=a.dtype)
+    ys = []
+    for t in range(length):
+        step = dt[:, t, head]
+        h = torch.exp(step * A[head])[..., None] * h + (step * u[:, t])[..., None] * B[:, t, group]
+        ys.append((h * C[:, t, group]).sum(-1) + mixer.D[head] * u[:, t])
+    y = torch.stack(ys, 1)
+    v = y * F.silu(z)
+    rms = v.unflatten(-1, (groups, -1)).pow(2).mean(-1, keepdim=True)
+    inverse = (rms + mixer.norm.variance_epsilon).rsqrt().expand(-1, -1, -1, channels // groups)
+    gate = mixer.norm.weight * F.silu(z) * inverse.flatten(-2)
+    out = mixer.out_proj(gate * y)
+    P = torch.zeros(batch, channels, length, length, dtype=a.dtype)
+    for i in range(length):
+        for t in range(i + 1):
+            decay = torch.ones(batch, channels, dtype=a.dtype)
+            for k in range(t + 1, i + 1):
+                decay = decay * torch.exp(dt[:, k, head] * A[head])
+            weight = (C[:, i, group] * B[:, t, group]).sum(-1) * decay * dt[:, t, head]
+            P[:, :, i, t] = weight + (mixer.D[head] if t == i else 0)
+    omega = torch.zeros_like(P)
+    beta = torch.zeros_like(u)
+    for i in range(length):
+        for j in range(i + 1):
+            for t in range(j, min(i, j + width - 1) + 1):
+                omega[:, :, i, j] += (
+                    P[:, :, i, t] * s[:, t] * kernel[:channels, width - 1 - (t - j)]
+                )
+            omega[:, :, i, j] *= gate[:, i]
+        for t in range(i + 1):
+            beta[:, i] += gate[:, i] * P[:, :, i, t] * s[:, t] * conv_bias[:channels]
+    return out, omega, xbc[..., :channels], beta
+
+
+@pytest.mark.parametrize(
+    ("seed", "groups", "length", "biases"),
+    [(0, 1, 7, True), (1, 2, 6, False), (2, 2, 3, True), (3, 4, 9, True)],
+)
+def test_mamba2_implicit_attention_reproduces_every_mixer_exactly(
+    seed: int, groups: int, length: int, biases: bool
+) -> None:
+    model = mamba2_model(seed, groups, 2, biases)
+    inputs = torch.randn(2, length, 16, generator=torch.Generator().manual_seed(seed))
+    pairs = ImplicitAttentionRollout(model).mixer_attentions(inputs.double())
+    assert len(pairs) == 2
+    for (layer, attention), block in zip(pairs, model.backbone.layers, strict=True):
+        with torch.no_grad():
+            expected, omega, values, beta = mamba2_reference(
+                block.mixer, _rms_norm(block.norm, layer.hidden_states)
+            )
+            own = block.mixer(block.norm(layer.hidden_states))
+        scale = omega.abs().max()
+        assert (attention.omega - omega).abs().max() <= 1e-12 * scale
+        torch.testing.assert_close(attention.values, values, rtol=1e-13, atol=1e-13)
+        assert (attention.bias - beta).abs().max() <= 1e-12 * scale
+        relative = (attention.output() - expected).abs().max() / expected.abs().max()
+        assert relative <= 1e-12
+        again = mixer_from(omega, values, beta, block.mixer.out_proj)
+        assert (again - expected).abs().max() / expected.abs().max() <= 1e-12
+        # transformers rounds its norms through float32
+        assert (attention.output() - own).abs().max() / own.abs().max() <= 1e-6
+
+
 @pytest.mark.parametrize(
     ("seed", "hidden", "length", "biases"),
     [(0, 12, 7, True), (1, 12, 7, False), (2, 8, 11, True), (3, 8, 3, True), (4, 16, 5, False)],
@@ -179,15 +292,18 @@ def test_rollout_of_the_channel_means(start_layer: int) -> None:
 
 
 def test_other_architectures_are_refused_in_one_line() -> None:
-    from transformers import Mamba2Config, Mamba2ForCausalLM
+    from transformers import BambaConfig, BambaForCausalLM
 
-    config = Mamba2Config(
-        hidden_size=16, num_heads=4, head_dim=8, n_groups=1, state_size=4,
-        num_hidden_layers=1, vocab_size=32,
+    config = BambaConfig(
+        hidden_size=8, intermediate_size=12, num_hidden_layers=2, vocab_size=16,
+        num_attention_heads=2, num_key_value_heads=1, attn_layer_indices=[1],
+        mamba_n_heads=2, mamba_d_head=8, mamba_n_groups=1, mamba_d_state=4,
+        mamba_chunk_size=4, mamba_d_conv=4, mamba_expand=2,
     )  # fmt: skip
-    model = Mamba2ForCausalLM(config).double().eval()
-    inputs = torch.randn(1, 4, 16, dtype=torch.float64)
-    with pytest.raises(UnsupportedModelError, match="Mamba-1"):
+    config._attn_implementation = "eager"
+    model = BambaForCausalLM(config).double().eval()
+    inputs = torch.randn(1, 4, 8, dtype=torch.float64)
+    with pytest.raises(UnsupportedModelError, match="Mamba-1 and Mamba-2"):
         ImplicitAttentionRollout(model).attribute(inputs)
 
 

@@ -76,12 +76,14 @@ class MixerAttention:
         omega (Tensor): ``(batch, channels, L, L)`` causal implicit attention ``Omega``.
         values (Tensor): ``(batch, L, channels)`` the convolution's input
             ``x = W_x a + b_x``.
+        value_bias (Tensor): ``(channels,)`` its bias ``b_x`` (zeros without one).
         bias (Tensor): ``(batch, L, channels)`` the convolution bias's term ``beta``.
         out_proj (nn.Linear): the output projection ``W_o, b_o``.
     """
 
     omega: Tensor
     values: Tensor
+    value_bias: Tensor
     bias: Tensor
     out_proj: nn.Linear
 
@@ -105,19 +107,24 @@ class MixerAttention:
         return out
 
 
-def _mixer_parts(block: nn.Module, path: str) -> nn.Module:
+def _mixer_parts(block: nn.Module, path: str) -> tuple[nn.Module, bool]:
+    """The block's mixer and whether it is a Mamba-2 (SSD) mixer."""
     mixer = getattr(block, "mixer", None)
-    names = ("in_proj", "conv1d", "out_proj", "x_proj", "dt_proj")
     norm = getattr(block, "norm", None)
-    if not isinstance(getattr(norm, "weight", None), Tensor) or not all(
-        isinstance(getattr(mixer, name, None), nn.Module) for name in names
-    ):
+    common = ("in_proj", "conv1d", "out_proj")
+    mamba1 = all(isinstance(getattr(mixer, name, None), nn.Module) for name in common) and all(
+        isinstance(getattr(mixer, name, None), nn.Module) for name in ("x_proj", "dt_proj")
+    )
+    mamba2 = all(isinstance(getattr(mixer, name, None), nn.Module) for name in common) and (
+        isinstance(getattr(getattr(mixer, "norm", None), "group_size", None), int)
+    )
+    if not isinstance(getattr(norm, "weight", None), Tensor) or not (mamba1 or mamba2):
         raise UnsupportedModelError(
             f"{path} ({type(block).__name__}): the implicit attention is derived for "
-            "transformers' Mamba-1 blocks (RMS norm, mixer with in_proj, conv1d, x_proj, "
-            "dt_proj, out_proj) only"
+            "transformers' Mamba-1 and Mamba-2 blocks (RMS norm, mixer with in_proj, "
+            "conv1d, out_proj, and x_proj and dt_proj or a gated norm) only"
         )
-    return mixer
+    return mixer, mamba2
 
 
 def _causal_conv(kernel: Tensor, x: Tensor) -> Tensor:
@@ -132,25 +139,35 @@ def _causal_conv(kernel: Tensor, x: Tensor) -> Tensor:
     return out
 
 
+def _gated_norm_factor(norm: nn.Module, y: Tensor, z: Tensor) -> Tensor:
+    """Mamba-2's output gate ``weight * silu(z) / rms_group(y * silu(z))``, with the
+    normaliser at its forward value: the factor that multiplies the scan output ``y``."""
+    gate = F.silu(z)
+    groups = (y * gate).unflatten(-1, (-1, norm.group_size))
+    inverse_rms = torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    return norm.weight.to(y.dtype) * gate * inverse_rms.expand_as(groups).flatten(-2)
+
+
 def mixer_attention(block: nn.Module, layer: LayerRecord) -> MixerAttention:
-    r"""The implicit attention of one Mamba-1 mixer from its recorded forward pass.
+    r"""The implicit attention of one Mamba-1 or Mamba-2 mixer from its recorded forward
+    pass.
 
     Args:
         block (nn.Module): the residual block (``norm`` and ``mixer``), e.g. a
-            transformers ``MambaBlock``.
+            transformers ``MambaBlock`` or ``Mamba2Block``.
         layer (LayerRecord): its recorded forward pass (input and scan).
 
     Returns:
         MixerAttention: ``Omega``, the values ``x``, the bias term and ``W_o``.
 
     Raises:
-        UnsupportedModelError: for blocks that are not Mamba-1 blocks.
+        UnsupportedModelError: for blocks that are not Mamba-1 or Mamba-2 blocks.
     """
-    mixer = _mixer_parts(block, layer.path)
-    if len(layer.ssms) != 1 or layer.ssms[0].reverse or layer.ssms[0].inputs.B.dim() != 3:
+    mixer, mamba2 = _mixer_parts(block, layer.path)
+    if len(layer.ssms) != 1 or layer.ssms[0].reverse or layer.attentions:
         raise UnsupportedModelError(
             f"{layer.path} ({type(block).__name__}): the implicit attention needs one "
-            "forward Mamba-1 scan per layer"
+            "forward Mamba-1 or Mamba-2 scan per layer"
         )
     ssm = layer.ssms[0].inputs
     dtype = ssm.x.dtype
@@ -165,25 +182,39 @@ def mixer_attention(block: nn.Module, layer: LayerRecord) -> MixerAttention:
         projected = a @ mixer.in_proj.weight.to(dtype).T
         if mixer.in_proj.bias is not None:
             projected = projected + mixer.in_proj.bias.to(dtype)
-        values, z = projected[..., :channels], projected[..., channels:]
-        kernel = mixer.conv1d.weight.to(dtype)[:, 0]  # (channels, K)
+        # Mamba-1: in_proj -> [x, z]; Mamba-2: in_proj -> [z, x, B, C, dt]
+        start, gate_start = (channels, 0) if mamba2 else (0, channels)
+        values = projected[..., start : start + channels]
+        z = projected[..., gate_start : gate_start + channels]
+        in_bias = mixer.in_proj.bias
+        value_bias = (
+            torch.zeros(channels, dtype=dtype)
+            if in_bias is None
+            else in_bias[start : start + channels].to(dtype)
+        )
+        kernel = mixer.conv1d.weight.to(dtype)[:channels, 0]  # (channels, K)
         conv_bias = mixer.conv1d.bias
-        conv_bias = torch.zeros(channels, dtype=dtype) if conv_bias is None else conv_bias
-        conv_bias = conv_bias.to(dtype)
+        conv_bias = (
+            torch.zeros(channels, dtype=dtype) if conv_bias is None else conv_bias[:channels]
+        ).to(dtype)
         gate_in = torch.sigmoid(_causal_conv(kernel, values) + conv_bias)  # s
         mixing = hidden_attention_matrices(ssm)  # (batch, channels, L, L)
         if ssm.D is not None:
             mixing = mixing + torch.diag_embed(ssm.D[:, None].expand(channels, length))
         mixing = mixing * gate_in.transpose(1, 2)[:, :, None, :]  # P_it s_t
-        gate_out = F.silu(z).transpose(1, 2)[..., None]  # (batch, channels, L, 1)
-        # Omega[b, d, i, j] = silu(z_i) sum_k P_{i, j+k} s_{j+k} w_{K-1-k}
+        if mamba2:
+            gate_out = _gated_norm_factor(mixer.norm, layer.ssms[0].output.to(dtype), z)
+        else:
+            gate_out = F.silu(z)
+        gate_out = gate_out.transpose(1, 2)[..., None]  # (batch, channels, L, 1)
+        # Omega[b, d, i, j] = g_i sum_k P_{i, j+k} s_{j+k} w_{K-1-k}
         width = kernel.shape[1]
         omega = torch.zeros_like(mixing)
         for k in range(min(width, length)):
             omega[..., : length - k] += mixing[..., k:] * kernel[:, width - 1 - k, None, None]
         omega = omega * gate_out
         bias = (gate_out * mixing).sum(-1).transpose(1, 2) * conv_bias
-    return MixerAttention(omega, values, bias, mixer.out_proj)
+    return MixerAttention(omega, values, value_bias, bias, mixer.out_proj)
 
 
 class ImplicitAttentionRollout(Attribution):

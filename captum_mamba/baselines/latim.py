@@ -82,11 +82,7 @@ def latim_contributions(block: nn.Module, layer: LayerRecord) -> tuple[Tensor, T
     attention = mixer_attention(block, layer)
     dtype = attention.omega.dtype
     with torch.no_grad():
-        in_bias = block.mixer.in_proj.bias
-        channels = attention.values.shape[-1]
-        bias_x = (
-            torch.zeros(channels, dtype=dtype) if in_bias is None else in_bias[:channels].to(dtype)
-        )
+        bias_x = attention.value_bias
         tokens = attention.values - bias_x  # W_x a_j, without the bias
         weight_out = attention.out_proj.weight.to(dtype)
         inner = attention.omega.permute(0, 2, 3, 1) * tokens[:, None]
