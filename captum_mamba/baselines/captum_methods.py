@@ -383,7 +383,8 @@ METHODS: dict[str, MethodSpec] = {
 
 #: The position-only sanity baselines.
 POSITION_BASELINES: tuple[str, ...] = (RECENCY, READ_POSITION)
-#: Methods for transformers Mamba-1 models only (they refuse others in one line).
+#: Methods for transformers Mamba-1 and Mamba-2 models only (they refuse others in one
+#: line).
 MAMBA1_METHODS: tuple[str, ...] = (LATIM_L2, LATIM_ALTI, IMPLICIT_ROLLOUT)
 #: The methods that read the model and explain every architecture, in table order.
 METHOD_NAMES: tuple[str, ...] = tuple(

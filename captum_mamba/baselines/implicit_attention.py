@@ -1,4 +1,4 @@
-r"""Baselines: the implicit attention of Mamba-1 layers (Zimerman, Ali and Wolf, ICLR 2025,
+r"""Baselines: the implicit attention of Mamba layers (Zimerman, Ali and Wolf, ICLR 2025,
 "Explaining Modern Gated-Linear RNNs via a Unified Implicit Attention Formulation").
 
 Ali et al.'s hidden attention (:mod:`captum_mamba.baselines.hidden_attention`) covers the
@@ -37,7 +37,18 @@ loops over time and this identity against the mixer's own output.
 
 :class:`ImplicitAttentionRollout` aggregates as Ali et al.'s rollout does: each layer's
 ``Omega`` averaged over channels, the identity added for the residual, rows normalised,
-the layers chained by matrix products. LaTIM (:mod:`captum_mamba.baselines.latim`) is
+the layers chained by matrix products.
+
+Mamba-2 (SSD) mixers give the same matrices: the scan is recorded as the selective scan it
+equals (:func:`~captum_mamba.baselines.hidden_attention.ssd_as_selective`: one scalar
+decay per head, ``B`` and ``C`` shared by a group of heads), the convolution's ``x``
+channels make ``M`` and ``S`` (its ``B`` and ``C`` channels feed the scan's coefficients,
+held at their forward values like ``dt``), and the output gate is the gated RMSNorm's
+factor ``g_i = weight * silu(z_i) / rms_group(y_i * silu(z_i))``, with the normaliser, like
+the gates, at its forward value: ``Omega[d, i, j] = g_{i, d} sum_t P[d, i, t] s_{t, d}
+w_{d, K-1-(t-j)}``.
+
+LaTIM (:mod:`captum_mamba.baselines.latim`) is
 built on the same matrices.
 """
 
@@ -70,7 +81,7 @@ from captum_mamba.rules import functional as R
 
 @dataclass(frozen=True)
 class MixerAttention:
-    r"""The implicit attention of one Mamba-1 mixer and what it is applied to.
+    r"""The implicit attention of one Mamba mixer and what it is applied to.
 
     Args:
         omega (Tensor): ``(batch, channels, L, L)`` causal implicit attention ``Omega``.
@@ -218,7 +229,8 @@ def mixer_attention(block: nn.Module, layer: LayerRecord) -> MixerAttention:
 
 
 class ImplicitAttentionRollout(Attribution):
-    r"""Rollout of the implicit attention of Mamba-1 models (Zimerman et al., ICLR 2025).
+    r"""Rollout of the implicit attention of Mamba-1 and Mamba-2 models (Zimerman et al.,
+    ICLR 2025).
 
     Each layer's implicit attention (:func:`mixer_attention`: convolution, SiLU gate,
     scan and output gate in one matrix per channel) is averaged over channels, and the
@@ -229,7 +241,7 @@ class ImplicitAttentionRollout(Attribution):
     on the explained class (``target`` is accepted for a uniform API and ignored).
 
     Args:
-        model (nn.Module): a transformers Mamba-1 model (``MambaModel``,
+        model (nn.Module): a transformers Mamba-1 or Mamba-2 model (``MambaModel``,
             ``MambaForCausalLM`` or a classifier built on them).
         forward_func (Callable, optional): runs ``model`` on the inputs. Default: for
             Hugging Face models, ``forward(inputs_embeds, attention_mask=None)``.
@@ -322,14 +334,15 @@ class ImplicitAttentionRollout(Attribution):
             Tensor: ``(batch, seq)`` token relevances.
 
         Raises:
-            UnsupportedModelError: if a layer is not a Mamba-1 layer.
+            UnsupportedModelError: if a layer is not a Mamba-1 or Mamba-2 layer.
             ValueError: if ``start_layer`` is out of range for the model.
         """
         check_token_embeddings(inputs)
         row = target_position(position, inputs.shape[1])
         layers = self.layer_attentions(inputs, additional_forward_args)
         if not layers:
-            raise UnsupportedModelError(f"{type(self.model).__name__} has no Mamba-1 layer")
+            name = type(self.model).__name__
+            raise UnsupportedModelError(f"{name} has no Mamba-1 or Mamba-2 layer")
         if not -len(layers) <= self.start_layer < len(layers):
             raise ValueError(
                 f"start_layer {self.start_layer} is out of range for a model with "

@@ -1,4 +1,4 @@
-r"""Baselines: LaTIM, token-to-token interactions of Mamba-1 layers (Pitorro and Treviso,
+r"""Baselines: LaTIM, token-to-token interactions of Mamba layers (Pitorro and Treviso,
 ACL 2025, "LaTIM: Measuring Latent Token-to-Token Interactions in Mamba Models").
 
 A Mamba-1 mixer maps its (normalised) input ``a`` to
@@ -25,7 +25,11 @@ linear in the inputs ``a_j`` of the earlier tokens, and so is exactly a sum
 where ``beta_i`` collects the biases ``b_x``, ``b_c`` and ``b_o`` (no token's).
 ``T`` is built from the mixer's implicit attention
 (:func:`~captum_mamba.baselines.implicit_attention.mixer_attention`, the per-channel
-matrices ``Omega`` multiplying ``W_x a_j``). The
+matrices ``Omega`` multiplying ``W_x a_j``). Mamba-2 mixers decompose the same way: the
+scan has one scalar decay per head and ``B``, ``C`` per group, and the output gate
+``silu(z)`` becomes the gated RMSNorm's factor ``weight * silu(z) / rms_group(y * silu(z))``
+with the normaliser held at its forward value (as the gates are; see
+:mod:`~captum_mamba.baselines.implicit_attention`). The
 decomposition reproduces the mixer's output exactly (``tests/test_latim.py`` checks it
 against transformers' own forward). Each residual layer adds its input: the layer output
 ``h_i + o_i`` has the contributions ``C_{ij} = T_{ij} + [i = j] h_i``.
@@ -62,7 +66,7 @@ AGGREGATIONS = ("l2", "alti")
 
 
 def latim_contributions(block: nn.Module, layer: LayerRecord) -> tuple[Tensor, Tensor]:
-    r"""The LaTIM decomposition of one Mamba-1 mixer's output, from its implicit
+    r"""The LaTIM decomposition of one Mamba-1 or Mamba-2 mixer's output, from its implicit
     attention (:func:`~captum_mamba.baselines.implicit_attention.mixer_attention`).
 
     Args:
@@ -77,7 +81,7 @@ def latim_contributions(block: nn.Module, layer: LayerRecord) -> tuple[Tensor, T
         mixer's output.
 
     Raises:
-        UnsupportedModelError: for blocks that are not Mamba-1 blocks.
+        UnsupportedModelError: for blocks that are not Mamba-1 or Mamba-2 blocks.
     """
     attention = mixer_attention(block, layer)
     dtype = attention.omega.dtype
@@ -123,7 +127,7 @@ def aggregate(contributions: Tensor, residual: Tensor, aggregation: str) -> Tens
 
 
 class LaTIM(Attribution):
-    r"""LaTIM token relevance for Mamba-1 models (Pitorro and Treviso, ACL 2025).
+    r"""LaTIM token relevance for Mamba-1 and Mamba-2 models (Pitorro and Treviso, ACL 2025).
 
     Each layer's output is decomposed exactly into contributions of the input tokens
     (:func:`latim_contributions`), scored with the ``"l2"`` or ``"alti"`` aggregation
@@ -133,7 +137,7 @@ class LaTIM(Attribution):
     scores are non-negative and sum to 1.
 
     Args:
-        model (nn.Module): a transformers Mamba-1 model (``MambaModel``,
+        model (nn.Module): a transformers Mamba-1 or Mamba-2 model (``MambaModel``,
             ``MambaForCausalLM`` or a classifier built on them).
         forward_func (Callable, optional): runs ``model`` on the inputs. Default: for
             Hugging Face models, ``forward(inputs_embeds, attention_mask=None)``.
@@ -227,5 +231,6 @@ class LaTIM(Attribution):
         for scores in self.layer_scores(inputs, additional_forward_args):
             joint = scores if joint is None else scores @ joint
         if joint is None:
-            raise UnsupportedModelError(f"{type(self.model).__name__} has no Mamba-1 layer")
+            name = type(self.model).__name__
+            raise UnsupportedModelError(f"{name} has no Mamba-1 or Mamba-2 layer")
         return joint[:, row]
