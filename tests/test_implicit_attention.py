@@ -313,3 +313,30 @@ def test_implicit_attention_is_in_the_method_catalogue() -> None:
     assert IMPLICIT_ROLLOUT in MAMBA1_METHODS
     expected = ImplicitAttentionRollout(model).attribute(embeds)
     torch.testing.assert_close(build_method(IMPLICIT_ROLLOUT, model)(embeds, (-1, 1)), expected)
+
+
+def test_falcon_mamba_mixers_are_reproduced() -> None:
+    # FalconMamba's extra norms of dt, B and C sit inside the recorded scan inputs; the
+    # reference is transformers' own forward (its norms rounded through float32)
+    from transformers import FalconMambaConfig, FalconMambaForCausalLM
+
+    torch.manual_seed(7)
+    config = FalconMambaConfig(
+        hidden_size=12, num_hidden_layers=2, state_size=4, vocab_size=32, use_bias=True
+    )
+    model = FalconMambaForCausalLM(config).double().eval()
+    inputs = torch.randn(2, 7, 12, dtype=torch.float64)
+    for layer, attention in ImplicitAttentionRollout(model).mixer_attentions(inputs):
+        block = model.get_submodule(layer.path)
+        with torch.no_grad():
+            own = block.mixer(block.norm(layer.hidden_states))
+        assert (attention.output() - own).abs().max() / own.abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("name", MAMBA1_METHODS)
+def test_the_catalogue_explains_mamba2(name: str) -> None:
+    model = mamba2_model(8, 2, 2, True)
+    embeds = torch.randn(1, 5, 16, generator=torch.Generator().manual_seed(8)).double()
+    scores = build_method(name, model)(embeds, (-1, 1))
+    assert scores.shape == (1, 5)
+    assert torch.isfinite(scores).all() and scores.abs().sum() > 0
