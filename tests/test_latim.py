@@ -11,6 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_implicit_attention import _rms_norm as rms_norm_float64
+from test_implicit_attention import mamba2_model, mamba2_reference
 from torch import Tensor, nn
 
 from captum_mamba.adapters import UnsupportedModelError
@@ -97,21 +99,26 @@ def test_decomposition_reproduces_every_layer_exactly(seed: int, biases: bool) -
         decompositions, model.backbone.layers, strict=True
     ):
         with torch.no_grad():
-            a = block.norm(hidden)
+            # transformers' RMSNorm rounds through float32; the reference is float64
+            norm = block.norm
+            a = (
+                norm.weight
+                * hidden
+                * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+            )
             expected, frozen = _mixer(block.mixer, a)
-            own = block.mixer(a)
+            own = block.mixer(norm(hidden))
             # each token's contribution: the frozen, bias-free mixer fed that token alone
             for j in range(a.shape[1]):
                 alone = torch.zeros_like(a)
                 alone[:, j] = a[:, j]
                 single, _ = _mixer(block.mixer, alone, frozen)
-                # measured up to 1.5e-10: float64 rounding of the hidden attention
-                # (exponentials of differences of cumulative time steps) and the loops
+                # measured up to about 1e-15 (with the norm in float64, not float32)
                 scale = contributions.abs().max()
-                assert (contributions[:, :, j] - single).abs().max() / scale <= 1e-9
+                assert (contributions[:, :, j] - single).abs().max() / scale <= 1e-12
         reconstructed = contributions.sum(2) + beta
-        assert (reconstructed - expected).abs().max() / expected.abs().max() <= 1e-9
-        # transformers' own forward rounds A = -exp(A_log.float()) to float32
+        assert (reconstructed - expected).abs().max() / expected.abs().max() <= 1e-12
+        # transformers' own forward rounds its norm and A = -exp(A_log.float()) to float32
         assert (reconstructed - own).abs().max() / own.abs().max() <= 1e-6
         upper = torch.triu(torch.ones(7, 7, dtype=torch.bool), diagonal=1)
         assert contributions[:, upper].abs().max() == 0  # causal
@@ -153,16 +160,54 @@ def test_attribution_is_the_product_of_the_layers(aggregation: str) -> None:
     assert (latim.attribute(inputs, position=3)[:, 4:] == 0).all()
 
 
-def test_other_architectures_are_refused_in_one_line() -> None:
-    from transformers import Mamba2Config, Mamba2ForCausalLM
+@pytest.mark.parametrize(("seed", "groups", "biases"), [(0, 1, True), (1, 2, False), (2, 4, True)])
+def test_mamba2_decomposition_reproduces_every_layer_exactly(
+    seed: int, groups: int, biases: bool
+) -> None:
+    # the reference: a Mamba-2 mixer by loops over time (gated RMSNorm's normaliser and
+    # the gates at their forward values), from tests/test_implicit_attention.py
+    model = mamba2_model(seed, groups, 2, biases)
+    inputs = torch.randn(2, 6, 16, generator=torch.Generator().manual_seed(seed)).double()
+    decompositions = LaTIM(model).decompositions(inputs)
+    assert len(decompositions) == 2
+    for (hidden, contributions, beta), block in zip(
+        decompositions, model.backbone.layers, strict=True
+    ):
+        mixer = block.mixer
+        with torch.no_grad():
+            a = rms_norm_float64(block.norm, hidden)
+            expected, omega, _, conv_beta = mamba2_reference(mixer, a)
+            channels = omega.shape[1]
+            tokens = a @ mixer.in_proj.weight[channels : 2 * channels].T  # W_x a_j
+            for j in range(a.shape[1]):
+                single = (omega[:, :, :, j].transpose(1, 2) * tokens[:, None, j]) @ (
+                    mixer.out_proj.weight.T
+                )
+                scale = contributions.abs().max()
+                assert (contributions[:, :, j] - single).abs().max() / scale <= 1e-12
+        reconstructed = contributions.sum(2) + beta
+        assert (reconstructed - expected).abs().max() / expected.abs().max() <= 1e-12
+        upper = torch.triu(torch.ones(6, 6, dtype=torch.bool), diagonal=1)
+        assert contributions[:, upper].abs().max() == 0  # causal
+        if not biases:
+            assert beta.abs().max() == 0 and conv_beta.abs().max() == 0
+    scores = LaTIM(model).attribute(inputs)
+    torch.testing.assert_close(scores.sum(-1), torch.ones(2, dtype=torch.float64))
 
-    config = Mamba2Config(
-        hidden_size=16, num_heads=4, head_dim=8, n_groups=1, state_size=4,
-        num_hidden_layers=1, vocab_size=32,
+
+def test_other_architectures_are_refused_in_one_line() -> None:
+    from transformers import BambaConfig, BambaForCausalLM
+
+    config = BambaConfig(
+        hidden_size=8, intermediate_size=12, num_hidden_layers=2, vocab_size=16,
+        num_attention_heads=2, num_key_value_heads=1, attn_layer_indices=[1],
+        mamba_n_heads=2, mamba_d_head=8, mamba_n_groups=1, mamba_d_state=4,
+        mamba_chunk_size=4, mamba_d_conv=4, mamba_expand=2,
     )  # fmt: skip
-    model = Mamba2ForCausalLM(config).double().eval()
-    inputs = torch.randn(1, 4, model.config.hidden_size, dtype=torch.float64)
-    with pytest.raises(UnsupportedModelError, match="Mamba-1"):
+    config._attn_implementation = "eager"
+    model = BambaForCausalLM(config).double().eval()
+    inputs = torch.randn(1, 4, 8, dtype=torch.float64)
+    with pytest.raises(UnsupportedModelError, match="Mamba-1 and Mamba-2"):
         LaTIM(model).attribute(inputs)
 
 

@@ -14,6 +14,11 @@ from captum_mamba.baselines.hidden_attention import (
     positive_hidden_attention,
     ssd_as_selective,
 )
+from captum_mamba.baselines.implicit_attention import (
+    ImplicitAttentionRollout,
+    MixerAttention,
+    mixer_attention,
+)
 from captum_mamba.baselines.latim import LaTIM
 from captum_mamba.baselines.mamba_attr import MambaAttr
 from captum_mamba.baselines.random import RandomAttribution
@@ -25,10 +30,12 @@ from captum_mamba.baselines.rollout import (
 )
 
 __all__ = [
+    "ImplicitAttentionRollout",
     "LaTIM",
     "LayerRecord",
     "MambaAttentionRollout",
     "MambaAttr",
+    "MixerAttention",
     "RandomAttribution",
     "RawHiddenAttention",
     "SSMRecord",
@@ -37,6 +44,7 @@ __all__ = [
     "attention_rollout",
     "hidden_attention_matrices",
     "mean_hidden_attention",
+    "mixer_attention",
     "positive_hidden_attention",
     "record_layers",
     "ssd_as_selective",

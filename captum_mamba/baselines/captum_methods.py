@@ -54,6 +54,7 @@ from captum_mamba.adapters import rules_applied
 from captum_mamba.attr import MambaLRP
 from captum_mamba.attr.forward import count_tokens, default_forward, explanation_backend
 from captum_mamba.attr.targets import TargetType
+from captum_mamba.baselines.implicit_attention import ImplicitAttentionRollout
 from captum_mamba.baselines.latim import LaTIM
 from captum_mamba.baselines.mamba_attr import MambaAttr
 from captum_mamba.baselines.random import RandomAttribution
@@ -123,6 +124,7 @@ ROLLOUT = "Attention Rollout"
 MAMBA_ATTR = "Mamba-Attr"
 LATIM_L2 = "LaTIM (l2)"
 LATIM_ALTI = "LaTIM (ALTI)"
+IMPLICIT_ROLLOUT = "Implicit Attention Rollout"
 RANDOM = "Random"
 RECENCY = "Recency"
 READ_POSITION = "Read position, then random"
@@ -354,6 +356,14 @@ METHODS: dict[str, MethodSpec] = {
             for name, aggregation in ((LATIM_L2, "l2"), (LATIM_ALTI, "alti"))
         ),
         _token_spec(
+            IMPLICIT_ROLLOUT,
+            lambda model, forward, settings: _captum(
+                ImplicitAttentionRollout(model, forward), leaf=False, position=settings.position
+            ),
+            batchable=False,
+            seeded=False,
+        ),
+        _token_spec(
             RANDOM,
             lambda model, forward, settings: _captum(
                 RandomAttribution(seed=settings.seed), leaf=False
@@ -373,8 +383,9 @@ METHODS: dict[str, MethodSpec] = {
 
 #: The position-only sanity baselines.
 POSITION_BASELINES: tuple[str, ...] = (RECENCY, READ_POSITION)
-#: Methods for transformers Mamba-1 models only (they refuse others in one line).
-MAMBA1_METHODS: tuple[str, ...] = (LATIM_L2, LATIM_ALTI)
+#: Methods for transformers Mamba-1 and Mamba-2 models only (they refuse others in one
+#: line).
+MAMBA1_METHODS: tuple[str, ...] = (LATIM_L2, LATIM_ALTI, IMPLICIT_ROLLOUT)
 #: The methods that read the model and explain every architecture, in table order.
 METHOD_NAMES: tuple[str, ...] = tuple(
     name for name in METHODS if name not in POSITION_BASELINES + MAMBA1_METHODS

@@ -1,4 +1,4 @@
-r"""Baselines: LaTIM, token-to-token interactions of Mamba-1 layers (Pitorro and Treviso,
+r"""Baselines: LaTIM, token-to-token interactions of Mamba layers (Pitorro and Treviso,
 ACL 2025, "LaTIM: Measuring Latent Token-to-Token Interactions in Mamba Models").
 
 A Mamba-1 mixer maps its (normalised) input ``a`` to
@@ -22,7 +22,14 @@ linear in the inputs ``a_j`` of the earlier tokens, and so is exactly a sum
     T_{ij} = W_o\Big(\mathrm{silu}(z_i) \odot \sum_{k} P_{i,j+k} \odot s_{j+k} \odot
              w_{K-1-k} \odot W_x a_j\Big),
 
-where ``beta_i`` collects the biases ``b_x``, ``b_c`` and ``b_o`` (no token's). The
+where ``beta_i`` collects the biases ``b_x``, ``b_c`` and ``b_o`` (no token's).
+``T`` is built from the mixer's implicit attention
+(:func:`~captum_mamba.baselines.implicit_attention.mixer_attention`, the per-channel
+matrices ``Omega`` multiplying ``W_x a_j``). Mamba-2 mixers decompose the same way: the
+scan has one scalar decay per head and ``B``, ``C`` per group, and the output gate
+``silu(z)`` becomes the gated RMSNorm's factor ``weight * silu(z) / rms_group(y * silu(z))``
+with the normaliser held at its forward value (as the gates are; see
+:mod:`~captum_mamba.baselines.implicit_attention`). The
 decomposition reproduces the mixer's output exactly (``tests/test_latim.py`` checks it
 against transformers' own forward). Each residual layer adds its input: the layer output
 ``h_i + o_i`` has the contributions ``C_{ij} = T_{ij} + [i = j] h_i``.
@@ -43,7 +50,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from captum.attr import Attribution
 from torch import Tensor, nn
 
@@ -51,7 +57,7 @@ from captum_mamba._captum import format_additional_forward_args
 from captum_mamba.adapters import UnsupportedModelError
 from captum_mamba.attr.forward import check_model, default_forward
 from captum_mamba.attr.targets import TargetType
-from captum_mamba.baselines.hidden_attention import hidden_attention_matrices
+from captum_mamba.baselines.implicit_attention import mixer_attention
 from captum_mamba.baselines.recording import LayerRecord, record_layers
 from captum_mamba.baselines.rollout import check_token_embeddings, target_position
 
@@ -59,21 +65,9 @@ from captum_mamba.baselines.rollout import check_token_embeddings, target_positi
 AGGREGATIONS = ("l2", "alti")
 
 
-def _mixer_parts(block: nn.Module, path: str) -> nn.Module:
-    mixer = getattr(block, "mixer", None)
-    names = ("in_proj", "conv1d", "out_proj", "x_proj", "dt_proj")
-    if not isinstance(getattr(block, "norm", None), nn.Module) or not all(
-        isinstance(getattr(mixer, name, None), nn.Module) for name in names
-    ):
-        raise UnsupportedModelError(
-            f"{path} ({type(block).__name__}): LaTIM decomposes transformers' Mamba-1 "
-            "blocks (norm, mixer with in_proj, conv1d, x_proj, dt_proj, out_proj) only"
-        )
-    return mixer
-
-
 def latim_contributions(block: nn.Module, layer: LayerRecord) -> tuple[Tensor, Tensor]:
-    r"""The LaTIM decomposition of one Mamba-1 mixer's output.
+    r"""The LaTIM decomposition of one Mamba-1 or Mamba-2 mixer's output, from its implicit
+    attention (:func:`~captum_mamba.baselines.implicit_attention.mixer_attention`).
 
     Args:
         block (nn.Module): the residual block (``norm`` and ``mixer``), e.g. a
@@ -87,56 +81,20 @@ def latim_contributions(block: nn.Module, layer: LayerRecord) -> tuple[Tensor, T
         mixer's output.
 
     Raises:
-        UnsupportedModelError: for blocks that are not Mamba-1 blocks.
+        UnsupportedModelError: for blocks that are not Mamba-1 or Mamba-2 blocks.
     """
-    mixer = _mixer_parts(block, layer.path)
-    if len(layer.ssms) != 1 or layer.ssms[0].reverse or layer.ssms[0].inputs.B.dim() != 3:
-        raise UnsupportedModelError(
-            f"{layer.path} ({type(block).__name__}): LaTIM needs one forward Mamba-1 scan per layer"
-        )
-    ssm = layer.ssms[0].inputs
-    hidden = layer.hidden_states.detach()
-    dtype = ssm.x.dtype
+    attention = mixer_attention(block, layer)
+    dtype = attention.omega.dtype
     with torch.no_grad():
-        a = block.norm(hidden).to(dtype)
-        length, channels = a.shape[1], ssm.x.shape[-1]
-        weight_in = mixer.in_proj.weight.to(dtype)
-        bias_in = mixer.in_proj.bias
-        bias_in = torch.zeros(2 * channels, dtype=dtype) if bias_in is None else bias_in.to(dtype)
-        v = a @ weight_in[:channels].T  # W_x a_j, without the bias
-        z = a @ weight_in[channels:].T + bias_in[channels:]
-        kernel = mixer.conv1d.weight.to(dtype)[:, 0]  # (channels, K)
-        width = kernel.shape[1]
-        conv_bias = mixer.conv1d.bias
-        conv_bias = 0 if conv_bias is None else conv_bias.to(dtype)
-
-        def conv(x: Tensor) -> Tensor:
-            out = torch.zeros_like(x)
-            for k in range(width):
-                shift = width - 1 - k
-                if shift < length:
-                    out[:, shift:] += kernel[:, k] * x[:, : length - shift]
-            return out
-
-        bias_x = bias_in[:channels].expand_as(v)
-        constant = conv(bias_x) + conv_bias  # the convolution's output without tokens
-        gate_in = torch.sigmoid(conv(v) + constant)  # (batch, L, channels)
-        mixing = hidden_attention_matrices(ssm)  # (batch, channels, L, L)
-        if ssm.D is not None:
-            mixing = mixing + torch.diag_embed(ssm.D[:, None].expand(channels, length))
-        mixing = mixing * gate_in.transpose(1, 2)[:, :, None, :]  # P_it s_t
-        # Q[b, e, i, j] = sum_k P_{i, j+k} s_{j+k} w_{K-1-k}
-        spread = torch.zeros_like(mixing)
-        for k in range(min(width, length)):
-            spread[..., : length - k] += mixing[..., k:] * kernel[:, width - 1 - k, None, None]
-        gate_out = F.silu(z)  # (batch, L, channels)
-        inner = spread.permute(0, 2, 3, 1) * gate_out[:, :, None] * v[:, None]
-        weight_out = mixer.out_proj.weight.to(dtype)
+        bias_x = attention.value_bias
+        tokens = attention.values - bias_x  # W_x a_j, without the bias
+        weight_out = attention.out_proj.weight.to(dtype)
+        inner = attention.omega.permute(0, 2, 3, 1) * tokens[:, None]
         contributions = inner @ weight_out.T
-        bias_inner = gate_out * torch.einsum("beit,bte->bie", mixing, constant)
+        bias_inner = attention.bias + attention.inner(bias_x.expand_as(tokens))
         beta = bias_inner @ weight_out.T
-        if mixer.out_proj.bias is not None:
-            beta = beta + mixer.out_proj.bias.to(dtype)
+        if attention.out_proj.bias is not None:
+            beta = beta + attention.out_proj.bias.to(dtype)
     return contributions, beta
 
 
@@ -169,7 +127,7 @@ def aggregate(contributions: Tensor, residual: Tensor, aggregation: str) -> Tens
 
 
 class LaTIM(Attribution):
-    r"""LaTIM token relevance for Mamba-1 models (Pitorro and Treviso, ACL 2025).
+    r"""LaTIM token relevance for Mamba-1 and Mamba-2 models (Pitorro and Treviso, ACL 2025).
 
     Each layer's output is decomposed exactly into contributions of the input tokens
     (:func:`latim_contributions`), scored with the ``"l2"`` or ``"alti"`` aggregation
@@ -179,7 +137,7 @@ class LaTIM(Attribution):
     scores are non-negative and sum to 1.
 
     Args:
-        model (nn.Module): a transformers Mamba-1 model (``MambaModel``,
+        model (nn.Module): a transformers Mamba-1 or Mamba-2 model (``MambaModel``,
             ``MambaForCausalLM`` or a classifier built on them).
         forward_func (Callable, optional): runs ``model`` on the inputs. Default: for
             Hugging Face models, ``forward(inputs_embeds, attention_mask=None)``.
@@ -273,5 +231,6 @@ class LaTIM(Attribution):
         for scores in self.layer_scores(inputs, additional_forward_args):
             joint = scores if joint is None else scores @ joint
         if joint is None:
-            raise UnsupportedModelError(f"{type(self.model).__name__} has no Mamba-1 layer")
+            name = type(self.model).__name__
+            raise UnsupportedModelError(f"{name} has no Mamba-1 or Mamba-2 layer")
         return joint[:, row]
