@@ -59,8 +59,9 @@ FAMILY = declare_family(
     "transformers RecurrentGemma",
     ("RecurrentGemmaModel", "RecurrentGemmaForCausalLM"),
     ("transformers.models.recurrent_gemma.modeling_recurrent_gemma",),
-    # checked with 5.25 only (the ``cache`` argument names and output classes of 5.24+)
-    needs="transformers >= 5.25",
+    # checked with 5.24 and 5.25 (older releases pin other versions of httpx and
+    # tokenizers than this project's environment and were not run)
+    needs="transformers >= 5.24",
 )
 (
     RecurrentGemmaRMSNorm,
