@@ -84,6 +84,14 @@ def examples() -> dict[str, dict[str, Any]]:
             "D": _tensor(g, 2),
             "chunk_size": 2,
         },
+        "rglru": {
+            "x": _tensor(g, 2, 5, 4),
+            "input_weight": _tensor(g, 2, 2, 2),
+            "input_bias": _tensor(g, 2, 2),
+            "recurrent_weight": _tensor(g, 2, 2, 2),
+            "recurrent_bias": _tensor(g, 2, 2),
+            "rate": _tensor(g, 4, positive=True),
+        },
         "activation": {"x": _tensor(g, 2, 5, 4), "function": "leaky_relu", "negative_slope": 0.2},
         "attention": {
             "q": _tensor(g, 1, 2, 5, 3),

@@ -174,6 +174,16 @@ KINDS: Mapping[str, OpKind] = MappingProxyType(
                 records="scan",
             ),
             OpKind(
+                "rglru",
+                "rg_lru",
+                ("x", "input_weight", "input_bias", "recurrent_weight", "recurrent_bias", "rate"),
+                ("x",),
+                "ssm",
+                lambda on, x, **parameters: R.rg_lru(x, **parameters, rule=on),
+                mixes_positions=True,
+                records="scan",
+            ),
+            OpKind(
                 "activation",
                 "activation",
                 ("x", "function", "negative_slope"),
@@ -424,6 +434,40 @@ class BlockOps:
         """
         A, D = A.to(x.dtype), self.parameter(D, x)
         return self.apply("ssd", site, x=x, dt=dt, A=A, B=B, C=C, D=D, chunk_size=chunk_size)
+
+    def rg_lru(
+        self,
+        site: str,
+        x: Tensor,
+        input_weight: Tensor,
+        input_bias: Tensor,
+        recurrent_weight: Tensor,
+        recurrent_bias: Tensor,
+        rate: Tensor,
+    ) -> Tensor:
+        """Griffin's real-gated linear recurrent unit, SSM rule with ``ssm``.
+
+        Args:
+            site (str): the site.
+            x (Tensor): ``(batch, seq, channels)`` the unit's input.
+            input_weight (Tensor): ``(heads, width, width)`` input-gate weights.
+            input_bias (Tensor): ``(heads, width)`` input-gate bias.
+            recurrent_weight (Tensor): ``(heads, width, width)`` recurrence-gate weights.
+            recurrent_bias (Tensor): ``(heads, width)`` recurrence-gate bias.
+            rate (Tensor): ``(channels,)`` decay rates ``c * softplus(Lambda)``.
+
+        Returns:
+            Tensor: ``(batch, seq, channels)``.
+        """
+        parameters = dict(
+            input_weight=input_weight,
+            input_bias=input_bias,
+            recurrent_weight=recurrent_weight,
+            recurrent_bias=recurrent_bias,
+            rate=rate,
+        )
+        parameters = {name: value.to(x.dtype) for name, value in parameters.items()}
+        return self.apply("rglru", site, x=x, **parameters)
 
     def add(self, site: str, a: Tensor, b: Tensor) -> Tensor:
         """Sum of two tensors on the relevance path (residual or branch sum)."""

@@ -678,6 +678,20 @@ FAMILY_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
             vocab_size=1024,
         ),
     ),
+    "recurrent-gemma": (
+        "RecurrentGemmaConfig",
+        "RecurrentGemmaForCausalLM",
+        dict(
+            hidden_size=256,
+            lru_width=256,
+            intermediate_size=1536,
+            num_hidden_layers=6,
+            num_attention_heads=16,
+            num_key_value_heads=4,
+            attention_window_size=1024,
+            vocab_size=1024,
+        ),
+    ),
 }
 
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from captum_mamba.adapters import Backend, BlockOps, PlanEntry, rules_applied
 from captum_mamba.adapters.backend import KINDS
 from captum_mamba.baselines.hidden_attention import SelectiveSSMInputs, ssd_as_selective
+from captum_mamba.ops.rglru import rglru_as_selective, rglru_gates
 from captum_mamba.rules import MambaRules
 from captum_mamba.rules import functional as R
 
@@ -120,6 +121,16 @@ def _ssd_record(path: str, arguments: dict[str, Any], y: Tensor) -> SSMRecord:
     return SSMRecord(path, inputs, y.detach().reshape(inputs.x.shape), False)
 
 
+def _rglru_record(path: str, arguments: dict[str, Any], y: Tensor) -> SSMRecord:
+    """A real-gated linear recurrent unit (kind ``rglru``) as the selective scan it equals."""
+    with torch.no_grad():
+        x = arguments["x"].detach()
+        names = ("input_weight", "input_bias", "recurrent_weight", "recurrent_bias")
+        gates = rglru_gates(x, *(arguments[name] for name in names))
+        inputs = SelectiveSSMInputs(*rglru_as_selective(x, *gates, arguments["rate"]), None)
+    return SSMRecord(path, inputs, y.detach(), False)
+
+
 def _attention_record(path: str, arguments: dict[str, Any], out: Tensor) -> AttentionRecord:
     """A softmax attention (kind ``attention``): its weights."""
     with torch.no_grad():
@@ -138,6 +149,7 @@ def _attention_record(path: str, arguments: dict[str, Any], out: Tensor) -> Atte
 RECORDS: dict[str, Callable[[str, dict[str, Any], Tensor], SSMRecord | AttentionRecord]] = {
     "ssm": _selective_record,
     "ssd": _ssd_record,
+    "rglru": _rglru_record,
     "attention": _attention_record,
 }
 

@@ -109,8 +109,9 @@ class MambaRules:
             constant. Default: True.
         silu (bool, optional): identity rule, ``sigmoid(x)`` of the SiLU after the
             causal conv and on the gate branch is constant. Default: True.
-        ssm (bool, optional): SSM rule, ``exp(dt A)``, ``dt B`` and ``C`` are constant,
-            relevance flows through the scan input only. Default: True.
+        ssm (bool, optional): SSM rule, ``exp(dt A)``, ``dt B`` and ``C`` are constant
+            (in Griffin's RG-LRU the decay, its normaliser and both gates), relevance
+            flows through the scan input only. Default: True.
         gate (bool, optional): half rule on every product of two input-dependent
             branches: the gate ``y * silu(z)`` of the Mamba blocks and the product of
             gated MLPs (SwiGLU). Default: True.

@@ -25,6 +25,7 @@ from torch import Tensor
 from captum_mamba.ops import selective_scan
 from captum_mamba.ops.attention import causal_fill, chunked_attention, sdpa_attention
 from captum_mamba.ops.attention import choose as choose_attention
+from captum_mamba.ops.rglru import rglru_gates, rglru_scan
 from captum_mamba.ops.ssd_scan import ssd_scan
 from captum_mamba.rules.linear import LinearRule
 
@@ -252,6 +253,43 @@ def multihead_ssm(
     if D is None:
         return y
     return y + x * (D[:, None] if D.dim() == 1 else D)
+
+
+def rg_lru(
+    x: Tensor,
+    input_weight: Tensor,
+    input_bias: Tensor,
+    recurrent_weight: Tensor,
+    recurrent_bias: Tensor,
+    rate: Tensor,
+    rule: bool,
+) -> Tensor:
+    r"""Real-gated linear recurrent unit (Griffin's RG-LRU) of a sequence that starts at
+    its first position: ``h[t] = a[t] h[t-1] + sqrt(1 - a[t]^2) i[t] x[t]`` with
+    ``a[t] = exp(-rate r[t])`` and the gates ``i = sigmoid(x W_i + b_i)``,
+    ``r = sigmoid(x W_r + b_r)`` (block-diagonal per head).
+
+    The SSM rule keeps the input-dependent decay ``a``, the normaliser
+    ``sqrt(1 - a^2)`` and both gates constant in the backward pass (as ``exp(dt A)``
+    of Mamba): the unit is then linear in ``x`` with constant coefficients, relevance
+    flows through ``x`` only and is conserved.
+
+    Args:
+        x (Tensor): ``(batch, length, channels)`` the unit's input.
+        input_weight (Tensor): ``(heads, width, width)`` input-gate weights.
+        input_bias (Tensor): ``(heads, width)`` input-gate bias.
+        recurrent_weight (Tensor): ``(heads, width, width)`` recurrence-gate weights.
+        recurrent_bias (Tensor): ``(heads, width)`` recurrence-gate bias.
+        rate (Tensor): ``(channels,)`` positive decay rates ``c * softplus(Lambda)``.
+        rule (bool): the SSM rule (setting ``ssm``): the gates (so ``a`` and the
+            normaliser) are computed from a detached ``x``.
+
+    Returns:
+        Tensor: ``(batch, length, channels)`` the states ``h``.
+    """
+    gated = x.detach() if rule else x
+    gates = rglru_gates(gated, input_weight, input_bias, recurrent_weight, recurrent_bias)
+    return rglru_scan(x, *gates, rate.detach() if rule else rate)
 
 
 def _gelu_ratio(x: Tensor) -> Tensor:
