@@ -19,6 +19,7 @@ For each case of ``tests/cases`` (one per adapter, with an independent float64 r
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -398,8 +399,17 @@ def _many_targets(case: ArchitectureCase, model: nn.Module, inputs: Tensor, targ
     def draw() -> tuple[int, ...]:
         return tuple(int(torch.randint(0, n, (1,), generator=generator)) for n in shape[1:])
 
+    def other_than(own: object) -> tuple[int, ...]:
+        """A random index that is not ``own`` (where the output has another one), so
+        that the rows of the call differ even for outputs of two classes."""
+        own = tuple(own) if isinstance(own, tuple | list) else (own,)
+        choice = draw()
+        while choice == own and math.prod(shape[1:]) > 1:
+            choice = draw()
+        return choice
+
     common = tuple(index - n for index, n in zip(draw(), shape[1:], strict=True))
-    return [targets, [draw() for _ in targets], common, targets]
+    return [targets, [other_than(own) for own in targets], common, targets]
 
 
 @pytest.mark.parametrize("lean", [False, True], ids=["fast", "lean"])

@@ -214,8 +214,8 @@ def test_unsupported_cases_are_reported():
     with pytest.raises(NotImplementedError) as error:
         LayerMambaLRP(hybrid, hybrid.backbone.embedding).attribute(ids, target=(-1, 0))
     assert "rotary_emb_dim=16" in str(error.value) and "\n" not in str(error.value)
-    hybrid.backbone.layers[1].mixer = nn.MultiheadAttention(8, 2, batch_first=True)
-    with pytest.raises(UnsupportedModelError, match=r"backbone\.layers\.1\.mixer \(.*Multihead"):
+    hybrid.backbone.layers[1].mixer = nn.GRU(8, 8, batch_first=True)  # no rule covers it
+    with pytest.raises(UnsupportedModelError, match=r"backbone\.layers\.1\.mixer \(.*GRU"):
         LayerMambaLRP(hybrid, hybrid.backbone.embedding)
     model = _lm("mamba1-rmsnorm", seed=0)
     with (

@@ -740,8 +740,18 @@ def _add_study(commands: Commands) -> None:
     suite.add_argument(
         "--suite", choices=("ground-truth",), help="generated tasks with known evidence"
     )
-    suite.add_argument("--tasks", type=_task_names, default=tuple(ground_truth.TASKS))
-    suite.add_argument("--architectures", type=_architectures, default=("mamba", "mamba2", "bamba"))
+    suite.add_argument(
+        "--tasks",
+        type=_task_names,
+        default=tuple(ground_truth.TASKS),
+        help=f"comma-separated tasks of the suite ({','.join(ground_truth.TASKS)})",
+    )
+    suite.add_argument(
+        "--architectures",
+        type=_architectures,
+        default=("mamba", "mamba2", "bamba"),
+        help="comma-separated model kinds of the suite (mamba,mamba2,bamba)",
+    )
     run.add_argument(
         "--replacement",
         choices=("zero", "mean", "token"),
@@ -1071,21 +1081,52 @@ def _add_report(commands: Commands) -> None:
     group = report.add_argument_group("report (thresholds: see docs/report.md)")
     group.add_argument("--groups", help='bias probe, e.g. "female=she,her,woman;male=he,him,man"')
     defaults = ReportOptions()
-    group.add_argument("--top-k", type=positive_int, default=defaults.top_k)
-    group.add_argument("--min-count", type=positive_int, default=defaults.min_count)
-    group.add_argument("--bootstrap", type=positive_int, default=defaults.bootstrap)
-    group.add_argument("--shortcut-share", type=_open_fraction, default=defaults.shortcut_share)
     group.add_argument(
-        "--shortcut-min-examples", type=positive_int, default=defaults.shortcut_min_examples
+        "--top-k",
+        type=positive_int,
+        default=defaults.top_k,
+        help=f"words listed per class ({defaults.top_k})",
     )
-    group.add_argument("--long-range", type=positive_int, default=defaults.long_range)
+    group.add_argument(
+        "--min-count",
+        type=positive_int,
+        default=defaults.min_count,
+        help=f"occurrences a word needs in a class to be ranked ({defaults.min_count})",
+    )
+    group.add_argument(
+        "--bootstrap",
+        type=positive_int,
+        default=defaults.bootstrap,
+        help=f"bootstrap resamples of the confidence intervals ({defaults.bootstrap})",
+    )
+    group.add_argument(
+        "--shortcut-share",
+        type=_open_fraction,
+        default=defaults.shortcut_share,
+        help="share of an example's positive relevance that flags a word "
+        f"({defaults.shortcut_share})",
+    )
+    group.add_argument(
+        "--shortcut-min-examples",
+        type=positive_int,
+        default=defaults.shortcut_min_examples,
+        help="examples of a class in which a word must reach that share "
+        f"({defaults.shortcut_min_examples})",
+    )
+    group.add_argument(
+        "--long-range",
+        type=positive_int,
+        default=defaults.long_range,
+        help=f"tokens from the explained position beyond which relevance is long-range "
+        f"({defaults.long_range})",
+    )
     group.add_argument(
         "--trust-examples",
         type=non_negative_int,
         default=defaults.trust_examples,
         help="texts of the faithfulness study (0: leave it out)",
     )
-    report.add_argument("--batch-size", type=positive_int, default=8)
+    report.add_argument("--batch-size", type=positive_int, default=8, help="texts per batch (8)")
     report.add_argument("--max-tokens", type=positive_int, help="padded tokens per batch")
     report.add_argument("--device", default="cpu", help="cpu, cuda (cuda:<local rank>), cuda:N")
     _add_output(report, "report")

@@ -55,9 +55,20 @@ def _positive(text: str) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", choices=SIGNAL_DATASETS, default="basic-motions")
+    parser.add_argument(
+        "--dataset",
+        choices=SIGNAL_DATASETS,
+        default="basic-motions",
+        help="BasicMotions (needs the signals extra: aeon) or the planted-pulse task "
+        "(basic-motions)",
+    )
     parser.add_argument("--cache-dir", default=None, help="classifier cache folder")
-    parser.add_argument("--epochs", type=_positive, default=SignalSetup.epochs)
+    parser.add_argument(
+        "--epochs",
+        type=_positive,
+        default=SignalSetup.epochs,
+        help=f"training epochs of the classifier ({SignalSetup.epochs})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the model and the task")
     parser.add_argument("--threads", type=_positive, default=None, help="torch CPU threads")
 
@@ -148,9 +159,17 @@ def add_signals(commands: argparse._SubParsersAction, prog: str) -> None:
         _common(parser)
         if name == "train":
             continue
-        parser.add_argument("--methods", nargs="+", choices=SIGNAL_METHODS, default=SIGNAL_METHODS)
-        parser.add_argument("--output-dir", required=True)
+        parser.add_argument(
+            "--methods",
+            nargs="+",
+            choices=SIGNAL_METHODS,
+            default=SIGNAL_METHODS,
+            help="methods compared (all)",
+        )
+        parser.add_argument("--output-dir", required=True, help="folder of the results")
         if name == "attribute":
             parser.add_argument("--index", type=int, default=0, help="test signal to explain")
         else:
-            parser.add_argument("--num-examples", type=_positive, default=None)
+            parser.add_argument(
+                "--num-examples", type=_positive, default=None, help="test signals (all)"
+            )
