@@ -54,15 +54,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from torch import Tensor, nn
-from transformers import (
-    BambaConfig,
-    BambaForCausalLM,
-    Mamba2Config,
-    Mamba2ForCausalLM,
-    MambaConfig,
-    MambaForCausalLM,
-)
 
 from captum_mamba.apps.methods import build_runners, resolve_methods
 from captum_mamba.apps.sentiment import default_cache_dir
@@ -265,7 +258,7 @@ def build_model(architecture: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     vocab = len(VOCABULARY)
     if architecture == "mamba":
-        config = MambaConfig(
+        config = transformers.MambaConfig(
             vocab_size=vocab,
             hidden_size=32,
             num_hidden_layers=2,
@@ -273,9 +266,9 @@ def build_model(architecture: str, seed: int = 0) -> nn.Module:
             pad_token_id=PAD,
             use_cache=False,
         )
-        return MambaForCausalLM(config)
+        return transformers.MambaForCausalLM(config)
     if architecture == "mamba2":
-        config = Mamba2Config(
+        config = transformers.Mamba2Config(
             vocab_size=vocab,
             hidden_size=32,
             num_hidden_layers=2,
@@ -287,9 +280,9 @@ def build_model(architecture: str, seed: int = 0) -> nn.Module:
             pad_token_id=PAD,
             use_cache=False,
         )
-        return Mamba2ForCausalLM(config)
+        return transformers.Mamba2ForCausalLM(config)
     if architecture == "bamba":
-        config = BambaConfig(
+        config = transformers.BambaConfig(
             vocab_size=vocab,
             hidden_size=32,
             intermediate_size=64,
@@ -306,7 +299,7 @@ def build_model(architecture: str, seed: int = 0) -> nn.Module:
             use_cache=False,
         )
         config._attn_implementation = "eager"
-        return BambaForCausalLM(config)
+        return transformers.BambaForCausalLM(config)
     raise ValueError(f"unknown architecture {architecture!r}; choose from {ARCHITECTURES}")
 
 
