@@ -325,23 +325,57 @@ def perturbation_curve(
         for first in range(0, length + 1, batch_size):
             mask = masks[first : first + batch_size, :, None]
             perturbed = torch.where(mask, replacement, embeds[index])
-            copies = perturbed.shape[0]
-            output = forward_func(perturbed, *_example_args(extra, index, batch, copies))
-            example_target = _for_copies(targets[index], copies)
-            try:
-                finite = _finite_outputs(output, example_target, copies)
-            except AttributionInputError as error:
-                raise AttributionInputError(f"example {index}: {error}") from None
-            if not finite.all():
-                steps = first + torch.nonzero(~finite).reshape(-1)
-                raise AttributionInputError(
-                    f"example {index}: the explained output is NaN or inf after "
-                    f"{describe(steps)} of {length} {kind} steps; the model overflows on "
-                    "perturbed inputs (try another replacement or float64)"
+            outputs.append(
+                perturbed_outputs(
+                    forward_func, perturbed, extra, index, batch, targets[index], first,
+                    f"of {length} {kind} steps; the model overflows on perturbed inputs "
+                    "(try another replacement or float64)",
                 )
-            outputs.append(select_target(output, example_target, copies))
+            )  # fmt: skip
         curves.append(torch.cat(outputs))
     return torch.stack(curves)
+
+
+def perturbed_outputs(
+    forward_func: Callable[..., Tensor],
+    perturbed: Tensor,
+    extra: tuple[Any, ...],
+    index: int,
+    batch: int,
+    target: Any,
+    first: int,
+    steps_note: str,
+) -> Tensor:
+    """The explained outputs of perturbed copies of example ``index`` (one per curve step
+    ``first, first + 1, ...``), refused in one line where one is NaN or inf.
+
+    Args:
+        forward_func (Callable): the forward function of the curves.
+        perturbed (Tensor): the copies, stacked along dim 0.
+        extra (tuple): additional forward arguments of the whole batch.
+        index (int): the example.
+        batch (int): examples in the batch.
+        target: the example's target.
+        first (int): the curve step of the first copy.
+        steps_note (str): what follows "after N steps" in the error (the total and kind).
+
+    Returns:
+        Tensor: ``(copies,)`` explained outputs.
+    """
+    copies = perturbed.shape[0]
+    output = forward_func(perturbed, *_example_args(extra, index, batch, copies))
+    example_target = _for_copies(target, copies)
+    try:
+        finite = _finite_outputs(output, example_target, copies)
+    except AttributionInputError as error:
+        raise AttributionInputError(f"example {index}: {error}") from None
+    if not finite.all():
+        steps = first + torch.nonzero(~finite).reshape(-1)
+        raise AttributionInputError(
+            f"example {index}: the explained output is NaN or inf after "
+            f"{describe(steps)} {steps_note}"
+        )
+    return select_target(output, example_target, copies)
 
 
 def perturbation_curves(

@@ -42,16 +42,14 @@ import torch
 from numpy.typing import ArrayLike
 from torch import Tensor
 
-from captum_mamba.attr.targets import AttributionInputError, TargetType, select_target
+from captum_mamba.attr.targets import TargetType
 from captum_mamba.metrics.checks import as_real_tensor, check_int, describe, nonfinite_rows
 from captum_mamba.metrics.perturbation import (
     CURVES,
-    _example_args,
     _example_targets,
-    _finite_outputs,
-    _for_copies,
     _order,
     _steps,
+    perturbed_outputs,
 )
 
 #: Units a signal curve removes: time windows or channels.
@@ -324,21 +322,12 @@ def signal_perturbation_curve(
             if hold:
                 fill = _held(inputs[index], removed, fills[index])
             perturbed = torch.where(removed, fill, inputs[index])
-            copies = perturbed.shape[0]
-            output = forward_func(perturbed, *_example_args(extra, index, batch, copies))
-            example_target = _for_copies(targets[index], copies)
-            try:
-                finite = _finite_outputs(output, example_target, copies)
-            except AttributionInputError as error:
-                raise AttributionInputError(f"example {index}: {error}") from None
-            if not finite.all():
-                bad = first + torch.nonzero(~finite).reshape(-1)
-                raise AttributionInputError(
-                    f"example {index}: the explained output is NaN or inf after "
-                    f"{describe(bad)} of {masks.shape[0]} {kind} steps; try another "
-                    "replacement or float64"
+            outputs.append(
+                perturbed_outputs(
+                    forward_func, perturbed, extra, index, batch, targets[index], first,
+                    f"of {masks.shape[0]} {kind} steps; try another replacement or float64",
                 )
-            outputs.append(select_target(output, example_target, copies))
+            )  # fmt: skip
         curves.append(torch.cat(outputs))
     return torch.stack(curves)
 
