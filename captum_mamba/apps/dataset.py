@@ -159,7 +159,7 @@ def explain_in_batches(
 
 
 @torch.no_grad()
-def _outputs(
+def model_outputs(
     explained: ExplainedModel,
     sequences: Sequence[Tensor],
     batch_size: int,
@@ -167,7 +167,19 @@ def _outputs(
     pad: Tensor | float = 0.0,
 ) -> list[Tensor]:
     """The model's output for each text: ``(classes,)`` or the last position's
-    ``(vocab,)`` logits, in the same buckets as the explanations."""
+    ``(vocab,)`` logits, computed in the same length buckets as the explanations.
+
+    Args:
+        explained (ExplainedModel): the model.
+        sequences (sequence of Tensor): ``(seq, hidden)`` embeddings of the texts.
+        batch_size (int): texts per forward pass.
+        max_tokens (int, optional): token budget of one bucket (None: no budget).
+        pad (Tensor or float, optional): embedding that left-pads shorter texts.
+            Default: 0.0.
+
+    Returns:
+        list of Tensor: one detached output per text, in the order of ``sequences``.
+    """
     lengths = [s.shape[0] for s in sequences]
     outputs: list[Tensor | None] = [None] * len(sequences)
     with fast_forward(explained.model):
@@ -200,8 +212,8 @@ def check_padding(explained: ExplainedModel, sequences: Sequence[Tensor]) -> Non
     generator = torch.Generator().manual_seed(0)
     noise = torch.randn(short.shape[-1], generator=generator, dtype=torch.float64)
     pad = (noise * float(long.double().std()) + float(long.double().mean())).to(long)
-    alone = _outputs(explained, [short, long], 1, None)
-    together = _outputs(explained, [short, long], 2, None, pad)
+    alone = model_outputs(explained, [short, long], 1, None)
+    together = model_outputs(explained, [short, long], 2, None, pad)
     tolerance = 1e-9 if short.dtype == torch.float64 else 1e-4
     for a, b in zip(alone, together, strict=True):
         scale = float(a.abs().max()) + 1e-6
@@ -311,7 +323,7 @@ def _shard_rows(
     embedding = explained.model.get_input_embeddings()
     with torch.no_grad():
         sequences = [embedding(torch.tensor(row, device=device)).detach() for row in tokens]
-    outputs = _outputs(explained, sequences, batch_size, max_tokens)
+    outputs = model_outputs(explained, sequences, batch_size, max_tokens)
     columns: dict[str, list[Any]] = {name: [] for name in ("example_id", "text", "label")}
     for name in ("predicted", "target", "target_name", "position", "output"):
         columns[name] = []

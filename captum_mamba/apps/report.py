@@ -41,9 +41,9 @@ import numpy as np
 import torch
 
 from captum_mamba.apps.dataset import (
-    _outputs,
     attribute_dataset,
     model_kind,
+    model_outputs,
     read_attributions,
 )
 from captum_mamba.apps.doctor import report as doctor_report
@@ -371,7 +371,7 @@ def _logits_of(
     sequences = [
         embedding(torch.tensor(list(row) or [explained.pad_id], device=device)) for row in ids
     ]
-    outputs = _outputs(explained, sequences, batch_size, None)
+    outputs = model_outputs(explained, sequences, batch_size, None)
     return torch.stack(outputs).double().cpu()
 
 

@@ -43,7 +43,7 @@ from captum_mamba.visualization._colors import (
     symmetric_limit,
     zero_centred_norm,
 )
-from captum_mamba.visualization.text import _STYLE, _hex, _legend_html
+from captum_mamba.visualization._html import HEATMAP_CSS, hex_colour, legend_html
 
 
 def _pair(signal: ArrayLike, relevance: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -289,7 +289,7 @@ class SignalView:
                 f"relevance {self.relevance[t, channel]:+.4g}"
             )
             lines.append(
-                f'<polyline points="{points}" stroke="{_hex(rgba)}" stroke-width="2.5" '
+                f'<polyline points="{points}" stroke="{hex_colour(rgba)}" stroke-width="2.5" '
                 f'fill="none"><title>{tip}</title></polyline>'
             )
         return (
@@ -305,9 +305,9 @@ class SignalView:
         )
         heading = f"<h3>{html.escape(self.title)}</h3>" if self.title else ""
         nonfinite = not np.isfinite(self.relevance).all()
-        legend = _legend_html(self.cmap, f"{-self.limit:.3g}", f"{self.limit:.3g}", nonfinite)
+        legend = legend_html(self.cmap, f"{-self.limit:.3g}", f"{self.limit:.3g}", nonfinite)
         return (
-            f'<div class="cm-heatmap cm-signal"><style>{_STYLE}{_LANE_STYLE}</style>'
+            f'<div class="cm-heatmap cm-signal"><style>{HEATMAP_CSS}{_LANE_STYLE}</style>'
             f"{heading}<table>{rows}</table>{legend}</div>"
         )
 

@@ -57,6 +57,7 @@ from captum_mamba.visualization._colors import (
     symmetric_limit,
     zero_centred_norm,
 )
+from captum_mamba.visualization._html import HEATMAP_CSS, NONFINITE_CSS, hex_colour, legend_html
 
 _BYTE_LEVEL_SPACE = "Ġ"
 _SENTENCEPIECE_SPACE = "▁"
@@ -395,25 +396,6 @@ def _limits(rows: Sequence[HeatmapRow], shared_scale: bool, max_abs: float | Non
     return [symmetric_limit(row.relevance) for row in rows]
 
 
-_STYLE = """
-.cm-heatmap { font-family: system-ui, sans-serif; font-size: 15px; line-height: 1.9; }
-.cm-heatmap table { border-collapse: collapse; }
-.cm-heatmap td { vertical-align: top; padding: 4px 8px; border-bottom: 1px solid #ddd; }
-.cm-heatmap .cm-group { font-weight: 600; padding-top: 10px; }
-.cm-heatmap .cm-label { color: #444; white-space: nowrap; }
-.cm-heatmap .cm-text { white-space: pre-wrap; }
-.cm-heatmap .cm-tok { padding: 1px 1px; border-radius: 3px; }
-.cm-heatmap .cm-legend { display: flex; align-items: center; gap: 6px; font-size: 12px;
-  color: #444; margin-top: 6px; }
-.cm-heatmap .cm-bar { width: 160px; height: 10px; border: 1px solid #aaa; }
-"""
-
-
-def _hex(rgba: np.ndarray) -> str:
-    red, green, blue = (round(float(c) * 255) for c in rgba[:3])
-    return f"#{red:02x}{green:02x}{blue:02x}"
-
-
 def _check_rows(rows: Sequence[HeatmapRow]) -> list[HeatmapRow]:
     rows = list(rows)
     if not rows:
@@ -444,22 +426,17 @@ def _warn_nonfinite(rows: Sequence[HeatmapRow]) -> bool:
     return bool(labelled)
 
 
-_NONFINITE_CSS = (
-    f"background:repeating-linear-gradient(135deg, {NONFINITE_FACE} 0 3px, "
-    f"{NONFINITE_EDGE} 3px 4px);outline:1px dashed {NONFINITE_EDGE};color:#000"
-)
-
-
 def _row_html(row: HeatmapRow, limit: float, cmap: Colormap) -> str:
     colours = relevance_colors(row.relevance, limit, cmap)
     parts = []
     for token, value, rgba in zip(row.tokens, row.relevance, colours, strict=True):
         piece = _piece(token)
         if np.isfinite(value):
-            kind, style = "cm-tok", f"background:{_hex(rgba)};color:{readable_text_color(rgba)}"
+            colour = f"background:{hex_colour(rgba)};color:{readable_text_color(rgba)}"
+            kind, style = "cm-tok", colour
             tip = html.escape(f"{token!r}: {format_value(value)}", quote=True)
         else:
-            kind, style = "cm-tok cm-bad", _NONFINITE_CSS
+            kind, style = "cm-tok cm-bad", NONFINITE_CSS
             tip = html.escape(f"{token!r}: {format_value(value)} (not a finite number)", quote=True)
         parts.append(
             "\n" * piece.breaks_before
@@ -469,21 +446,6 @@ def _row_html(row: HeatmapRow, limit: float, cmap: Colormap) -> str:
             + "\n" * piece.breaks_after
         )
     return "".join(parts)
-
-
-def _legend_html(cmap: Colormap, low: str, high: str, nonfinite: bool) -> str:
-    stops = ", ".join(_hex(cmap(x)) for x in np.linspace(0.0, 1.0, 9))
-    note = (
-        f'<span class="cm-tok cm-bad" style="{_NONFINITE_CSS}">&nbsp;&nbsp;&nbsp;</span>'
-        f'<span class="cm-bad-note">{html.escape(NONFINITE_NOTE)}</span>'
-        if nonfinite
-        else ""
-    )
-    return (
-        f'<div class="cm-legend"><span>{html.escape(low)}</span>'
-        f'<div class="cm-bar" style="background:linear-gradient(to right, {stops})"></div>'
-        f"<span>{html.escape(high)}</span>{note}</div>"
-    )
 
 
 class TextHeatmap:
@@ -569,9 +531,9 @@ class TextHeatmap:
             else ("-max |R| of the row", "+max |R| of the row")
         )
         heading = f"<h3>{html.escape(self.title)}</h3>" if self.title else ""
-        legend = _legend_html(self.cmap, low, high, self.nonfinite)
+        legend = legend_html(self.cmap, low, high, self.nonfinite)
         return (
-            f'<div class="cm-heatmap"><style>{_STYLE}</style>{heading}'
+            f'<div class="cm-heatmap"><style>{HEATMAP_CSS}</style>{heading}'
             f"<table>{''.join(lines)}</table>{legend}</div>"
         )
 
