@@ -59,7 +59,7 @@ def test_rows_equal_each_text_explained_alone(tmp_path, explained64) -> None:
     for row, text, label in zip(found, TEXTS, LABELS, strict=True):
         ids = torch.tensor([explained64.tokenizer.encode(text).ids])
         assert row["token_ids"] == ids[0].tolist() and row["label"] == label
-        assert row["tokens"] == text.split()
+        assert "".join(row["tokens"]) == text and len(row["tokens"]) == len(text.split())
         embeds = model.get_input_embeddings()(ids).detach()
         with torch.no_grad():
             logits = model(inputs_embeds=embeds)[0]

@@ -126,6 +126,31 @@ def test_token_texts_of_a_sentencepiece_style_tokenizer() -> None:
     assert token_texts(Pieces(), [0, 1, 2, 3, 4]) == [" The", " fil", "m", "'s", " end"]
 
 
+@pytest.mark.parametrize("kind", ["WordLevel", "WordPiece"])
+def test_word_vocabularies_give_one_word_per_token_or_piece(kind: str) -> None:
+    # WordLevel/WordPiece tokens carry no spaces; without them merge_word_pieces joined a
+    # whole text into one "word".
+    vocab = {"[UNK]": 0, "the": 1, "film": 2, "end": 3, "##s": 4}
+    model = (
+        models.WordLevel(vocab, unk_token="[UNK]")
+        if kind == "WordLevel"
+        else models.WordPiece(vocab, unk_token="[UNK]")
+    )
+    tokenizer = Tokenizer(model)
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    ids = tokenizer.encode("the films end").ids
+    texts = token_texts(tokenizer, ids)
+    words, sums = merge_word_pieces(texts, np.arange(1.0, len(ids) + 1))
+    if kind == "WordLevel":  # "films" is not in the vocabulary: one unknown word
+        assert texts == ["the", " [UNK]", " end"]
+        assert words == texts
+        np.testing.assert_allclose(sums, [1.0, 2.0, 3.0])
+    else:
+        assert texts == ["the", " film", "s", " end"]
+        assert words == ["the", " films", " end"]
+        np.testing.assert_allclose(sums, [1.0, 5.0, 4.0])
+
+
 def test_merge_word_pieces_joins_pieces_and_adds_relevance() -> None:
     tokens = ["The", " fil", "m", "'s", " end", "\n", "  ", "but", ","]
     relevance = np.array([1.0, 2.0, 0.5, 0.25, -1.0, 0.125, 0.0625, 3.0, -0.5])

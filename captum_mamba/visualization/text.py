@@ -135,6 +135,24 @@ def _is_byte_level(tokenizer: Any, raw: Sequence[str]) -> bool:
     return any(_BYTE_LEVEL_SPACE in token for token in raw)
 
 
+def _word_model_texts(tokenizer: Any, raw: Sequence[str]) -> list[str] | None:
+    # WordLevel and WordPiece vocabularies carry no spaces (their decoders insert them):
+    # every word after the first gets a leading space, a WordPiece continuation
+    # ("##ing") loses its prefix and joins the word before it.
+    model = getattr(getattr(tokenizer, "backend_tokenizer", tokenizer), "model", None)
+    kind = type(model).__name__
+    if kind not in ("WordLevel", "WordPiece") or any(_SENTENCEPIECE_SPACE in t for t in raw):
+        return None  # other models, or word tokens that carry their own "▁" marker
+    prefix = getattr(model, "continuing_subword_prefix", None) if kind == "WordPiece" else None
+    texts = []
+    for position, token in enumerate(raw):
+        if prefix and token.startswith(prefix) and len(token) > len(prefix):
+            texts.append(token[len(prefix) :])
+        else:
+            texts.append(token if position == 0 else " " + token)
+    return texts
+
+
 def token_texts(
     tokenizer: Any, ids: ArrayLike | Sequence[int], byte_level: bool | None = None
 ) -> list[str]:
@@ -144,7 +162,10 @@ def token_texts(
     ``"Ġgreat"`` becomes ``" great"``, ``"Ċ"`` a newline. A character split over
     several tokens (e.g. an emoji) is shown on the token that completes it, so no
     token shows a broken character (the tokens before it are empty strings, drawn
-    as ``"∅"`` by the heatmaps). SentencePiece's ``"▁"`` becomes a space.
+    as ``"∅"`` by the heatmaps). SentencePiece's ``"▁"`` becomes a space. Words of a
+    WordLevel or WordPiece vocabulary are separated by a space, and a WordPiece
+    continuation (``"##ing"``) is shown without its prefix, so that
+    :func:`merge_word_pieces` joins pieces into words for every tokenizer.
 
     Args:
         tokenizer (tokenizers.Tokenizer or transformers tokenizer): the tokenizer
@@ -188,7 +209,8 @@ def token_texts(
     else:
         byte_level = check_bool(byte_level, "byte_level")
     if not byte_level:
-        return [token.replace(_SENTENCEPIECE_SPACE, " ") for token in raw]
+        words = _word_model_texts(tokenizer, raw)
+        return words if words is not None else [t.replace(_SENTENCEPIECE_SPACE, " ") for t in raw]
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     texts = []
     for token in raw:
