@@ -70,10 +70,11 @@ FAMILY = declare_family(
 
 
 def rms_norm_forward(ops: BlockOps, norm: nn.Module, x: Tensor) -> Tensor:
-    """``weight * x / rms(x) + bias`` (site ``norm``; ``bias`` where the norm has one)."""
+    """``weight * x / rms(x) + bias`` (site ``norm``; site ``shift`` adds the bias where
+    the norm has one)."""
     x = ops.compute(x)
     out = ops.rms_norm("norm", x, norm.weight, norm.eps)
-    return out if norm.bias is None else ops.add("bias", out, norm.bias.to(x.dtype))
+    return out if norm.bias is None else ops.add("shift", out, norm.bias.to(x.dtype))
 
 
 def multihead_norm_forward(ops: BlockOps, norm: nn.Module, x: Tensor) -> Tensor:
@@ -232,7 +233,7 @@ HF_XLSTM = register_adapter(
         name=FAMILY.name,
         models=FAMILY.models,
         handlers=(
-            ModuleHandler(xLSTMRMSNorm, rms_norm_forward, {"norm": "rms_norm", "bias": "add"}),
+            ModuleHandler(xLSTMRMSNorm, rms_norm_forward, {"norm": "rms_norm", "shift": "add"}),
             ModuleHandler(xLSTMMultiHeadLayerNorm, multihead_norm_forward, {"": "layer_norm"}),
             ModuleHandler(xLSTMLayer, layer_forward, LAYER_SITES, LAYER_CALLS),
             ModuleHandler(

@@ -692,6 +692,11 @@ FAMILY_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
             vocab_size=1024,
         ),
     ),
+    "xlstm": (
+        "xLSTMConfig",
+        "xLSTMForCausalLM",
+        dict(hidden_size=256, num_hidden_layers=6, num_heads=4, vocab_size=1024),
+    ),
 }
 
 
