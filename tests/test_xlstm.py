@@ -25,6 +25,19 @@ if not hasattr(modeling_xlstm, "mlstm_recurrent_sequence_native"):
 EPS = 1e-6
 
 
+def _adapter_case():
+    """The conformance case module, or a skip when the adapter is unavailable (the
+    family needs a newer transformers)."""
+    from captum_mamba.adapters import family_statuses
+
+    (status,) = [s for s in family_statuses() if s.name == "transformers xLSTM"]
+    if not status.available:
+        pytest.skip(status.describe())
+    from cases import hf_xlstm
+
+    return hf_xlstm
+
+
 def _inputs(seed: int, heads: int, length: int, d_qk: int, d_v: int) -> dict[str, Tensor]:
     generator = torch.Generator().manual_seed(seed)
 
@@ -140,13 +153,12 @@ def test_attention_matrix_equals_a_loop_and_gives_the_output() -> None:
 
 
 def test_recorded_attention_is_each_layers_matrix() -> None:
-    from cases.hf_xlstm import LENGTH, tiny_xlstm
-
+    case = _adapter_case()
     from captum_mamba.attr.forward import default_forward
     from captum_mamba.baselines.recording import record_layers
 
-    model = tiny_xlstm("single-2heads", 0, False)
-    inputs = torch.randn(2, LENGTH, model.config.hidden_size, dtype=torch.float64)
+    model = case.tiny_xlstm("single-2heads", 0, False)
+    inputs = torch.randn(2, case.LENGTH, model.config.hidden_size, dtype=torch.float64)
     seen = []
     hooks = [
         block.mlstm_layer.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
@@ -175,11 +187,10 @@ def test_recorded_attention_is_each_layers_matrix() -> None:
 
 
 def test_adapter_refuses_a_filled_cache_and_attention_masks() -> None:
-    from cases.hf_xlstm import tiny_xlstm
-
+    case = _adapter_case()
     from captum_mamba import MambaLRP
 
-    model = tiny_xlstm("single-1head-recurrent", 0, False)
+    model = case.tiny_xlstm("single-1head-recurrent", 0, False)
     inputs = torch.randn(1, 5, model.config.hidden_size, dtype=torch.float64)
     with pytest.raises(NotImplementedError, match="attention mask"):
         MambaLRP(model).attribute(
