@@ -201,3 +201,17 @@ def test_adapter_refuses_a_filled_cache_and_attention_masks() -> None:
     lrp = MambaLRP(model, forward_func=lambda x: model(inputs_embeds=x, cache=cache).logits)
     with pytest.raises(NotImplementedError, match="whole sequences"):
         lrp.attribute(inputs, target=(4, 1))
+
+
+def test_mamba_implicit_attention_and_latim_refuse_xlstm_in_one_line() -> None:
+    case = _adapter_case()
+    from captum_mamba.adapters import UnsupportedModelError
+    from captum_mamba.baselines.implicit_attention import ImplicitAttentionRollout
+    from captum_mamba.baselines.latim import LaTIM
+
+    model = case.tiny_xlstm("single-1head-recurrent", 0, False)
+    inputs = torch.randn(1, 5, model.config.hidden_size, dtype=torch.float64)
+    for method in (ImplicitAttentionRollout(model), LaTIM(model)):
+        with pytest.raises(UnsupportedModelError, match="xLSTMBlock") as error:
+            method.attribute(inputs, target=(4, 1))
+        assert "\n" not in str(error.value)
