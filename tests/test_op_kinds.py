@@ -100,6 +100,16 @@ def examples() -> dict[str, dict[str, Any]]:
             "bias": causal,
             "scaling": 0.5,
         },
+        "mlstm": {
+            "q": _tensor(g, 1, 2, 5, 3),
+            "k": _tensor(g, 1, 2, 5, 3),
+            "v": _tensor(g, 1, 2, 5, 2),
+            "igate": _tensor(g, 1, 2, 5),
+            "fgate": _tensor(g, 1, 2, 5),
+            "gate_cap": 4.0,
+            "eps": 1e-6,
+            "chunk_size": 2,
+        },
         "mixture": {
             "weights": _tensor(g, 4),
             "values": _tensor(g, 4, 3),

@@ -106,6 +106,12 @@ def _attention(setting: bool | str, **arguments: Any) -> Tensor:
     )
 
 
+def _mlstm(setting: bool | str, **arguments: Any) -> Tensor:
+    """The mLSTM cell with the rule its setting (``attention``) selects: True for the
+    uniform rule, ``"cp_lrp"`` for constant queries and keys, False for none."""
+    return R.mlstm(**arguments, uniform_rule=setting is True, constant_keys=setting == "cp_lrp")
+
+
 #: The operation kinds, by name.
 KINDS: Mapping[str, OpKind] = MappingProxyType(
     {
@@ -200,6 +206,16 @@ KINDS: Mapping[str, OpKind] = MappingProxyType(
                 ("q", "k", "v"),
                 "attention",
                 _attention,
+                mixes_positions=True,
+                records="attention",
+            ),
+            OpKind(
+                "mlstm",
+                "mlstm",
+                ("q", "k", "v", "igate", "fgate", "gate_cap", "eps", "chunk_size"),
+                ("q", "k", "v", "igate", "fgate"),
+                "attention",
+                _mlstm,
                 mixes_positions=True,
                 records="attention",
             ),
@@ -526,6 +542,50 @@ class BlockOps:
         """
         return self.apply(
             "attention", site, q=q, k=k, v=v, bias=bias, scaling=scaling, causal=causal
+        )
+
+    def mlstm(
+        self,
+        site: str,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        igate: Tensor,
+        fgate: Tensor,
+        gate_cap: float | None,
+        eps: float,
+        chunk_size: int | None = 64,
+    ) -> Tensor:
+        """The mLSTM cell of xLSTM (matrix memory, exponential gating), governed by
+        ``attention``: the gates and the normaliser constant, with the uniform rule on
+        queries, keys and values (True) or constant queries and keys (``"cp_lrp"``).
+
+        Args:
+            site (str): the site.
+            q (Tensor): ``(batch, heads, length, d_qk)`` queries (unscaled).
+            k (Tensor): ``(batch, heads, length, d_qk)`` keys.
+            v (Tensor): ``(batch, heads, length, d_v)`` values.
+            igate (Tensor): ``(batch, heads, length)`` input-gate pre-activations.
+            fgate (Tensor): ``(batch, heads, length)`` forget-gate pre-activations.
+            gate_cap (float or None): soft cap ``cap tanh(x / cap)`` of both gates.
+            eps (float): the normaliser's epsilon.
+            chunk_size (int or None, optional): time steps per chunk of the scan; None
+                for the sequential reference. Default: 64.
+
+        Returns:
+            Tensor: ``(batch, heads, length, d_v)``.
+        """
+        return self.apply(
+            "mlstm",
+            site,
+            q=q,
+            k=k,
+            v=v,
+            igate=igate,
+            fgate=fgate,
+            gate_cap=gate_cap,
+            eps=eps,
+            chunk_size=chunk_size,
         )
 
     def rotary(self, site: str, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

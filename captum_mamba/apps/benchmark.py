@@ -31,7 +31,7 @@ initialised Mamba with the shape of ``mamba-130m`` (float32, batch 1) it prints:
   and a Jamba-shaped hybrid (:data:`HYBRIDS`, ``--hybrids``), time and peak memory per
   length, each measurement in a fresh subprocess;
 - ``--families NAME ...``: for each named model family (:data:`FAMILY_MODELS`) a
-  randomly initialised model of a small shape (float32, batch 1, SDPA attention):
+  randomly initialised model of a small shape (float32, batch 1, SDPA attention where it has any):
   ``MambaLRP.attribute`` (one target logit) against transformers' own no-grad forward
   to the last position's logits, at each of ``--family-lengths`` (in this process,
   median of ``--repeats`` runs, no memory measured);
@@ -692,6 +692,11 @@ FAMILY_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
             vocab_size=1024,
         ),
     ),
+    "xlstm": (
+        "xLSTMConfig",
+        "xLSTMForCausalLM",
+        dict(hidden_size=256, num_hidden_layers=6, num_heads=4, vocab_size=1024),
+    ),
 }
 
 
@@ -699,10 +704,12 @@ def _family_model(name: str) -> torch.nn.Module:
     config_name, model_name, fields = FAMILY_MODELS[name]
     transformers = importlib.import_module("transformers")
     config = getattr(transformers, config_name)(**fields)
-    config._attn_implementation = "sdpa"
+    model_class = getattr(transformers, model_name)
+    if model_class._supports_sdpa:  # families with attention layers (not xLSTM)
+        config._attn_implementation = "sdpa"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return getattr(transformers, model_name)(config).eval()
+        return model_class(config).eval()
 
 
 def _family_row(name: str, model: torch.nn.Module, length: int, repeats: int) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from captum_mamba.adapters import Backend, BlockOps, PlanEntry, rules_applied
 from captum_mamba.adapters.backend import KINDS
 from captum_mamba.baselines.hidden_attention import SelectiveSSMInputs, ssd_as_selective
+from captum_mamba.ops.mlstm import mlstm_attention, mlstm_gates
 from captum_mamba.ops.rglru import rglru_as_selective, rglru_gates
 from captum_mamba.rules import MambaRules
 from captum_mamba.rules import functional as R
@@ -49,7 +50,9 @@ class SSMRecord:
 
 @dataclass(frozen=True)
 class AttentionRecord:
-    """One softmax attention of a forward pass.
+    """One softmax attention of a forward pass, or an attention-like operation's exact
+    matrix (the mLSTM cell of xLSTM: its output is ``weights @ v``; signed, rows not
+    normalised).
 
     Args:
         path (str): the attention's site path, e.g. ``"model.layers.1.self_attn.attention"``.
@@ -144,6 +147,14 @@ def _attention_record(path: str, arguments: dict[str, Any], out: Tensor) -> Atte
     return AttentionRecord(path, weights)
 
 
+def _mlstm_record(path: str, arguments: dict[str, Any], out: Tensor) -> AttentionRecord:
+    """An mLSTM cell (kind ``mlstm``): its causal attention matrix (``out = weights @ v``)."""
+    with torch.no_grad():
+        gates = mlstm_gates(arguments["igate"], arguments["fgate"], arguments["gate_cap"])
+        weights = mlstm_attention(arguments["q"], arguments["k"], *gates, arguments["eps"])
+    return AttentionRecord(path, weights)
+
+
 #: Op kind -> its record: every kind whose descriptor ``records`` something (``"scan"``:
 #: an :class:`SSMRecord`, ``"attention"``: an :class:`AttentionRecord`).
 RECORDS: dict[str, Callable[[str, dict[str, Any], Tensor], SSMRecord | AttentionRecord]] = {
@@ -151,6 +162,7 @@ RECORDS: dict[str, Callable[[str, dict[str, Any], Tensor], SSMRecord | Attention
     "ssd": _ssd_record,
     "rglru": _rglru_record,
     "attention": _attention_record,
+    "mlstm": _mlstm_record,
 }
 
 

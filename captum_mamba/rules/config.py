@@ -18,7 +18,9 @@ The rules of the non-Mamba blocks (derived in :mod:`captum_mamba.rules.functiona
 - ``attention``: AttnLRP (Achtibat et al., ICML 2024), the uniform rule on the products
   ``q k^T`` and ``weights v`` with the softmax by its gradient (its AttnLRP rule); or
   ``"cp_lrp"``: CP-LRP (Ali et al., ICML 2022), the attention weights are constants,
-  relevance flows through the values only and is conserved exactly;
+  relevance flows through the values only and is conserved exactly; the same two
+  choices for the mLSTM cell of xLSTM (its gates and normaliser constant under both: the
+  uniform rule over ``q``, ``k``, ``v``, or constant queries and keys);
 - ``activation``: the identity rule on the activation of every MLP (SiLU, GELU, ReLU,
   squared ReLU); the product of a gated MLP gets the half rule of ``gate``;
 - ``router``: the router weights of a mixture of experts are constants (relevance flows
@@ -120,7 +122,9 @@ class MambaRules:
         attention (bool or str, optional): rule of softmax attention: True for AttnLRP
             (uniform rule on ``q k^T`` and ``weights v``, softmax by its gradient),
             ``"cp_lrp"`` for CP-LRP (the attention weights are constants), False for
-            the plain gradient. Default: True.
+            the plain gradient. It also governs xLSTM's mLSTM cell (gates and normaliser
+            constant; True: a third of the relevance to each of ``q``, ``k``, ``v``;
+            ``"cp_lrp"``: ``q`` and ``k`` constant). Default: True.
         router (bool, optional): router rule: the weights of the selected experts of a
             mixture of experts are constants. Default: True.
         linear (LinearRule, optional): rule for linear and conv layers.

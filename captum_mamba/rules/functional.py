@@ -25,6 +25,7 @@ from torch import Tensor
 from captum_mamba.ops import selective_scan
 from captum_mamba.ops.attention import causal_fill, chunked_attention, sdpa_attention
 from captum_mamba.ops.attention import choose as choose_attention
+from captum_mamba.ops.mlstm import mlstm_denominator, mlstm_gates, mlstm_scan
 from captum_mamba.ops.rglru import rglru_gates, rglru_scan
 from captum_mamba.ops.ssd_scan import ssd_scan
 from captum_mamba.rules.linear import LinearRule
@@ -290,6 +291,70 @@ def rg_lru(
     gated = x.detach() if rule else x
     gates = rglru_gates(gated, input_weight, input_bias, recurrent_weight, recurrent_bias)
     return rglru_scan(x, *gates, rate.detach() if rule else rate)
+
+
+def mlstm(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    igate: Tensor,
+    fgate: Tensor,
+    gate_cap: float | None,
+    eps: float,
+    chunk_size: int | None,
+    uniform_rule: bool,
+    constant_keys: bool,
+) -> Tensor:
+    r"""The mLSTM cell of xLSTM (:mod:`captum_mamba.ops.mlstm`):
+    ``h[t] = q[t]^T C[t] / (max(|q[t]^T n[t]|, exp(-m[t])) + eps)`` with the exponential
+    input gate, the sigmoid forget gate and their max-stabiliser ``m``.
+
+    Both rules keep the gates (so the decays ``exp(ig[s] + b[t] - b[s] - m[t])``, the
+    stabiliser included) constant, as the SSM rule keeps ``exp(dt A)``, and the
+    normaliser ``max(|q^T n|, exp(-m)) + eps`` constant, as the LN-rule keeps ``1 / rms``.
+    The output is then the trilinear form ``h_t = sum_s (q_t . k_s) c_ts v_s`` of the
+    queries, keys and values with constant coefficients ``c``:
+
+    - the uniform rule (``uniform_rule``, AttnLRP-style): each of the three factors of
+      every term ``q k v`` gets a third of its relevance (Gradient x Input counts each
+      term three times, once per factor), computed as ``1/3 h + 2/3 [h]const``;
+      relevance is conserved exactly;
+    - the CP-style rule (``constant_keys``): queries and keys are constants too, ``h``
+      is linear in ``v``, relevance flows through the values only and is conserved.
+
+    Args:
+        q (Tensor): ``(batch, heads, length, d_qk)`` queries (unscaled).
+        k (Tensor): ``(batch, heads, length, d_qk)`` keys.
+        v (Tensor): ``(batch, heads, length, d_v)`` values.
+        igate (Tensor): ``(batch, heads, length)`` input-gate pre-activations.
+        fgate (Tensor): ``(batch, heads, length)`` forget-gate pre-activations.
+        gate_cap (float or None): soft cap of the gate pre-activations; None for none.
+        eps (float): the normaliser's epsilon.
+        chunk_size (int or None): time steps per chunk of the scan; None for the
+            sequential reference.
+        uniform_rule (bool): the uniform rule on ``q``, ``k``, ``v`` (setting
+            ``attention=True``).
+        constant_keys (bool): the CP-style rule (``attention="cp_lrp"``; takes
+            precedence).
+
+    Returns:
+        Tensor: ``(batch, heads, length, d_v)``.
+    """
+    rule = uniform_rule or constant_keys
+    if rule:
+        igate, fgate = igate.detach(), fgate.detach()
+    if constant_keys:
+        q, k = q.detach(), k.detach()
+    log_i, log_f = mlstm_gates(igate, fgate, gate_cap)
+    values = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+    read_out, m = mlstm_scan(q, k, values, log_i, log_f, chunk_size)
+    numerator = read_out[..., :-1]
+    denominator = mlstm_denominator(read_out[..., -1], m, eps)[..., None]
+    if rule:
+        denominator = denominator.detach()
+    if uniform_rule and not constant_keys:
+        numerator = _gradient_scaled(numerator, 1.0 / 3.0)
+    return numerator / denominator
 
 
 def _gelu_ratio(x: Tensor) -> Tensor:
