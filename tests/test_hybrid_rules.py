@@ -36,6 +36,7 @@ def randn(*shape: int, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("function", sorted(ACTIVATIONS))
 def test_activation_values_are_transformers(function: str) -> None:
     x = randn(40, seed=1) * 3
+    x[::7] = 0.0  # exact zeros: f(0) must survive the rule (sigmoid(0) = 1/2)
     expected = ACT2FN[function](x)
     for rule in (True, False):
         torch.testing.assert_close(activation(x, function, rule), expected, rtol=1e-14, atol=1e-15)

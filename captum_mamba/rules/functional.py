@@ -419,8 +419,9 @@ def activation(x: Tensor, function: str, rule: bool, negative_slope: float = 0.0
     AttnLRP). ``r`` is written in closed form where there is one (``sigmoid`` for SiLU,
     ``Phi`` for GELU, ``relu`` for the squared ReLU ``relu(x)^2``, ``1`` or the slope for
     the leaky ReLU), else as ``f(x) / x`` with its limit at ``x = 0`` (``tanh``: 1;
-    ``sigmoid``, which is not zero at 0: 0, so the ``sigmoid(0) = 1/2`` of an input that
-    is exactly zero passes no relevance, as a bias would not). The squared ReLU is the
+    ``sigmoid``, which is not zero at 0: 0); where an input is exactly zero, ``f(0)``
+    is kept as a constant (``sigmoid(0) = 1/2`` passes no relevance, as a bias would
+    not), so the forward value is unchanged. The squared ReLU is the
     product ``relu(x) * relu(x)`` of two factors that depend on the same input: its
     uniform rule (half of the relevance to each factor, each factor passing its half on
     as a ReLU does) gives the same ``R_in = R_out``.
@@ -448,7 +449,8 @@ def activation(x: Tensor, function: str, rule: bool, negative_slope: float = 0.0
         ) from None
     slope = (negative_slope,) if function == "leaky_relu" else ()
     if rule:
-        return x * ratio(x, *slope).detach()
+        # f(0) is a constant where x is exactly zero (sigmoid's 1/2 would be lost as 0 * r).
+        return torch.where(x == 0, plain(x, *slope).detach(), x * ratio(x, *slope).detach())
     return plain(x, *slope)
 
 
