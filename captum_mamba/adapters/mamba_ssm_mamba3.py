@@ -9,16 +9,17 @@ Mamba-3 do not. With all rules off it computes the mixer's function.
 Rule assignment:
 
 - ``in_proj`` and ``out_proj``: linear layers (the linear rule).
-- ``B_norm`` and ``C_norm`` (RMSNorms of ``B`` and ``C``): LN-rule (sites ``B_norm``,
-  ``C_norm``).
+- ``B_norm`` and ``C_norm`` (RMSNorms of ``B`` and ``C``): LN-rule (sites ``B_rms``,
+  ``C_rms``).
 - the recurrence (site ``ssm``, kind ``mamba3``): SSM rule, every input-dependent
   coefficient (decay, time step, trapezoid weight, rotary angles, ``B``, ``C``) constant.
 - the output gate ``y * silu(z)`` per rank: identity rule on the SiLU (``gate_act``), half
   rule on the product (``gate``); with ``is_outproj_norm`` the gated RMSNorm
-  ``norm(y) * silu(z)`` adds the LN-rule (``norm``).
-- MIMO: the up-projection of ``z`` is a product with a constant weight (``mimo_z``,
+  ``norm(y) * silu(z)`` (module ``norm``, mamba-ssm's ``RMSNormGated``, covered by
+  :mod:`captum_mamba.adapters.mamba_ssm`) adds the LN-rule.
+- MIMO: the up-projection of ``z`` is a product with a constant weight (site ``z_up``,
   kind ``scale``); the down-projection over ranks is a linear map per head
-  (``mimo_out``, kind ``grouped_linear``, the linear rule); the up-projection of ``x`` is
+  (site ``rank_sum``, kind ``grouped_linear``, the linear rule); the up-projection of ``x`` is
   a constant weight inside the recurrence.
 
 Importing this module imports ``mamba_ssm``, which needs its compiled extension
@@ -36,7 +37,6 @@ from torch import Tensor
 
 from captum_mamba.adapters.backend import BlockOps
 from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
-from captum_mamba.adapters.blocks import GATED_NORM_SITES, gated_norm
 from captum_mamba.adapters.families import FamilyUnavailable, declare_family
 
 FAMILY = declare_family(
@@ -52,12 +52,13 @@ if find_spec("selective_scan_cuda") is None:
 
 #: Sites of the Mamba-3 mixer.
 MAMBA3_SITES = {
-    "B_norm": "rms_norm",
-    "C_norm": "rms_norm",
+    "B_rms": "rms_norm",
+    "C_rms": "rms_norm",
     "ssm": "mamba3",
-    "mimo_z": "scale",
-    "mimo_out": "grouped_linear",
-    **GATED_NORM_SITES,
+    "z_up": "scale",
+    "rank_sum": "grouped_linear",
+    "gate_act": "silu",
+    "gate": "gate",
 }
 
 
@@ -68,7 +69,7 @@ def _rank_sum(ops: BlockOps, y: Tensor, weight: Tensor) -> Tensor:
     rows = y.permute(3, 0, 1, 2, 4).reshape(heads * batch * length, ranks * width)
     eye = torch.eye(width, dtype=weight.dtype, device=weight.device)
     per_head = torch.einsum("hrp,pq->hprq", weight, eye).reshape(heads, width, ranks * width)
-    out = ops.grouped_linear("mimo_out", rows, per_head, [batch * length] * heads)
+    out = ops.grouped_linear("rank_sum", rows, per_head, [batch * length] * heads)
     return out.reshape(heads, batch, length, width).permute(1, 2, 0, 3)
 
 
@@ -93,8 +94,8 @@ def mamba3_forward(
     sizes = [mixer.d_inner, mixer.d_inner, bc, bc, heads, heads, heads, mixer.num_rope_angles]
     z, x, B, C, dt, decay, trap, angle = projected.split(sizes, dim=-1)
     B, C = B.unflatten(-1, (ranks, groups, state)), C.unflatten(-1, (ranks, groups, state))
-    B = ops.rms_norm("B_norm", B, mixer.B_norm.weight, mixer.B_norm.eps)
-    C = ops.rms_norm("C_norm", C, mixer.C_norm.weight, mixer.C_norm.eps)
+    B = ops.rms_norm("B_rms", B, mixer.B_norm.weight, mixer.B_norm.eps)
+    C = ops.rms_norm("C_rms", C, mixer.C_norm.weight, mixer.C_norm.eps)
     mimo = mixer.is_mimo
     y = ops.mamba3(
         "ssm",
@@ -116,12 +117,9 @@ def mamba3_forward(
     )  # (batch, seq, ranks, heads, head_dim)
     z = z.unflatten(-1, (heads, width))[:, :, None].expand_as(y)
     if mimo:
-        z = ops.scale("mimo_z", z, mixer.mimo_z.transpose(0, 1).to(z.dtype))
+        z = ops.scale("z_up", z, mixer.mimo_z.transpose(0, 1).to(z.dtype))
     if mixer.is_outproj_norm:
-        norm = mixer.norm
-        y, z = y.flatten(-2), z.flatten(-2)
-        y = gated_norm(ops, y, z, norm.weight, norm.eps, norm.group_size, norm.norm_before_gate)
-        y = y.unflatten(-1, (heads, width))
+        y = mixer.norm(y.flatten(-2), z.flatten(-2)).unflatten(-1, (heads, width))
     else:
         y = ops.gate("gate", y, ops.silu("gate_act", z))
     y = _rank_sum(ops, y, mixer.mimo_o.to(y.dtype)) if mimo else y[:, :, 0]
@@ -132,7 +130,9 @@ MAMBA3 = register_adapter(
     ArchitectureAdapter(
         name=FAMILY.name,
         models=FAMILY.models,
-        handlers=(ModuleHandler(Mamba3, mamba3_forward, MAMBA3_SITES, ("in_proj", "out_proj")),),
+        handlers=(
+            ModuleHandler(Mamba3, mamba3_forward, MAMBA3_SITES, ("in_proj", "norm", "out_proj")),
+        ),
         blocks=(Mamba3,),
     )
 )

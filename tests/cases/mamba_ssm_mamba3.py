@@ -63,12 +63,14 @@ class Mamba3Classifier(nn.Module):
         return self.head(self.norm(hidden, residual=residual, prenorm=False)[:, -1])
 
 
-def mamba3_mixer(config: str, d_model: int = WIDTH) -> nn.Module:
-    """A ``Mamba3`` mixer of configuration ``config`` (MIMO mixers are built without
-    mamba-ssm's TileLang kernels, which only their CUDA forward calls)."""
+def mamba3_mixer(config: str, d_model: int = WIDTH, **overrides) -> nn.Module:
+    """A ``Mamba3`` mixer of configuration ``config`` (a key of :data:`CONFIGS`), with
+    ``overrides`` of its keyword arguments (MIMO mixers are built without mamba-ssm's
+    TileLang kernels, which only their CUDA forward calls)."""
     from mamba_ssm.modules import mamba3
 
     options = {key: value for key, value in CONFIGS[config].items() if key != "seq"}
+    options.update(overrides)
     kernels = (
         mock.patch.object(mamba3, "mamba3_mimo_combined", object())
         if options.get("is_mimo") and mamba3.mamba3_mimo_combined is None
