@@ -1,4 +1,4 @@
-"""Scan ops: the Mamba-3 recurrence (Lahoti et al., 2026; mamba-ssm's ``Mamba3``), computed
+"""Scan ops: the Mamba-3 recurrence (mamba-ssm's ``Mamba3``, mamba-ssm 2.3), computed
 as the SSD scan of Mamba-2 it equals.
 
 Per batch element and head ``h`` (``P`` channels, ``N`` states, ``R`` ranks; SISO is

@@ -2,7 +2,8 @@
 MIMO, grouped ``B``/``C`` heads, with and without the gated output norm) in mamba-ssm
 ``Block``s of a small sequence classifier (``register_container``).
 
-Runs in the mamba-ssm subprocess (see :mod:`cases.mamba_ssm`). mamba-ssm's own Mamba-3
+Runs in the mamba-ssm subprocess (see :mod:`cases.mamba_ssm`) of
+``tests/test_mamba_ssm.py``. mamba-ssm's own Mamba-3
 forward needs its GPU kernels, so the "own output" here is the reference with every rule
 off; ``tests/test_mamba3.py`` checks that reference against the mixer's own decode path
 run with mamba-ssm's pure-torch reference functions.
