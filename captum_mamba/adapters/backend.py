@@ -112,6 +112,25 @@ def _mlstm(setting: bool | str, **arguments: Any) -> Tensor:
     return R.mlstm(**arguments, uniform_rule=setting is True, constant_keys=setting == "cp_lrp")
 
 
+#: Arguments of the Mamba-3 recurrence (kind ``mamba3``).
+MAMBA3_ARGUMENTS = (
+    "x",
+    "B",
+    "C",
+    "dt",
+    "decay",
+    "trap",
+    "angle",
+    "dt_bias",
+    "B_bias",
+    "C_bias",
+    "D",
+    "x_weight",
+    "a_floor",
+    "pairwise",
+    "chunk_size",
+)
+
 #: The operation kinds, by name.
 KINDS: Mapping[str, OpKind] = MappingProxyType(
     {
@@ -188,6 +207,15 @@ KINDS: Mapping[str, OpKind] = MappingProxyType(
                 lambda on, x, **parameters: R.rg_lru(x, **parameters, rule=on),
                 mixes_positions=True,
                 records="scan",
+            ),
+            OpKind(
+                "mamba3",
+                "mamba3",
+                MAMBA3_ARGUMENTS,
+                ("x", "B", "C", "dt", "decay", "trap", "angle"),
+                "ssm",
+                lambda on, **arguments: R.mamba3_ssm(**arguments, rule=on),
+                mixes_positions=True,
             ),
             OpKind(
                 "activation",
@@ -484,6 +512,67 @@ class BlockOps:
         )
         parameters = {name: value.to(x.dtype) for name, value in parameters.items()}
         return self.apply("rglru", site, x=x, **parameters)
+
+    def mamba3(
+        self,
+        site: str,
+        x: Tensor,
+        B: Tensor,
+        C: Tensor,
+        dt: Tensor,
+        decay: Tensor,
+        trap: Tensor,
+        angle: Tensor,
+        dt_bias: Tensor,
+        B_bias: Tensor,
+        C_bias: Tensor,
+        D: Tensor,
+        x_weight: Tensor | None,
+        a_floor: float,
+        pairwise: bool,
+        chunk_size: int,
+    ) -> Tensor:
+        """The Mamba-3 recurrence (trapezoid rule, rotary state, SISO or MIMO), SSM rule
+        with ``ssm``.
+
+        Args:
+            site (str): the site.
+            x (Tensor): ``(batch, seq, heads, head_dim)`` values.
+            B (Tensor): ``(batch, seq, ranks, groups, state)`` normalised input projection.
+            C (Tensor): like ``B``, the output projection.
+            dt (Tensor): ``(batch, seq, heads)`` raw time steps.
+            decay (Tensor): ``(batch, seq, heads)`` raw decay rates.
+            trap (Tensor): ``(batch, seq, heads)`` raw trapezoid weights.
+            angle (Tensor): ``(batch, seq, angles)`` raw rotary angle rates.
+            dt_bias (Tensor): ``(heads,)``.
+            B_bias (Tensor): ``(heads, ranks, state)``.
+            C_bias (Tensor): ``(heads, ranks, state)``.
+            D (Tensor): ``(heads,)`` skip weights.
+            x_weight (Tensor or None): ``(ranks, heads, head_dim)`` MIMO up-projection.
+            a_floor (float): smallest decay rate.
+            pairwise (bool): rotary pairs ``(2i, 2i+1)`` (SISO) or ``(i, i + state/2)``.
+            chunk_size (int): time steps per chunk of the scan.
+
+        Returns:
+            Tensor: ``(batch, seq, ranks, heads, head_dim)``.
+        """
+        parameters = dict(dt_bias=dt_bias, B_bias=B_bias, C_bias=C_bias, D=D, x_weight=x_weight)
+        parameters = {name: self.parameter(value, x) for name, value in parameters.items()}
+        return self.apply(
+            "mamba3",
+            site,
+            x=x,
+            B=B,
+            C=C,
+            dt=dt,
+            decay=decay,
+            trap=trap,
+            angle=angle,
+            **parameters,
+            a_floor=a_floor,
+            pairwise=pairwise,
+            chunk_size=chunk_size,
+        )
 
     def add(self, site: str, a: Tensor, b: Tensor) -> Tensor:
         """Sum of two tensors on the relevance path (residual or branch sum)."""

@@ -30,8 +30,10 @@ initialised Mamba with the shape of ``mamba-130m`` (float32, batch 1) it prints:
 - ``--hybrid-lengths``: MambaLRP against transformers' no-grad forward on a Bamba-shaped
   and a Jamba-shaped hybrid (:data:`HYBRIDS`, ``--hybrids``), time and peak memory per
   length, each measurement in a fresh subprocess;
-- ``--families NAME ...``: for each named model family (:data:`FAMILY_MODELS`) a
-  randomly initialised model of a small shape (float32, batch 1, SDPA attention where it has any):
+- ``--families NAME ...``: for each named model family (:data:`FAMILY_MODELS`,
+  :data:`MAMBA_SSM_FAMILIES`: mamba-ssm's Mamba-3, whose "forward" on CPU is this
+  package's forward with every rule off) a randomly initialised model of a small shape
+  (float32, batch 1, SDPA attention where it has any):
   ``MambaLRP.attribute`` (one target logit) against transformers' own no-grad forward
   to the last position's logits, at each of ``--family-lengths`` (in this process,
   median of ``--repeats`` runs, no memory measured);
@@ -102,7 +104,7 @@ class BenchmarkSettings:
             ``hybrid_lengths``. Default: ``("bamba", "jamba")``.
         hybrid_lengths (tuple of int): sequence lengths of the hybrids. Default: none.
         families (tuple of str): model families measured (keys of
-            :data:`FAMILY_MODELS`). Default: none.
+            :data:`FAMILY_MODELS` or :data:`MAMBA_SSM_FAMILIES`). Default: none.
         family_lengths (tuple of int): sequence lengths of the families. Default: 512,
             2048.
         threads (int, optional): torch threads of the runs. Default: None (torch's).
@@ -700,7 +702,40 @@ FAMILY_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 
+#: The mamba-ssm families ``--families`` measures: name -> keyword arguments of mamba-ssm's
+#: ``Mamba3`` (the mixers of a ``MambaLMHeadModel`` of 6 layers, width 256). mamba-ssm's
+#: Mamba-3 kernels need CUDA; on CPU the "forward" is this package's no-grad forward with
+#: every rule off, and importing mamba-ssm needs a stand-in ``selective_scan_cuda`` module.
+MAMBA_SSM_FAMILIES: dict[str, dict[str, Any]] = {
+    "mamba3": dict(d_state=64, headdim=32),
+    "mamba3-mimo": dict(d_state=64, headdim=32, is_mimo=True, mimo_rank=4, chunk_size=16),
+}
+
+
+def _mamba3_lm(mixer_options: dict[str, Any]) -> torch.nn.Module:
+    """A ``MambaLMHeadModel`` whose mixers are mamba-ssm's ``Mamba3`` (MIMO mixers built
+    without the TileLang kernels that only their CUDA forward calls)."""
+    from mamba_ssm.models.config_mamba import MambaConfig
+    from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
+    from mamba_ssm.modules import mamba3
+
+    config = MambaConfig(d_model=256, n_layer=6, vocab_size=1024, ssm_cfg={"layer": "Mamba2"})
+    model = MambaLMHeadModel(config)
+    kernels = mamba3.mamba3_mimo_combined
+    mamba3.mamba3_mimo_combined = kernels or (lambda *args, **kwargs: None)
+    try:
+        for index, block in enumerate(model.backbone.layers):
+            block.mixer = mamba3.Mamba3(256, layer_idx=index, **mixer_options)
+    finally:
+        mamba3.mamba3_mimo_combined = kernels
+    return model
+
+
 def _family_model(name: str) -> torch.nn.Module:
+    if name in MAMBA_SSM_FAMILIES:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return _mamba3_lm(MAMBA_SSM_FAMILIES[name]).eval()
     config_name, model_name, fields = FAMILY_MODELS[name]
     transformers = importlib.import_module("transformers")
     config = getattr(transformers, config_name)(**fields)
@@ -714,12 +749,18 @@ def _family_model(name: str) -> torch.nn.Module:
 
 def _family_row(name: str, model: torch.nn.Module, length: int, repeats: int) -> dict[str, Any]:
     ids = _ids(model.config.vocab_size, length, seed=0)
-    embeds = model.get_input_embeddings()(ids).detach()
+    own_forward = name not in MAMBA_SSM_FAMILIES
+    embedding = model.get_input_embeddings() if own_forward else model.backbone.embedding
+    embeds = embedding(ids).detach()
     target = (length - 1, int(ids[0, -1]))
 
     def forward() -> None:
         with torch.no_grad():
-            model(inputs_embeds=embeds, use_cache=False, logits_to_keep=1)
+            if own_forward:
+                model(inputs_embeds=embeds, use_cache=False, logits_to_keep=1)
+                return
+            with rules_applied(model, MambaRules.gradient_x_input()):
+                default_forward(model, "inputs_embeds").last_logits(embeds)
 
     def explain() -> None:
         MambaLRP(model).attribute(embeds, target=target)

@@ -998,7 +998,10 @@ def _add_benchmark(commands: Commands) -> None:
         "--hybrid-lengths", **lengths, help="lengths of the hybrids (default: none)"
     )
     parser.add_argument(
-        "--families", nargs="+", choices=sorted(benchmark.FAMILY_MODELS), help="default: none"
+        "--families",
+        nargs="+",
+        choices=sorted([*benchmark.FAMILY_MODELS, *benchmark.MAMBA_SSM_FAMILIES]),
+        help="default: none",
     )
     parser.add_argument("--family-lengths", **lengths, help="lengths of the families (512 2048)")
     parser.add_argument("--threads", type=positive_int, help="torch threads of the runs")

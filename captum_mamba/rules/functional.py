@@ -25,6 +25,7 @@ from torch import Tensor
 from captum_mamba.ops import selective_scan
 from captum_mamba.ops.attention import causal_fill, chunked_attention, sdpa_attention
 from captum_mamba.ops.attention import choose as choose_attention
+from captum_mamba.ops.mamba3 import mamba3_coefficients, mamba3_scan
 from captum_mamba.ops.mlstm import mlstm_denominator, mlstm_gates, mlstm_scan
 from captum_mamba.ops.rglru import rglru_gates, rglru_scan
 from captum_mamba.ops.ssd_scan import ssd_scan
@@ -355,6 +356,64 @@ def mlstm(
     if uniform_rule and not constant_keys:
         numerator = _gradient_scaled(numerator, 1.0 / 3.0)
     return numerator / denominator
+
+
+def mamba3_ssm(
+    x: Tensor,
+    B: Tensor,
+    C: Tensor,
+    dt: Tensor,
+    decay: Tensor,
+    trap: Tensor,
+    angle: Tensor,
+    dt_bias: Tensor,
+    B_bias: Tensor,
+    C_bias: Tensor,
+    D: Tensor,
+    x_weight: Tensor | None,
+    a_floor: float,
+    pairwise: bool,
+    chunk_size: int,
+    rule: bool,
+) -> Tensor:
+    r"""The Mamba-3 recurrence (:mod:`captum_mamba.ops.mamba3`): trapezoid rule, state
+    rotated by data-dependent angles, SISO or MIMO.
+
+    The SSM rule keeps every input-dependent coefficient constant in the backward pass:
+    the decay ``exp(A dt)``, the trapezoid weights ``lam dt`` and ``(1 - lam) dt alpha``,
+    the rotated ``B`` and ``C`` (so the rotary angles). The recurrence is then linear in
+    the values ``x`` with constant coefficients (the MIMO up-projection is a constant
+    weight), relevance flows through ``x`` only and is conserved.
+
+    Args:
+        x (Tensor): ``(batch, length, heads, head_dim)`` values.
+        B (Tensor): ``(batch, length, ranks, groups, state)`` normalised input projection.
+        C (Tensor): like ``B``, the output projection.
+        dt (Tensor): ``(batch, length, heads)`` raw time steps.
+        decay (Tensor): ``(batch, length, heads)`` raw decay rates.
+        trap (Tensor): ``(batch, length, heads)`` raw trapezoid weights.
+        angle (Tensor): ``(batch, length, angles)`` raw rotary angle rates.
+        dt_bias (Tensor): ``(heads,)``.
+        B_bias (Tensor): ``(heads, ranks, state)``.
+        C_bias (Tensor): ``(heads, ranks, state)``.
+        D (Tensor): ``(heads,)`` skip weights.
+        x_weight (Tensor or None): ``(ranks, heads, head_dim)`` MIMO up-projection; None
+            for SISO.
+        a_floor (float): smallest decay rate ``-A``.
+        pairwise (bool): rotary pairs ``(2i, 2i+1)`` (SISO) or ``(i, i + state/2)``
+            (MIMO).
+        chunk_size (int): time steps per chunk of the scan.
+        rule (bool): the SSM rule (setting ``ssm``): the coefficients are computed from
+            detached inputs.
+
+    Returns:
+        Tensor: ``(batch, length, ranks, heads, head_dim)`` the output of every rank.
+    """
+    inputs = (B, C, dt, decay, trap, angle, dt_bias, B_bias, C_bias)
+    if rule:
+        inputs = tuple(t.detach() for t in inputs)
+    coefficients = mamba3_coefficients(*inputs, a_floor, pairwise)
+    return mamba3_scan(x, *coefficients, D, x_weight, chunk_size)
 
 
 def _gelu_ratio(x: Tensor) -> Tensor:

@@ -72,6 +72,9 @@ class ArchitectureCase:
         eager_attention: configurations computing attention eagerly, whose attention
             weights transformers returns (``output_attentions=True``) for comparison
             with the recorded ones.
+        hidden_attention: the hidden-attention baselines (rollout, Mamba-Attr) explain
+            the model; False for a model with a recurrence they cannot record (Mamba-3),
+            which they must refuse.
         padding_rtol: relative tolerance of padded against unpadded relevance. Left
             padding shifts the positions of a model with rotary embeddings: the relative
             positions, and so the model's function, stay the same, but transformers'
@@ -95,6 +98,7 @@ class ArchitectureCase:
     conserving: str = "mamba_lrp"
     eager_attention: Sequence[str] = ()
     padding_rtol: float = 1e-9
+    hidden_attention: bool = True
 
 
 def lm_logits(model: nn.Module, embeds: Tensor, **kwargs: Any) -> Tensor:
