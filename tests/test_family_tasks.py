@@ -30,6 +30,15 @@ def _silent(_: str) -> None:
     pass
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One thread: tiny models, on a CPU that other jobs share."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("name", tuple(family_tasks.FAMILIES))
 def test_every_family_trains_and_is_explained(name: str) -> None:
     """One training step changes the parameters; every method explains the trained model

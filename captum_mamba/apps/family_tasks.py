@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,8 @@ class ModelFamily:
             the eager implementation, and CP-LRP is compared too. Default: False.
         eager_experts (bool, optional): mixtures of experts computed eagerly (their
             grouped kernel has no float64). Default: False.
+        learning_rate (float, optional): the training's learning rate, where the
+            schedule's diverges for the family. Default: None (the schedule's).
     """
 
     name: str
@@ -83,6 +85,7 @@ class ModelFamily:
     fields: Mapping[str, Any] = field(default_factory=dict)
     attention: bool = False
     eager_experts: bool = False
+    learning_rate: float | None = None
 
 
 #: Shape shared by the families with attention: width 32, MLP width 64, 4 query and 2
@@ -177,6 +180,7 @@ FAMILIES: dict[str, ModelFamily] = {
                 layers_block_type=["mamba", "hybrid"],
             ),
             attention=True,
+            learning_rate=1e-3,  # 5e-3 diverges: loss at chance after 300 steps
         ),
         ModelFamily(
             "nemotron-h",
@@ -307,10 +311,27 @@ DEFAULT_METHODS: tuple[str, ...] = (
 TABLE_METRICS: tuple[str, ...] = ("hit@1-cur", "auc-cur")
 
 
+def family_setup(
+    family: ModelFamily, setup: ground_truth.TrainingSetup
+) -> ground_truth.TrainingSetup:
+    """The training schedule of one family: ``setup`` with the family's learning rate.
+
+    Args:
+        family (ModelFamily): the family.
+        setup (TrainingSetup): the schedule of the run.
+
+    Returns:
+        TrainingSetup: the family's schedule.
+    """
+    if family.learning_rate is None:
+        return setup
+    return replace(setup, learning_rate=family.learning_rate)
+
+
 def cp_lrp_scorer(model: nn.Module) -> TokenScorer:
-    """MambaLRP with CP-LRP on attention (:meth:`MambaRules.cp_lrp`) explaining the
-    suite's output (:func:`~captum_mamba.apps.ground_truth.last_logits`), token scores
-    summed over the hidden dimension as for the catalogue's LRP methods.
+    """MambaLRP with CP-LRP on attention (:meth:`~captum_mamba.rules.MambaRules.cp_lrp`)
+    explaining the suite's output (:func:`~captum_mamba.apps.ground_truth.last_logits`),
+    token scores summed over the hidden dimension as for the catalogue's LRP methods.
 
     Args:
         model (nn.Module): the task model.
@@ -336,7 +357,8 @@ def family_methods(family: ModelFamily, model: nn.Module, methods: Sequence[str]
         methods (sequence of str): method names (catalogue names or :data:`CP_LRP`).
 
     Returns:
-        list: names and built :class:`TokenScorer` objects, for
+        list: names and built scorers
+        (:class:`~captum_mamba.baselines.captum_methods.TokenScorer`), for
         :func:`~captum_mamba.apps.ground_truth.evaluate`.
     """
     chosen: list[Any] = []
@@ -354,7 +376,8 @@ class FamilyResult:
 
     Args:
         results (dict): ``"family/task/size"`` -> the model's training metrics
-            (``accuracy``, ``steps``, ``seconds``), ``learned`` and the summary rows of
+            (``accuracy``, ``steps``, ``seconds``, ``learning_rate``), ``learned``, the
+            number of explained ``queries`` and the summary rows of
             :func:`~captum_mamba.apps.ground_truth.summary_rows` (``rows``).
         unavailable (dict): family -> why it was not measured.
         files (dict): ``"markdown"`` and ``"json"`` -> written path.
@@ -402,10 +425,11 @@ def run_families(
     unavailable: dict[str, str] = {}
     for name in families:
         family = FAMILIES[name]
+        schedule = family_setup(family, setup)
         for task in tasks:
             try:
                 model, metrics = ground_truth.load_or_train_task_model(
-                    task, name, setup, cache_dir, progress, build_family_model
+                    task, name, schedule, cache_dir, progress, build_family_model
                 )
             except FamilyUnavailable as error:
                 unavailable[name] = str(error)
@@ -425,6 +449,7 @@ def run_families(
                     "accuracy": accuracy,
                     "learned": accuracy >= LEARNED_ACCURACY,
                     "steps": metrics["steps"],
+                    "learning_rate": schedule.learning_rate,
                     "seconds": metrics["seconds"],
                     "queries": len(next(iter(measured.values()))["correct"]),
                     "rows": ground_truth.summary_rows(measured),
@@ -446,7 +471,7 @@ def markdown(
     each model's held-out accuracy, and the families not measured.
 
     Args:
-        results (Mapping): :attr:`FamilyResult.results`.
+        results (Mapping): :attr:`~captum_mamba.apps.family_tasks.FamilyResult.results`.
         unavailable (Mapping, optional): family -> why it was not measured.
         methods (sequence of str, optional): the column order.
         metrics (sequence of str, optional): columns of
