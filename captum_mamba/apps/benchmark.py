@@ -35,7 +35,9 @@ initialised Mamba with the shape of ``mamba-130m`` (float32, batch 1) it prints:
   package's forward with every rule off) a randomly initialised model of a small shape
   (float32, batch 1, SDPA attention where it has any):
   ``MambaLRP.attribute`` (one target logit) against transformers' own no-grad forward
-  to the last position's logits, at each of ``--family-lengths`` (in this process,
+  to the last position's logits (on CPUs the reference PyTorch path of the Mamba layers:
+  a loop over time steps for Mamba-1) and against the same forward through this
+  package's scans with every rule off, at each of ``--family-lengths`` (in this process,
   median of ``--repeats`` runs, no memory measured);
 - ``--out DIR``: ``results.json``, ``tables.md`` and ``scaling.png`` (time and peak
   memory against length, log-log).
@@ -649,6 +651,143 @@ HYBRID_HEADER = [
 #: The families ``--families`` measures: name -> (transformers configuration class,
 #: model class, configuration fields) of a randomly initialised model.
 FAMILY_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "mamba": (
+        "MambaConfig",
+        "MambaForCausalLM",
+        dict(hidden_size=256, num_hidden_layers=6, state_size=16, vocab_size=1024),
+    ),
+    "falcon-mamba": (
+        "FalconMambaConfig",
+        "FalconMambaForCausalLM",
+        dict(hidden_size=256, num_hidden_layers=6, state_size=16, vocab_size=1024),
+    ),
+    "mamba2": (
+        "Mamba2Config",
+        "Mamba2ForCausalLM",
+        dict(
+            hidden_size=256,
+            num_hidden_layers=6,
+            num_heads=8,
+            head_dim=64,
+            n_groups=1,
+            state_size=64,
+            chunk_size=256,
+            vocab_size=1024,
+        ),
+    ),
+    "bamba": ("BambaConfig", "BambaForCausalLM", HYBRIDS["bamba"]),
+    "jamba": ("JambaConfig", "JambaForCausalLM", HYBRIDS["jamba"]),
+    "falcon-h1": (
+        "FalconH1Config",
+        "FalconH1ForCausalLM",
+        dict(
+            hidden_size=256,
+            intermediate_size=768,
+            num_hidden_layers=6,
+            vocab_size=1024,
+            num_attention_heads=16,
+            num_key_value_heads=4,
+            mamba_d_ssm=512,
+            mamba_n_heads=8,
+            mamba_d_head=64,
+            mamba_n_groups=1,
+            mamba_d_state=64,
+            mamba_chunk_size=256,
+        ),
+    ),
+    "zamba": (
+        "ZambaConfig",
+        "ZambaForCausalLM",
+        dict(
+            hidden_size=256,
+            intermediate_size=768,
+            num_hidden_layers=6,
+            vocab_size=1024,
+            num_attention_heads=16,
+            num_key_value_heads=4,
+            n_mamba_heads=2,
+            mamba_d_state=16,
+            mamba_dt_rank=16,
+            layers_block_type=["mamba", "mamba", "hybrid", "mamba", "mamba", "hybrid"],
+        ),
+    ),
+    "zamba2": (
+        "Zamba2Config",
+        "Zamba2ForCausalLM",
+        dict(
+            hidden_size=256,
+            intermediate_size=768,
+            num_hidden_layers=6,
+            vocab_size=1024,
+            num_attention_heads=16,
+            num_key_value_heads=16,
+            n_mamba_heads=8,
+            mamba_d_state=64,
+            mamba_ngroups=1,
+            chunk_size=256,
+            num_mem_blocks=1,
+            layers_block_type=["mamba", "mamba", "hybrid", "mamba", "mamba", "hybrid"],
+        ),
+    ),
+    "nemotron-h": (
+        "NemotronHConfig",
+        "NemotronHForCausalLM",
+        dict(
+            hidden_size=256,
+            intermediate_size=768,
+            vocab_size=1024,
+            num_attention_heads=16,
+            num_key_value_heads=4,
+            head_dim=16,
+            mamba_num_heads=8,
+            mamba_head_dim=64,
+            n_groups=1,
+            ssm_state_size=64,
+            chunk_size=256,
+            layers_block_type=[
+                "linear_attention",
+                "mlp",
+                "full_attention",
+                "linear_attention",
+                "mlp",
+                "full_attention",
+            ],
+        ),
+    ),
+    "granitemoehybrid": (
+        "GraniteMoeHybridConfig",
+        "GraniteMoeHybridForCausalLM",
+        dict(
+            hidden_size=256,
+            intermediate_size=192,
+            shared_intermediate_size=768,
+            vocab_size=1024,
+            num_attention_heads=16,
+            num_key_value_heads=4,
+            num_local_experts=16,
+            num_experts_per_tok=4,
+            mamba_n_heads=8,
+            mamba_d_head=64,
+            mamba_n_groups=1,
+            mamba_d_state=64,
+            mamba_chunk_size=256,
+            position_embedding_type="rope",
+            num_hidden_layers=6,
+            layer_types=["mamba", "mamba", "attention", "mamba", "mamba", "attention"],
+        ),
+    ),
+    "llama": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        dict(
+            hidden_size=256,
+            intermediate_size=768,
+            num_hidden_layers=6,
+            vocab_size=1024,
+            num_attention_heads=16,
+            num_key_value_heads=4,
+        ),
+    ),
     "lfm2": (
         "Lfm2Config",
         "Lfm2ForCausalLM",
@@ -765,6 +904,10 @@ def _family_row(name: str, model: torch.nn.Module, length: int, repeats: int) ->
     def explain() -> None:
         MambaLRP(model).attribute(embeds, target=target)
 
+    def scans() -> None:
+        with torch.no_grad(), rules_applied(model, MambaRules.gradient_x_input()):
+            model(inputs_embeds=embeds, use_cache=False, logits_to_keep=1)
+
     explain()  # warm-up
     mambalrp = _median_time(explain, repeats)
     return {
@@ -772,20 +915,23 @@ def _family_row(name: str, model: torch.nn.Module, length: int, repeats: int) ->
         "length": length,
         "mambalrp": mambalrp,
         "forward": _median_time(forward, repeats),
+        "scans_forward": _median_time(scans, repeats),
     }
 
 
 def measure_families(
     settings: BenchmarkSettings, progress: Callable[[str], None] = print
 ) -> list[dict[str, Any]]:
-    """MambaLRP against transformers' own forward, per family and length.
+    """MambaLRP against transformers' own forward and the forward through this package's
+    scans, per family and length.
 
     Args:
         settings (BenchmarkSettings): the families, lengths and repeats.
         progress (Callable, optional): receives one line per measurement.
 
     Returns:
-        list of dict: ``family``, ``length``, ``mambalrp`` and ``forward`` (seconds).
+        list of dict: ``family``, ``length``, ``mambalrp``, ``forward`` and
+        ``scans_forward`` (seconds).
     """
     rows = []
     for name in settings.families:
@@ -893,6 +1039,7 @@ def markdown_tables(results: dict[str, Any]) -> str:
         )
     if results.get("families"):
         header = ["family", "tokens", "MambaLRP s", "forward s", "MambaLRP / forward"]
+        header += ["scans forward s", "MambaLRP / scans forward"]
         cells = [
             [
                 r["family"],
@@ -900,6 +1047,8 @@ def markdown_tables(results: dict[str, Any]) -> str:
                 _cell(r["mambalrp"]),
                 _cell(r["forward"]),
                 f"{r['mambalrp'] / r['forward']:.1f}",
+                _cell(r.get("scans_forward")),
+                f"{r['mambalrp'] / r['scans_forward']:.1f}" if r.get("scans_forward") else "-",
             ]
             for r in results["families"]
         ]

@@ -7,6 +7,7 @@ r"""The ``captum-mamba`` command line: one entry point, one set of flags.
     captum-mamba attribute  --model M --dataset FILE [--methods ...] --output-dir OUT
     captum-mamba study run  [--model M | --train-dataset FILE] [--dataset FILE] ...
     captum-mamba study run  --suite ground-truth [--tasks copy,...] [--architectures ...]
+    captum-mamba study run  --suite families [--families mamba,...] [--tasks planted]
     captum-mamba study memory [--length N]
     captum-mamba report     [--model M --dataset FILE] [--groups SPEC] --output-dir OUT
     captum-mamba benchmark  [--quick] [--lengths N ...] [--generation] [--throughput] ...
@@ -41,7 +42,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from captum_mamba.apps import benchmark, demo, doctor, ground_truth, render_readme
+from captum_mamba.apps import benchmark, demo, doctor, family_tasks, ground_truth, render_readme
 from captum_mamba.apps.data import (
     MAX_CLASSES,
     ROTTEN_TOMATOES_FILE,
@@ -733,24 +734,34 @@ def _add_study(commands: Commands) -> None:
         "--num-examples",
         type=positive_int,
         help="a seeded sample of this many labelled texts is studied (200; ground-truth "
-        "suite: 40 per task)",
+        "and families suites: 40 per task)",
     )
     _add_methods(run, "all")
     suite = run.add_argument_group("ground-truth suite (captum_mamba.apps.ground_truth)")
     suite.add_argument(
-        "--suite", choices=("ground-truth",), help="generated tasks with known evidence"
+        "--suite",
+        choices=("ground-truth", "families"),
+        help="generated tasks with known evidence (families: one tiny model per model "
+        "family, captum_mamba.apps.family_tasks)",
     )
     suite.add_argument(
         "--tasks",
         type=_task_names,
-        default=tuple(ground_truth.TASKS),
-        help=f"comma-separated tasks of the suite ({','.join(ground_truth.TASKS)})",
+        help=f"comma-separated tasks of the suite ({','.join(ground_truth.TASKS)}; "
+        "default: all, families: planted)",
     )
     suite.add_argument(
         "--architectures",
         type=_architectures,
         default=("mamba", "mamba2", "bamba"),
         help="comma-separated model kinds of the suite (mamba,mamba2,bamba)",
+    )
+    suite.add_argument(
+        "--families",
+        type=_family_names,
+        default=tuple(family_tasks.FAMILIES),
+        help="comma-separated model families of --suite families (default: all of "
+        f"{','.join(family_tasks.FAMILIES)})",
     )
     run.add_argument(
         "--replacement",
@@ -815,11 +826,30 @@ def _architectures(value: str) -> tuple[str, ...]:
     return _names(value, ground_truth.ARCHITECTURES, "architecture")
 
 
+def _family_names(value: str) -> tuple[str, ...]:
+    return _names(value, tuple(family_tasks.FAMILIES), "family")
+
+
+def _families_run(args: argparse.Namespace) -> None:
+    """``study run --suite families``: the families x methods tables."""
+    result = family_tasks.run_families(
+        args.output_dir,
+        args.families,
+        args.tasks or ("planted",),
+        count=args.num_examples or 40,
+        settings=MethodSettings(ig_steps=args.ig_steps, seed=args.seed),
+        cache_dir=args.cache_dir,
+        progress=_log,
+    )
+    print(result.files["markdown"].read_text())
+    print(f"tables: {result.files['markdown']}")
+
+
 def _ground_truth_run(args: argparse.Namespace) -> None:
     """``study run --suite ground-truth``: the tables of the ground-truth suite."""
     result = ground_truth.run_suite(
         args.output_dir,
-        args.tasks,
+        args.tasks or tuple(ground_truth.TASKS),
         args.architectures,
         args.methods,
         count=args.num_examples or 40,
@@ -842,6 +872,9 @@ def _study_run(args: argparse.Namespace) -> None:
     check_output_dir(args.output_dir)
     if args.suite == "ground-truth":
         _ground_truth_run(args)
+        return
+    if args.suite == "families":
+        _families_run(args)
         return
     args.num_examples = args.num_examples or 200
     if args.replacement == "token" and args.replacement_token is None:

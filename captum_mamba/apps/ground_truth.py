@@ -57,11 +57,11 @@ import torch
 import transformers
 from torch import Tensor, nn
 
-from captum_mamba.apps.methods import build_runners, resolve_methods
+from captum_mamba.apps.methods import method_explainers, resolve_methods
 from captum_mamba.apps.sentiment import default_cache_dir
 from captum_mamba.attr import MambaLRP
 from captum_mamba.attr.forward import fast_forward
-from captum_mamba.baselines.captum_methods import MethodSettings
+from captum_mamba.baselines.captum_methods import MethodSettings, TokenScorer
 from captum_mamba.metrics import (
     EVIDENCE_METRICS,
     alignment_error_rate,
@@ -354,26 +354,33 @@ def query_accuracy(model: nn.Module, examples: Sequence[TaskExample]) -> float:
     return float((logits.argmax(-1)[mask] == answers[mask]).double().mean())
 
 
+#: ``build(architecture, seed)``: an untrained model (float32), as :func:`build_model`.
+ModelBuilder = Callable[[str, int], nn.Module]
+
+
 def train_task_model(
     task: str,
     architecture: str,
     setup: TrainingSetup | None = None,
     progress: Callable[[str], None] = print,
+    build: ModelBuilder = build_model,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train a tiny model on a task (loss on the query positions only).
 
     Args:
         task (str): a key of :data:`TASKS`.
-        architecture (str): one of :data:`ARCHITECTURES`.
+        architecture (str): one of :data:`ARCHITECTURES` (or a name ``build`` knows).
         setup (TrainingSetup, optional): the schedule. Default: ``TrainingSetup()``.
         progress (Callable, optional): receives progress lines. Default: print.
+        build (Callable, optional): ``build(architecture, seed)`` -> the untrained
+            model. Default: :func:`build_model`.
 
     Returns:
         tuple: the model (eval mode) and its metrics (steps, seconds, accuracy on
         512 held-out examples per evaluated size).
     """
     setup = setup or TrainingSetup()
-    model = build_model(architecture, setup.seed)
+    model = build(architecture, setup.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=setup.learning_rate, weight_decay=0.01)
     held_out = generate(task, 256, setup.seed + 1_000_000)
     rng = random.Random(f"train-{task}-{setup.seed}")
@@ -411,7 +418,9 @@ def train_task_model(
     return model, metrics
 
 
-def model_cache_key(task: str, architecture: str, setup: TrainingSetup) -> str:
+def model_cache_key(
+    task: str, architecture: str, setup: TrainingSetup, build: ModelBuilder = build_model
+) -> str:
     """Hash of everything a cached task model depends on (16 hex digits)."""
     spec = TASKS[task]
     parts = {
@@ -421,7 +430,7 @@ def model_cache_key(task: str, architecture: str, setup: TrainingSetup) -> str:
         "architecture": architecture,
         "setup": asdict(setup),
         "vocabulary": VOCABULARY,
-        "transformers": build_model(architecture).config.to_json_string(use_diff=False),
+        "transformers": build(architecture, 0).config.to_json_string(use_diff=False),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -432,31 +441,35 @@ def load_or_train_task_model(
     setup: TrainingSetup | None = None,
     cache_dir: str | Path | None = None,
     progress: Callable[[str], None] = print,
+    build: ModelBuilder = build_model,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A cached task model, or a newly trained one (then cached).
 
     Args:
         task (str): a key of :data:`TASKS`.
-        architecture (str): one of :data:`ARCHITECTURES`.
+        architecture (str): one of :data:`ARCHITECTURES` (or a name ``build`` knows).
         setup (TrainingSetup, optional): the schedule. Default: ``TrainingSetup()``.
         cache_dir (str or Path, optional): checkpoint folder. Default:
             :func:`~captum_mamba.apps.sentiment.default_cache_dir`.
         progress (Callable, optional): receives progress lines. Default: print.
+        build (Callable, optional): ``build(architecture, seed)`` -> the untrained
+            model. Default: :func:`build_model`.
 
     Returns:
         tuple: the model (float64, eval mode) and its training metrics.
     """
     setup = setup or TrainingSetup()
     folder = Path(cache_dir or default_cache_dir())
-    path = folder / f"task-{task}-{architecture}-{model_cache_key(task, architecture, setup)}.pt"
+    key = model_cache_key(task, architecture, setup, build)
+    path = folder / f"task-{task}-{architecture}-{key}.pt"
     if path.is_file():
         saved = torch.load(path, weights_only=True)
-        model = build_model(architecture, setup.seed)
+        model = build(architecture, setup.seed)
         model.load_state_dict(saved["state_dict"])
         metrics = json.loads(saved["metrics"])
     else:
         progress(f"no cached {task}/{architecture} model at {path}: training one")
-        model, metrics = train_task_model(task, architecture, setup, progress)
+        model, metrics = train_task_model(task, architecture, setup, progress, build)
         folder.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")
         torch.save({"state_dict": model.state_dict(), "metrics": json.dumps(metrics)}, temporary)
@@ -550,7 +563,7 @@ def evaluate(
     model: nn.Module,
     task: str,
     size: int,
-    methods: Sequence[str],
+    methods: Sequence[str | TokenScorer],
     count: int = 40,
     settings: MethodSettings | None = None,
     with_delta: bool = True,
@@ -561,8 +574,9 @@ def evaluate(
         model (nn.Module): the task model (float64).
         task (str): a key of :data:`TASKS`.
         size (int): the evaluated size.
-        methods (sequence of str): method names (any of
-            :data:`~captum_mamba.baselines.captum_methods.METHODS`).
+        methods (sequence of str or TokenScorer): method names (any of
+            :data:`~captum_mamba.baselines.captum_methods.METHODS`) or built
+            scorers explaining :func:`last_logits` of ``model``.
         count (int, optional): examples; for copy, every copied token of
             ``count // 4`` examples (at least 2). Default: 40.
         settings (MethodSettings, optional): method hyper-parameters.
@@ -573,13 +587,16 @@ def evaluate(
         item; ``"AER"`` one per example, copy only).
     """
     forward = last_logits(model)
-    runners = build_runners(resolve_methods(methods), model, forward, settings)
+    names = [resolve_methods([m])[0] if isinstance(m, str) else m for m in methods]
+    runners = method_explainers(names, model, forward, settings)
     every = task == "copy"  # an alignment: every copied token of fewer examples
     items = evaluation_items(task, max(count // 4, 2) if every else count, size, every)
     embedding = model.get_input_embeddings()
-    results: dict[str, dict[str, list[float]]] = {r.name: {} for r in runners}
+    results: dict[str, dict[str, list[float]]] = {name: {} for name, _, _ in runners}
     # per method and example: (predicted link, sure link) of each explained token
-    links: dict[str, dict[int, list[tuple[tuple[int, int], ...]]]] = {r.name: {} for r in runners}
+    links: dict[str, dict[int, list[tuple[tuple[int, int], ...]]]] = {
+        name: {} for name, _, _ in runners
+    }
     for number, item in enumerate(items):
         ids = torch.tensor([item.ids])
         with torch.no_grad():
@@ -588,9 +605,9 @@ def evaluate(
                 correct = float(int(forward(embeds)[0].argmax()) == item.answer)
         current = len(item.ids) - 1
         aside = torch.arange(len(item.ids)) != current
-        for runner in runners:
-            scores = runner(embeds, item.answer, None, [number])[0].double()
-            values = results[runner.name]
+        for name, _, explain in runners:
+            scores = explain(embeds, item.answer, number)[0].double()
+            values = results[name]
             full = evidence_scores(scores, item.evidence)
             without = evidence_scores(scores, item.evidence, candidates=aside)
             row = {
@@ -605,7 +622,7 @@ def evaluate(
             for key, value in row.items():
                 values.setdefault(key, []).append(value)
             pair = ((current, without.top), (current, item.evidence[0]))
-            links[runner.name].setdefault(item.example, []).append(pair)
+            links[name].setdefault(item.example, []).append(pair)
     if task == "copy":
         for name, per_example in links.items():
             results[name]["AER"] = [

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -205,3 +206,43 @@ def build_runners(
             MethodRunner(name, spec.signed, spec.batchable, model, forward, settings, built)
         )
     return runners
+
+
+#: ``explain(embeds, target, example_id)`` -> token scores ``(batch, seq)``.
+Explainer = Callable[[Tensor, Any, int], Tensor]
+
+
+def method_explainers(
+    methods: Sequence[str | TokenScorer],
+    model: nn.Module,
+    forward: Callable[..., Tensor],
+    settings: MethodSettings | None = None,
+) -> list[tuple[str, bool, Explainer]]:
+    """One explain function per method, for methods given by name (runners of
+    :func:`build_runners`, seeded per example) or built (:class:`TokenScorer`, e.g. an
+    LRP preset outside the catalogue).
+
+    Args:
+        methods (sequence of str or TokenScorer): method names (as in
+            :func:`resolve_methods`) or built scorers of ``model``.
+        model (nn.Module): the explained model.
+        forward (Callable): ``forward(embeds, attention_mask=None) -> outputs``.
+        settings (MethodSettings, optional): hyper-parameters. Default:
+            ``MethodSettings()``.
+
+    Returns:
+        list of tuple: ``(name, signed, explain(embeds, target, example_id))`` per
+        method, in the given order.
+    """
+    names = [m for m in methods if isinstance(m, str)]
+    runners = iter(build_runners(names, model, forward, settings) if names else [])
+    result: list[tuple[str, bool, Explainer]] = []
+    for method in methods:
+        if isinstance(method, TokenScorer):
+            built = method
+            result.append((built.name, built.signed, lambda e, t, i, m=built: m(e, t)))
+        else:
+            runner = next(runners)
+            explain = lambda e, t, i, r=runner: r(e, t, None, [i])  # noqa: E731
+            result.append((runner.name, runner.signed, explain))
+    return result

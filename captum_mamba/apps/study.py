@@ -59,7 +59,7 @@ from torch import Tensor, nn
 
 from captum_mamba.adapters import rules_applied
 from captum_mamba.apps.loading import model_fingerprint
-from captum_mamba.apps.methods import ALL_METHODS, build_runners
+from captum_mamba.apps.methods import ALL_METHODS, Explainer, method_explainers
 from captum_mamba.apps.sharding import (
     ShardLayout,
     barrier,
@@ -288,30 +288,6 @@ def _write_tables(
     return files
 
 
-Explainer = Callable[[Tensor, Any, int], Tensor]
-
-
-def _explainers(
-    methods: Sequence[str | TokenScorer],
-    model: nn.Module,
-    forward: Callable[..., Tensor],
-    settings: MethodSettings,
-) -> list[tuple[str, bool, Explainer]]:
-    """``(name, signed, explain(embeds, target, example_id))`` of each method."""
-    names = [m for m in methods if isinstance(m, str)]
-    runners = iter(build_runners(names, model, forward, settings) if names else [])
-    result: list[tuple[str, bool, Explainer]] = []
-    for method in methods:
-        if isinstance(method, TokenScorer):
-            built = method
-            result.append((built.name, built.signed, lambda e, t, i, m=built: m(e, t)))
-        else:
-            runner = next(runners)
-            explain = lambda e, t, i, r=runner: r(e, t, None, [i])  # noqa: E731
-            result.append((runner.name, runner.signed, explain))
-    return result
-
-
 def _filler(embedding: nn.Module, replacement: str, token_id: int | None) -> Tensor:
     """The replacement vector; a token's is its embedding through the module (so
     embeddings that map ids to rows, like CompactEmbedding, get the right row)."""
@@ -531,7 +507,7 @@ def run_study(
             raise ValueError(f"{what} must be an integer >= {least}, got {value!r}")
     settings = settings or MethodSettings()
     forward = forward_func or default_forward(model, "inputs_embeds")
-    explainers = _explainers(methods, model, forward, settings)
+    explainers = method_explainers(methods, model, forward, settings)
     names = [(name, signed) for name, signed, _ in explainers]
     embedding = model.get_input_embeddings()
     filler = _filler(embedding, replacement, replacement_token_id)
