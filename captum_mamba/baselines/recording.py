@@ -24,6 +24,7 @@ from captum_mamba.adapters import Backend, BlockOps, PlanEntry, rules_applied
 from captum_mamba.adapters.backend import KINDS
 from captum_mamba.baselines.hidden_attention import SelectiveSSMInputs, ssd_as_selective
 from captum_mamba.ops.rglru import rglru_as_selective, rglru_gates
+from captum_mamba.ops.wkv import wkv_weights
 from captum_mamba.rules import MambaRules
 from captum_mamba.rules import functional as R
 
@@ -144,6 +145,13 @@ def _attention_record(path: str, arguments: dict[str, Any], out: Tensor) -> Atte
     return AttentionRecord(path, weights)
 
 
+def _wkv_record(path: str, arguments: dict[str, Any], out: Tensor) -> AttentionRecord:
+    """RWKV's WKV (kind ``wkv``): the weights of each channel, channels as heads."""
+    with torch.no_grad():
+        weights = wkv_weights(arguments["k"], arguments["time_decay"], arguments["time_first"])
+    return AttentionRecord(path, weights)
+
+
 #: Op kind -> its record: every kind whose descriptor ``records`` something (``"scan"``:
 #: an :class:`SSMRecord`, ``"attention"``: an :class:`AttentionRecord`).
 RECORDS: dict[str, Callable[[str, dict[str, Any], Tensor], SSMRecord | AttentionRecord]] = {
@@ -151,6 +159,7 @@ RECORDS: dict[str, Callable[[str, dict[str, Any], Tensor], SSMRecord | Attention
     "ssd": _ssd_record,
     "rglru": _rglru_record,
     "attention": _attention_record,
+    "wkv": _wkv_record,
 }
 
 
