@@ -2,14 +2,18 @@
 against its definition written as a double loop: the weighted mean over ``s <= t`` of
 ``exp(k[s] - (t - 1 - s) exp(time_decay))`` (``exp(k[t] + time_first)`` at ``s = t``)
 times ``v[s]``. Values and gradients of the sequential and chunked implementations, the
-implicit attention weights, and the two rules (CP-LRP, AttnLRP)."""
+implicit attention weights (also as the baselines' recorder files them for a model), and
+the two rules (CP-LRP, AttnLRP)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from cases.hf_rwkv import CASE, tiny_rwkv
 from torch import Tensor
 
+from captum_mamba.attr.forward import default_forward
+from captum_mamba.baselines.recording import record_layers
 from captum_mamba.ops.wkv import wkv_chunked, wkv_sequential, wkv_weights
 from captum_mamba.rules import functional as R
 
@@ -138,3 +142,40 @@ def test_attn_lrp_halves_the_gradient_and_no_rule_keeps_it(
             torch.testing.assert_close(grad, factor * reference, rtol=1e-11, atol=1e-12)
         if uniform:  # the decays are constants of the backward
             assert grads[2] is None and grads[3] is None
+
+
+def _layer_norm(norm, x: Tensor) -> Tensor:
+    centred = x - x.mean(-1, keepdim=True)
+    return (
+        centred / torch.sqrt((centred * centred).mean(-1, keepdim=True) + norm.eps) * (norm.weight)
+        + norm.bias
+    )
+
+
+@pytest.mark.parametrize("config", ["narrow-attention-rescale2", "rescale-every-block"])
+def test_recorded_implicit_attention_of_a_model_equals_the_loop(config: str) -> None:
+    """The baselines' recorder files each block's WKV weights (channels as heads): equal to
+    the loop's weights of the keys computed from the block's recorded input."""
+    model = tiny_rwkv(config, 3)
+    inputs, _ = CASE.inputs(model, config, 3)
+    with torch.no_grad():
+        _, layers = record_layers(model, lambda: default_forward(model, "inputs_embeds")(inputs))
+        assert len(layers) == model.config.num_hidden_layers
+        for index, (block, layer) in enumerate(zip(model.rwkv.blocks, layers, strict=True)):
+            (record,) = layer.attentions
+            x = layer.hidden_states
+            if index == 0:
+                x = _layer_norm(block.pre_ln, x)
+            x = _layer_norm(block.ln1, x)
+            mix = block.attention.time_mix_key[0, 0]
+            shifted = torch.stack(
+                [
+                    x[:, t] * mix + (x[:, t - 1] if t else 0.0) * (1 - mix)
+                    for t in range(x.shape[1])
+                ],
+                1,
+            )
+            keys = shifted @ block.attention.key.weight.T
+            expected = _loop_weights(keys, block.attention.time_decay, block.attention.time_first)
+            assert record.weights.shape == expected.shape
+            torch.testing.assert_close(record.weights, expected, rtol=1e-10, atol=1e-13)

@@ -692,6 +692,18 @@ FAMILY_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
             vocab_size=1024,
         ),
     ),
+    "rwkv": (
+        "RwkvConfig",
+        "RwkvForCausalLM",
+        dict(
+            hidden_size=256,
+            attention_hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=6,
+            context_length=2048,
+            vocab_size=1024,
+        ),
+    ),
 }
 
 
@@ -699,10 +711,12 @@ def _family_model(name: str) -> torch.nn.Module:
     config_name, model_name, fields = FAMILY_MODELS[name]
     transformers = importlib.import_module("transformers")
     config = getattr(transformers, config_name)(**fields)
-    config._attn_implementation = "sdpa"
+    model_class = getattr(transformers, model_name)
+    if model_class._supports_sdpa:  # RWKV has no softmax attention
+        config._attn_implementation = "sdpa"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return getattr(transformers, model_name)(config).eval()
+        return model_class(config).eval()
 
 
 def _family_row(name: str, model: torch.nn.Module, length: int, repeats: int) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 #: Positions per block of :func:`wkv_chunked`.
-CHUNK_SIZE = 32
+CHUNK_SIZE = 16
 
 
 def wkv_sequential(k: Tensor, v: Tensor, time_decay: Tensor, time_first: Tensor) -> Tensor:
