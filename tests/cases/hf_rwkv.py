@@ -16,6 +16,8 @@ after every ``every`` blocks.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from helpers import half_product, linear
 from torch import Tensor
@@ -45,13 +47,15 @@ CONFIGS = {
 LENGTH = 9
 
 
-def tiny_rwkv(config: str, seed: int, zero_biases: bool = False) -> RwkvForCausalLM:
+def tiny_rwkv(config: str, seed: int, zero_biases: bool = False, **fields: Any) -> RwkvForCausalLM:
     """A tiny float64 ``RwkvForCausalLM`` in eval mode with perturbed parameters.
 
     Args:
         config (str): a key of ``CONFIGS``.
         seed (int): seed of the initialisation and the perturbation.
         zero_biases (bool, optional): zero the layer norms' biases (RWKV's only biases).
+        **fields: configuration fields that replace the configuration's (e.g.
+            ``vocab_size`` for a toy task).
 
     Returns:
         RwkvForCausalLM: the model.
@@ -59,7 +63,7 @@ def tiny_rwkv(config: str, seed: int, zero_biases: bool = False) -> RwkvForCausa
     return tiny_lm(
         RwkvForCausalLM,
         RwkvConfig,
-        {**SHAPE, **CONFIGS[config]},
+        {**SHAPE, **CONFIGS[config], **fields},
         seed,
         perturbation(
             zero_biases,
