@@ -109,6 +109,12 @@ def examples() -> dict[str, dict[str, Any]]:
             "pairwise": False,
             "chunk_size": 2,
         },
+        "wkv": {
+            "k": _tensor(g, 2, 5, 3),
+            "v": _tensor(g, 2, 5, 3),
+            "time_decay": _tensor(g, 3),
+            "time_first": _tensor(g, 3),
+        },
         "activation": {"x": _tensor(g, 2, 5, 4), "function": "leaky_relu", "negative_slope": 0.2},
         "attention": {
             "q": _tensor(g, 1, 2, 5, 3),

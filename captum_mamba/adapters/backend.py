@@ -131,6 +131,13 @@ MAMBA3_ARGUMENTS = (
     "chunk_size",
 )
 
+
+def _wkv(setting: bool | str, **arguments: Any) -> Tensor:
+    """RWKV's WKV with the rule of softmax attention its setting selects (as
+    :func:`_attention`)."""
+    return R.wkv(**arguments, uniform_rule=setting is True, constant_weights=setting == "cp_lrp")
+
+
 #: The operation kinds, by name.
 KINDS: Mapping[str, OpKind] = MappingProxyType(
     {
@@ -244,6 +251,16 @@ KINDS: Mapping[str, OpKind] = MappingProxyType(
                 ("q", "k", "v", "igate", "fgate"),
                 "attention",
                 _mlstm,
+                mixes_positions=True,
+                records="attention",
+            ),
+            OpKind(
+                "wkv",
+                "wkv",
+                ("k", "v", "time_decay", "time_first"),
+                ("k", "v"),
+                "attention",
+                _wkv,
                 mixes_positions=True,
                 records="attention",
             ),
@@ -676,6 +693,25 @@ class BlockOps:
             eps=eps,
             chunk_size=chunk_size,
         )
+
+    def wkv(
+        self, site: str, k: Tensor, v: Tensor, time_decay: Tensor, time_first: Tensor
+    ) -> Tensor:
+        """RWKV-4's WKV recurrence (per-channel softmax attention with a decaying
+        position bias), AttnLRP or CP-LRP with ``attention``.
+
+        Args:
+            site (str): the site.
+            k (Tensor): ``(batch, seq, channels)`` keys.
+            v (Tensor): ``(batch, seq, channels)`` values.
+            time_decay (Tensor): ``(channels,)`` log decay rates.
+            time_first (Tensor): ``(channels,)`` the bonus of the current position.
+
+        Returns:
+            Tensor: ``(batch, seq, channels)``.
+        """
+        time_decay, time_first = time_decay.to(k.dtype), time_first.to(k.dtype)
+        return self.apply("wkv", site, k=k, v=v, time_decay=time_decay, time_first=time_first)
 
     def rotary(self, site: str, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """Rotary position embedding of ``(batch, heads, length, dim)`` queries or keys."""

@@ -838,6 +838,18 @@ FAMILY_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
         "xLSTMForCausalLM",
         dict(hidden_size=256, num_hidden_layers=6, num_heads=4, vocab_size=1024),
     ),
+    "rwkv": (
+        "RwkvConfig",
+        "RwkvForCausalLM",
+        dict(
+            hidden_size=256,
+            attention_hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=6,
+            context_length=2048,
+            vocab_size=1024,
+        ),
+    ),
 }
 
 

@@ -25,6 +25,7 @@ from captum_mamba.adapters.backend import KINDS
 from captum_mamba.baselines.hidden_attention import SelectiveSSMInputs, ssd_as_selective
 from captum_mamba.ops.mlstm import mlstm_attention, mlstm_gates
 from captum_mamba.ops.rglru import rglru_as_selective, rglru_gates
+from captum_mamba.ops.wkv import wkv_weights
 from captum_mamba.rules import MambaRules
 from captum_mamba.rules import functional as R
 
@@ -155,6 +156,13 @@ def _mlstm_record(path: str, arguments: dict[str, Any], out: Tensor) -> Attentio
     return AttentionRecord(path, weights)
 
 
+def _wkv_record(path: str, arguments: dict[str, Any], out: Tensor) -> AttentionRecord:
+    """RWKV's WKV (kind ``wkv``): the weights of each channel, channels as heads."""
+    with torch.no_grad():
+        weights = wkv_weights(arguments["k"], arguments["time_decay"], arguments["time_first"])
+    return AttentionRecord(path, weights)
+
+
 #: Op kind -> its record: every kind whose descriptor ``records`` something (``"scan"``:
 #: an :class:`SSMRecord`, ``"attention"``: an :class:`AttentionRecord`).
 RECORDS: dict[str, Callable[[str, dict[str, Any], Tensor], SSMRecord | AttentionRecord]] = {
@@ -163,6 +171,7 @@ RECORDS: dict[str, Callable[[str, dict[str, Any], Tensor], SSMRecord | Attention
     "rglru": _rglru_record,
     "attention": _attention_record,
     "mlstm": _mlstm_record,
+    "wkv": _wkv_record,
 }
 
 

@@ -29,6 +29,7 @@ from captum_mamba.ops.mamba3 import mamba3_coefficients, mamba3_scan
 from captum_mamba.ops.mlstm import mlstm_denominator, mlstm_gates, mlstm_scan
 from captum_mamba.ops.rglru import rglru_gates, rglru_scan
 from captum_mamba.ops.ssd_scan import ssd_scan
+from captum_mamba.ops.wkv import wkv_chunked
 from captum_mamba.rules.linear import LinearRule
 
 
@@ -414,6 +415,52 @@ def mamba3_ssm(
         inputs = tuple(t.detach() for t in inputs)
     coefficients = mamba3_coefficients(*inputs, a_floor, pairwise)
     return mamba3_scan(x, *coefficients, D, x_weight, chunk_size)
+
+
+def wkv(
+    k: Tensor,
+    v: Tensor,
+    time_decay: Tensor,
+    time_first: Tensor,
+    uniform_rule: bool,
+    constant_weights: bool,
+) -> Tensor:
+    r"""RWKV-4's WKV: per channel, the weighted mean
+    ``sum_s exp(l[t, s]) v[s] / sum_s exp(l[t, s])`` over ``s <= t`` with
+    ``l[t, s] = k[s] - (t - 1 - s) exp(time_decay)`` and ``l[t, t] = k[t] + time_first``
+    (:mod:`captum_mamba.ops.wkv`), with the rule of softmax attention that its setting
+    ``attention`` selects.
+
+    WKV is softmax attention of each channel over its own keys: the weights
+    ``a[t, s] = exp(l[t, s]) / sum_s exp(l[t, s])`` are a softmax of the keys plus a
+    position bias made of the parameters ``time_decay`` and ``time_first`` (the decays
+    are parameters, constants of the backward under either rule), the denominator is
+    the softmax's normaliser. CP-LRP (``constant_weights``) keeps the weights constant,
+    numerator's ``exp(k)`` and denominator alike: the output is then a fixed convex
+    combination of the values, relevance flows through ``v`` only and is conserved
+    exactly. AttnLRP (``uniform_rule``) applies the uniform rule to the product
+    ``a[t, s] v[s]``: half of the gradient to the values, half through the softmax
+    (Gradient x Input of the softmax, AttnLRP's softmax rule) to the keys; the position
+    bias of the exponents is a constant, whose share of the softmax's linearisation is
+    absorbed, so AttnLRP conserves only approximately. With both off, the true gradient.
+
+    Args:
+        k (Tensor): ``(batch, length, channels)`` keys.
+        v (Tensor): ``(batch, length, channels)`` values.
+        time_decay (Tensor): ``(channels,)`` log decay rates.
+        time_first (Tensor): ``(channels,)`` the bonus of the current position.
+        uniform_rule (bool): AttnLRP's uniform rule on ``weights * v``.
+        constant_weights (bool): CP-LRP: the weights are constants (takes precedence).
+
+    Returns:
+        Tensor: ``(batch, length, channels)``.
+    """
+    if uniform_rule or constant_weights:
+        time_decay, time_first = time_decay.detach(), time_first.detach()
+    if constant_weights:
+        return wkv_chunked(k.detach(), v, time_decay, time_first)
+    factor, _ = attention_gradient_scales(uniform_rule, constant_weights)
+    return _gradient_scaled(wkv_chunked(k, v, time_decay, time_first), factor)
 
 
 def _gelu_ratio(x: Tensor) -> Tensor:
