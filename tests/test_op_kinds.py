@@ -100,6 +100,14 @@ def examples() -> dict[str, dict[str, Any]]:
             "bias": causal,
             "scaling": 0.5,
         },
+        "delta_rule": {
+            "q": _tensor(g, 1, 2, 5, 3),
+            "k": _tensor(g, 1, 2, 5, 3),
+            "v": _tensor(g, 1, 2, 5, 4),
+            "beta": _tensor(g, 1, 2, 5, positive=True),
+            "log_decay": -_tensor(g, 1, 2, 5, 3, positive=True),
+            "chunk_size": 2,
+        },
         "mixture": {
             "weights": _tensor(g, 4),
             "values": _tensor(g, 4, 3),
