@@ -41,6 +41,8 @@ from captum_mamba.adapters.backend import BlockOps
 from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
 from captum_mamba.adapters.blocks import (
     CONSTANT_SITES,
+    DELTA_GATE_SITES,
+    DELTA_RULE_SITES,
     GATED_MLP_CALLS,
     GATED_MOE_SITES,
     GATED_NORM_SITES,
@@ -51,8 +53,10 @@ from captum_mamba.adapters.blocks import (
     attention_bias,
     check_no_cached_keys,
     check_silu,
+    delta_rule_gates,
+    gated_delta_rule,
     gated_mlp_forward,
-    gated_norm,
+    gated_rms_norm_before_gate,
     keep_logits,
     mask_padding,
     mixture_of_experts,
@@ -93,55 +97,14 @@ FAMILY = declare_family(
     "Qwen3NextModel",
     "Qwen3NextForCausalLM",
 )
-#: transformers' ``eps`` of the l2 normalisation of queries and keys.
-L2_EPS = 1e-6
-#: Sites of :func:`l2_normalised`.
-L2_SITES = {"q_norm": "rms_norm", "k_norm": "rms_norm"}
-#: Sites of the step sizes and decays of :func:`delta_rule_inputs`.
-DELTA_SITES = {
-    "conv_act": "silu",
-    "beta": "activation",
-    "time_step": "time_step",
-    "decay": "scale",
-    "delta_rule": "delta_rule",
-}
+#: Sites of :func:`gated_delta_net_forward`.
+DELTA_NET_SITES = {"conv_act": "silu", **DELTA_GATE_SITES, **DELTA_RULE_SITES}
 
 
 def norm_forward(ops: BlockOps, norm: nn.Module, x: Tensor) -> Tensor:
     """RMSNorm with the weights ``1 + w``, LN-rule."""
     x = ops.compute(x)
     return ops.rms_norm("", x, 1.0 + norm.weight.to(x.dtype), norm.eps)
-
-
-def gated_rms_norm_forward(ops: BlockOps, norm: nn.Module, x: Tensor, gate: Tensor) -> Tensor:
-    """``weight * norm(x) * silu(gate)`` with the LN-, identity and half rules."""
-    check_silu(norm, norm.activation)
-    return gated_norm(ops, x, gate, norm.weight, norm.variance_epsilon, None, True)
-
-
-def l2_normalised(ops: BlockOps, site: str, x: Tensor, scale: float = 1.0) -> Tensor:
-    """``scale * x / sqrt(sum(x^2) + eps)`` over the last dimension (``d`` channels), as
-    the RMSNorm ``x / sqrt(mean(x^2) + eps / d)`` with the constant weight
-    ``scale / sqrt(d)``: LN-rule."""
-    width = x.shape[-1]
-    weight = torch.full((width,), scale * width**-0.5, dtype=x.dtype, device=x.device)
-    return ops.rms_norm(site, x, weight, L2_EPS / width)
-
-
-def delta_rule_inputs(
-    ops: BlockOps, a: Tensor, b: Tensor, A_log: Tensor, dt_bias: Tensor
-) -> tuple[Tensor, Tensor]:
-    """``beta = sigmoid(b)`` and ``g = -exp(A_log) softplus(a + dt_bias)`` (sites
-    ``beta``, ``time_step``, ``decay``), as ``(batch, heads, seq)``."""
-    beta = ops.activation("beta", b, "sigmoid")
-    rate = -torch.exp(A_log.to(a.dtype))
-    log_decay = ops.scale("decay", ops.time_step("time_step", a, dt_bias), rate)
-    return beta.transpose(1, 2), log_decay.transpose(1, 2)
-
-
-def heads_first(x: Tensor, heads: int) -> Tensor:
-    """``(batch, seq, heads * d)`` as ``(batch, heads, seq, d)``."""
-    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
 
 
 def gated_delta_net_forward(
@@ -152,8 +115,7 @@ def gated_delta_net_forward(
     attention_mask: Tensor | None = None,
     **kwargs: Any,
 ) -> Tensor:
-    """The Gated DeltaNet of a whole sequence (sites :data:`L2_SITES`,
-    :data:`DELTA_SITES`)."""
+    """The Gated DeltaNet of a whole sequence (sites :data:`DELTA_NET_SITES`)."""
     check_silu(net, net.activation)
     check_no_cached_keys(net, cache)
     x = mask_padding(ops.compute(hidden_states), attention_mask)
@@ -161,13 +123,9 @@ def gated_delta_net_forward(
     mixed = torch.cat([t.flatten(2) for t in (q, k, v)], -1)
     mixed = ops.silu("conv_act", ops.causal_conv(net.conv1d, mixed))
     q, k, v = mixed.split([net.key_dim, net.key_dim, net.value_dim], -1)
-    group = net.num_v_heads // net.num_k_heads
-    q, k = (heads_first(t, net.num_k_heads).repeat_interleave(group, 1) for t in (q, k))
-    q = l2_normalised(ops, "q_norm", q, net.head_k_dim**-0.5)
-    k = l2_normalised(ops, "k_norm", k)
-    beta, log_decay = delta_rule_inputs(ops, a, b, net.A_log, net.dt_bias)
-    out = ops.delta_rule("delta_rule", q, k, heads_first(v, net.num_v_heads), beta, log_decay)
-    out = net.norm(out.transpose(1, 2), z)
+    beta, log_decay = delta_rule_gates(ops, a, b, net.A_log, net.dt_bias)
+    out = gated_delta_rule(ops, q, k, v, beta, log_decay, net.num_k_heads, net.num_v_heads)
+    out = net.norm(out, z)
     return net.out_proj(out.flatten(2))
 
 
@@ -359,12 +317,12 @@ HF_QWEN3_NEXT = register_adapter(
         models=FAMILY.models,
         handlers=(
             ModuleHandler(Qwen3NextRMSNorm, norm_forward, NORM_SITES),
-            ModuleHandler(Qwen3NextRMSNormGated, gated_rms_norm_forward, GATED_NORM_SITES),
+            ModuleHandler(Qwen3NextRMSNormGated, gated_rms_norm_before_gate, GATED_NORM_SITES),
             ModuleHandler(Qwen3NextRotaryEmbedding, unchanged_forward, CONSTANT_SITES),
             ModuleHandler(
                 Qwen3NextGatedDeltaNet,
                 gated_delta_net_forward,
-                {**L2_SITES, **DELTA_SITES},
+                DELTA_NET_SITES,
                 ("in_proj_qkvz", "in_proj_ba", "conv1d", "norm", "out_proj"),
             ),
             ModuleHandler(
