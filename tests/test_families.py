@@ -61,6 +61,17 @@ CHANGES = {
         ),
         "has no FalconMambaMixer in transformers.models.falcon_mamba.modeling_falcon_mamba",
     ),
+    "rename-kimi-linear-forget-gate": (
+        "transformers Kimi-Linear",
+        "hf_kimi_linear",
+        (
+            "rename",
+            "transformers.models.kimi_linear.modeling_kimi_linear",
+            "KimiLinearForgetGate",
+            "KimiLinearForgetGateRenamed",
+        ),
+        "has no KimiLinearForgetGate in transformers.models.kimi_linear.modeling_kimi_linear",
+    ),
 }
 
 
