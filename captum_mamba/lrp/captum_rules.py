@@ -88,12 +88,12 @@ class ActivationRule(LRP0Rule):
 
 class AttnLRPRule(LRP0Rule):
     """AttnLRP on softmax attention (setting ``attention=True``): uniform rule on ``q k^T``
-    and ``weights v``."""
+    and ``weights v``; on a gated delta rule, on its reads and writes."""
 
 
 class CPLRPRule(LRP0Rule):
     """CP-LRP on softmax attention (setting ``attention="cp_lrp"``): the attention weights
-    are constants."""
+    are constants; on a gated delta rule, the keys and queries."""
 
 
 class RouterRule(LRP0Rule):

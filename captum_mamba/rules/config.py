@@ -120,7 +120,10 @@ class MambaRules:
         attention (bool or str, optional): rule of softmax attention: True for AttnLRP
             (uniform rule on ``q k^T`` and ``weights v``, softmax by its gradient),
             ``"cp_lrp"`` for CP-LRP (the attention weights are constants), False for
-            the plain gradient. Default: True.
+            the plain gradient. It also governs the gated delta rule (Gated DeltaNet,
+            Kimi Delta Attention), whose decays, step sizes and transitions are
+            constants under both rules: True for the uniform rule on its reads and
+            writes, ``"cp_lrp"`` for constant keys and queries. Default: True.
         router (bool, optional): router rule: the weights of the selected experts of a
             mixture of experts are constants. Default: True.
         linear (LinearRule, optional): rule for linear and conv layers.
