@@ -229,3 +229,47 @@ def gated_mlp(x: Tensor, gate_w: Tensor, up_w: Tensor, down_w: Tensor, function:
     """``down(act(gate x) * up x)`` with the identity and half rules (weights as matrices)."""
     activated = activation(x @ gate_w.T, function, rules.activation)
     return half_product(activated, x @ up_w.T, rules.gate) @ down_w.T
+
+
+def sigmoid(x: Tensor, rule: bool) -> Tensor:
+    """``sigmoid(x)``; the identity rule keeps ``sigmoid(x) / x`` constant."""
+    value = 1.0 / (1.0 + torch.exp(-x))
+    return x * (value / x).detach() if rule else value
+
+
+def l2_normalised(x: Tensor, rule: bool) -> Tensor:
+    """``x / sqrt(sum x^2 + 1e-6)``; the LN-rule keeps the normaliser constant."""
+    scale = 1.0 / torch.sqrt((x * x).sum(-1, keepdim=True) + 1e-6)
+    return x * (scale.detach() if rule else scale)
+
+
+def delta_loop(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, decay: Tensor, rule) -> Tensor:
+    """The gated delta rule step by step on the state ``S`` (``dk x dv`` per head):
+    ``S = decay S; S = S - beta k (k^T S); S = S + k (beta v)^T; o = S^T q``.
+    ``q``, ``k``: ``(batch, heads, length, dk)``; ``v``: ``(..., dv)``; ``beta``:
+    ``(batch, heads, length)``; ``decay``: ``(batch, heads, length)`` or
+    ``(..., dk)`` (per key channel). ``rule``: True (uniform rule on writes and reads),
+    ``"cp_lrp"`` (constant queries and keys) or False."""
+    if rule:
+        beta, decay = beta.detach(), decay.detach()
+    if decay.dim() == 3:
+        decay = decay[..., None].expand(*k.shape)
+    batch, heads, length, dk = k.shape
+    state = torch.zeros(batch, heads, dk, v.shape[-1], dtype=v.dtype)
+    outputs = []
+    for t in range(length):
+        kt, qt = k[:, :, t], q[:, :, t]
+        state = decay[:, :, t, :, None] * state
+        erase_key = kt.detach() if rule else kt
+        erased = torch.einsum("bhk,bhkv->bhv", erase_key, state)
+        state = state - beta[:, :, t, None, None] * erase_key[..., None] * erased[:, :, None]
+        written = beta[:, :, t, None] * v[:, :, t]
+        if rule == "cp_lrp":
+            state = state + kt.detach()[..., None] * written[:, :, None]
+            outputs.append(torch.einsum("bhk,bhkv->bhv", qt.detach(), state))
+            continue
+        outer = lambda a, b: a[..., None] * b[:, :, None]  # noqa: E731
+        state = state + half_product(kt, written, rule is True, outer)
+        read = lambda s, u: torch.einsum("bhkv,bhk->bhv", s, u)  # noqa: E731
+        outputs.append(half_product(state, qt, rule is True, read))
+    return torch.stack(outputs, 2)

@@ -133,6 +133,14 @@ def examples() -> dict[str, dict[str, Any]]:
             "eps": 1e-6,
             "chunk_size": 2,
         },
+        "delta_rule": {
+            "q": _tensor(g, 1, 2, 5, 3),
+            "k": _tensor(g, 1, 2, 5, 3),
+            "v": _tensor(g, 1, 2, 5, 4),
+            "beta": _tensor(g, 1, 2, 5, positive=True),
+            "log_decay": -_tensor(g, 1, 2, 5, 3, positive=True),
+            "chunk_size": 2,
+        },
         "mixture": {
             "weights": _tensor(g, 4),
             "values": _tensor(g, 4, 3),

@@ -98,6 +98,15 @@ class OpKind:
             raise ValueError(f"{self.name}: only kinds that mix positions are recorded")
 
 
+def _delta_rule(setting: bool | str, **arguments: Any) -> Tensor:
+    """The gated delta rule with the rule the ``attention`` setting selects: True for the
+    uniform rule on reads and writes, ``"cp_lrp"`` for constant keys and queries, False
+    for none."""
+    return R.gated_delta_rule(
+        **arguments, uniform_rule=setting is True, constant_keys=setting == "cp_lrp"
+    )
+
+
 def _attention(setting: bool | str, **arguments: Any) -> Tensor:
     """Softmax attention with the rule its setting selects: True for AttnLRP,
     ``"cp_lrp"`` for CP-LRP, False for none."""
@@ -261,6 +270,16 @@ KINDS: Mapping[str, OpKind] = MappingProxyType(
                 ("k", "v"),
                 "attention",
                 _wkv,
+                mixes_positions=True,
+                records="attention",
+            ),
+            OpKind(
+                "delta_rule",
+                "delta_rule",
+                ("q", "k", "v", "beta", "log_decay", "chunk_size"),
+                ("q", "k", "v", "beta", "log_decay"),
+                "attention",
+                _delta_rule,
                 mixes_positions=True,
                 records="attention",
             ),
@@ -712,6 +731,45 @@ class BlockOps:
         """
         time_decay, time_first = time_decay.to(k.dtype), time_first.to(k.dtype)
         return self.apply("wkv", site, k=k, v=v, time_decay=time_decay, time_first=time_first)
+
+    def delta_rule(
+        self,
+        site: str,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        beta: Tensor,
+        log_decay: Tensor,
+        chunk_size: int | None = 32,
+    ) -> Tensor:
+        """Gated delta rule (Gated DeltaNet, Kimi Delta Attention), its rule chosen by
+        ``attention``: decays, step sizes and transitions constant, with the uniform
+        rule on the reads and writes (True) or constant keys and queries (``"cp_lrp"``).
+
+        Args:
+            site (str): the site.
+            q (Tensor): ``(batch, heads, seq, dk)`` queries (normalised and scaled).
+            k (Tensor): ``(batch, heads, seq, dk)`` keys.
+            v (Tensor): ``(batch, heads, seq, dv)`` values.
+            beta (Tensor): ``(batch, heads, seq)`` step sizes.
+            log_decay (Tensor): ``(batch, heads, seq)`` or ``(batch, heads, seq, dk)``
+                log decays.
+            chunk_size (int or None, optional): time steps per chunk, None for the
+                sequential loop. Default: 32.
+
+        Returns:
+            Tensor: ``(batch, heads, seq, dv)``.
+        """
+        return self.apply(
+            "delta_rule",
+            site,
+            q=q,
+            k=k,
+            v=v,
+            beta=beta,
+            log_decay=log_decay,
+            chunk_size=chunk_size,
+        )
 
     def rotary(self, site: str, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """Rotary position embedding of ``(batch, heads, length, dim)`` queries or keys."""

@@ -475,6 +475,91 @@ def gated_norm_forward(
     return gated_norm(ops, hidden_states, gate, norm.weight, epsilon, group_size, before)
 
 
+# --- the gated delta rule (Gated DeltaNet, Kimi Delta Attention) ------------------------
+
+#: transformers' ``eps`` of the l2 normalisation of delta-rule queries and keys.
+L2_EPS = 1e-6
+#: Sites of :func:`gated_delta_rule`.
+DELTA_RULE_SITES = {"q_norm": "rms_norm", "k_norm": "rms_norm", "delta_rule": "delta_rule"}
+#: Sites of :func:`delta_rule_gates`.
+DELTA_GATE_SITES = {"beta": "activation", "time_step": "time_step", "decay": "scale"}
+
+
+def gated_rms_norm_before_gate(
+    ops: BlockOps, norm: nn.Module, hidden_states: Tensor, gate: Tensor
+) -> Tensor:
+    """transformers' gated RMSNorm of delta-rule layers, ``weight * norm(x) * silu(gate)``
+    (``variance_epsilon``, ``activation``) with the LN-, identity and half rules (sites
+    :data:`GATED_NORM_SITES`)."""
+    check_silu(norm, norm.activation)
+    return gated_norm(ops, hidden_states, gate, norm.weight, norm.variance_epsilon, None, True)
+
+
+def l2_normalised(ops: BlockOps, site: str, x: Tensor, scale: float = 1.0) -> Tensor:
+    """``scale * x / sqrt(sum(x^2) + eps)`` over the last dimension (``d`` channels), as
+    the RMSNorm ``x / sqrt(mean(x^2) + eps / d)`` with the constant weight
+    ``scale / sqrt(d)``: LN-rule."""
+    width = x.shape[-1]
+    weight = torch.full((width,), scale * width**-0.5, dtype=x.dtype, device=x.device)
+    return ops.rms_norm(site, x, weight, L2_EPS / width)
+
+
+def delta_rule_gates(
+    ops: BlockOps, a: Tensor, b: Tensor, A_log: Tensor, dt_bias: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """The step size ``beta = sigmoid(b)`` and the log decay
+    ``g = -exp(A_log) softplus(a + dt_bias)`` (sites :data:`DELTA_GATE_SITES`), from
+    ``(batch, seq, heads[, dk])`` inputs (``A_log`` broadcast to ``a``).
+
+    Returns:
+        tuple of Tensor: ``(beta, g)`` with the sequence after the heads.
+    """
+    beta = ops.activation("beta", b, "sigmoid")
+    rate = -torch.exp(A_log.to(a.dtype))
+    log_decay = ops.scale("decay", ops.time_step("time_step", a, dt_bias), rate)
+    return beta.transpose(1, 2), log_decay.transpose(1, 2)
+
+
+def heads_first(x: Tensor, heads: int) -> Tensor:
+    """``(batch, seq, heads * d)`` as ``(batch, heads, seq, d)``."""
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def gated_delta_rule(
+    ops: BlockOps,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    log_decay: Tensor,
+    key_heads: int,
+    value_heads: int,
+) -> Tensor:
+    """The gated delta rule of transformers' delta-rule layers: ``q`` and ``k``
+    l2-normalised (LN-rule), ``q`` scaled by ``dk^-1/2``, each query/key head serving
+    ``value_heads / key_heads`` consecutive value heads (sites :data:`DELTA_RULE_SITES`).
+
+    Args:
+        ops (BlockOps): the operations of the layer.
+        q (Tensor): ``(batch, seq, key_heads * dk)`` queries.
+        k (Tensor): ``(batch, seq, key_heads * dk)`` keys.
+        v (Tensor): ``(batch, seq, value_heads * dv)`` values.
+        beta (Tensor): ``(batch, value_heads, seq)`` step sizes.
+        log_decay (Tensor): ``(batch, value_heads, seq[, dk])`` log decays.
+        key_heads (int): query/key heads.
+        value_heads (int): value heads.
+
+    Returns:
+        Tensor: ``(batch, seq, value_heads, dv)``.
+    """
+    group = value_heads // key_heads
+    q, k = (heads_first(t, key_heads).repeat_interleave(group, 1) for t in (q, k))
+    q = l2_normalised(ops, "q_norm", q, q.shape[-1] ** -0.5)
+    k = l2_normalised(ops, "k_norm", k)
+    out = ops.delta_rule("delta_rule", q, k, heads_first(v, value_heads), beta, log_decay)
+    return out.transpose(1, 2)
+
+
 # --- softmax attention -----------------------------------------------------------------
 
 #: Sites of :func:`self_attention` without a rotary embedding.

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from captum_mamba.adapters import Backend, BlockOps, PlanEntry, rules_applied
 from captum_mamba.adapters.backend import KINDS
 from captum_mamba.baselines.hidden_attention import SelectiveSSMInputs, ssd_as_selective
+from captum_mamba.ops.delta_rule import delta_rule_weights
 from captum_mamba.ops.mlstm import mlstm_attention, mlstm_gates
 from captum_mamba.ops.rglru import rglru_as_selective, rglru_gates
 from captum_mamba.ops.wkv import wkv_weights
@@ -163,6 +164,15 @@ def _wkv_record(path: str, arguments: dict[str, Any], out: Tensor) -> AttentionR
     return AttentionRecord(path, weights)
 
 
+def _delta_rule_record(path: str, arguments: dict[str, Any], out: Tensor) -> AttentionRecord:
+    """A gated delta rule (kind ``delta_rule``): its implicit attention
+    ``o[t] = sum_s W[t, s] v[s]``."""
+    with torch.no_grad():
+        names = ("q", "k", "beta", "log_decay")
+        weights = delta_rule_weights(*(arguments[name].detach() for name in names))
+    return AttentionRecord(path, weights)
+
+
 #: Op kind -> its record: every kind whose descriptor ``records`` something (``"scan"``:
 #: an :class:`SSMRecord`, ``"attention"``: an :class:`AttentionRecord`).
 RECORDS: dict[str, Callable[[str, dict[str, Any], Tensor], SSMRecord | AttentionRecord]] = {
@@ -172,6 +182,7 @@ RECORDS: dict[str, Callable[[str, dict[str, Any], Tensor], SSMRecord | Attention
     "attention": _attention_record,
     "mlstm": _mlstm_record,
     "wkv": _wkv_record,
+    "delta_rule": _delta_rule_record,
 }
 
 

@@ -88,12 +88,14 @@ class ActivationRule(LRP0Rule):
 
 class AttnLRPRule(LRP0Rule):
     """AttnLRP on softmax attention (setting ``attention=True``): uniform rule on ``q k^T``
-    and ``weights v``; on xLSTM's mLSTM cell the uniform rule on ``q``, ``k``, ``v``."""
+    and ``weights v``; on xLSTM's mLSTM cell the uniform rule on ``q``, ``k``, ``v``; on a
+    gated delta rule, on its reads and writes."""
 
 
 class CPLRPRule(LRP0Rule):
     """CP-LRP on softmax attention (setting ``attention="cp_lrp"``): the attention weights
-    are constants; on xLSTM's mLSTM cell the queries and keys are."""
+    are constants; on xLSTM's mLSTM cell and on a gated delta rule, the queries and keys
+    are."""
 
 
 class RouterRule(LRP0Rule):

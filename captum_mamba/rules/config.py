@@ -124,7 +124,10 @@ class MambaRules:
             ``"cp_lrp"`` for CP-LRP (the attention weights are constants), False for
             the plain gradient. It also governs xLSTM's mLSTM cell (gates and normaliser
             constant; True: a third of the relevance to each of ``q``, ``k``, ``v``;
-            ``"cp_lrp"``: ``q`` and ``k`` constant). Default: True.
+            ``"cp_lrp"``: ``q`` and ``k`` constant) and the gated delta rule (Gated
+            DeltaNet, Kimi Delta Attention: decays, step sizes and transitions constant;
+            True: the uniform rule on its reads and writes, ``"cp_lrp"``: constant keys
+            and queries). Default: True.
         router (bool, optional): router rule: the weights of the selected experts of a
             mixture of experts are constants. Default: True.
         linear (LinearRule, optional): rule for linear and conv layers.

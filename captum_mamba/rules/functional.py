@@ -25,6 +25,7 @@ from torch import Tensor
 from captum_mamba.ops import selective_scan
 from captum_mamba.ops.attention import causal_fill, chunked_attention, sdpa_attention
 from captum_mamba.ops.attention import choose as choose_attention
+from captum_mamba.ops.delta_rule import delta_rule
 from captum_mamba.ops.mamba3 import mamba3_coefficients, mamba3_scan
 from captum_mamba.ops.mlstm import mlstm_denominator, mlstm_gates, mlstm_scan
 from captum_mamba.ops.rglru import rglru_gates, rglru_scan
@@ -603,6 +604,59 @@ def _gradient_scaled(x: Tensor, factor: float) -> Tensor:
     if factor == 0.0:
         return x.detach()
     return factor * x + (1.0 - factor) * x.detach()
+
+
+def gated_delta_rule(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    log_decay: Tensor,
+    chunk_size: int | None,
+    uniform_rule: bool,
+    constant_keys: bool,
+) -> Tensor:
+    r"""Gated delta rule ``S[t] = (I - beta k k^T) diag(exp(g)) S[t-1] + beta k v^T``,
+    ``o[t] = S[t]^T q[t]`` (:mod:`captum_mamba.ops.delta_rule`) with the rule its setting
+    (``attention``) chooses.
+
+    Both rules keep the decay ``exp(g)``, the step size ``beta`` and the transition
+    ``I - beta k k^T`` constant (the SSM rule's treatment of ``exp(dt A)``); the output
+    is then ``o[t] = sum_s (q[t]^T P(t <- s) k[s]) beta[s] v[s]`` with constant
+    ``P``: a sum of products of three input-dependent factors, the query read, the key
+    written and the value written.
+
+    - AttnLRP's uniform rule on the products (``uniform_rule``): the read ``S^T q`` gives
+      half of its relevance to the query and half to the state, the write ``k v^T``
+      half to the key and half to the value; so the query gets ``1/2``, the written key
+      and the value ``1/4`` each (gradients scaled by these factors). The factors sum to
+      one: conserved.
+    - CP-LRP (``constant_keys``): queries and keys are constants too, the map is linear
+      in the values, relevance flows through the values only: conserved.
+
+    With neither, the plain gradient of every input.
+
+    Args:
+        q (Tensor): ``(batch, heads, length, dk)`` queries (normalised and scaled).
+        k (Tensor): ``(batch, heads, length, dk)`` keys.
+        v (Tensor): ``(batch, heads, length, dv)`` values.
+        beta (Tensor): ``(batch, heads, length)`` step sizes.
+        log_decay (Tensor): ``(batch, heads, length)`` or ``(batch, heads, length, dk)``
+            log decays (one per head, or one per key channel).
+        chunk_size (int or None): time steps per chunk; None for the sequential loop.
+        uniform_rule (bool): AttnLRP's uniform rule on the reads and writes.
+        constant_keys (bool): CP-LRP: queries and keys constant (takes precedence).
+
+    Returns:
+        Tensor: ``(batch, heads, length, dv)``.
+    """
+    if not (uniform_rule or constant_keys):
+        return delta_rule(q, k, v, beta, log_decay, None, chunk_size)
+    beta, log_decay, transition = beta.detach(), log_decay.detach(), k.detach()
+    if constant_keys:
+        return delta_rule(q.detach(), transition, v, beta, log_decay, None, chunk_size)
+    q, written, v = _gradient_scaled(q, 0.5), _gradient_scaled(k, 0.25), _gradient_scaled(v, 0.25)
+    return delta_rule(q, transition, v, beta, log_decay, written, chunk_size)
 
 
 def attention_weights(
