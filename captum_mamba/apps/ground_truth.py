@@ -12,12 +12,12 @@ task       sequence (answer after the last token)                 evidence
 copy       ``x_0 .. x_7 SEP x_0 .. x_{j-1}`` -> ``x_j``           ``x_j``'s source ``j``
 recall     ``k_1 v_1 .. k_4 v_4 QUERY k_i`` -> ``v_i``            ``k_i`` and ``v_i``
 needle     filler .. ``NEEDLE v`` .. filler ``QUERY`` -> ``v``    ``NEEDLE`` and ``v``
-induction  ``.. a b .. a`` -> ``b``                               the earlier ``a``, ``b``
+induction  ``.. a b .. a`` -> ``b`` (1 to 4 repeated tokens)       the earlier ``a``, ``b``
 planted    noise .. ``MARK_c`` .. noise ``QUERY`` -> ``LABEL_c``  ``MARK_c``
 =========  =====================================================  ========================
 
-The copy source tokens are distinct, recall keys are distinct, needle values and the
-induction pair never occur elsewhere in their sequence, so each answer has exactly the
+The copy source and induction tokens are distinct, recall keys are distinct, needle
+values never occur elsewhere in their sequence, so each answer has exactly the
 stated evidence. Needle sequences are trained at 16 to 32 tokens and evaluated at growing
 lengths (16 to 128: beyond the training range too).
 
@@ -148,14 +148,19 @@ def needle_example(rng: random.Random, length: int = 32) -> TaskExample:
 
 
 def induction_example(rng: random.Random, length: int = 16) -> TaskExample:
-    """Random content tokens with the pair ``a b`` at a random place and ``a`` again at
-    the end -> ``b`` (``a`` and ``b`` occur nowhere else)."""
-    a, b = rng.sample(CONTENT, 2)
-    others = [t for t in CONTENT if t not in (a, b)]
-    noise = [rng.choice(others) for _ in range(length - 3)]
-    place = rng.randrange(len(noise) - 1)  # the pair is not next to the final a
-    ids = (*noise[:place], a, b, *noise[place:], a)
-    return TaskExample(ids, (Query(len(ids) - 1, b, (place, place + 1)),))
+    """Distinct random content tokens ``x_0 .. x_{n-1}``, then ``x_i .. x_{i+k-1}``
+    repeated (``k`` from 1 to 4, ``n = length - k``): each repeated ``x_{i+m}`` predicts
+    its successor ``x_{i+m+1}``, whose only earlier occurrence is position ``i + m + 1``
+    (the tokens are distinct); the answer is never the last token before the repeat."""
+    repeat = rng.randint(1, 4)
+    count = length - repeat
+    tokens = rng.sample(CONTENT, count)
+    start = rng.randrange(count - repeat - 1)
+    ids = (*tokens, *tokens[start : start + repeat])
+    queries = tuple(
+        Query(count + m, tokens[start + m + 1], (start + m, start + m + 1)) for m in range(repeat)
+    )
+    return TaskExample(ids, queries)
 
 
 def planted_example(rng: random.Random, length: int = 16) -> TaskExample:
@@ -179,6 +184,9 @@ class Task:
             number of pairs for recall).
         eval_sizes (tuple of int): sizes evaluated (one table section each).
         description (str): one line for captions.
+        revision (int, optional): revision of the generator, part of the cache key of
+            the task's models once above 0 (so that the models of unchanged tasks stay
+            cached). Default: 0.
     """
 
     name: str
@@ -186,6 +194,7 @@ class Task:
     train_sizes: tuple[int, ...]
     eval_sizes: tuple[int, ...]
     description: str
+    revision: int = 0
 
 
 #: The tasks, in table order.
@@ -213,7 +222,8 @@ TASKS: dict[str, Task] = {
             induction_example,
             (16,),
             (16,),
-            "induction: a repeated bigram, 16 tokens",
+            "induction: distinct tokens, 1 to 4 of them repeated, 16 tokens",
+            revision=1,
         ),
     )
 }
@@ -244,8 +254,40 @@ def generate(task: str, count: int, seed: int, size: int | None = None) -> list[
 ARCHITECTURES: tuple[str, ...] = ("mamba", "mamba2", "bamba")
 
 
+#: Per architecture: the transformers configuration and model class names and the
+#: configuration arguments of the tiny model (besides the vocabulary, ``PAD`` and
+#: ``use_cache=False``, common to all).
+MODEL_CONFIGS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "mamba": (
+        "MambaConfig",
+        "MambaForCausalLM",
+        {"hidden_size": 32, "num_hidden_layers": 2, "state_size": 8},
+    ),
+    "mamba2": (
+        "Mamba2Config",
+        "Mamba2ForCausalLM",
+        {
+            **{"hidden_size": 32, "num_hidden_layers": 2, "state_size": 16},
+            **{"num_heads": 4, "head_dim": 16, "n_groups": 1, "chunk_size": 16},
+        },
+    ),
+    "bamba": (
+        "BambaConfig",
+        "BambaForCausalLM",
+        {
+            **{"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3},
+            **{"num_attention_heads": 4, "num_key_value_heads": 2, "attn_layer_indices": [1]},
+            **{"mamba_n_heads": 4, "mamba_d_head": 16, "mamba_n_groups": 1},
+            **{"mamba_d_state": 16, "mamba_chunk_size": 16},
+        },
+    ),
+}
+
+
 def build_model(architecture: str, seed: int = 0) -> nn.Module:
-    """An untrained tiny causal language model over :data:`VOCABULARY`.
+    """An untrained tiny causal language model over :data:`VOCABULARY`
+    (:data:`MODEL_CONFIGS`; transformers' classes are looked up at call time, so that
+    releases without one of them still import this module).
 
     Args:
         architecture (str): ``"mamba"`` (Mamba-1), ``"mamba2"`` or ``"bamba"`` (hybrid:
@@ -253,54 +295,17 @@ def build_model(architecture: str, seed: int = 0) -> nn.Module:
         seed (int, optional): initialisation seed. Default: 0.
 
     Returns:
-        nn.Module: the model (float32, train mode).
+        nn.Module: the model (float32, train mode; attention, if any, eager).
     """
+    if architecture not in MODEL_CONFIGS:
+        raise ValueError(f"unknown architecture {architecture!r}; choose from {ARCHITECTURES}")
+    config_class, model_class, arguments = MODEL_CONFIGS[architecture]
     torch.manual_seed(seed)
-    vocab = len(VOCABULARY)
-    if architecture == "mamba":
-        config = transformers.MambaConfig(
-            vocab_size=vocab,
-            hidden_size=32,
-            num_hidden_layers=2,
-            state_size=8,
-            pad_token_id=PAD,
-            use_cache=False,
-        )
-        return transformers.MambaForCausalLM(config)
-    if architecture == "mamba2":
-        config = transformers.Mamba2Config(
-            vocab_size=vocab,
-            hidden_size=32,
-            num_hidden_layers=2,
-            state_size=16,
-            num_heads=4,
-            head_dim=16,
-            n_groups=1,
-            chunk_size=16,
-            pad_token_id=PAD,
-            use_cache=False,
-        )
-        return transformers.Mamba2ForCausalLM(config)
-    if architecture == "bamba":
-        config = transformers.BambaConfig(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            attn_layer_indices=[1],
-            mamba_n_heads=4,
-            mamba_d_head=16,
-            mamba_n_groups=1,
-            mamba_d_state=16,
-            mamba_chunk_size=16,
-            pad_token_id=PAD,
-            use_cache=False,
-        )
-        config._attn_implementation = "eager"
-        return transformers.BambaForCausalLM(config)
-    raise ValueError(f"unknown architecture {architecture!r}; choose from {ARCHITECTURES}")
+    config = getattr(transformers, config_class)(
+        vocab_size=len(VOCABULARY), pad_token_id=PAD, use_cache=False, **arguments
+    )
+    config._attn_implementation = "eager"
+    return getattr(transformers, model_class)(config)
 
 
 @dataclass(frozen=True)
@@ -421,6 +426,7 @@ def model_cache_key(task: str, architecture: str, setup: TrainingSetup) -> str:
         "architecture": architecture,
         "setup": asdict(setup),
         "vocabulary": VOCABULARY,
+        **({"revision": spec.revision} if spec.revision else {}),
         "transformers": build_model(architecture).config.to_json_string(use_diff=False),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
