@@ -57,11 +57,12 @@ import torch
 import transformers
 from torch import Tensor, nn
 
+from captum_mamba.adapters import UnsupportedModelError
 from captum_mamba.apps.methods import build_runners, resolve_methods
 from captum_mamba.apps.sentiment import default_cache_dir
 from captum_mamba.attr import MambaLRP
 from captum_mamba.attr.forward import fast_forward
-from captum_mamba.baselines.captum_methods import MethodSettings
+from captum_mamba.baselines.captum_methods import HYBRID_METHODS, MethodSettings
 from captum_mamba.metrics import (
     EVIDENCE_METRICS,
     alignment_error_rate,
@@ -174,6 +175,29 @@ def planted_example(rng: random.Random, length: int = 16) -> TaskExample:
 
 
 @dataclass(frozen=True)
+class TrainingSetup:
+    """How a task model is trained.
+
+    Args:
+        steps (int): optimiser steps at most. Default: 800.
+        batch_size (int): sequences per step. Default: 32.
+        learning_rate (float): AdamW learning rate. Default: 5e-3.
+        seconds (float): wall-clock safety cap (on a loaded machine the model then
+            depends on the timing; the steps limit binds first otherwise). Default: 600.
+        target_accuracy (float): stop once the 256 held-out examples (checked every
+            25 steps) reach it. Default: 0.995.
+        seed (int): seed of the data and the initialisation. Default: 0.
+    """
+
+    steps: int = 800
+    batch_size: int = 32
+    learning_rate: float = 5e-3
+    seconds: float = 600.0
+    target_accuracy: float = 0.995
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Task:
     """A task of the suite.
 
@@ -187,6 +211,8 @@ class Task:
         revision (int, optional): revision of the generator, part of the cache key of
             the task's models once above 0 (so that the models of unchanged tasks stay
             cached). Default: 0.
+        setup (TrainingSetup, optional): the task's own training schedule, used when
+            none is given. Default: None (``TrainingSetup()``).
     """
 
     name: str
@@ -195,6 +221,7 @@ class Task:
     eval_sizes: tuple[int, ...]
     description: str
     revision: int = 0
+    setup: TrainingSetup | None = None
 
 
 #: The tasks, in table order.
@@ -224,6 +251,7 @@ TASKS: dict[str, Task] = {
             (16,),
             "induction: distinct tokens, 1 to 4 of them repeated, 16 tokens",
             revision=1,
+            setup=TrainingSetup(steps=4000, learning_rate=2e-3),
         ),
     )
 }
@@ -252,6 +280,10 @@ def generate(task: str, count: int, seed: int, size: int | None = None) -> list[
 
 #: The architectures: tiny configurations of each family.
 ARCHITECTURES: tuple[str, ...] = ("mamba", "mamba2", "bamba")
+#: The architectures with softmax attention, where the methods of
+#: :data:`~captum_mamba.baselines.captum_methods.HYBRID_METHODS` (MambaLRP with CP-LRP
+#: on attention) differ from MambaLRP and are explained too.
+HYBRIDS: tuple[str, ...] = ("bamba",)
 
 
 #: Per architecture: the transformers configuration and model class names and the
@@ -308,29 +340,6 @@ def build_model(architecture: str, seed: int = 0) -> nn.Module:
     return getattr(transformers, model_class)(config)
 
 
-@dataclass(frozen=True)
-class TrainingSetup:
-    """How a task model is trained.
-
-    Args:
-        steps (int): optimiser steps at most. Default: 800.
-        batch_size (int): sequences per step. Default: 32.
-        learning_rate (float): AdamW learning rate. Default: 5e-3.
-        seconds (float): wall-clock safety cap (on a loaded machine the model then
-            depends on the timing; the steps limit binds first otherwise). Default: 600.
-        target_accuracy (float): stop once the 256 held-out examples (checked every
-            25 steps) reach it. Default: 0.995.
-        seed (int): seed of the data and the initialisation. Default: 0.
-    """
-
-    steps: int = 800
-    batch_size: int = 32
-    learning_rate: float = 5e-3
-    seconds: float = 600.0
-    target_accuracy: float = 0.995
-    seed: int = 0
-
-
 def _batch(examples: Sequence[TaskExample]) -> tuple[Tensor, Tensor, Tensor]:
     """Right-padded ids, the loss mask of the query positions and their answers."""
     length = max(len(e.ids) for e in examples)
@@ -370,14 +379,15 @@ def train_task_model(
     Args:
         task (str): a key of :data:`TASKS`.
         architecture (str): one of :data:`ARCHITECTURES`.
-        setup (TrainingSetup, optional): the schedule. Default: ``TrainingSetup()``.
+        setup (TrainingSetup, optional): the schedule. Default: the task's own
+            (:attr:`Task.setup`), else ``TrainingSetup()``.
         progress (Callable, optional): receives progress lines. Default: print.
 
     Returns:
         tuple: the model (eval mode) and its metrics (steps, seconds, accuracy on
         512 held-out examples per evaluated size).
     """
-    setup = setup or TrainingSetup()
+    setup = setup or TASKS[task].setup or TrainingSetup()
     model = build_model(architecture, setup.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=setup.learning_rate, weight_decay=0.01)
     held_out = generate(task, 256, setup.seed + 1_000_000)
@@ -444,7 +454,8 @@ def load_or_train_task_model(
     Args:
         task (str): a key of :data:`TASKS`.
         architecture (str): one of :data:`ARCHITECTURES`.
-        setup (TrainingSetup, optional): the schedule. Default: ``TrainingSetup()``.
+        setup (TrainingSetup, optional): the schedule. Default: the task's own
+            (:attr:`Task.setup`), else ``TrainingSetup()``.
         cache_dir (str or Path, optional): checkpoint folder. Default:
             :func:`~captum_mamba.apps.sentiment.default_cache_dir`.
         progress (Callable, optional): receives progress lines. Default: print.
@@ -452,7 +463,7 @@ def load_or_train_task_model(
     Returns:
         tuple: the model (float64, eval mode) and its training metrics.
     """
-    setup = setup or TrainingSetup()
+    setup = setup or TASKS[task].setup or TrainingSetup()
     folder = Path(cache_dir or default_cache_dir())
     path = folder / f"task-{task}-{architecture}-{model_cache_key(task, architecture, setup)}.pt"
     if path.is_file():
@@ -560,8 +571,11 @@ def evaluate(
     count: int = 40,
     settings: MethodSettings | None = None,
     with_delta: bool = True,
+    refused: dict[str, str] | None = None,
 ) -> dict[str, dict[str, list[float]]]:
-    """Per-item metrics of every method on one task size.
+    """Per-item metrics of every method on one task size. A method that refuses the
+    model (:class:`~captum_mamba.adapters.UnsupportedModelError`, e.g. LaTIM on a
+    hybrid) is left out of the results and its one-line reason put into ``refused``.
 
     Args:
         model (nn.Module): the task model (float64).
@@ -573,6 +587,8 @@ def evaluate(
             ``count // 4`` examples (at least 2). Default: 40.
         settings (MethodSettings, optional): method hyper-parameters.
         with_delta (bool, optional): compute ``Delta A^F`` too. Default: True.
+        refused (dict, optional): receives ``method -> reason`` of the methods that
+            refused the model. Default: None.
 
     Returns:
         dict: method -> column (:data:`COLUMNS`, plus ``"correct"``) -> values (one per
@@ -594,8 +610,15 @@ def evaluate(
                 correct = float(int(forward(embeds)[0].argmax()) == item.answer)
         current = len(item.ids) - 1
         aside = torch.arange(len(item.ids)) != current
-        for runner in runners:
-            scores = runner(embeds, item.answer, None, [number])[0].double()
+        for runner in tuple(runners):
+            try:
+                scores = runner(embeds, item.answer, None, [number])[0].double()
+            except UnsupportedModelError as error:
+                runners.remove(runner)
+                del results[runner.name], links[runner.name]
+                if refused is not None:
+                    refused[runner.name] = str(error)
+                continue
             values = results[runner.name]
             full = evidence_scores(scores, item.evidence)
             without = evidence_scores(scores, item.evidence, candidates=aside)
@@ -769,10 +792,14 @@ def run_suite(
             model, metrics = load_or_train_task_model(
                 task, architecture, setup, cache_dir, progress
             )
+            explained = [n for n in names if architecture in HYBRIDS or n not in HYBRID_METHODS]
             for size in TASKS[task].eval_sizes:
                 key = f"{task}/{architecture}/{size}"
                 progress(f"explaining {key}")
-                results = evaluate(model, task, size, names, count, settings, with_delta)
+                refused: dict[str, str] = {}
+                results = evaluate(
+                    model, task, size, explained, count, settings, with_delta, refused
+                )
                 tables[key] = summary_rows(results)
                 correct = next(iter(results.values()))["correct"]
                 examples = max(count // 4, 2) if task == "copy" else count
@@ -782,6 +809,7 @@ def run_suite(
                     f"{metrics['steps']} steps in {metrics['seconds']} s); {len(correct)} "
                     f"explained queries of {examples} examples, answered correctly: "
                     f"{sum(correct) / len(correct):.3f}"
+                    + "".join(f"; {name} refuses the model" for name in refused)
                 )
                 plot = directory / f"{task}-{architecture}-{size}.png"
                 _plot(tables[key], key, plot)
