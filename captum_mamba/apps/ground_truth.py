@@ -12,7 +12,7 @@ task       sequence (answer after the last token)                 evidence
 copy       ``x_0 .. x_7 SEP x_0 .. x_{j-1}`` -> ``x_j``           ``x_j``'s source ``j``
 recall     ``k_1 v_1 .. k_4 v_4 QUERY k_i`` -> ``v_i``            ``k_i`` and ``v_i``
 needle     filler .. ``NEEDLE v`` .. filler ``QUERY`` -> ``v``    ``NEEDLE`` and ``v``
-induction  ``.. a b .. a`` -> ``b`` (1 to 4 repeated tokens)       the earlier ``a``, ``b``
+induction  ``.. a b .. a`` -> ``b`` (1 to 4 repeated)             the earlier ``a``, ``b``
 planted    noise .. ``MARK_c`` .. noise ``QUERY`` -> ``LABEL_c``  ``MARK_c``
 =========  =====================================================  ========================
 
