@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as torch_module
 
@@ -273,3 +274,92 @@ def delta_loop(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, decay: Tensor, rul
         read = lambda s, u: torch.einsum("bhkv,bhk->bhv", s, u)  # noqa: E731
         outputs.append(half_product(state, qt, rule is True, read))
     return torch.stack(outputs, 2)
+
+
+def rms_norm_float64(norm: nn.Module, h: Tensor) -> Tensor:
+    """transformers' MambaRMSNorm in float64 (transformers rounds it through float32)."""
+    return norm.weight * h / torch.sqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+
+
+def mamba2_model(seed: int, groups: int, layers: int, biases: bool) -> nn.Module:
+    """A tiny float64 transformers Mamba-2 LM with random biases and norm weights."""
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Mamba2Config(
+        hidden_size=16, num_heads=4, head_dim=8, n_groups=groups, state_size=4,
+        num_hidden_layers=layers, vocab_size=32, use_bias=biases, use_conv_bias=biases,
+        chunk_size=4,
+    )  # fmt: skip
+    model = Mamba2ForCausalLM(config).double().eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias") and "dt_bias" not in name:
+                parameter.copy_(0.2 * torch.randn_like(parameter))
+            elif name.endswith("norm.weight") or name.endswith(".D"):
+                parameter.add_(0.3 * torch.randn_like(parameter))
+    return model
+
+
+def mamba2_reference(mixer: nn.Module, a: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Loops over time for a transformers ``Mamba2Mixer`` in float64: the output,
+    ``Omega``, the values and the conv-bias term, as :func:`_reference` (the gated
+    RMSNorm's normaliser held at its forward value)."""
+    batch, length, _ = a.shape
+    heads, head_dim = mixer.num_heads, mixer.head_dim
+    channels, groups, state = heads * head_dim, mixer.n_groups, mixer.ssm_state_size
+    projected = mixer.in_proj(a)
+    z = projected[..., :channels]
+    xbc = projected[..., channels : channels + mixer.conv_dim]
+    dt = F.softplus(projected[..., channels + mixer.conv_dim :] + mixer.dt_bias)
+    kernel = mixer.conv1d.weight[:, 0]
+    width = kernel.shape[1]
+    conv = torch.zeros_like(xbc)
+    for t in range(length):
+        for k in range(width):
+            source = t - (width - 1) + k
+            if source >= 0:
+                conv[:, t] = conv[:, t] + kernel[:, k] * xbc[:, source]
+    conv_bias = mixer.conv1d.bias if mixer.conv1d.bias is not None else torch.zeros(conv.shape[-1])
+    conv = conv + conv_bias
+    s = torch.sigmoid(conv)[..., :channels]
+    act = F.silu(conv)
+    u = act[..., :channels]
+    B = act[..., channels : channels + groups * state].unflatten(-1, (groups, state))
+    C = act[..., channels + groups * state :].unflatten(-1, (groups, state))
+    head = torch.arange(channels) // head_dim  # head of each channel
+    group = head // (heads // groups)
+    A = -torch.exp(mixer.A_log)
+    # the scan, per channel: scalar decay of its head, B and C of its group
+    h = torch.zeros(batch, channels, state, dtype=a.dtype)
+    ys = []
+    for t in range(length):
+        step = dt[:, t, head]
+        h = torch.exp(step * A[head])[..., None] * h + (step * u[:, t])[..., None] * B[:, t, group]
+        ys.append((h * C[:, t, group]).sum(-1) + mixer.D[head] * u[:, t])
+    y = torch.stack(ys, 1)
+    v = y * F.silu(z)
+    rms = v.unflatten(-1, (groups, -1)).pow(2).mean(-1, keepdim=True)
+    inverse = (rms + mixer.norm.variance_epsilon).rsqrt().expand(-1, -1, -1, channels // groups)
+    gate = mixer.norm.weight * F.silu(z) * inverse.flatten(-2)
+    out = mixer.out_proj(gate * y)
+    P = torch.zeros(batch, channels, length, length, dtype=a.dtype)
+    for i in range(length):
+        for t in range(i + 1):
+            decay = torch.ones(batch, channels, dtype=a.dtype)
+            for k in range(t + 1, i + 1):
+                decay = decay * torch.exp(dt[:, k, head] * A[head])
+            weight = (C[:, i, group] * B[:, t, group]).sum(-1) * decay * dt[:, t, head]
+            P[:, :, i, t] = weight + (mixer.D[head] if t == i else 0)
+    omega = torch.zeros_like(P)
+    beta = torch.zeros_like(u)
+    for i in range(length):
+        for j in range(i + 1):
+            for t in range(j, min(i, j + width - 1) + 1):
+                omega[:, :, i, j] += (
+                    P[:, :, i, t] * s[:, t] * kernel[:channels, width - 1 - (t - j)]
+                )
+            omega[:, :, i, j] *= gate[:, i]
+        for t in range(i + 1):
+            beta[:, i] += gate[:, i] * P[:, :, i, t] * s[:, t] * conv_bias[:channels]
+    return out, omega, xbc[..., :channels], beta

@@ -14,6 +14,7 @@ from captum_mamba.adapters.families import FamilyUnavailable
 from captum_mamba.apps import family_tasks, ground_truth
 from captum_mamba.apps.cli import main
 from captum_mamba.baselines.captum_methods import (
+    CP_LRP,
     INPUT_X_GRADIENT,
     MAMBA_LRP,
     RANDOM,
@@ -56,11 +57,9 @@ def test_every_family_trains_and_is_explained(name: str) -> None:
     before, after = untrained.state_dict(), model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before), "the step changed nothing"
     model = model.double().eval()
-    methods = family_tasks.family_methods(
-        family, model, (MAMBA_LRP, family_tasks.CP_LRP, INPUT_X_GRADIENT)
-    )
+    methods = family_tasks.family_methods(family, (MAMBA_LRP, CP_LRP, INPUT_X_GRADIENT))
     results = ground_truth.evaluate(model, "planted", 16, methods, 2, SETTINGS, with_delta=False)
-    cp_lrp = {family_tasks.CP_LRP} if family.attention else set()
+    cp_lrp = {CP_LRP} if family.attention else set()
     assert set(results) == {MAMBA_LRP, INPUT_X_GRADIENT} | cp_lrp
     for columns in results.values():
         assert len(columns["auc-cur"]) == 2

@@ -8,7 +8,7 @@ import torch
 
 from captum_mamba.apps import ground_truth
 from captum_mamba.apps.cli import main
-from captum_mamba.baselines.captum_methods import MAMBA_LRP, RANDOM
+from captum_mamba.baselines.captum_methods import CP_LRP, LATIM_L2, MAMBA_LRP, RANDOM
 
 pytestmark = pytest.mark.slow  # trains a tiny model (about 30 s of CPU)
 
@@ -97,3 +97,16 @@ def test_copy_diagnosis_against_autograd():
     for row in rows:
         for column in ("hit@1", "auc-cur", "share src", "top=cur-K"):
             assert 0.0 <= row[column][0] <= 1.0
+
+
+def test_methods_that_refuse_the_hybrid_are_left_out_with_their_reason():
+    """LaTIM is derived for Mamba-1/Mamba-2 blocks only: on the hybrid it is left out of
+    the table and its refusal recorded; CP-LRP is explained on the hybrid."""
+    model = ground_truth.build_model("bamba").double().eval()
+    refused: dict[str, str] = {}
+    results = ground_truth.evaluate(
+        model, "planted", 16, (LATIM_L2, CP_LRP, RANDOM), count=2, with_delta=False,
+        refused=refused,
+    )  # fmt: skip
+    assert set(results) == {CP_LRP, RANDOM} and len(results[RANDOM]["hit@1"]) == 2
+    assert list(refused) == [LATIM_L2] and "Mamba-1 and Mamba-2" in refused[LATIM_L2]

@@ -58,13 +58,23 @@ def test_needle(size):
 
 
 def test_induction():
-    for example in generate("induction", 30, 1):
-        (query,) = example.queries
+    repeats = set()
+    for example in generate("induction", 60, 1):
         ids = example.ids
-        first, second = query.evidence
-        assert len(ids) == 16 and second == first + 1 < len(ids) - 2
-        assert ids[first] == ids[-1] and ids[second] == query.answer
-        assert ids.count(ids[-1]) == 2 and ids.count(query.answer) == 1
+        count = len(ids) - len(example.queries)
+        assert len(ids) == 16 and len(set(ids[:count])) == count  # distinct tokens
+        repeats.add(len(example.queries))
+        for m, query in enumerate(example.queries):
+            first, second = query.evidence
+            assert query.position == count + m and second == first + 1 < count - 1
+            assert ids[first] == ids[query.position] and ids[second] == query.answer
+            # the current token's only earlier occurrence is the evidence, and the
+            # answer's only occurrence up to the query is its successor there
+            assert ids[: query.position].count(ids[query.position]) == 1
+            assert ids[: query.position + 1].count(query.answer) == 1
+            if m:  # the repeat continues the earlier run
+                assert first == example.queries[m - 1].evidence[1]
+    assert repeats == {1, 2, 3, 4}
 
 
 def test_planted():

@@ -12,15 +12,20 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import mamba2_model, mamba2_reference, rms_norm_float64
 from torch import Tensor, nn
 
 from captum_mamba.adapters import UnsupportedModelError
 from captum_mamba.baselines.captum_methods import (
+    IMPLICIT_ATTRIBUTION,
     IMPLICIT_ROLLOUT,
     MAMBA1_METHODS,
     build_method,
 )
-from captum_mamba.baselines.implicit_attention import ImplicitAttentionRollout
+from captum_mamba.baselines.implicit_attention import (
+    ImplicitAttentionAttribution,
+    ImplicitAttentionRollout,
+)
 from captum_mamba.models import mamba_config, random_mamba_lm
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -39,11 +44,6 @@ def _model(seed: int, hidden: int, layers: int, biases: bool) -> nn.Module:
             elif name.endswith(".D"):
                 parameter.add_(0.3 * torch.randn_like(parameter))
     return model
-
-
-def _rms_norm(norm: nn.Module, h: Tensor) -> Tensor:
-    """transformers' MambaRMSNorm in float64 (transformers rounds it through float32)."""
-    return norm.weight * h / torch.sqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
 
 
 def _reference(mixer: nn.Module, a: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -102,90 +102,6 @@ def _reference(mixer: nn.Module, a: Tensor) -> tuple[Tensor, Tensor, Tensor, Ten
     return out, omega, x, beta
 
 
-def mamba2_model(seed: int, groups: int, layers: int, biases: bool) -> nn.Module:
-    """A tiny float64 transformers Mamba-2 LM with random biases and norm weights."""
-    from transformers import Mamba2Config, Mamba2ForCausalLM
-
-    torch.manual_seed(seed)
-    config = Mamba2Config(
-        hidden_size=16, num_heads=4, head_dim=8, n_groups=groups, state_size=4,
-        num_hidden_layers=layers, vocab_size=32, use_bias=biases, use_conv_bias=biases,
-        chunk_size=4,
-    )  # fmt: skip
-    model = Mamba2ForCausalLM(config).double().eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith("bias") and "dt_bias" not in name:
-                parameter.copy_(0.2 * torch.randn_like(parameter))
-            elif name.endswith("norm.weight") or name.endswith(".D"):
-                parameter.add_(0.3 * torch.randn_like(parameter))
-    return model
-
-
-def mamba2_reference(mixer: nn.Module, a: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Loops over time for a transformers ``Mamba2Mixer`` in float64: the output,
-    ``Omega``, the values and the conv-bias term, as :func:`_reference` (the gated
-    RMSNorm's normaliser held at its forward value)."""
-    batch, length, _ = a.shape
-    heads, head_dim = mixer.num_heads, mixer.head_dim
-    channels, groups, state = heads * head_dim, mixer.n_groups, mixer.ssm_state_size
-    projected = mixer.in_proj(a)
-    z = projected[..., :channels]
-    xbc = projected[..., channels : channels + mixer.conv_dim]
-    dt = F.softplus(projected[..., channels + mixer.conv_dim :] + mixer.dt_bias)
-    kernel = mixer.conv1d.weight[:, 0]
-    width = kernel.shape[1]
-    conv = torch.zeros_like(xbc)
-    for t in range(length):
-        for k in range(width):
-            source = t - (width - 1) + k
-            if source >= 0:
-                conv[:, t] = conv[:, t] + kernel[:, k] * xbc[:, source]
-    conv_bias = mixer.conv1d.bias if mixer.conv1d.bias is not None else torch.zeros(conv.shape[-1])
-    conv = conv + conv_bias
-    s = torch.sigmoid(conv)[..., :channels]
-    act = F.silu(conv)
-    u = act[..., :channels]
-    B = act[..., channels : channels + groups * state].unflatten(-1, (groups, state))
-    C = act[..., channels + groups * state :].unflatten(-1, (groups, state))
-    head = torch.arange(channels) // head_dim  # head of each channel
-    group = head // (heads // groups)
-    A = -torch.exp(mixer.A_log)
-    # the scan, per channel: scalar decay of its head, B and C of its group
-    h = torch.zeros(batch, channels, state, dtype=a.dtype)
-    ys = []
-    for t in range(length):
-        step = dt[:, t, head]
-        h = torch.exp(step * A[head])[..., None] * h + (step * u[:, t])[..., None] * B[:, t, group]
-        ys.append((h * C[:, t, group]).sum(-1) + mixer.D[head] * u[:, t])
-    y = torch.stack(ys, 1)
-    v = y * F.silu(z)
-    rms = v.unflatten(-1, (groups, -1)).pow(2).mean(-1, keepdim=True)
-    inverse = (rms + mixer.norm.variance_epsilon).rsqrt().expand(-1, -1, -1, channels // groups)
-    gate = mixer.norm.weight * F.silu(z) * inverse.flatten(-2)
-    out = mixer.out_proj(gate * y)
-    P = torch.zeros(batch, channels, length, length, dtype=a.dtype)
-    for i in range(length):
-        for t in range(i + 1):
-            decay = torch.ones(batch, channels, dtype=a.dtype)
-            for k in range(t + 1, i + 1):
-                decay = decay * torch.exp(dt[:, k, head] * A[head])
-            weight = (C[:, i, group] * B[:, t, group]).sum(-1) * decay * dt[:, t, head]
-            P[:, :, i, t] = weight + (mixer.D[head] if t == i else 0)
-    omega = torch.zeros_like(P)
-    beta = torch.zeros_like(u)
-    for i in range(length):
-        for j in range(i + 1):
-            for t in range(j, min(i, j + width - 1) + 1):
-                omega[:, :, i, j] += (
-                    P[:, :, i, t] * s[:, t] * kernel[:channels, width - 1 - (t - j)]
-                )
-            omega[:, :, i, j] *= gate[:, i]
-        for t in range(i + 1):
-            beta[:, i] += gate[:, i] * P[:, :, i, t] * s[:, t] * conv_bias[:channels]
-    return out, omega, xbc[..., :channels], beta
-
-
 @pytest.mark.parametrize(
     ("seed", "groups", "length", "biases"),
     [(0, 1, 7, True), (1, 2, 6, False), (2, 2, 3, True), (3, 4, 9, True)],
@@ -200,7 +116,7 @@ def test_mamba2_implicit_attention_reproduces_every_mixer_exactly(
     for (layer, attention), block in zip(pairs, model.backbone.layers, strict=True):
         with torch.no_grad():
             expected, omega, values, beta = mamba2_reference(
-                block.mixer, _rms_norm(block.norm, layer.hidden_states)
+                block.mixer, rms_norm_float64(block.norm, layer.hidden_states)
             )
             own = block.mixer(block.norm(layer.hidden_states))
         scale = omega.abs().max()
@@ -229,7 +145,7 @@ def test_implicit_attention_reproduces_every_mixer_exactly(
     assert len(pairs) == 2
     for (layer, attention), block in zip(pairs, model.backbone.layers, strict=True):
         with torch.no_grad():
-            a = _rms_norm(block.norm, layer.hidden_states)
+            a = rms_norm_float64(block.norm, layer.hidden_states)
             expected, omega, values, beta = _reference(block.mixer, a)
             own = block.mixer(block.norm(layer.hidden_states))
         scale = omega.abs().max()
@@ -279,7 +195,9 @@ def test_rollout_of_the_channel_means(start_layer: int) -> None:
     for layer, _ in explainer.mixer_attentions(inputs):
         block = model.get_submodule(layer.path)
         with torch.no_grad():
-            _, omega, _, _ = _reference(block.mixer, _rms_norm(block.norm, layer.hidden_states))
+            _, omega, _, _ = _reference(
+                block.mixer, rms_norm_float64(block.norm, layer.hidden_states)
+            )
         means.append(omega.mean(1))
     joint = _rollout(means[start_layer:])
     for position in (-1, 2):
@@ -340,3 +258,70 @@ def test_the_catalogue_explains_mamba2(name: str) -> None:
     scores = build_method(name, model)(embeds, (-1, 1))
     assert scores.shape == (1, 5)
     assert torch.isfinite(scores).all() and scores.abs().sum() > 0
+
+
+def _loop_forward(model: nn.Module, inputs: Tensor, reference) -> tuple[Tensor, list[Tensor]]:
+    """The whole LM in float64 with the loop mixers: the logits and the residual stream
+    entering each layer (``r + mixer(norm(r))`` per layer, then the final norm and head)."""
+    streams, r = [], inputs
+    for block in model.backbone.layers:
+        streams.append(r)
+        r = r + reference(block.mixer, rms_norm_float64(block.norm, r))[0]
+    return model.lm_head(rms_norm_float64(model.backbone.norm_f, r)), streams
+
+
+def _unit(values: Tensor, dims: tuple[int, ...]) -> Tensor:
+    low = values.amin(dim=dims, keepdim=True)
+    return (values - low) / (values.amax(dim=dims, keepdim=True) - low)
+
+
+@pytest.mark.parametrize(
+    ("family", "seed", "length", "token", "position"),
+    [
+        ("mamba", 0, 6, 3, -1),
+        ("mamba", 1, 5, 7, 3),
+        ("mamba2", 2, 6, 5, -1),
+        ("mamba2", 3, 4, 1, 2),
+    ],
+)
+def test_gradient_weighted_implicit_attention_against_loops(
+    family: str, seed: int, length: int, token: int, position: int
+) -> None:
+    """Zimerman et al.'s attribution, written out: per layer the channel mean of the
+    positive loop-reference Omega times the min-max normalised positive gradient of the
+    explained logit at the layer's input (autograd through the loop forward), min-max
+    normalised, then the rollout ``prod normalise(I + A_l)``, row ``position``."""
+    if family == "mamba":
+        model, reference, hidden = _model(seed, 12, 2, True), _reference, 12
+    else:
+        model, reference, hidden = mamba2_model(seed, 2, 2, True), mamba2_reference, 16
+    inputs = torch.randn(2, length, hidden, generator=torch.Generator().manual_seed(seed))
+    inputs = inputs.double().requires_grad_()
+    logits, streams = _loop_forward(model, inputs, reference)
+    grads = torch.autograd.grad(logits[:, position, token].sum(), streams)
+    rows = position % length + 1
+    matrices = []
+    for block, stream, grad in zip(model.backbone.layers, streams, grads, strict=True):
+        with torch.no_grad():
+            omega = reference(block.mixer, rms_norm_float64(block.norm, stream))[1]
+        positive = omega[:, :, :rows, :rows].clamp(min=0).mean(1)
+        weight = _unit(grad[:, :rows].clamp(min=0).amax(-1), (1,))
+        matrices.append(_unit(positive * weight[:, None, :], (1, 2)))
+    expected = _rollout(matrices)[:, rows - 1]
+    explainer = ImplicitAttentionAttribution(model)
+    relevance = explainer.attribute(inputs.detach(), target=(position, token), position=position)
+    assert relevance.shape == (2, length)
+    assert (relevance[:, :rows] - expected).abs().max() <= 1e-9
+    assert (relevance[:, rows:] == 0).all()
+    # the gradients make it depend on the explained logit, unlike the rollout
+    other = explainer.attribute(inputs.detach(), target=(position, token + 1), position=position)
+    assert (other - relevance).abs().max() > 1e-6
+
+
+def test_gradient_weighted_implicit_attention_is_in_the_catalogue() -> None:
+    model = _model(9, 12, 2, True)
+    embeds = torch.randn(1, 5, 12, generator=torch.Generator().manual_seed(9)).double()
+    assert IMPLICIT_ATTRIBUTION in MAMBA1_METHODS
+    expected = ImplicitAttentionAttribution(model).attribute(embeds, target=(-1, 2))
+    scores = build_method(IMPLICIT_ATTRIBUTION, model)(embeds, (-1, 2))
+    torch.testing.assert_close(scores, expected)

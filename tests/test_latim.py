@@ -11,8 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_implicit_attention import _rms_norm as rms_norm_float64
-from test_implicit_attention import mamba2_model, mamba2_reference
+from helpers import mamba2_model, mamba2_reference, rms_norm_float64
 from torch import Tensor, nn
 
 from captum_mamba.adapters import UnsupportedModelError

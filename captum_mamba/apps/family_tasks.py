@@ -41,22 +41,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from captum_mamba.adapters.families import FamilyUnavailable, resolve
 from captum_mamba.apps import ground_truth
-from captum_mamba.attr import MambaLRP
-from captum_mamba.attr.targets import TargetType
 from captum_mamba.baselines.captum_methods import (
+    CP_LRP,
     INPUT_X_GRADIENT,
     INTEGRATED_GRADIENTS,
     MAMBA_LRP,
     RANDOM,
     SALIENCY,
     MethodSettings,
-    TokenScorer,
 )
-from captum_mamba.rules import MambaRules
 
 
 @dataclass(frozen=True)
@@ -294,12 +291,10 @@ def build_family_model(name: str, seed: int = 0) -> nn.Module:
 FAMILY_SETUP = ground_truth.TrainingSetup(steps=300, seconds=240.0, target_accuracy=0.99)
 #: Held-out accuracy from which a model counts as having learned its task.
 LEARNED_ACCURACY = 0.9
-#: Name of MambaLRP with CP-LRP on attention (built here: the preset is outside the
-#: method catalogue).
-CP_LRP = "MambaLRP + CP-LRP"
 #: Compared methods, in table order.
 DEFAULT_METHODS: tuple[str, ...] = (
     MAMBA_LRP,
+    CP_LRP,
     CP_LRP,
     INPUT_X_GRADIENT,
     INTEGRATED_GRADIENTS,
@@ -328,46 +323,18 @@ def family_setup(
     return replace(setup, learning_rate=family.learning_rate)
 
 
-def cp_lrp_scorer(model: nn.Module) -> TokenScorer:
-    """MambaLRP with CP-LRP on attention (:meth:`~captum_mamba.rules.MambaRules.cp_lrp`)
-    explaining the suite's output (:func:`~captum_mamba.apps.ground_truth.last_logits`),
-    token scores summed over the hidden dimension as for the catalogue's LRP methods.
-
-    Args:
-        model (nn.Module): the task model.
-
-    Returns:
-        TokenScorer: the method.
-    """
-    lrp = MambaLRP(model, ground_truth.last_logits(model), rules=MambaRules.cp_lrp())
-
-    def scores(embeds: Tensor, target: TargetType, extra: tuple[Any, ...]) -> Tensor:
-        return lrp.attribute(embeds, target=target, additional_forward_args=extra or None).sum(-1)
-
-    return TokenScorer(CP_LRP, scores, signed=True)
-
-
-def family_methods(family: ModelFamily, model: nn.Module, methods: Sequence[str]) -> list[Any]:
-    """The methods compared on one family: catalogue names, and CP-LRP built for the
-    model (families with attention only; elsewhere it equals MambaLRP).
+def family_methods(family: ModelFamily, methods: Sequence[str]) -> list[str]:
+    """The methods compared on one family: ``methods`` without :data:`CP_LRP` where the
+    family has no attention (there it equals MambaLRP).
 
     Args:
         family (ModelFamily): the family.
-        model (nn.Module): its task model.
-        methods (sequence of str): method names (catalogue names or :data:`CP_LRP`).
+        methods (sequence of str): catalogue method names.
 
     Returns:
-        list: names and built scorers
-        (:class:`~captum_mamba.baselines.captum_methods.TokenScorer`), for
-        :func:`~captum_mamba.apps.ground_truth.evaluate`.
+        list of str: the names, for :func:`~captum_mamba.apps.ground_truth.evaluate`.
     """
-    chosen: list[Any] = []
-    for name in methods:
-        if name != CP_LRP:
-            chosen.append(name)
-        elif family.attention:
-            chosen.append(cp_lrp_scorer(model))
-    return chosen
+    return [name for name in methods if name != CP_LRP or family.attention]
 
 
 @dataclass
@@ -406,7 +373,7 @@ def run_families(
         output_dir (str or Path): result folder (``families.md``, ``families.json``).
         families (sequence of str, optional): keys of :data:`FAMILIES`. Default: all.
         tasks (sequence of str, optional): tasks of the suite. Default: planted.
-        methods (sequence of str, optional): catalogue names or :data:`CP_LRP`.
+        methods (sequence of str, optional): catalogue names.
             Default: :data:`DEFAULT_METHODS`.
         count (int, optional): evaluation examples per table. Default: 40.
         setup (TrainingSetup, optional): training schedule. Default:
@@ -437,7 +404,7 @@ def run_families(
             for size in ground_truth.TASKS[task].eval_sizes:
                 key = f"{name}/{task}/{size}"
                 progress(f"explaining {key}")
-                chosen = family_methods(family, model, methods)
+                chosen = family_methods(family, methods)
                 measured = ground_truth.evaluate(
                     model, task, size, chosen, count, settings, with_delta=False
                 )

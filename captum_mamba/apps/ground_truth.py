@@ -12,12 +12,12 @@ task       sequence (answer after the last token)                 evidence
 copy       ``x_0 .. x_7 SEP x_0 .. x_{j-1}`` -> ``x_j``           ``x_j``'s source ``j``
 recall     ``k_1 v_1 .. k_4 v_4 QUERY k_i`` -> ``v_i``            ``k_i`` and ``v_i``
 needle     filler .. ``NEEDLE v`` .. filler ``QUERY`` -> ``v``    ``NEEDLE`` and ``v``
-induction  ``.. a b .. a`` -> ``b``                               the earlier ``a``, ``b``
+induction  ``.. a b .. a`` -> ``b`` (1 to 4 repeated)             the earlier ``a``, ``b``
 planted    noise .. ``MARK_c`` .. noise ``QUERY`` -> ``LABEL_c``  ``MARK_c``
 =========  =====================================================  ========================
 
-The copy source tokens are distinct, recall keys are distinct, needle values and the
-induction pair never occur elsewhere in their sequence, so each answer has exactly the
+The copy source and induction tokens are distinct, recall keys are distinct, needle
+values never occur elsewhere in their sequence, so each answer has exactly the
 stated evidence. Needle sequences are trained at 16 to 32 tokens and evaluated at growing
 lengths (16 to 128: beyond the training range too).
 
@@ -57,11 +57,12 @@ import torch
 import transformers
 from torch import Tensor, nn
 
+from captum_mamba.adapters import UnsupportedModelError
 from captum_mamba.apps.methods import method_explainers, resolve_methods
 from captum_mamba.apps.sentiment import default_cache_dir
 from captum_mamba.attr import MambaLRP
 from captum_mamba.attr.forward import fast_forward
-from captum_mamba.baselines.captum_methods import MethodSettings, TokenScorer
+from captum_mamba.baselines.captum_methods import HYBRID_METHODS, MethodSettings, TokenScorer
 from captum_mamba.metrics import (
     EVIDENCE_METRICS,
     alignment_error_rate,
@@ -148,14 +149,19 @@ def needle_example(rng: random.Random, length: int = 32) -> TaskExample:
 
 
 def induction_example(rng: random.Random, length: int = 16) -> TaskExample:
-    """Random content tokens with the pair ``a b`` at a random place and ``a`` again at
-    the end -> ``b`` (``a`` and ``b`` occur nowhere else)."""
-    a, b = rng.sample(CONTENT, 2)
-    others = [t for t in CONTENT if t not in (a, b)]
-    noise = [rng.choice(others) for _ in range(length - 3)]
-    place = rng.randrange(len(noise) - 1)  # the pair is not next to the final a
-    ids = (*noise[:place], a, b, *noise[place:], a)
-    return TaskExample(ids, (Query(len(ids) - 1, b, (place, place + 1)),))
+    """Distinct random content tokens ``x_0 .. x_{n-1}``, then ``x_i .. x_{i+k-1}``
+    repeated (``k`` from 1 to 4, ``n = length - k``): each repeated ``x_{i+m}`` predicts
+    its successor ``x_{i+m+1}``, whose only earlier occurrence is position ``i + m + 1``
+    (the tokens are distinct); the answer is never the last token before the repeat."""
+    repeat = rng.randint(1, 4)
+    count = length - repeat
+    tokens = rng.sample(CONTENT, count)
+    start = rng.randrange(count - repeat - 1)
+    ids = (*tokens, *tokens[start : start + repeat])
+    queries = tuple(
+        Query(count + m, tokens[start + m + 1], (start + m, start + m + 1)) for m in range(repeat)
+    )
+    return TaskExample(ids, queries)
 
 
 def planted_example(rng: random.Random, length: int = 16) -> TaskExample:
@@ -169,6 +175,29 @@ def planted_example(rng: random.Random, length: int = 16) -> TaskExample:
 
 
 @dataclass(frozen=True)
+class TrainingSetup:
+    """How a task model is trained.
+
+    Args:
+        steps (int): optimiser steps at most. Default: 800.
+        batch_size (int): sequences per step. Default: 32.
+        learning_rate (float): AdamW learning rate. Default: 5e-3.
+        seconds (float): wall-clock safety cap (on a loaded machine the model then
+            depends on the timing; the steps limit binds first otherwise). Default: 600.
+        target_accuracy (float): stop once the 256 held-out examples (checked every
+            25 steps) reach it. Default: 0.995.
+        seed (int): seed of the data and the initialisation. Default: 0.
+    """
+
+    steps: int = 800
+    batch_size: int = 32
+    learning_rate: float = 5e-3
+    seconds: float = 600.0
+    target_accuracy: float = 0.995
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Task:
     """A task of the suite.
 
@@ -179,6 +208,11 @@ class Task:
             number of pairs for recall).
         eval_sizes (tuple of int): sizes evaluated (one table section each).
         description (str): one line for captions.
+        revision (int, optional): revision of the generator, part of the cache key of
+            the task's models once above 0 (so that the models of unchanged tasks stay
+            cached). Default: 0.
+        setup (TrainingSetup, optional): the task's own training schedule, used when
+            none is given. Default: None (``TrainingSetup()``).
     """
 
     name: str
@@ -186,6 +220,8 @@ class Task:
     train_sizes: tuple[int, ...]
     eval_sizes: tuple[int, ...]
     description: str
+    revision: int = 0
+    setup: TrainingSetup | None = None
 
 
 #: The tasks, in table order.
@@ -213,7 +249,9 @@ TASKS: dict[str, Task] = {
             induction_example,
             (16,),
             (16,),
-            "induction: a repeated bigram, 16 tokens",
+            "induction: distinct tokens, 1 to 4 of them repeated, 16 tokens",
+            revision=1,
+            setup=TrainingSetup(steps=4000, learning_rate=2e-3),
         ),
     )
 }
@@ -242,10 +280,46 @@ def generate(task: str, count: int, seed: int, size: int | None = None) -> list[
 
 #: The architectures: tiny configurations of each family.
 ARCHITECTURES: tuple[str, ...] = ("mamba", "mamba2", "bamba")
+#: The architectures with softmax attention, where the methods of
+#: :data:`~captum_mamba.baselines.captum_methods.HYBRID_METHODS` (MambaLRP with CP-LRP
+#: on attention) differ from MambaLRP and are explained too.
+HYBRIDS: tuple[str, ...] = ("bamba",)
+
+
+#: Per architecture: the transformers configuration and model class names and the
+#: configuration arguments of the tiny model (besides the vocabulary, ``PAD`` and
+#: ``use_cache=False``, common to all).
+MODEL_CONFIGS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "mamba": (
+        "MambaConfig",
+        "MambaForCausalLM",
+        {"hidden_size": 32, "num_hidden_layers": 2, "state_size": 8},
+    ),
+    "mamba2": (
+        "Mamba2Config",
+        "Mamba2ForCausalLM",
+        {
+            **{"hidden_size": 32, "num_hidden_layers": 2, "state_size": 16},
+            **{"num_heads": 4, "head_dim": 16, "n_groups": 1, "chunk_size": 16},
+        },
+    ),
+    "bamba": (
+        "BambaConfig",
+        "BambaForCausalLM",
+        {
+            **{"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3},
+            **{"num_attention_heads": 4, "num_key_value_heads": 2, "attn_layer_indices": [1]},
+            **{"mamba_n_heads": 4, "mamba_d_head": 16, "mamba_n_groups": 1},
+            **{"mamba_d_state": 16, "mamba_chunk_size": 16},
+        },
+    ),
+}
 
 
 def build_model(architecture: str, seed: int = 0) -> nn.Module:
-    """An untrained tiny causal language model over :data:`VOCABULARY`.
+    """An untrained tiny causal language model over :data:`VOCABULARY`
+    (:data:`MODEL_CONFIGS`; transformers' classes are looked up at call time, so that
+    releases without one of them still import this module).
 
     Args:
         architecture (str): ``"mamba"`` (Mamba-1), ``"mamba2"`` or ``"bamba"`` (hybrid:
@@ -253,77 +327,17 @@ def build_model(architecture: str, seed: int = 0) -> nn.Module:
         seed (int, optional): initialisation seed. Default: 0.
 
     Returns:
-        nn.Module: the model (float32, train mode).
+        nn.Module: the model (float32, train mode; attention, if any, eager).
     """
+    if architecture not in MODEL_CONFIGS:
+        raise ValueError(f"unknown architecture {architecture!r}; choose from {ARCHITECTURES}")
+    config_class, model_class, arguments = MODEL_CONFIGS[architecture]
     torch.manual_seed(seed)
-    vocab = len(VOCABULARY)
-    if architecture == "mamba":
-        config = transformers.MambaConfig(
-            vocab_size=vocab,
-            hidden_size=32,
-            num_hidden_layers=2,
-            state_size=8,
-            pad_token_id=PAD,
-            use_cache=False,
-        )
-        return transformers.MambaForCausalLM(config)
-    if architecture == "mamba2":
-        config = transformers.Mamba2Config(
-            vocab_size=vocab,
-            hidden_size=32,
-            num_hidden_layers=2,
-            state_size=16,
-            num_heads=4,
-            head_dim=16,
-            n_groups=1,
-            chunk_size=16,
-            pad_token_id=PAD,
-            use_cache=False,
-        )
-        return transformers.Mamba2ForCausalLM(config)
-    if architecture == "bamba":
-        config = transformers.BambaConfig(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            attn_layer_indices=[1],
-            mamba_n_heads=4,
-            mamba_d_head=16,
-            mamba_n_groups=1,
-            mamba_d_state=16,
-            mamba_chunk_size=16,
-            pad_token_id=PAD,
-            use_cache=False,
-        )
-        config._attn_implementation = "eager"
-        return transformers.BambaForCausalLM(config)
-    raise ValueError(f"unknown architecture {architecture!r}; choose from {ARCHITECTURES}")
-
-
-@dataclass(frozen=True)
-class TrainingSetup:
-    """How a task model is trained.
-
-    Args:
-        steps (int): optimiser steps at most. Default: 800.
-        batch_size (int): sequences per step. Default: 32.
-        learning_rate (float): AdamW learning rate. Default: 5e-3.
-        seconds (float): wall-clock safety cap (on a loaded machine the model then
-            depends on the timing; the steps limit binds first otherwise). Default: 600.
-        target_accuracy (float): stop once the 256 held-out examples (checked every
-            25 steps) reach it. Default: 0.995.
-        seed (int): seed of the data and the initialisation. Default: 0.
-    """
-
-    steps: int = 800
-    batch_size: int = 32
-    learning_rate: float = 5e-3
-    seconds: float = 600.0
-    target_accuracy: float = 0.995
-    seed: int = 0
+    config = getattr(transformers, config_class)(
+        vocab_size=len(VOCABULARY), pad_token_id=PAD, use_cache=False, **arguments
+    )
+    config._attn_implementation = "eager"
+    return getattr(transformers, model_class)(config)
 
 
 def _batch(examples: Sequence[TaskExample]) -> tuple[Tensor, Tensor, Tensor]:
@@ -369,8 +383,9 @@ def train_task_model(
 
     Args:
         task (str): a key of :data:`TASKS`.
-        architecture (str): one of :data:`ARCHITECTURES` (or a name ``build`` knows).
-        setup (TrainingSetup, optional): the schedule. Default: ``TrainingSetup()``.
+        architecture (str): one of :data:`ARCHITECTURES`.
+        setup (TrainingSetup, optional): the schedule. Default: the task's own
+            (:attr:`Task.setup`), else ``TrainingSetup()``.
         progress (Callable, optional): receives progress lines. Default: print.
         build (Callable, optional): ``build(architecture, seed)`` -> the untrained
             model. Default: :func:`build_model`.
@@ -379,7 +394,7 @@ def train_task_model(
         tuple: the model (eval mode) and its metrics (steps, seconds, accuracy on
         512 held-out examples per evaluated size).
     """
-    setup = setup or TrainingSetup()
+    setup = setup or TASKS[task].setup or TrainingSetup()
     model = build(architecture, setup.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=setup.learning_rate, weight_decay=0.01)
     held_out = generate(task, 256, setup.seed + 1_000_000)
@@ -430,6 +445,7 @@ def model_cache_key(
         "architecture": architecture,
         "setup": asdict(setup),
         "vocabulary": VOCABULARY,
+        **({"revision": spec.revision} if spec.revision else {}),
         "transformers": build(architecture, 0).config.to_json_string(use_diff=False),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
@@ -447,8 +463,9 @@ def load_or_train_task_model(
 
     Args:
         task (str): a key of :data:`TASKS`.
-        architecture (str): one of :data:`ARCHITECTURES` (or a name ``build`` knows).
-        setup (TrainingSetup, optional): the schedule. Default: ``TrainingSetup()``.
+        architecture (str): one of :data:`ARCHITECTURES`.
+        setup (TrainingSetup, optional): the schedule. Default: the task's own
+            (:attr:`Task.setup`), else ``TrainingSetup()``.
         cache_dir (str or Path, optional): checkpoint folder. Default:
             :func:`~captum_mamba.apps.sentiment.default_cache_dir`.
         progress (Callable, optional): receives progress lines. Default: print.
@@ -458,7 +475,7 @@ def load_or_train_task_model(
     Returns:
         tuple: the model (float64, eval mode) and its training metrics.
     """
-    setup = setup or TrainingSetup()
+    setup = setup or TASKS[task].setup or TrainingSetup()
     folder = Path(cache_dir or default_cache_dir())
     key = model_cache_key(task, architecture, setup, build)
     path = folder / f"task-{task}-{architecture}-{key}.pt"
@@ -567,8 +584,11 @@ def evaluate(
     count: int = 40,
     settings: MethodSettings | None = None,
     with_delta: bool = True,
+    refused: dict[str, str] | None = None,
 ) -> dict[str, dict[str, list[float]]]:
-    """Per-item metrics of every method on one task size.
+    """Per-item metrics of every method on one task size. A method that refuses the
+    model (:class:`~captum_mamba.adapters.UnsupportedModelError`, e.g. LaTIM on a
+    hybrid) is left out of the results and its one-line reason put into ``refused``.
 
     Args:
         model (nn.Module): the task model (float64).
@@ -581,6 +601,8 @@ def evaluate(
             ``count // 4`` examples (at least 2). Default: 40.
         settings (MethodSettings, optional): method hyper-parameters.
         with_delta (bool, optional): compute ``Delta A^F`` too. Default: True.
+        refused (dict, optional): receives ``method -> reason`` of the methods that
+            refused the model. Default: None.
 
     Returns:
         dict: method -> column (:data:`COLUMNS`, plus ``"correct"``) -> values (one per
@@ -605,8 +627,16 @@ def evaluate(
                 correct = float(int(forward(embeds)[0].argmax()) == item.answer)
         current = len(item.ids) - 1
         aside = torch.arange(len(item.ids)) != current
-        for name, _, explain in runners:
-            scores = explain(embeds, item.answer, number)[0].double()
+        for runner in tuple(runners):
+            name, _, explain = runner
+            try:
+                scores = explain(embeds, item.answer, number)[0].double()
+            except UnsupportedModelError as error:
+                runners.remove(runner)
+                del results[name], links[name]
+                if refused is not None:
+                    refused[name] = str(error)
+                continue
             values = results[name]
             full = evidence_scores(scores, item.evidence)
             without = evidence_scores(scores, item.evidence, candidates=aside)
@@ -780,10 +810,14 @@ def run_suite(
             model, metrics = load_or_train_task_model(
                 task, architecture, setup, cache_dir, progress
             )
+            explained = [n for n in names if architecture in HYBRIDS or n not in HYBRID_METHODS]
             for size in TASKS[task].eval_sizes:
                 key = f"{task}/{architecture}/{size}"
                 progress(f"explaining {key}")
-                results = evaluate(model, task, size, names, count, settings, with_delta)
+                refused: dict[str, str] = {}
+                results = evaluate(
+                    model, task, size, explained, count, settings, with_delta, refused
+                )
                 tables[key] = summary_rows(results)
                 correct = next(iter(results.values()))["correct"]
                 examples = max(count // 4, 2) if task == "copy" else count
@@ -793,6 +827,7 @@ def run_suite(
                     f"{metrics['steps']} steps in {metrics['seconds']} s); {len(correct)} "
                     f"explained queries of {examples} examples, answered correctly: "
                     f"{sum(correct) / len(correct):.3f}"
+                    + "".join(f"; {name} refuses the model" for name in refused)
                 )
                 plot = directory / f"{task}-{architecture}-{size}.png"
                 _plot(tables[key], key, plot)

@@ -15,6 +15,7 @@ from captum_mamba.baselines.hidden_attention import (
     ssd_as_selective,
 )
 from captum_mamba.baselines.implicit_attention import (
+    ImplicitAttentionAttribution,
     ImplicitAttentionRollout,
     MixerAttention,
     mixer_attention,
@@ -27,9 +28,11 @@ from captum_mamba.baselines.rollout import (
     MambaAttentionRollout,
     RawHiddenAttention,
     attention_rollout,
+    compose_layers,
 )
 
 __all__ = [
+    "ImplicitAttentionAttribution",
     "ImplicitAttentionRollout",
     "LaTIM",
     "LayerRecord",
@@ -42,6 +45,7 @@ __all__ = [
     "SSMRecorder",
     "SelectiveSSMInputs",
     "attention_rollout",
+    "compose_layers",
     "hidden_attention_matrices",
     "mean_hidden_attention",
     "mixer_attention",

@@ -54,7 +54,10 @@ from captum_mamba.adapters import rules_applied
 from captum_mamba.attr import MambaLRP
 from captum_mamba.attr.forward import count_tokens, default_forward, explanation_backend
 from captum_mamba.attr.targets import TargetType
-from captum_mamba.baselines.implicit_attention import ImplicitAttentionRollout
+from captum_mamba.baselines.implicit_attention import (
+    ImplicitAttentionAttribution,
+    ImplicitAttentionRollout,
+)
 from captum_mamba.baselines.latim import LaTIM
 from captum_mamba.baselines.mamba_attr import MambaAttr
 from captum_mamba.baselines.random import RandomAttribution
@@ -125,6 +128,8 @@ MAMBA_ATTR = "Mamba-Attr"
 LATIM_L2 = "LaTIM (l2)"
 LATIM_ALTI = "LaTIM (ALTI)"
 IMPLICIT_ROLLOUT = "Implicit Attention Rollout"
+IMPLICIT_ATTRIBUTION = "Implicit Attention (gradient-weighted)"
+CP_LRP = "MambaLRP (CP-LRP attention)"
 RANDOM = "Random"
 RECENCY = "Recency"
 READ_POSITION = "Read position, then random"
@@ -288,6 +293,7 @@ METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
         _lrp_spec(MAMBA_LRP, MambaRules),
+        _lrp_spec(CP_LRP, MambaRules.cp_lrp),
         _lrp_spec(LN_RULE_ONLY, MambaRules.norm_only),
         _lrp_spec(NO_RULES, MambaRules.gradient_x_input),
         _gradient_spec(
@@ -364,6 +370,16 @@ METHODS: dict[str, MethodSpec] = {
             seeded=False,
         ),
         _token_spec(
+            IMPLICIT_ATTRIBUTION,
+            lambda model, forward, settings: _captum(
+                ImplicitAttentionAttribution(model, forward),
+                leaf=False,
+                position=settings.position,
+            ),
+            batchable=False,
+            seeded=False,
+        ),
+        _token_spec(
             RANDOM,
             lambda model, forward, settings: _captum(
                 RandomAttribution(seed=settings.seed), leaf=False
@@ -385,10 +401,13 @@ METHODS: dict[str, MethodSpec] = {
 POSITION_BASELINES: tuple[str, ...] = (RECENCY, READ_POSITION)
 #: Methods for transformers Mamba-1 and Mamba-2 models only (they refuse others in one
 #: line).
-MAMBA1_METHODS: tuple[str, ...] = (LATIM_L2, LATIM_ALTI, IMPLICIT_ROLLOUT)
+MAMBA1_METHODS: tuple[str, ...] = (LATIM_L2, LATIM_ALTI, IMPLICIT_ROLLOUT, IMPLICIT_ATTRIBUTION)
+#: Methods that differ from another only on models with softmax attention (hybrids):
+#: MambaLRP with CP-LRP instead of AttnLRP on the attention layers.
+HYBRID_METHODS: tuple[str, ...] = (CP_LRP,)
 #: The methods that read the model and explain every architecture, in table order.
 METHOD_NAMES: tuple[str, ...] = tuple(
-    name for name in METHODS if name not in POSITION_BASELINES + MAMBA1_METHODS
+    name for name in METHODS if name not in POSITION_BASELINES + MAMBA1_METHODS + HYBRID_METHODS
 )
 
 

@@ -37,7 +37,11 @@ loops over time and this identity against the mixer's own output.
 
 :class:`ImplicitAttentionRollout` aggregates as Ali et al.'s rollout does: each layer's
 ``Omega`` averaged over channels, the identity added for the residual, rows normalised,
-the layers chained by matrix products.
+the layers chained by matrix products. :class:`ImplicitAttentionAttribution` is the
+paper's attribution method: the same rollout of the positive implicit attention weighted
+by the positive gradient of the explained output at each layer's input (Mamba-Attr's
+recipe, :mod:`captum_mamba.baselines.mamba_attr`, with ``Omega`` for the hidden
+attention).
 
 Mamba-2 (SSD) mixers give the same matrices: the scan is recorded as the selective scan it
 equals (:func:`~captum_mamba.baselines.hidden_attention.ssd_as_selective`: one scalar
@@ -60,21 +64,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from captum.attr import Attribution
 from torch import Tensor, nn
 
 from captum_mamba._captum import format_additional_forward_args
 from captum_mamba.adapters import UnsupportedModelError
 from captum_mamba.adapters.blocks import norm_epsilon
-from captum_mamba.attr.forward import check_model, default_forward
-from captum_mamba.attr.targets import TargetType
 from captum_mamba.baselines.hidden_attention import hidden_attention_matrices
+from captum_mamba.baselines.mamba_attr import MambaAttr, min_max
 from captum_mamba.baselines.recording import LayerRecord, record_layers
 from captum_mamba.baselines.rollout import (
-    attention_rollout,
+    MambaAttentionRollout,
     check_token_embeddings,
     mask_attention,
-    target_position,
 )
 from captum_mamba.rules import functional as R
 
@@ -228,7 +229,7 @@ def mixer_attention(block: nn.Module, layer: LayerRecord) -> MixerAttention:
     return MixerAttention(omega, values, value_bias, bias, mixer.out_proj)
 
 
-class ImplicitAttentionRollout(Attribution):
+class ImplicitAttentionRollout(MambaAttentionRollout):
     r"""Rollout of the implicit attention of Mamba-1 and Mamba-2 models (Zimerman et al.,
     ICLR 2025).
 
@@ -236,20 +237,22 @@ class ImplicitAttentionRollout(Attribution):
     scan and output gate in one matrix per channel) is averaged over channels, and the
     layers from ``start_layer`` on are combined by
     :func:`~captum_mamba.baselines.rollout.attention_rollout` (identity for the
-    residual, rows normalised). Token relevance for the output at ``position`` is the
+    residual, rows normalised), as :class:`~captum_mamba.baselines.MambaAttentionRollout`
+    combines the hidden attention. Token relevance for the output at ``position`` is the
     rollout's row ``position``; tokens after it get zero. The explanation does not depend
     on the explained class (``target`` is accepted for a uniform API and ignored).
 
     Args:
         model (nn.Module): a transformers Mamba-1 or Mamba-2 model (``MambaModel``,
-            ``MambaForCausalLM`` or a classifier built on them).
+            ``MambaForCausalLM`` or a classifier built on them); other models are refused
+            in one line when explained.
         forward_func (Callable, optional): runs ``model`` on the inputs. Default: for
             Hugging Face models, ``forward(inputs_embeds, attention_mask=None)``.
         start_layer (int, optional): first layer of the rollout, counted from 0
             (negative counts from the last). Default: 0.
 
     Raises:
-        ValueError: if ``start_layer`` is not an int.
+        ValueError: if ``start_layer`` is not an int in range.
 
     Examples::
 
@@ -263,12 +266,7 @@ class ImplicitAttentionRollout(Attribution):
         forward_func: Callable[..., Tensor] | None = None,
         start_layer: int = 0,
     ) -> None:
-        check_model(model, None)
-        if isinstance(start_layer, bool) or not isinstance(start_layer, int):
-            raise ValueError(f"start_layer must be an int, got {start_layer!r}")
-        super().__init__(forward_func or default_forward(model, "inputs_embeds"))
-        self.model = model
-        self.start_layer = start_layer
+        super().__init__(model, forward_func, start_layer)
 
     def mixer_attentions(
         self, inputs: Tensor, additional_forward_args: Any = None
@@ -290,10 +288,7 @@ class ImplicitAttentionRollout(Attribution):
             _, layers = record_layers(
                 self.model, lambda: self.forward_func(inputs.detach(), *extra)
             )
-        return [
-            (layer, mixer_attention(self.model.get_submodule(layer.path), layer))
-            for layer in layers
-        ]
+        return [(layer, self._mixer_attention(layer)) for layer in layers]
 
     def layer_attentions(self, inputs: Tensor, additional_forward_args: Any = None) -> list[Tensor]:
         """The channel mean of every layer's implicit attention.
@@ -312,40 +307,56 @@ class ImplicitAttentionRollout(Attribution):
             for layer, attention in self.mixer_attentions(inputs, additional_forward_args)
         ]
 
-    def attribute(
-        self,
-        inputs: Tensor,
-        target: TargetType = None,
-        additional_forward_args: Any = None,
-        position: int = -1,
-    ) -> Tensor:
-        r"""Implicit-attention rollout relevance of every token for the output at
-        ``position``.
+    def _mixer_attention(self, layer: LayerRecord) -> MixerAttention:
+        return mixer_attention(self.model.get_submodule(layer.path), layer)
 
-        Args:
-            inputs (Tensor): ``(batch, seq, hidden)`` input embeddings.
-            target (optional): ignored (class-independent).
-            additional_forward_args (Any, optional): further forward arguments (e.g.
-                the attention mask). Default: None.
-            position (int, optional): sequence position of the explained output.
-                Default: -1 (the last position).
+    def _layer_attention(self, layer: LayerRecord, rows: int) -> Tensor:
+        """The channel mean of the layer's implicit attention over its first ``rows``
+        rows (the attention is causal: the rows after them do not change these)."""
+        omega = self._mixer_attention(layer).omega[:, :, :rows, :rows]
+        return mask_attention(omega.mean(1), layer.padding_mask)
 
-        Returns:
-            Tensor: ``(batch, seq)`` token relevances.
 
-        Raises:
-            UnsupportedModelError: if a layer is not a Mamba-1 or Mamba-2 layer.
-            ValueError: if ``start_layer`` is out of range for the model.
-        """
-        check_token_embeddings(inputs)
-        row = target_position(position, inputs.shape[1])
-        layers = self.layer_attentions(inputs, additional_forward_args)
-        if not layers:
-            name = type(self.model).__name__
-            raise UnsupportedModelError(f"{name} has no Mamba-1 or Mamba-2 layer")
-        if not -len(layers) <= self.start_layer < len(layers):
-            raise ValueError(
-                f"start_layer {self.start_layer} is out of range for a model with "
-                f"{len(layers)} layers"
-            )
-        return attention_rollout(layers[self.start_layer :])[:, row]
+class ImplicitAttentionAttribution(ImplicitAttentionRollout, MambaAttr):
+    r"""Gradient-weighted implicit attention of Mamba-1 and Mamba-2 models: the
+    attribution method of Zimerman et al. (ICLR 2025), Mamba-Attr's recipe
+    (:class:`~captum_mamba.baselines.MambaAttr`, Ali et al.) on the implicit attention.
+
+    Per layer ``l`` (as the authors' released evaluation code computes it):
+
+    - ``P_l = mean_d max(Omega_l[d], 0)``: the channel mean of the positive part of the
+      implicit attention (:func:`mixer_attention`);
+    - ``s_l[j] = max_h max(dy/dr_l[j, h], 0)``, min-max normalised over the tokens: the
+      positive gradient of the explained output ``y`` with respect to the residual
+      stream ``r_l`` entering the layer;
+    - ``A_l = minmax(P_l[i, j] s_l[j])``, min-max normalised over the whole matrix.
+
+    The layers from ``start_layer`` on are combined by
+    :func:`~captum_mamba.baselines.rollout.attention_rollout` and the relevance of token
+    ``j`` for the output at ``position`` is the entry ``[position, j]``. Unlike
+    :class:`ImplicitAttentionRollout` the explanation depends on the explained output
+    (``target``), through the gradients.
+
+    Args:
+        model (nn.Module): a transformers Mamba-1 or Mamba-2 model; other models are
+            refused in one line when explained.
+        forward_func (Callable, optional): runs ``model`` on the inputs. Default: for
+            Hugging Face models, ``forward(inputs_embeds, attention_mask=None)``.
+        start_layer (int, optional): first layer of the rollout. Default: 0.
+
+    Examples::
+
+        >>> attribution = ImplicitAttentionAttribution(lm)
+        >>> scores = attribution.attribute(embeds, target=(-1, token_id))  # (batch, seq)
+    """
+
+    def _positive_attention(self, layer: LayerRecord, rows: int) -> tuple[Tensor, Tensor]:
+        """``P_l`` over the first ``rows`` rows, and ones (no separate scale)."""
+        omega = self._mixer_attention(layer).omega[:, :, :rows, :rows]
+        positive = omega.clamp_min(0).mean(1)
+        return positive, positive.new_ones(positive.shape[0])
+
+    @staticmethod
+    def _weigh(positive: Tensor, largest: Tensor, weight: Tensor) -> Tensor:
+        """``minmax(P[i, j] s[j])`` over each example's matrix."""
+        return min_max(positive * weight[:, None, :], dim=(1, 2))

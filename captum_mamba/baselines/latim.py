@@ -59,7 +59,11 @@ from captum_mamba.attr.forward import check_model, default_forward
 from captum_mamba.attr.targets import TargetType
 from captum_mamba.baselines.implicit_attention import mixer_attention
 from captum_mamba.baselines.recording import LayerRecord, record_layers
-from captum_mamba.baselines.rollout import check_token_embeddings, target_position
+from captum_mamba.baselines.rollout import (
+    check_token_embeddings,
+    compose_layers,
+    target_position,
+)
 
 #: The aggregations of :class:`LaTIM`.
 AGGREGATIONS = ("l2", "alti")
@@ -227,10 +231,8 @@ class LaTIM(Attribution):
         """
         check_token_embeddings(inputs)
         row = target_position(position, inputs.shape[1])
-        joint = None
-        for scores in self.layer_scores(inputs, additional_forward_args):
-            joint = scores if joint is None else scores @ joint
-        if joint is None:
+        layers = self.layer_scores(inputs, additional_forward_args)
+        if not layers:
             name = type(self.model).__name__
             raise UnsupportedModelError(f"{name} has no Mamba-1 or Mamba-2 layer")
-        return joint[:, row]
+        return compose_layers(layers)[:, row]

@@ -112,8 +112,9 @@ class MambaAttr(MambaAttentionRollout, GradientAttribution):
         )
         return scatter_row(attention_rollout(attentions)[:, stop - 1, :rows], length)
 
-    def _weighted_attention(self, layer: LayerRecord, grad: Tensor | None, rows: int) -> Tensor:
-        """Gradient-weighted positive hidden attention of one layer, ``(batch, rows, rows)``."""
+    def _positive_attention(self, layer: LayerRecord, rows: int) -> tuple[Tensor, Tensor]:
+        """The layer's positive attention, ``(batch, rows, rows)``, and its largest
+        element per example (see the module docstring)."""
         positive, largest = None, None
         for ssm in layer.ssms:
             mean, peak = positive_hidden_attention(
@@ -127,10 +128,19 @@ class MambaAttr(MambaAttentionRollout, GradientAttribution):
             peak = attention.weights.flatten(1).amax(1)
             positive = mean if positive is None else positive + mean
             largest = peak if largest is None else torch.maximum(largest, peak)
+        return positive, largest
+
+    @staticmethod
+    def _weigh(positive: Tensor, largest: Tensor, weight: Tensor) -> Tensor:
+        """``A[i, j] = P[i, j] / largest * s[j]``."""
         largest = largest.where(largest > 0, torch.ones_like(largest))
+        return positive / largest[:, None, None] * weight[:, None, :]
+
+    def _weighted_attention(self, layer: LayerRecord, grad: Tensor | None, rows: int) -> Tensor:
+        """Gradient-weighted positive attention of one layer, ``(batch, rows, rows)``."""
+        positive, largest = self._positive_attention(layer, rows)
         if grad is None:
             weight = positive.new_ones(positive.shape[0], rows)
         else:
             weight = min_max(grad[:, :rows].detach().clamp_min(0).amax(-1))
-        attention = positive / largest[:, None, None] * weight[:, None, :]
-        return mask_attention(attention, layer.padding_mask)
+        return mask_attention(self._weigh(positive, largest, weight), layer.padding_mask)

@@ -38,6 +38,41 @@ from captum_mamba.baselines.recording import LayerRecord, SSMRecord, record_laye
 from captum_mamba.rules import MambaRules
 
 
+def compose_layers(matrices: Iterable[Tensor]) -> Tensor:
+    r"""The product ``M_K ... M_1`` of per-layer token-to-token matrices (first layer
+    first), consumed one at a time: the composition of the layers' maps that rollout,
+    LaTIM and the gradient-weighted implicit attention share.
+
+    Args:
+        matrices (iterable of Tensor): ``(batch, L, L)`` per layer, first layer first;
+            row ``i`` holds the weights of output position ``i``.
+
+    Returns:
+        Tensor: ``(batch, L, L)`` their product, last layer leftmost.
+
+    Raises:
+        ValueError: if ``matrices`` is empty.
+    """
+    joint: Tensor | None = None
+    for matrix in matrices:
+        joint = matrix if joint is None else matrix @ joint
+    if joint is None:
+        raise ValueError("the composition of the layers needs at least one layer")
+    return joint
+
+
+def _with_residual(attention: Tensor) -> Tensor:
+    """``(I + A) / rowsum(I + A)``: one layer of rollout."""
+    mixed = attention + torch.eye(
+        attention.shape[-1], dtype=attention.dtype, device=attention.device
+    )
+    total = mixed.sum(-1, keepdim=True)
+    # Rows of signed attention can sum to ~0; keep the sign, avoid dividing by 0.
+    tiny = torch.finfo(total.dtype).tiny
+    total = torch.where(total.abs() < tiny, torch.full_like(total, tiny), total)
+    return mixed / total
+
+
 def attention_rollout(attentions: Iterable[Tensor]) -> Tensor:
     r"""Rollout ``prod_l normalise(I + A_l)`` of per-layer attention matrices.
 
@@ -55,20 +90,7 @@ def attention_rollout(attentions: Iterable[Tensor]) -> Tensor:
     Raises:
         ValueError: if ``attentions`` is empty.
     """
-    joint: Tensor | None = None
-    for attention in attentions:
-        mixed = attention + torch.eye(
-            attention.shape[-1], dtype=attention.dtype, device=attention.device
-        )
-        total = mixed.sum(-1, keepdim=True)
-        # Rows of signed attention can sum to ~0; keep the sign, avoid dividing by 0.
-        tiny = torch.finfo(total.dtype).tiny
-        total = torch.where(total.abs() < tiny, torch.full_like(total, tiny), total)
-        mixed = mixed / total
-        joint = mixed if joint is None else mixed @ joint
-    if joint is None:
-        raise ValueError("attention_rollout needs at least one layer")
-    return joint
+    return compose_layers(_with_residual(attention) for attention in attentions)
 
 
 def check_token_embeddings(inputs: Any) -> None:

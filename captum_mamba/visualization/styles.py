@@ -68,6 +68,7 @@ class MethodStyle:
 #: :data:`captum_mamba.apps.methods.ALL_METHODS`); no two share a colour.
 METHOD_STYLES: dict[str, MethodStyle] = {
     "MambaLRP": MethodStyle("#d62728", "-", "o"),
+    "MambaLRP (CP-LRP attention)": MethodStyle("#ff9896", "--", "o"),
     "LRP (LN-rule only)": MethodStyle("#ff7f0e", "--", "s"),
     "MambaLRP, no rules (GxI)": MethodStyle("#8c564b", "-.", "^"),
     "Gradient x Input": MethodStyle("#9467bd", "-", "v"),
@@ -80,6 +81,7 @@ METHOD_STYLES: dict[str, MethodStyle] = {
     "LaTIM (l2)": MethodStyle("#ffbb78", "--", "s"),
     "LaTIM (ALTI)": MethodStyle("#98df8a", "-.", "D"),
     "Implicit Attention Rollout": MethodStyle("#c5b0d5", "--", "p"),
+    "Implicit Attention (gradient-weighted)": MethodStyle("#f7b6d2", "-", "p"),
     "Random": MethodStyle("#7f7f7f", ":", "x"),
     "Recency": MethodStyle("#000000", ":", "+"),
     "Read position, then random": MethodStyle("#aec7e8", ":", "d"),
