@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_mamba.adapters.backend import BlockOps
@@ -870,6 +871,35 @@ def top_k_dense(weights: Tensor, index: Tensor, experts: int) -> Tensor:
     ``index`` (both ``(tokens, k)``), zero elsewhere."""
     dense = weights.new_zeros(weights.shape[0], experts)
     return dense.scatter(1, index, weights)
+
+
+def group_limited_sigmoid_router(router: nn.Module, x: Tensor) -> Tensor:
+    """``(tokens, experts)`` weights of a DeepSeek-V3-style sigmoid router (Nemotron-H,
+    Kimi-Linear): the ``topk_group`` groups with the largest sums of their two best
+    bias-corrected scores, the ``top_k`` best scores inside them, renormalised
+    (``norm_topk_prob``) and scaled by ``routed_scaling_factor``; zero elsewhere.
+
+    Args:
+        router (nn.Module): the router (``weight``, ``e_score_correction_bias``,
+            ``num_experts``, ``num_group``, ``topk_group``, ``top_k``,
+            ``norm_topk_prob``, ``routed_scaling_factor``).
+        x (Tensor): ``(tokens, hidden)`` router input.
+
+    Returns:
+        Tensor: ``(tokens, experts)`` router weights.
+    """
+    experts, groups = router.num_experts, router.num_group
+    scores = torch.sigmoid(F.linear(x, router.weight.to(x.dtype)))
+    choice = scores + router.e_score_correction_bias.to(x.dtype)
+    group_scores = choice.view(-1, groups, experts // groups).topk(2, dim=-1)[0].sum(-1)
+    best = torch.topk(group_scores, k=router.topk_group, dim=-1, sorted=False)[1]
+    allowed = torch.zeros_like(group_scores, dtype=torch.bool).scatter(1, best, True)
+    allowed = allowed.repeat_interleave(experts // groups, dim=1)
+    index = torch.topk(choice.masked_fill(~allowed, float("-inf")), k=router.top_k, dim=-1)[1]
+    weights = scores.gather(1, index)
+    if router.norm_topk_prob:
+        weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+    return top_k_dense(weights * router.routed_scaling_factor, index, experts)
 
 
 def unchanged_forward(ops: BlockOps, module: nn.Module, *args: Any, **kwargs: Any) -> Any:

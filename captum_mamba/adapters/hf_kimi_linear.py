@@ -32,7 +32,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_mamba.adapters.backend import BlockOps
@@ -50,12 +49,12 @@ from captum_mamba.adapters.blocks import (
     check_silu,
     gated_delta_rule,
     gated_mlp_forward,
+    group_limited_sigmoid_router,
     keep_logits,
     mask_padding,
     mixture_of_experts,
     rms_norm_forward,
     suffixed,
-    top_k_dense,
 )
 from captum_mamba.adapters.families import declare_family, resolve
 
@@ -172,24 +171,6 @@ def latent_attention_forward(
     return module.o_proj(out.transpose(1, 2).reshape(batch, length, -1)), None
 
 
-def router_weights(router: nn.Module, x: Tensor) -> Tensor:
-    """``(tokens, experts)`` weights of the sigmoid router: the groups with the largest
-    sums of their two best bias-corrected scores, the top-k scores inside them,
-    renormalised (``norm_topk_prob``) and scaled by ``routed_scaling_factor``."""
-    experts, groups = router.num_experts, router.num_group
-    scores = torch.sigmoid(F.linear(x, router.weight.to(x.dtype)))
-    choice = scores + router.e_score_correction_bias.to(x.dtype)
-    group_scores = choice.view(-1, groups, experts // groups).topk(2, dim=-1)[0].sum(-1)
-    kept = torch.topk(group_scores, k=router.topk_group, dim=-1).indices
-    mask = torch.zeros_like(group_scores).scatter(1, kept, 1.0).bool()
-    mask = mask[..., None].expand(-1, groups, experts // groups).reshape(-1, experts)
-    index = torch.topk(choice.masked_fill(~mask, float("-inf")), k=router.top_k, dim=-1).indices
-    weights = scores.gather(1, index)
-    if router.norm_topk_prob:
-        weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
-    return top_k_dense(weights * router.routed_scaling_factor, index, experts)
-
-
 #: Suffix of the routed experts' sites (the block has a child ``gate``, its router).
 ROUTED = "_routed"
 #: Sites of :func:`moe_forward`.
@@ -204,7 +185,7 @@ def moe_forward(ops: BlockOps, moe: nn.Module, hidden_states: Tensor) -> Tensor:
     function = activation_name(moe.experts, moe.experts.act_fn)
     experts = Experts(moe.experts.gate_up_proj, moe.experts.down_proj, function, gated=True)
     routed = mixture_of_experts(
-        ops, experts, flat, lambda u: router_weights(moe.gate, u), flat, ROUTED
+        ops, experts, flat, lambda u: group_limited_sigmoid_router(moe.gate, u), flat, ROUTED
     )
     return ops.add("shared_sum", routed.reshape(x.shape), moe.shared_experts(x))
 

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from captum_mamba.adapters.backend import BlockOps
@@ -50,11 +48,11 @@ from captum_mamba.adapters.blocks import (
     Experts,
     activation_name,
     gated_norm_forward,
+    group_limited_sigmoid_router,
     mixture_of_experts,
     rms_norm_forward,
     self_attention,
     ssd_mixer_forward,
-    top_k_dense,
 )
 from captum_mamba.adapters.families import declare_family
 
@@ -76,7 +74,6 @@ FAMILY = declare_family(
     NemotronHMoE,
     NemotronHRMSNorm,
     NemotronHRMSNormGated,
-    NemotronHTopkRouter,
 ) = FAMILY.load(
     "NemotronHAttention",
     "NemotronHBlock",
@@ -87,30 +84,12 @@ FAMILY = declare_family(
     "NemotronHMoE",
     "NemotronHRMSNorm",
     "NemotronHRMSNormGated",
-    "NemotronHTopkRouter",
 )
 
 
 def mlp_forward(ops: BlockOps, mlp: NemotronHMLP, x: Tensor) -> Tensor:
     """MLP ``down(act(up(x)))`` (squared ReLU) with the identity rule."""
     return mlp.down_proj(ops.activation("act", mlp.up_proj(x), activation_name(mlp, mlp.act_fn)))
-
-
-def router_weights(router: NemotronHTopkRouter, x: Tensor) -> Tensor:
-    """``(tokens, experts)`` weights of the group-limited top-k of the sigmoid scores,
-    zero elsewhere, as ``NemotronHTopkRouter`` computes them."""
-    experts, groups = router.num_experts, router.num_group
-    scores = torch.sigmoid(F.linear(x, router.weight.to(x.dtype)))
-    choice = scores + router.e_score_correction_bias.to(x.dtype)
-    group_scores = choice.view(-1, groups, experts // groups).topk(2, dim=-1)[0].sum(-1)
-    best = torch.topk(group_scores, k=router.topk_group, dim=-1, sorted=False)[1]
-    allowed = torch.zeros_like(group_scores, dtype=torch.bool).scatter(1, best, True)
-    allowed = allowed.repeat_interleave(experts // groups, dim=1)
-    index = torch.topk(choice.masked_fill(~allowed, float("-inf")), k=router.top_k, dim=-1)[1]
-    weights = scores.gather(1, index)
-    if router.norm_topk_prob:
-        weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
-    return top_k_dense(weights * router.routed_scaling_factor, index, experts)
 
 
 def moe_forward(ops: BlockOps, moe: NemotronHMoE, hidden_states: Tensor) -> Tensor:
@@ -120,7 +99,11 @@ def moe_forward(ops: BlockOps, moe: NemotronHMoE, hidden_states: Tensor) -> Tens
     function = activation_name(moe.experts, moe.experts.act_fn)
     experts = Experts(moe.experts.up_proj, moe.experts.down_proj, function, gated=False)
     routed = mixture_of_experts(
-        ops, experts, flat, lambda u: router_weights(moe.gate, u), moe.fc1_latent_proj(flat)
+        ops,
+        experts,
+        flat,
+        lambda u: group_limited_sigmoid_router(moe.gate, u),
+        moe.fc1_latent_proj(flat),
     )
     routed = moe.fc2_latent_proj(routed).reshape(x.shape)
     return ops.add("shared", routed, moe.shared_experts(x))
