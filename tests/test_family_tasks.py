@@ -70,6 +70,8 @@ def test_registry_entries_are_distinct() -> None:
     titles = [family.title for family in family_tasks.FAMILIES.values()]
     assert len(set(titles)) == len(titles)
     assert all(key == family.name for key, family in family_tasks.FAMILIES.items())
+    methods = family_tasks.DEFAULT_METHODS
+    assert len(set(methods)) == len(methods), "a method twice has one runner too few"
     with pytest.raises(ValueError, match="unknown family 'nope'"):
         family_tasks.build_family_model("nope")
 

@@ -8,7 +8,7 @@ release that lacks a family reports it as unavailable instead of failing to impo
 and the fields of a tiny configuration. The vocabulary, padding id and cache setting of
 the suite are added to every configuration. Adding a family is adding one entry::
 
-    ModelFamily("qwen3-next", "Qwen3-Next", "Qwen3NextConfig", "Qwen3NextForCausalLM",
+    ModelFamily("mistral", "Mistral", "MistralConfig", "MistralForCausalLM",
                 dict(hidden_size=32, ...), attention=True)
 
 Everything else comes from the ground-truth suite (:mod:`captum_mamba.apps.ground_truth`):
@@ -242,6 +242,71 @@ FAMILIES: dict[str, ModelFamily] = {
             attention=True,
         ),
         ModelFamily(
+            "qwen3-next",
+            "Qwen3-Next",
+            "Qwen3NextConfig",
+            "Qwen3NextForCausalLM",
+            dict(
+                _ATTENTION, head_dim=8, num_hidden_layers=2,
+                layer_types=["linear_attention", "full_attention"], linear_conv_kernel_dim=4,
+                linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
+                linear_num_value_heads=4, num_experts=4, num_experts_per_tok=2,
+                moe_intermediate_size=32, shared_expert_intermediate_size=32,
+            ),
+            attention=True,
+            eager_experts=True,
+        ),
+        ModelFamily(
+            "olmo-hybrid",
+            "OLMo-Hybrid",
+            "OlmoHybridConfig",
+            "OlmoHybridForCausalLM",
+            dict(
+                _ATTENTION, num_hidden_layers=2,
+                layer_types=["linear_attention", "full_attention"], linear_conv_kernel_dim=4,
+                linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
+                linear_num_value_heads=4, eos_token_id=None,
+            ),
+            attention=True,
+        ),
+        ModelFamily(
+            "kimi-linear",
+            "Kimi-Linear",
+            "KimiLinearConfig",
+            "KimiLinearForCausalLM",
+            dict(
+                hidden_size=32, intermediate_size=64, moe_intermediate_size=32,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=4, qk_nope_head_dim=4,
+                v_head_dim=8, num_experts=4, num_experts_per_token=2, linear_head_dim=8,
+                linear_num_heads=4, linear_conv_kernel_dim=4,
+                layer_types=["linear_attention", "full_attention"],
+                mlp_layer_types=["dense", "sparse"], bos_token_id=None, eos_token_id=None,
+            ),
+            attention=True,
+            eager_experts=True,
+        ),
+        ModelFamily(
+            "xlstm",
+            "xLSTM",
+            "xLSTMConfig",
+            "xLSTMForCausalLM",
+            dict(
+                hidden_size=32, num_hidden_layers=2, num_heads=4, chunk_size=16,
+                ffn_round_up_to_multiple_of=16, norm_reduction_force_float32=False,
+            ),
+        ),
+        ModelFamily(
+            "rwkv",
+            "RWKV",
+            "RwkvConfig",
+            "RwkvForCausalLM",
+            dict(
+                hidden_size=32, attention_hidden_size=32, intermediate_size=64,
+                num_hidden_layers=2,
+            ),
+        ),
+        ModelFamily(
             "llama",
             "Llama (attention only)",
             "LlamaConfig",
@@ -294,7 +359,6 @@ LEARNED_ACCURACY = 0.9
 #: Compared methods, in table order.
 DEFAULT_METHODS: tuple[str, ...] = (
     MAMBA_LRP,
-    CP_LRP,
     CP_LRP,
     INPUT_X_GRADIENT,
     INTEGRATED_GRADIENTS,
