@@ -33,12 +33,21 @@ PRESETS = {
     "attn_lrp": MambaRules(attention=True),
     "gradient_x_input": MambaRules.gradient_x_input(),
 }
-#: Implementations of the ops, each run for every kind (a kind's op picks its own).
+#: Implementations of the ops with more than one on a CPU, for the kinds that run them.
 IMPLS = {
     "default": {},
     "parallel_chunked": {"selective_scan": "parallel", "attention": "chunked"},
     "sdpa": {"attention": "sdpa"},
 }
+SEVERAL_IMPLS = {"ssm", "rglru", "attention"}
+
+
+def kind_impls() -> list:
+    return [
+        pytest.param(kind, impl, id=f"{kind}-{impl}")
+        for kind in sorted(k for k in KINDS if KINDS[k].method is not None)
+        for impl in (sorted(IMPLS) if kind in SEVERAL_IMPLS else ["default"])
+    ]
 
 
 def _leaves(kind: str, arguments: dict[str, Any]) -> dict[str, Tensor]:
@@ -49,9 +58,8 @@ def _leaves(kind: str, arguments: dict[str, Any]) -> dict[str, Tensor]:
     }
 
 
-@pytest.mark.parametrize("impl", sorted(IMPLS))
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-@pytest.mark.parametrize("kind", sorted(k for k in KINDS if KINDS[k].method is not None))
+@pytest.mark.parametrize(("kind", "impl"), kind_impls())
 def test_every_kind_takes_a_batch_of_cotangents(kind: str, preset: str, impl: str) -> None:
     arguments = examples()[kind]
     leaves = _leaves(kind, arguments)
@@ -91,8 +99,14 @@ def test_targets_per_pass_splits_the_batched_backward(per_pass: int | None, lean
     model, inputs = _model_and_inputs()
     lrp = MambaLRP(model, lean=lean)
     many = lrp.attribute(inputs, targets=TARGETS, targets_per_pass=per_pass)
-    passes = {None: 1, 2: 3, 1: 5}[per_pass]
-    assert lrp.last_backward == f"batched: 5 targets in {passes} pass" + "es" * (passes > 1)
+    assert (
+        lrp.last_backward
+        == {
+            None: "batched: 5 targets in 1 pass",
+            2: "batched: 5 targets in 3 passes",
+            1: "per target: targets_per_pass=1",
+        }[per_pass]
+    )
     for k, target in enumerate(TARGETS):
         single = lrp.attribute(inputs, target=target)
         assert lrp.last_backward == "per target: one target"

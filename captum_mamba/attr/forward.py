@@ -476,7 +476,7 @@ def explained_outputs_many(
 
 #: Elements of the gradients of the leaves that one batched backward pass computes (the
 #: targets of a pass times the leaves' elements), when ``targets_per_pass`` is automatic.
-TARGETS_ELEMENTS = 1 << 24
+TARGETS_ELEMENTS = 1 << 22
 
 
 def targets_per_pass(setting: int | None, leaves: Sequence[Tensor]) -> int:
@@ -517,7 +517,8 @@ def gradients_per_output(
     a leading batch of cotangents, :func:`captum_mamba.ops.batched_cotangents`). The
     result for each output is the one a call for that output alone gives. Outputs are
     taken ``per_pass`` at a time, since the backward pass's memory grows with them; where
-    a fused kernel ran (``unbatched``), each output gets its own backward pass.
+    a fused kernel ran (``unbatched``), or with one output per pass, each output gets its
+    own (plain) backward pass.
 
     Args:
         explained (sequence of Tensor): ``(batch,)`` explained outputs of one graph.
@@ -532,34 +533,37 @@ def gradients_per_output(
         where a leaf does not reach it); and how they were computed, ``"batched: ..."``
         or ``"per target: <reason>"``.
     """
-    values = torch.stack([value.sum() for value in explained])
+    # one node per output, so that a backward pass traverses the branches of its own only
+    sums = [value.sum() for value in explained]
     count = len(explained)
-    if unbatched or count == 1:
+    size = targets_per_pass(per_pass, leaves)
+    if unbatched or count == 1 or size == 1:
         reason = (
             f"the fused kernels of {', '.join(unbatched)} take one cotangent at a time"
             if unbatched
             else "one target"
+            if count == 1
+            else "targets_per_pass=1"
         )
         rows = [
-            torch.autograd.grad(
-                values[k], leaves, retain_graph=k < count - 1, materialize_grads=True
-            )
+            torch.autograd.grad(sums[k], leaves, retain_graph=k < count - 1, materialize_grads=True)
             for k in range(count)
         ]
         return rows, f"per target: {reason}"
-    passes = -(-count // targets_per_pass(per_pass, leaves))
+    passes = -(-count // size)
     size = -(-count // passes)  # the targets split evenly between the passes
-    seeds = torch.eye(count, dtype=values.dtype, device=values.device)
     parts = []
     for start in range(0, count, size):
+        chosen = torch.stack(sums[start : start + size])
+        seeds = torch.eye(len(chosen), dtype=chosen.dtype, device=chosen.device)
         retain = start + size < count
 
-        def backward(seed: Tensor, retain: bool = retain) -> tuple[Tensor, ...]:
+        def backward(seed: Tensor, chosen: Tensor = chosen, retain: bool = retain):
             return torch.autograd.grad(
-                values, leaves, seed, retain_graph=retain, materialize_grads=True
+                chosen, leaves, seed, retain_graph=retain, materialize_grads=True
             )
 
-        parts.append(torch.func.vmap(backward)(seeds[start : start + size]))
+        parts.append(torch.func.vmap(backward)(seeds))
     stacked = [torch.cat(grads) for grads in zip(*parts, strict=True)]
     rows = [tuple(grads[k] for grads in stacked) for k in range(count)]
     return rows, f"batched: {count} targets in {passes} pass{'es' if passes > 1 else ''}"
