@@ -138,6 +138,9 @@ def test_many_targets_table(capsys: pytest.CaptureFixture[str]) -> None:
         ]
     )  # fmt: skip
     out = capsys.readouterr().out
-    assert "| targets K | one call, K targets, 8 tokens: s |" in out
+    assert "8 tokens; one backward pass per target (through one forward pass) measured at" in out
+    assert "| targets K | backward | one call, K targets: s | s per target | peak MiB |" in out
     rows = [line for line in out.splitlines() if line.startswith(("| 1 |", "| 3 |"))]
     assert len(rows) == 2 and all(row.endswith("x |") for row in rows)
+    assert "| per target: one target |" in rows[0]
+    assert "| batched: 3 targets in 1 pass |" in rows[1]

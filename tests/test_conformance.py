@@ -12,6 +12,8 @@ For each case of ``tests/cases`` (one per adapter, with an independent float64 r
 - Captum's ``LRP`` and ``LayerLRP`` on the prepared copy equal MambaLRP / LayerMambaLRP;
 - the recorded hidden attention reconstructs every scan's output, the recorded softmax
   attention equals transformers' own, and rollout and Mamba-Attr run;
+- many targets in one call (one forward pass, one batched backward pass) equal single
+  calls, for MambaLRP (normal and lean path) and LayerMambaLRP;
 - the memory-lean path (each residual layer recomputed in the backward pass) gives
   bit-for-bit the relevance of the normal path, for MambaLRP and LayerMambaLRP at a
   layer inside a block, and matches the reference.
@@ -426,6 +428,9 @@ def test_many_targets_equal_single_calls(case: ArchitectureCase, config: str, le
     lrp = _lrp(case, model, MambaRules(), lean)
     many = _many_targets(case, model, inputs, targets)
     relevance, delta = lrp.attribute(inputs, targets=many, return_convergence_delta=True)
+    # every operation's backward takes the targets' cotangents as one batch (see
+    # docs/developer_guide.md, "Many targets"): no case falls back to a loop
+    assert lrp.last_backward == f"batched: {len(many)} targets in 1 pass"
     assert relevance.shape == (len(many), *inputs.shape)
     assert delta.shape == (len(many), inputs.shape[0])
     for k, target in enumerate(many):
@@ -449,6 +454,7 @@ def test_many_targets_of_layer_mamba_lrp_equal_single_calls(case: ArchitectureCa
     inputs, targets = case.inputs(model, case.configs[0], 6)
     many = _many_targets(case, model, inputs, targets)
     relevance = lrp.attribute(inputs, targets=many)
+    assert lrp.last_backward == f"batched: {len(many)} targets in 1 pass"
     for k, target in enumerate(many):
         single = lrp.attribute(inputs, target=target)
         assert relative_error(relevance[k], single) <= 1e-12

@@ -21,10 +21,11 @@ initialised Mamba with the shape of ``mamba-130m`` (float32, batch 1) it prints:
   whose cost is extrapolated from sampled steps; with ``--gen-explain-steps K`` the
   new explanation's cost is extrapolated too (one forward pass plus one backward pass
   per token: timed explaining the last 1 and the last K tokens of the same sequence);
-- ``--targets K ...``: many targets per pass: seconds per target of
-  ``MambaLRP.attribute(embeds, targets=[K targets])`` (one forward pass, one backward
-  pass per target) against one ``attribute`` call per target (a forward and a backward
-  pass each), at ``--targets-length`` tokens, for each ``K``;
+- ``--targets K ...``: many targets per pass: seconds per target and peak memory of
+  ``MambaLRP.attribute(embeds, targets=[K targets])`` (one forward pass, one batched
+  backward pass, ``--targets-per-pass`` targets at a time) against one backward pass per
+  target through one forward pass and one ``attribute`` call per target (a forward and
+  a backward pass each), at ``--targets-length`` tokens, for each ``K``;
 - ``--throughput``: tokens per second of :func:`captum_mamba.attribute_batches` on
   texts of random lengths against batch size and threads;
 - ``--hybrid-lengths``: MambaLRP against transformers' no-grad forward on a Bamba-shaped
@@ -97,6 +98,8 @@ class BenchmarkSettings:
             measurement. Default: none (skipped).
         targets_length (int): sequence length of the many-target measurement.
             Default: 256.
+        targets_per_pass (int, optional): targets per batched backward pass (the
+            memory-bounded chunk of ``K``). Default: None (automatic).
         throughput (bool): measure batched throughput. Default: False.
         texts (int): texts of the throughput measurement. Default: 64.
         text_lengths (tuple of int): lowest and highest text length. Default: 16, 256.
@@ -130,6 +133,7 @@ class BenchmarkSettings:
     gen_explain_steps: int = 0
     targets: tuple[int, ...] = ()
     targets_length: int = 256
+    targets_per_pass: int | None = None
     throughput: bool = False
     texts: int = 64
     text_lengths: tuple[int, int] = (16, 256)
@@ -453,10 +457,11 @@ def generation_worker(settings: BenchmarkSettings) -> float:
 
 
 def measure_targets(settings: BenchmarkSettings) -> list[dict[str, Any]]:
-    """Seconds per target of MambaLRP with ``K`` targets in one call (one forward pass,
-    one backward pass per target) against one call per target, for each ``K`` of
-    ``settings.targets``; target ``k`` is token ``42 + k`` at position ``-1 - k``
-    (cycling through the sequence)."""
+    """Seconds per target and peak memory of MambaLRP with ``K`` targets in one call (one
+    forward pass, one batched backward pass, ``settings.targets_per_pass`` targets per
+    pass), for each ``K`` of ``settings.targets``, against one backward pass per target
+    through one forward pass (timed at ``K = min(8, largest K)``) and one call per target;
+    target ``k`` is token ``42 + k`` at position ``-1 - k`` (cycling through the sequence)."""
     model = _model(settings)
     length = settings.targets_length
     embeds = model.get_input_embeddings()(_ids(settings.vocab, length, 5)).detach()
@@ -467,17 +472,33 @@ def measure_targets(settings: BenchmarkSettings) -> list[dict[str, Any]]:
             (length - 1 - k % length, (TARGET_TOKEN + k) % settings.vocab) for k in range(count)
         ]
 
+    def run(count: int, per_pass: int | None) -> tuple[float, float]:
+        """Seconds and peak memory growth (MiB; NaN where it cannot be reset) of a call."""
+        peak = reset_peak()
+        before = proc_status("VmRSS")
+        start = time.perf_counter()
+        lrp.attribute(embeds, targets=targets(count), targets_per_pass=per_pass)
+        seconds = time.perf_counter() - start
+        return seconds, (proc_status("VmHWM") - before) / 1024 if peak else float("nan")
+
     lrp.attribute(embeds[:, :8], targets=[(-1, TARGET_TOKEN), (-2, TARGET_TOKEN)])  # warm-up
     single = _median_time(lambda: lrp.attribute(embeds, target=targets(1)[0]), settings.repeats)
+    looped = min(8, max(settings.targets))
+    loop_seconds, loop_mib = run(looped, 1)
     results = []
     for count in settings.targets:
-        seconds = _median_time(lambda c=count: lrp.attribute(embeds, targets=targets(c)), 1)
+        seconds, mib = run(count, settings.targets_per_pass)
         results.append(
             {
                 "targets": count,
                 "length": length,
+                "backward": lrp.last_backward,
                 "seconds": round(seconds, 3),
                 "per_target": round(seconds / count, 4),
+                "peak_mib": round(mib, 1),
+                "looped_targets": looped,
+                "one_backward_each": round(loop_seconds / looped, 4),
+                "one_backward_each_mib": round(loop_mib, 1),
                 "single_call": round(single, 4),
             }
         )
@@ -1131,15 +1152,24 @@ def markdown_tables(results: dict[str, Any]) -> str:
         ]
         parts.append(_table(header, cells))
     if results.get("targets"):
-        length = results["targets"][0]["length"]
-        header = ["targets K", f"one call, K targets, {length} tokens: s", "s per target"]
-        header += ["one call per target: s per target", "speedup per target"]
+        first = results["targets"][0]
+        parts.append(
+            f"{first['length']} tokens; "
+            f"one backward pass per target (through one forward pass) measured at "
+            f"K = {first['looped_targets']}: {first['one_backward_each']:.3f} s per target, "
+            f"peak {first['one_backward_each_mib']:.0f} MiB; one call per target: "
+            f"{first['single_call']:.3f} s"
+        )
+        header = ["targets K", "backward", "one call, K targets: s", "s per target"]
+        header += ["peak MiB", "vs one backward each", "vs one call each"]
         cells = [
             [
                 str(r["targets"]),
+                r["backward"],
                 _cell(r["seconds"]),
                 _cell(r["per_target"], 3),
-                _cell(r["single_call"], 3),
+                _cell(r["peak_mib"], 0),
+                f"{r['one_backward_each'] / r['per_target']:.1f}x",
                 f"{r['single_call'] / r['per_target']:.1f}x",
             ]
             for r in results["targets"]

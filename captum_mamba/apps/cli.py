@@ -1017,6 +1017,11 @@ def _add_benchmark(commands: Commands) -> None:
         "--targets", type=positive_int, nargs="+", help="many targets per pass: K values"
     )
     parser.add_argument("--targets-length", type=positive_int, help="tokens of the K table")
+    parser.add_argument(
+        "--targets-per-pass",
+        type=positive_int,
+        help="targets per batched backward pass (default: automatic, memory-bounded)",
+    )
     parser.add_argument("--throughput", action="store_true", help="texts per second, batched")
     parser.add_argument("--texts", type=positive_int, help="texts of the throughput (64)")
     parser.add_argument(

@@ -31,6 +31,7 @@ from captum_mamba.attr.targets import (
     target_indices,
     warn_masked_targets,
 )
+from captum_mamba.ops import unbatched_backwards
 from captum_mamba.rules import MambaRules
 
 
@@ -121,15 +122,20 @@ def plain_arguments(args: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 @contextmanager
-def explanation_mode() -> Iterator[None]:
+def explanation_mode() -> Iterator[list[str]]:
     """Autograd on, also inside ``torch.no_grad()`` or ``torch.inference_mode()``.
 
     The rules and capture hooks of an explanation are installed under the per-module
     locks of :func:`captum_mamba.adapters.rules_applied`, so explanations of models that
     share modules run one after the other and others in parallel.
+
+    Yields:
+        list of str: the ops that ran a fused kernel in the block, whose backward takes
+        one target at a time (:func:`captum_mamba.ops.unbatched_backwards`), for
+        :func:`gradients_per_output`.
     """
-    with torch.inference_mode(False), torch.enable_grad():
-        yield
+    with torch.inference_mode(False), torch.enable_grad(), unbatched_backwards() as unbatched:
+        yield unbatched
 
 
 def check_model(model: Any, rules: Any) -> MambaRules:
@@ -468,29 +474,99 @@ def explained_outputs_many(
     return explained
 
 
+#: Elements of the gradients of the leaves that one batched backward pass computes (the
+#: targets of a pass times the leaves' elements), when ``targets_per_pass`` is automatic.
+TARGETS_ELEMENTS = 1 << 22
+
+
+def targets_per_pass(setting: int | None, leaves: Sequence[Tensor]) -> int:
+    """Targets differentiated together in one batched backward pass.
+
+    Args:
+        setting (int or None): the caller's choice; None for as many as keep the
+            leaves' gradients within :data:`TARGETS_ELEMENTS` elements (at least one).
+        leaves (sequence of Tensor): the leaves of the backward pass.
+
+    Returns:
+        int: targets per pass.
+
+    Raises:
+        AttributionInputError: if ``setting`` is not a positive int.
+    """
+    if setting is None:
+        return max(1, TARGETS_ELEMENTS // max(1, sum(leaf.numel() for leaf in leaves)))
+    if not isinstance(setting, int) or isinstance(setting, bool) or setting < 1:
+        raise AttributionInputError(f"targets_per_pass must be a positive int, got {setting!r}")
+    return setting
+
+
 def gradients_per_output(
-    explained: Sequence[Tensor], leaves: Sequence[Tensor]
-) -> list[tuple[Tensor | None, ...]]:
+    explained: Sequence[Tensor],
+    leaves: Sequence[Tensor],
+    unbatched: Sequence[str] = (),
+    per_pass: int | None = None,
+) -> tuple[list[tuple[Tensor, ...]], str]:
     """Gradients of the leaves for each explained output, through one autograd graph.
 
-    The graph of one forward pass serves every output: each gets one backward pass
-    (the graph is kept until the last), never another forward pass. Under the rules the
-    backward pass is linear in its cotangent and does not depend on it, so the result
-    for each output is the one a call for that output alone gives.
+    The graph of one forward pass serves every output, never another forward pass.
+    Under the rules the backward pass is linear in its cotangent and does not depend on
+    it, so the outputs are differentiated together: one backward pass for a batch of
+    cotangents (the rows of an identity matrix), vmapped over them
+    (:func:`torch.autograd.grad` under :func:`torch.func.vmap`); each operation computes
+    its gradient for every cotangent at once (the scans' hand-written backward passes take
+    a leading batch of cotangents, :func:`captum_mamba.ops.batched_cotangents`). The
+    result for each output is the one a call for that output alone gives. Outputs are
+    taken ``per_pass`` at a time, since the backward pass's memory grows with them; where
+    a fused kernel ran (``unbatched``), or with one output per pass, each output gets its
+    own (plain) backward pass.
 
     Args:
         explained (sequence of Tensor): ``(batch,)`` explained outputs of one graph.
         leaves (sequence of Tensor): the leaves to differentiate.
+        unbatched (sequence of str, optional): the ops of the graph whose backward takes
+            one cotangent at a time (from :func:`explanation_mode`). Default: ().
+        per_pass (int, optional): outputs per batched backward pass
+            (:func:`targets_per_pass`). Default: None (automatic).
 
     Returns:
-        list of tuple: per output, the gradient of the sum of its values for every leaf
-        (None where a leaf does not reach it).
+        tuple: per output, the gradient of the sum of its values for every leaf (zeros
+        where a leaf does not reach it); and how they were computed, ``"batched: ..."``
+        or ``"per target: <reason>"``.
     """
-    last = len(explained) - 1
-    return [
-        torch.autograd.grad(value.sum(), leaves, retain_graph=k < last, allow_unused=True)
-        for k, value in enumerate(explained)
-    ]
+    # one node per output, so that a backward pass traverses the branches of its own only
+    sums = [value.sum() for value in explained]
+    count = len(explained)
+    size = targets_per_pass(per_pass, leaves)
+    if unbatched or count == 1 or size == 1:
+        reason = (
+            f"the fused kernels of {', '.join(unbatched)} take one cotangent at a time"
+            if unbatched
+            else "one target"
+            if count == 1
+            else "targets_per_pass=1"
+        )
+        rows = [
+            torch.autograd.grad(sums[k], leaves, retain_graph=k < count - 1, materialize_grads=True)
+            for k in range(count)
+        ]
+        return rows, f"per target: {reason}"
+    passes = -(-count // size)
+    size = -(-count // passes)  # the targets split evenly between the passes
+    parts = []
+    for start in range(0, count, size):
+        chosen = torch.stack(sums[start : start + size])
+        seeds = torch.eye(len(chosen), dtype=chosen.dtype, device=chosen.device)
+        retain = start + size < count
+
+        def backward(seed: Tensor, chosen: Tensor = chosen, retain: bool = retain):
+            return torch.autograd.grad(
+                chosen, leaves, seed, retain_graph=retain, materialize_grads=True
+            )
+
+        parts.append(torch.func.vmap(backward)(seeds))
+    stacked = [torch.cat(grads) for grads in zip(*parts, strict=True)]
+    rows = [tuple(grads[k] for grads in stacked) for k in range(count)]
+    return rows, f"batched: {count} targets in {passes} pass{'es' if passes > 1 else ''}"
 
 
 def check_target_list(targets: Any, target: TargetType) -> list[TargetType]:

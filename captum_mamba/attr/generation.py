@@ -249,7 +249,7 @@ def attribute_generation(
         return leaf
 
     backend = explanation_backend(lean, len(context))
-    with explanation_mode(), rules_applied(model, rules, backend):
+    with explanation_mode() as unbatched, rules_applied(model, rules, backend):
         handle = embedding.register_forward_hook(capture)
         try:
             logits = forward.logits_at(context[None], positions)
@@ -266,7 +266,7 @@ def attribute_generation(
                 "(check its weights and dtype)"
             )
         (leaf,) = captured
-        gradients = gradients_per_output([value[None] for value in explained], [leaf])
+        gradients, _ = gradients_per_output([value[None] for value in explained], [leaf], unbatched)
     token_attr = torch.stack([(leaf.detach() * grad)[0].sum(-1) for (grad,) in gradients])
     check_relevance((token_attr,))
     probs = torch.stack([torch.softmax(row.detach(), -1) for row in logits])

@@ -103,6 +103,8 @@ class LayerMambaLRP(LayerGradientXActivation):
         self.model = model
         uses_lean(lean, 0)  # checks the setting
         self.lean = lean
+        #: How the last call's backward pass ran, as :attr:`MambaLRP.last_backward`.
+        self.last_backward = ""
         self._logits = default_forward(model, "input_ids")
 
     @property
@@ -127,6 +129,7 @@ class LayerMambaLRP(LayerGradientXActivation):
         return_convergence_delta: bool = False,
         attribute_to_layer_input: bool = False,
         targets: Sequence[TargetType] | None = None,
+        targets_per_pass: int | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         r"""Relevance of every element of the layer's output (or input).
 
@@ -142,7 +145,10 @@ class LayerMambaLRP(LayerGradientXActivation):
             attribute_to_layer_input (bool, optional): attribute to the layer's input
                 instead of its output. Default: False.
             targets (list, optional): several targets at once instead of ``target``,
-                from one forward pass, as in :meth:`MambaLRP.attribute`. Default: None.
+                from one forward pass and one batched backward pass, as in
+                :meth:`MambaLRP.attribute`. Default: None.
+            targets_per_pass (int, optional): targets per backward pass, as in
+                :meth:`MambaLRP.attribute`. Default: None.
 
         Returns:
             *Tensor* **attributions** with the shape of the layer's output (or
@@ -180,7 +186,7 @@ class LayerMambaLRP(LayerGradientXActivation):
             return leaf
 
         backend = explanation_backend(self.lean, count_tokens(formatted[0]))
-        with explanation_mode(), rules_applied(self.model, self.rules, backend):
+        with explanation_mode() as unbatched, rules_applied(self.model, self.rules, backend):
             if attribute_to_layer_input:
                 handle = self.layer.register_forward_pre_hook(capture_input)
             else:
@@ -200,12 +206,13 @@ class LayerMambaLRP(LayerGradientXActivation):
                         f"layer {type(self.layer).__name__} ran {len(captured)} times in "
                         "one forward pass; LayerMambaLRP needs a layer that runs exactly once"
                     )
-                gradients = gradients_per_output(explained, captured)
+                gradients, self.last_backward = gradients_per_output(
+                    explained, captured, unbatched, targets_per_pass
+                )
             finally:
                 handle.remove()
         activation = captured[0].detach()
-        zero = torch.zeros_like(activation)
-        rows = [activation * (zero if g is None else g) for (g,) in gradients]
+        rows = [activation * g for (g,) in gradients]
         check_relevance(tuple(rows))
         deltas = [relevance_delta(row, value) for row, value in zip(rows, explained, strict=True)]
         if not many:

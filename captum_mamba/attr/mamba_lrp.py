@@ -117,6 +117,10 @@ class MambaLRP(GradientAttribution):
         self.model = model
         uses_lean(lean, 0)  # checks the setting
         self.lean = lean
+        #: How the last call's backward pass ran: ``"batched: K targets in P passes"``
+        #: (every target's cotangent through one vmapped backward pass) or
+        #: ``"per target: <reason>"`` (one target, or a fused kernel in the graph).
+        self.last_backward = ""
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -134,6 +138,7 @@ class MambaLRP(GradientAttribution):
         additional_forward_args: Any = None,
         return_convergence_delta: bool = False,
         targets: Sequence[TargetType] | None = None,
+        targets_per_pass: int | None = None,
     ) -> TensorOrTuple | tuple[TensorOrTuple, Tensor]:
         r"""Relevance of every input element for the target output (or for each of
         several targets, from one forward pass).
@@ -154,10 +159,17 @@ class MambaLRP(GradientAttribution):
                 output minus the sum of relevances, per example. Default: False.
             targets (list, optional): explain several outputs at once instead of
                 ``target`` (which must then be None): a list of ``K`` targets, each
-                anything ``target`` takes. The model runs forward once; each target
-                gets one backward pass through that forward pass. The result has a
-                leading dimension of size ``K``, and row ``k`` equals the result of
+                anything ``target`` takes. The model runs forward once, and one
+                backward pass through it takes the targets together (a batch of
+                cotangents; see :attr:`last_backward`). The result has a leading
+                dimension of size ``K``, and row ``k`` equals the result of
                 ``attribute(inputs, target=targets[k])``. Default: None.
+            targets_per_pass (int, optional): with ``targets``, how many targets one
+                backward pass takes; its memory grows with them (about one backward
+                pass's activation gradients per target). None keeps the input
+                gradients of a pass within
+                :data:`~captum_mamba.attr.forward.TARGETS_ELEMENTS` elements.
+                Default: None.
 
         Returns:
             *Tensor* or *tuple[Tensor, ...]* of **attributions**, with the shape of
@@ -181,7 +193,7 @@ class MambaLRP(GradientAttribution):
         dtype = compute_dtype(self.model)
         check_embeddings(formatted, dtype)
         backend = explanation_backend(self.lean, count_tokens(formatted[0]))
-        with explanation_mode(), rules_applied(self.model, self.rules, backend):
+        with explanation_mode() as unbatched, rules_applied(self.model, self.rules, backend):
             leaves = tuple(as_leaf(x, dtype) for x in formatted)
             explained = explained_outputs_many(
                 self.forward_func,
@@ -190,13 +202,12 @@ class MambaLRP(GradientAttribution):
                 target_list,
                 formatted[0].shape[0],
             )
-            gradients = gradients_per_output(explained, leaves)
+            gradients, self.last_backward = gradients_per_output(
+                explained, leaves, unbatched, targets_per_pass
+            )
         rows = []
         for grads in gradients:
-            attributions = tuple(
-                x.detach() * (torch.zeros_like(x) if g is None else g)
-                for x, g in zip(leaves, grads, strict=True)
-            )
+            attributions = tuple(x.detach() * g for x, g in zip(leaves, grads, strict=True))
             check_relevance(attributions)
             rows.append(attributions)
         if many:

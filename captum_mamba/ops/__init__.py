@@ -5,12 +5,14 @@ Each op has several implementations with one autograd contract; see
 :func:`implementation` for a block of code).
 """
 
+from captum_mamba.ops._common import ScanFunction, batched_cotangents
 from captum_mamba.ops.backends import (
     IMPLEMENTATIONS,
     get_implementation,
     implementation,
     replaced_kernels,
     set_implementation,
+    unbatched_backwards,
 )
 from captum_mamba.ops.causal_conv import causal_conv1d
 from captum_mamba.ops.parallel_scan import ParallelSelectiveScan, parallel_selective_scan
@@ -25,7 +27,9 @@ __all__ = [
     "IMPLEMENTATIONS",
     "ParallelSelectiveScan",
     "SSDScan",
+    "ScanFunction",
     "SelectiveScan",
+    "batched_cotangents",
     "causal_conv1d",
     "get_implementation",
     "implementation",
@@ -36,4 +40,5 @@ __all__ = [
     "set_implementation",
     "ssd_scan",
     "ssd_scan_with_state",
+    "unbatched_backwards",
 ]

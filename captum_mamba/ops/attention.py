@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from captum_mamba.ops._common import ScanFunction, batched_cotangents
 from captum_mamba.ops.backends import _check_choice, get_implementation
 
 #: Scores of one query block (batch x heads x block x keys), about: the block size.
@@ -82,11 +83,11 @@ def _bias_block(bias: Tensor | None, shape: tuple[int, ...], start: int, stop: i
 class _Blocks:
     """The query blocks of one call and the keys each reads."""
 
-    def __init__(self, q: Tensor, k: Tensor, causal: bool) -> None:
+    def __init__(self, q: Tensor, k: Tensor, causal: bool, copies: int = 1) -> None:
         batch, kv_heads, group, queries, _ = q.shape
         self.keys = k.shape[-2]
         self.causal = causal
-        self.size = query_block(batch, kv_heads * group, self.keys, queries)
+        self.size = query_block(copies * batch, kv_heads * group, self.keys, queries)
         self.starts = range(0, queries, self.size)
 
     def span(self, start: int, queries: int) -> tuple[int, int]:
@@ -112,10 +113,51 @@ def _scores(
     return causal_fill(scores, start) if causal else scores
 
 
-class _ChunkedAttention(torch.autograd.Function):
+def _attention_backward(
+    grad: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bias: Tensor | None,
+    out: Tensor,
+    lse: Tensor,
+    settings: tuple[float, bool, float, float],
+    scores_grad: bool,
+) -> tuple[Tensor, ...]:
+    """Gradients of :class:`_ChunkedAttention` for ``K`` cotangents ``grad`` ``(K, batch,
+    kv_heads, group, queries, dim_v)`` at once, recomputing each query block's weights
+    (blocks ``K`` times shorter, so that a block's ``K`` score gradients keep the size of
+    one); ``(dv,)``, or ``(dq, dk, dv)`` with ``scores_grad``, each with the leading ``K``."""
+    scaling, causal, value_scale, score_scale = settings
+    grad = grad * value_scale
+    count = grad.shape[0]
+    dq = q.new_zeros(count, *q.shape) if scores_grad else None
+    dk = k.new_zeros(count, *k.shape) if scores_grad else None
+    dv = v.new_zeros(count, *v.shape)
+    blocks = _Blocks(q, k, causal, count)
+    queries = q.shape[-2]
+    # b batch, h key/value head, g query head of its group, r query, s key, e/d channel
+    for start in blocks.starts:
+        stop, keys = blocks.span(start, queries)
+        part = _bias_block(bias, (*q.shape[:-1], k.shape[-2]), start, stop, keys)
+        q_block, g_block = q[..., start:stop, :], grad[..., start:stop, :]
+        k_used, v_used = k[..., :keys, :], v[..., :keys, :]
+        scores = _scores(q_block, k_used, part, scaling, causal, start)
+        weights = torch.exp(scores - lse[..., start:stop, None])
+        dv[..., :keys, :] += torch.einsum("bhgrs,kbhgre->kbhse", weights, g_block)
+        if dq is None or dk is None:
+            continue
+        row = (g_block * out[..., start:stop, :]).sum(-1, keepdim=True)
+        d_weights = torch.einsum("kbhgre,bhse->kbhgrs", g_block, v_used)
+        d_scores = weights * (d_weights - row) * (scaling * score_scale)
+        dq[..., start:stop, :] = torch.einsum("kbhgrs,bhsd->kbhgrd", d_scores, k_used)
+        dk[..., :keys, :] += torch.einsum("kbhgrs,bhgrd->kbhsd", d_scores, q_block)
+    return (dv,) if dq is None or dk is None else (dq, dk, dv)
+
+
+class _ChunkedAttention(ScanFunction):
     @staticmethod
     def forward(
-        ctx: Any,
         q: Tensor,
         k: Tensor,
         v: Tensor,
@@ -124,7 +166,7 @@ class _ChunkedAttention(torch.autograd.Function):
         causal: bool,
         value_scale: float,
         score_scale: float,
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor]:
         blocks = _Blocks(q, k, causal)
         queries = q.shape[-2]
         out = q.new_empty(*q.shape[:-1], v.shape[-1])
@@ -139,36 +181,23 @@ class _ChunkedAttention(torch.autograd.Function):
             values = _flat(weights) @ v[..., :keys, :]
             out[..., start:stop, :] = values.unflatten(2, weights.shape[2:4]) / total
             lse[..., start:stop] = (top + total.log()).squeeze(-1)
-        ctx.save_for_backward(q, k, v, bias, out, lse)
-        ctx.settings = scaling, causal, value_scale, score_scale
-        return out
+        return out, lse
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+        q, k, v, bias, *settings = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(q, k, v, bias, *output)
+        ctx.settings = tuple(settings)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor, _: Tensor) -> tuple[Tensor | None, ...]:
         q, k, v, bias, out, lse = ctx.saved_tensors
-        scaling, causal, value_scale, score_scale = ctx.settings
-        grad = grad * value_scale
-        scores_grad = score_scale != 0.0 and any(ctx.needs_input_grad[:2])
-        dq = torch.zeros_like(q) if scores_grad else None
-        dk = torch.zeros_like(k) if scores_grad else None
-        dv = torch.zeros_like(v)
-        blocks = _Blocks(q, k, causal)
-        queries = q.shape[-2]
-        for start in blocks.starts:
-            stop, keys = blocks.span(start, queries)
-            part = _bias_block(bias, (*q.shape[:-1], k.shape[-2]), start, stop, keys)
-            q_block, g_block = q[..., start:stop, :], grad[..., start:stop, :]
-            k_used, v_used = k[..., :keys, :], v[..., :keys, :]
-            scores = _scores(q_block, k_used, part, scaling, causal, start)
-            weights = torch.exp(scores - lse[..., start:stop, None])
-            dv[..., :keys, :] += _flat(weights).transpose(-1, -2) @ _flat(g_block)
-            if dq is None or dk is None:
-                continue
-            row = (g_block * out[..., start:stop, :]).sum(-1, keepdim=True)
-            d_weights = (_flat(g_block) @ v_used.transpose(-1, -2)).unflatten(2, g_block.shape[2:4])
-            d_scores = weights * (d_weights - row) * (scaling * score_scale)
-            dq[..., start:stop, :] = (_flat(d_scores) @ k_used).unflatten(2, q_block.shape[2:4])
-            dk[..., :keys, :] += _flat(d_scores).transpose(-1, -2) @ _flat(q_block)
+        scores_grad = ctx.settings[3] != 0.0 and any(ctx.needs_input_grad[:2])
+        grads = batched_cotangents(
+            _attention_backward, grad, q, k, v, bias, out, lse, ctx.settings, scores_grad
+        )
+        dq, dk, dv = grads if scores_grad else (None, None, *grads)
         return dq, dk, dv, None, None, None, None, None
 
 
@@ -203,7 +232,7 @@ def chunked_attention(
     """
     group = q.shape[1] // k.shape[1]
     grouped = q.unflatten(1, (k.shape[1], group))
-    out = _ChunkedAttention.apply(
+    out, _ = _ChunkedAttention.apply(
         grouped, k, v, None if bias is None else bias.detach(), scaling, causal,
         value_scale, score_scale,
     )  # fmt: skip

@@ -89,6 +89,44 @@ _replacements: ContextVar[Mapping[str, Callable]] = ContextVar(
 )
 
 
+# Per thread: the ops whose fused kernel ran inside `unbatched_backwards` (None outside).
+_unbatched: ContextVar[list[str] | None] = ContextVar("unbatched_backwards", default=None)
+
+
+@contextmanager
+def unbatched_backwards() -> Iterator[list[str]]:
+    """Context manager: collects the ops that ran a fused kernel inside it.
+
+    The fused kernels' backward passes (mamba-ssm, causal-conv1d) take one cotangent at a
+    time: a graph that contains one cannot be differentiated for many targets in one
+    vmapped backward pass, and the attributions then run one backward pass per target.
+    Every other implementation takes a batch of cotangents.
+
+    Yields:
+        list of str: the names of those ops, filled while the block runs.
+
+    Examples::
+
+        >>> with unbatched_backwards() as unbatched:
+        ...     y = selective_scan(x, dt, A, B, C)
+        >>> unbatched  # [] on a CPU; ["selective_scan"] where mamba-ssm's kernel ran
+    """
+    found: list[str] = []
+    token = _unbatched.set(found)
+    try:
+        yield found
+    finally:
+        _unbatched.reset(token)
+
+
+def _fused(op: str) -> str:
+    """``"fused"``, noting ``op`` for :func:`unbatched_backwards`."""
+    found = _unbatched.get()
+    if found is not None and op not in found:
+        found.append(op)
+    return "fused"
+
+
 def _check_choice(op: str, impl: str) -> None:
     if op not in IMPLEMENTATIONS:
         raise ValueError(f"unknown scan op {op!r}; choose one of {sorted(IMPLEMENTATIONS)}")
@@ -244,7 +282,7 @@ def choose(op: str, impl: str | None, like: torch.Tensor, unsuitable: str | None
         if like.device.type != "cuda":
             return cpu_default
         if unsuitable is None and _import_kernel(op)[0] is not None:
-            return "fused"
+            return _fused(op)
         return cuda_fallback
     if impl == "fused":
         interpreted = _interpreted(op) and like.device.type == "cpu"
@@ -256,4 +294,5 @@ def choose(op: str, impl: str | None, like: torch.Tensor, unsuitable: str | None
         if unsuitable is not None:
             raise ValueError(f"{op}(impl='fused'): {unsuitable}; use impl='auto'")
         fused_kernel(op)
+        return _fused(op)
     return impl

@@ -35,7 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_mamba.ops._common import check_one_dtype, chunked, segment_sums
+from captum_mamba.ops._common import (
+    ScanFunction,
+    batched_cotangents,
+    check_one_dtype,
+    chunked,
+    segment_sums,
+)
 
 #: Time steps per chunk (fewer when the element budget is small).
 DEFAULT_CHUNK_SIZE = 16
@@ -148,14 +154,23 @@ def _scan(
 
 
 def _recomputed_gradients(
-    ctx, grad_y: Tensor, inputs: tuple[Tensor, ...], starts: list[Tensor]
-) -> list[Tensor | None]:
-    """Gradients of all inputs that need one, group by group from the last one."""
-    x, dt, A, B, C = inputs
-    need = ctx.needs_input_grad[:5]
-    grads = [torch.zeros_like(t) if n else None for t, n in zip(inputs, need, strict=True)]
+    grad_y: Tensor,
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    starts: Tensor,
+    chunk: int,
+    group: int,
+    need: tuple[bool, ...],
+) -> tuple[Tensor, ...]:
+    """Gradients of the inputs that need one, for ``K`` cotangents ``grad_y`` ``(K, batch,
+    length, channels)``: group by group from the last one, each group recomputed once and
+    differentiated for the ``K`` cotangents together (vmapped ``autograd.grad``)."""
+    pieces: list[list[Tensor]] = [[] for _ in need]
     A_leaf = A.detach().requires_grad_(need[2])
-    span = ctx.chunk * ctx.group
+    span = chunk * group
     grad_h = None
     for index in reversed(range(len(starts))):
         steps = slice(index * span, (index + 1) * span)
@@ -165,48 +180,81 @@ def _recomputed_gradients(
         )
         h = starts[index].detach().requires_grad_(index > 0)
         with torch.enable_grad():
-            y, h_out = _group_scan(dt_g * x_g, dt_g, A_leaf, B_g, C_g, h, ctx.chunk)
-        outputs, seeds = [y], [grad_y[:, steps]]
+            y, h_out = _group_scan(dt_g * x_g, dt_g, A_leaf, B_g, C_g, h, chunk)
+        outputs, seeds = [y], [grad_y[:, :, steps]]
         if grad_h is not None and h_out.requires_grad:  # else h_out is independent of them
             outputs.append(h_out)
             seeds.append(grad_h)
         leaves = [x_g, dt_g, A_leaf, B_g, C_g, h]
         wanted = [leaf for leaf in leaves if leaf.requires_grad]
-        found = iter(torch.autograd.grad(outputs, wanted, seeds))
+
+        def backward(*seeds: Tensor, outputs: list[Tensor] = outputs, wanted=wanted):
+            return torch.autograd.grad(outputs, wanted, seeds, retain_graph=True)
+
+        found = iter(torch.func.vmap(backward)(*seeds))
         for position, leaf in enumerate(leaves[:5]):
             if leaf.requires_grad:
-                if position == 2:
-                    grads[2] += next(found)
-                else:
-                    grads[position][:, steps] = next(found)
+                pieces[position].append(next(found))
         grad_h = next(found) if h.requires_grad else None
-    return grads
+    return tuple(
+        sum(parts[1:], parts[0]) if position == 2 else torch.cat(parts[::-1], dim=2)
+        for position, parts in enumerate(pieces)
+        if need[position]
+    )
 
 
-class ParallelSelectiveScan(torch.autograd.Function):
-    """Selective scan ``y = scan(x; dt, A, B, C)``, chunked and parallel over time."""
+def _adjoint(
+    grad_y: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int, elements: int
+) -> tuple[Tensor]:
+    """Gradient of :class:`ParallelSelectiveScan` for ``x`` with ``dt``, ``B``, ``C``
+    constant, for ``K`` cotangents ``grad_y`` ``(K, batch, length, channels)`` at once,
+    folded into the channels (copy ``k`` of channel ``d`` is channel ``k D + d``, with its
+    ``dt`` and ``A``); the chunks are planned anew for ``K`` times the channels."""
+    count, batch, length, channels = grad_y.shape
+    chunk, group = plan_chunks(batch, length, count * channels, A.shape[1], chunk, elements)
+    folded = grad_y.permute(1, 2, 0, 3).reshape(batch, length, count * channels)
+    # dL/dx[s] = dt[s] sum_{t>=s} sum_n B[s] exp(A seg[t, s]) C[t] grad_y[t]: the same
+    # scan backwards in time, with B and C exchanged and the decay of step k+1 at k.
+    next_dt = F.pad(dt[:, 1:], (0, 0, 0, 1)).repeat(1, 1, count)
+    adjoint = _scan(
+        folded.flip(1), next_dt.flip(1), A.repeat(count, 1), C.flip(1), B.flip(1), chunk, group
+    ).flip(1)
+    return (adjoint.unflatten(2, (count, channels)).permute(2, 0, 1, 3) * dt,)
+
+
+class ParallelSelectiveScan(ScanFunction):
+    """Selective scan ``y = scan(x; dt, A, B, C)``, chunked and parallel over time.
+
+    ``keep_starts`` keeps the state before each group of chunks (the second,
+    non-differentiable output), which the gradients of ``dt``, ``A``, ``B`` and ``C``
+    need; the backward for ``x`` takes a batch of cotangents (:func:`batched_cotangents`).
+    """
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, chunk, group):
-        starts: list[Tensor] | None = [] if any(ctx.needs_input_grad[1:5]) else None
+    def forward(x, dt, A, B, C, chunk, group, elements, keep_starts):
+        starts: list[Tensor] | None = [] if keep_starts else None
         y = _scan(dt * x, dt, A, B, C, chunk, group, starts)
-        ctx.chunk, ctx.group = chunk, group
-        ctx.save_for_backward(x, dt, A, B, C, *(starts or ()))
-        return y
+        return y, torch.stack(starts) if starts else x.new_empty(0)
 
     @staticmethod
-    def backward(ctx, grad_y):
-        x, dt, A, B, C, *starts = ctx.saved_tensors
-        if any(ctx.needs_input_grad[1:5]):
-            grads = _recomputed_gradients(ctx, grad_y, (x, dt, A, B, C), starts)
-            return (*grads, None, None)
-        # dL/dx[s] = dt[s] sum_{t>=s} sum_n B[s] exp(A seg[t, s]) C[t] grad_y[t]: the same
-        # scan backwards in time, with B and C exchanged and the decay of step k+1 at k.
-        next_dt = F.pad(dt[:, 1:], (0, 0, 0, 1))
-        adjoint = _scan(
-            grad_y.flip(1), next_dt.flip(1), A, C.flip(1), B.flip(1), ctx.chunk, ctx.group
-        )
-        return adjoint.flip(1) * dt, None, None, None, None, None, None
+    def setup_context(ctx, inputs, output):
+        ctx.chunk, ctx.group, ctx.elements = inputs[5:8]
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(*inputs[:5], output[1])
+
+    @staticmethod
+    def backward(ctx, grad_y, _):
+        _, dt, A, B, C, _ = ctx.saved_tensors
+        need = tuple(ctx.needs_input_grad[:5])
+        if any(need[1:]):
+            found = iter(
+                batched_cotangents(
+                    _recomputed_gradients, grad_y, *ctx.saved_tensors, ctx.chunk, ctx.group, need
+                )
+            )
+            return (*(next(found) if n else None for n in need), None, None, None, None)
+        (grad_x,) = batched_cotangents(_adjoint, grad_y, dt, A, B, C, ctx.chunk, ctx.elements)
+        return grad_x, None, None, None, None, None, None, None, None
 
 
 def parallel_selective_scan(
@@ -252,4 +300,5 @@ def parallel_selective_scan(
     check_one_dtype("parallel_selective_scan", x, dt, A, B, C)
     batch, length, channels = x.shape
     chunk, group = plan_chunks(batch, length, channels, A.shape[1], chunk_size, chunk_elements)
-    return ParallelSelectiveScan.apply(x, dt, A, B, C, chunk, group)
+    full = torch.is_grad_enabled() and any(t.requires_grad for t in (dt, A, B, C))
+    return ParallelSelectiveScan.apply(x, dt, A, B, C, chunk, group, chunk_elements, full)[0]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from captum_mamba.ops._common import check_one_dtype
+from captum_mamba.ops._common import ScanFunction, batched_cotangents, check_one_dtype
 from captum_mamba.ops.backends import choose
 from captum_mamba.ops.fused import fused_selective_scan
 from captum_mamba.ops.parallel_scan import DEFAULT_CHUNK_ELEMENTS as PARALLEL_CHUNK_ELEMENTS
@@ -116,68 +116,110 @@ def _forward_scan(
     return y, boundaries, h
 
 
-class SelectiveScan(torch.autograd.Function):
-    """Selective scan ``y = scan(x; dt, A, B, C)`` with a chunked adjoint backward."""
+#: The differentiable inputs of :class:`SelectiveScan`, in order.
+_INPUTS = ("x", "dt", "A", "B", "C")
+
+
+def _scan_backward(
+    grad_y: Tensor,
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    boundaries: Tensor,
+    chunk: int,
+    needs: tuple[bool, ...],
+) -> tuple[Tensor, ...]:
+    """Gradients of :class:`SelectiveScan` for ``K`` cotangents ``grad_y`` ``(K, batch,
+    length, channels)`` at once: the ``K`` adjoint scans run as one scan over ``K``
+    times the channels (each copy with its channel's ``dt`` and ``A``), in chunks of
+    ``chunk // K`` steps so that the work buffers keep their size when only ``x`` needs
+    a gradient. Returns the needed gradients of ``(x, dt, A, B, C)``, each ``(K, ...)``."""
+    need_x, need_dt, need_A, need_B, need_C = needs
+    full = need_dt or need_A or need_B or need_C
+    count = grad_y.shape[0]
+    batch, length, channels = x.shape
+    state = A.shape[1]
+    # The adjoint state g[t] = dL/dh[t] obeys the reverse recurrence
+    # g[t] = exp(dt[t+1] A) g[t+1] + C[t] grad_y[t]; copy k of channel d is channel k D + d.
+    folded = grad_y.permute(1, 2, 0, 3).reshape(batch, length, count * channels)
+    dt_next = torch.cat([dt[:, 1:], dt.new_zeros(batch, 1, channels)], dim=1).repeat(1, 1, count)
+    A_folded = A.repeat(count, 1)
+    # With dt, A, B or C, the states are recomputed from the forward's chunk boundaries.
+    steps = chunk if full else max(1, chunk // count)
+    adjoint_buffers = _ChunkBuffers(folded, min(steps, length), state)
+    state_buffers = _ChunkBuffers(x, min(steps, length), state) if full else None
+    parts: dict[str, list[Tensor]] = {
+        name: [] for name, need in zip(_INPUTS, needs, strict=True) if need and name != "A"
+    }
+    grad_A = None
+    g = x.new_zeros(batch, count * channels, state)
+    dtx = dt * x
+    starts = _chunk_starts(length, steps)
+    for index in reversed(range(len(starts))):
+        start = starts[index]
+        stop = min(start + steps, length)
+        adj_decay, adj = adjoint_buffers.fill(dt_next, A_folded, folded, C, start, stop)
+        _scan_chunk(adj_decay, adj, g, reverse=True)
+        g = adj[:, 0].clone()
+        adj = adj.unflatten(2, (count, channels))  # (b, t, k, d, n)
+        adj_B = torch.einsum("btkdn,btn->kbtd", adj, B[:, start:stop])
+        if need_x:
+            parts["x"].append(dt[:, start:stop] * adj_B)
+        if not full:
+            continue
+        decay, states = state_buffers.fill(dt, A, dtx, B, start, stop)
+        _scan_chunk(decay, states, boundaries[:, index])
+        previous = torch.cat([boundaries[:, index, None], states[:, :-1]], dim=1)
+        # dL/d(decay[t]) = g[t] * h[t-1]; d decay / d dt = A * decay.
+        grad_decay = adj * (previous * decay)[:, :, None]
+        if need_dt:
+            parts["dt"].append(
+                torch.einsum("btkdn,dn->kbtd", grad_decay, A) + x[:, start:stop] * adj_B
+            )
+        if need_A:
+            part = torch.einsum("btkdn,btd->kdn", grad_decay, dt[:, start:stop])
+            grad_A = part if grad_A is None else grad_A + part
+        if need_B:
+            parts["B"].append(torch.einsum("btkdn,btd->kbtn", adj, dtx[:, start:stop]))
+        if need_C:
+            parts["C"].append(torch.einsum("btdn,kbtd->kbtn", states, grad_y[:, :, start:stop]))
+    grads = {name: torch.cat(pieces[::-1], dim=2) for name, pieces in parts.items()}
+    if need_A:
+        grads["A"] = grad_A
+    return tuple(grads[name] for name, need in zip(_INPUTS, needs, strict=True) if need)
+
+
+class SelectiveScan(ScanFunction):
+    """Selective scan ``y = scan(x; dt, A, B, C)`` with a chunked adjoint backward.
+
+    Its backward takes a batch of cotangents (many targets, :func:`batched_cotangents`).
+    ``keep_boundaries`` keeps the state at each chunk boundary (returned as the second,
+    non-differentiable output), which the gradients of ``dt``, ``A``, ``B`` and ``C`` need.
+    """
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, chunk):
-        full = any(ctx.needs_input_grad[1:5])
-        y, boundaries, _ = _forward_scan(x, dt, A, B, C, chunk, keep_boundaries=full)
+    def forward(x, dt, A, B, C, chunk, keep_boundaries):
+        y, boundaries, _ = _forward_scan(x, dt, A, B, C, chunk, keep_boundaries)
+        return y, x.new_empty(0) if boundaries is None else boundaries
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, dt, A, B, C, chunk, _ = inputs
         ctx.chunk = chunk
-        ctx.save_for_backward(x, dt, A, B, C, boundaries)
-        return y
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(x, dt, A, B, C, output[1])
 
     @staticmethod
-    def backward(ctx, grad_y):
-        x, dt, A, B, C, boundaries = ctx.saved_tensors
-        need_x, need_dt, need_A, need_B, need_C = ctx.needs_input_grad[:5]
-        full = need_dt or need_A or need_B or need_C
-        chunk = ctx.chunk
-        batch, length, channels = x.shape
-        grad_y = grad_y.contiguous()
-
-        grad_x = torch.empty_like(x) if need_x else None
-        grad_dt = torch.empty_like(dt) if need_dt else None
-        grad_A = torch.zeros_like(A) if need_A else None
-        grad_B = torch.empty_like(B) if need_B else None
-        grad_C = torch.empty_like(C) if need_C else None
-
-        # The adjoint state g[t] = dL/dh[t] obeys the reverse recurrence
-        # g[t] = exp(dt[t+1] A) g[t+1] + C[t] grad_y[t].
-        dt_next = torch.cat([dt[:, 1:], dt.new_zeros(batch, 1, channels)], dim=1)
-        adjoint_buffers = _ChunkBuffers(x, min(chunk, length), A.shape[1])
-        state_buffers = _ChunkBuffers(x, min(chunk, length), A.shape[1]) if full else None
-        g = x.new_zeros(batch, channels, A.shape[1])
-        dtx = dt * x
-        starts = _chunk_starts(length, chunk)
-        for index in reversed(range(len(starts))):
-            start = starts[index]
-            stop = min(start + chunk, length)
-            adj_decay, adj = adjoint_buffers.fill(dt_next, A, grad_y, C, start, stop)
-            _scan_chunk(adj_decay, adj, g, reverse=True)
-            g = adj[:, 0].clone()
-            if need_x:
-                grad_x[:, start:stop] = dt[:, start:stop] * torch.einsum(
-                    "btdn,btn->btd", adj, B[:, start:stop]
-                )
-            if not full:
-                continue
-            decay, states = state_buffers.fill(dt, A, dtx, B, start, stop)
-            _scan_chunk(decay, states, boundaries[:, index])
-            previous = torch.cat([boundaries[:, index, None], states[:, :-1]], dim=1)
-            # dL/d(decay[t]) = g[t] * h[t-1]; d decay / d dt = A * decay.
-            grad_decay = adj * previous * decay
-            if need_dt:
-                grad_dt[:, start:stop] = torch.einsum("btdn,dn->btd", grad_decay, A) + x[
-                    :, start:stop
-                ] * torch.einsum("btdn,btn->btd", adj, B[:, start:stop])
-            if need_A:
-                grad_A += torch.einsum("btdn,btd->dn", grad_decay, dt[:, start:stop])
-            if need_B:
-                grad_B[:, start:stop] = torch.einsum("btdn,btd->btn", adj, dtx[:, start:stop])
-            if need_C:
-                grad_C[:, start:stop] = torch.einsum("btdn,btd->btn", states, grad_y[:, start:stop])
-        return grad_x, grad_dt, grad_A, grad_B, grad_C, None
+    def backward(ctx, grad_y, _):
+        needs = tuple(ctx.needs_input_grad[:5])
+        found = iter(
+            batched_cotangents(
+                _scan_backward, grad_y.contiguous(), *ctx.saved_tensors, ctx.chunk, needs
+            )
+        )
+        return (*(next(found) if need else None for need in needs), None, None)
 
 
 def selective_scan(
@@ -231,9 +273,9 @@ def selective_scan(
         return parallel_selective_scan(x, dt, A, B, C, chunk_elements=budget)
     budget = DEFAULT_CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
     chunk = _chunk_length(batch, channels, state, budget)
-    return SelectiveScan.apply(
-        x.contiguous(), dt.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(), chunk
-    )
+    full = torch.is_grad_enabled() and any(t.requires_grad for t in (dt, A, B, C))
+    tensors = (t.contiguous() for t in (x, dt, A, B, C))
+    return SelectiveScan.apply(*tensors, chunk, full)[0]
 
 
 @torch.no_grad()

@@ -28,7 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_mamba.ops._common import check_one_dtype, chunked, segment_sums
+from captum_mamba.ops._common import (
+    ScanFunction,
+    batched_cotangents,
+    check_one_dtype,
+    chunked,
+    segment_sums,
+)
 from captum_mamba.ops.backends import choose
 from captum_mamba.ops.fused import fused_ssd_scan
 
@@ -99,40 +105,67 @@ def _grouped(x: Tensor, dt: Tensor, A: Tensor, groups: int) -> tuple[Tensor, Ten
     return u, log_decay
 
 
-class SSDScan(torch.autograd.Function):
-    """SSD scan ``y = ssd(x; dt, A, B, C)`` with the transposed scan as backward for ``x``."""
+def _adjoint(grad_y: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int):
+    """Gradient of :class:`SSDScan` for ``x`` with ``dt``, ``A``, ``B``, ``C`` constant, for
+    ``K`` cotangents ``grad_y`` ``(K, batch, length, heads, head_dim)`` at once (folded into
+    the head dimension, which the scan treats alike)."""
+    # y = M x with M[t, s] = (C[t].B[s]) decay(s -> t) dt[s]; the adjoint M^T runs from
+    # the last step to the first. Flipping time turns it into the same causal scan, with
+    # the decay of step k+1 applied at step k and B, C exchanged.
+    count, batch, length, heads, head_dim = grad_y.shape
+    split = (batch, length, B.shape[2], heads // B.shape[2])
+    folded = grad_y.permute(1, 2, 3, 0, 4).reshape(*split, count * head_dim)
+    next_decay = F.pad((dt * A)[:, 1:], (0, 0, 0, 1)).flip(1).reshape(split)
+    adjoint = _ssd(folded.flip(1), next_decay, C.flip(1), B.flip(1), chunk).flip(1)
+    adjoint = adjoint.reshape(batch, length, heads, count, head_dim).permute(3, 0, 1, 2, 4)
+    return (adjoint * dt[..., None],)
+
+
+def _recomputed(
+    grad_y: Tensor,
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk: int,
+    need: tuple[bool, ...],
+) -> tuple[Tensor, ...]:
+    """Gradients of the inputs of :class:`SSDScan` that need one, for ``K`` cotangents
+    ``grad_y`` at once: the chunked forward recomputed and differentiated by autograd
+    (vmapped over the cotangents)."""
+    inputs = [t.detach().requires_grad_(n) for t, n in zip((x, dt, A, B, C), need, strict=True)]
+    with torch.enable_grad():
+        u, log_decay = _grouped(*inputs[:3], B.shape[2])
+        y = _ssd(u, log_decay, inputs[3], inputs[4], chunk).reshape(x.shape)
+    wanted = [t for t in inputs if t.requires_grad]
+    return torch.func.vmap(lambda seed: torch.autograd.grad(y, wanted, seed, retain_graph=True))(
+        grad_y
+    )
+
+
+class SSDScan(ScanFunction):
+    """SSD scan ``y = ssd(x; dt, A, B, C)`` with the transposed scan as backward for ``x``
+    (taking a batch of cotangents, :func:`batched_cotangents`)."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, chunk):
-        ctx.chunk = chunk
-        ctx.save_for_backward(x, dt, A, B, C)
+    def forward(x, dt, A, B, C, chunk):
         u, log_decay = _grouped(x, dt, A, B.shape[2])
         return _ssd(u, log_decay, B, C, chunk).reshape(x.shape)
 
     @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.chunk = inputs[5]
+        ctx.save_for_backward(*inputs[:5])
+
+    @staticmethod
     def backward(ctx, grad_y):
         x, dt, A, B, C = ctx.saved_tensors
-        chunk = ctx.chunk
-        if any(ctx.needs_input_grad[1:5]):
-            inputs = [
-                t.detach().requires_grad_(need)
-                for t, need in zip((x, dt, A, B, C), ctx.needs_input_grad[:5], strict=True)
-            ]
-            with torch.enable_grad():
-                u, log_decay = _grouped(*inputs[:3], B.shape[2])
-                y = _ssd(u, log_decay, inputs[3], inputs[4], chunk).reshape(x.shape)
-            wanted = [t for t in inputs if t.requires_grad]
-            grads = iter(torch.autograd.grad(y, wanted, grad_y))
-            return (*(next(grads) if t.requires_grad else None for t in inputs), None)
-        # y = M x with M[t, s] = (C[t].B[s]) decay(s -> t) dt[s]; the adjoint M^T runs from
-        # the last step to the first. Flipping time turns it into the same causal scan, with
-        # the decay of step k+1 applied at step k and B, C exchanged.
-        batch, length, heads, head_dim = x.shape
-        split = (batch, length, B.shape[2], heads // B.shape[2])
-        flipped_grad = grad_y.flip(1).reshape(*split, head_dim)
-        next_decay = F.pad((dt * A)[:, 1:], (0, 0, 0, 1)).flip(1).reshape(split)
-        adjoint = _ssd(flipped_grad, next_decay, C.flip(1), B.flip(1), chunk).flip(1)
-        grad_x = adjoint.reshape(x.shape) * dt[..., None]
+        need = tuple(ctx.needs_input_grad[:5])
+        if any(need[1:]):
+            found = iter(batched_cotangents(_recomputed, grad_y, x, dt, A, B, C, ctx.chunk, need))
+            return (*(next(found) if n else None for n in need), None)
+        (grad_x,) = batched_cotangents(_adjoint, grad_y, dt, A, B, C, ctx.chunk)
         return grad_x, None, None, None, None, None
 
 
