@@ -59,7 +59,7 @@ def test_every_family_trains_and_is_explained(name: str) -> None:
     model = model.double().eval()
     methods = family_tasks.family_methods(family, (MAMBA_LRP, CP_LRP, INPUT_X_GRADIENT))
     results = ground_truth.evaluate(model, "planted", 16, methods, 2, SETTINGS, with_delta=False)
-    cp_lrp = {CP_LRP} if family.attention else set()
+    cp_lrp = {CP_LRP} if family.cp_lrp_differs else set()
     assert set(results) == {MAMBA_LRP, INPUT_X_GRADIENT} | cp_lrp
     for columns in results.values():
         assert len(columns["auc-cur"]) == 2

@@ -20,7 +20,8 @@ with their mean and standard error (:func:`~captum_mamba.metrics.mean_sem`).
 
 Compared (:data:`DEFAULT_METHODS`): MambaLRP (the package's default rules: on attention
 layers AttnLRP), MambaLRP with CP-LRP on attention (:data:`CP_LRP`, families with
-attention only; the conservative preset of the hybrids), Gradient x Input, Integrated
+attention, or with a mixer that the ``attention`` setting governs: xLSTM, RWKV; the
+conservative preset of the hybrids), Gradient x Input, Integrated
 Gradients, and Saliency and Random as anchors. A family whose model does not reach
 :data:`LEARNED_ACCURACY` on held-out examples is marked as not learned in the table
 (and still measured): an explanation of a model that has not learned the task says
@@ -71,6 +72,9 @@ class ModelFamily:
             the eager implementation, and CP-LRP is compared too. Default: False.
         eager_experts (bool, optional): mixtures of experts computed eagerly (their
             grouped kernel has no float64). Default: False.
+        attention_setting (bool, optional): the family's token mixer without softmax
+            attention is governed by the ``attention`` rule setting (xLSTM's mLSTM cell,
+            RWKV's WKV), so CP-LRP is compared too. Default: False.
         learning_rate (float, optional): the training's learning rate, where the
             schedule's diverges for the family. Default: None (the schedule's).
     """
@@ -83,6 +87,12 @@ class ModelFamily:
     attention: bool = False
     eager_experts: bool = False
     learning_rate: float | None = None
+    attention_setting: bool = False
+
+    @property
+    def cp_lrp_differs(self) -> bool:
+        """Whether CP-LRP gives other relevance than MambaLRP's defaults on this family."""
+        return self.attention or self.attention_setting
 
 
 #: Shape shared by the families with attention: width 32, MLP width 64, 4 query and 2
@@ -295,6 +305,7 @@ FAMILIES: dict[str, ModelFamily] = {
                 hidden_size=32, num_hidden_layers=2, num_heads=4, chunk_size=16,
                 ffn_round_up_to_multiple_of=16, norm_reduction_force_float32=False,
             ),
+            attention_setting=True,
         ),
         ModelFamily(
             "rwkv",
@@ -305,6 +316,7 @@ FAMILIES: dict[str, ModelFamily] = {
                 hidden_size=32, attention_hidden_size=32, intermediate_size=64,
                 num_hidden_layers=2,
             ),
+            attention_setting=True,
         ),
         ModelFamily(
             "llama",
@@ -388,8 +400,8 @@ def family_setup(
 
 
 def family_methods(family: ModelFamily, methods: Sequence[str]) -> list[str]:
-    """The methods compared on one family: ``methods`` without :data:`CP_LRP` where the
-    family has no attention (there it equals MambaLRP).
+    """The methods compared on one family: ``methods`` without :data:`CP_LRP` where no
+    layer is governed by the ``attention`` setting (there it equals MambaLRP).
 
     Args:
         family (ModelFamily): the family.
@@ -398,7 +410,7 @@ def family_methods(family: ModelFamily, methods: Sequence[str]) -> list[str]:
     Returns:
         list of str: the names, for :func:`~captum_mamba.apps.ground_truth.evaluate`.
     """
-    return [name for name in methods if name != CP_LRP or family.attention]
+    return [name for name in methods if name != CP_LRP or family.cp_lrp_differs]
 
 
 @dataclass
