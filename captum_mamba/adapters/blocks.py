@@ -516,9 +516,15 @@ def delta_rule_gates(
         tuple of Tensor: ``(beta, g)`` with the sequence after the heads.
     """
     beta = ops.activation("beta", b, "sigmoid")
+    return beta.transpose(1, 2), delta_log_decay(ops, a, dt_bias, A_log).transpose(1, 2)
+
+
+def delta_log_decay(ops: BlockOps, a: Tensor, dt_bias: Tensor | None, A_log: Tensor) -> Tensor:
+    """The log decay ``g = -exp(A_log) softplus(a + dt_bias)`` of a delta rule (sites
+    ``time_step``, ``decay``), per head or per key channel (``A_log`` broadcast to
+    ``a``)."""
     rate = -torch.exp(A_log.to(a.dtype))
-    log_decay = ops.scale("decay", ops.time_step("time_step", a, dt_bias), rate)
-    return beta.transpose(1, 2), log_decay.transpose(1, 2)
+    return ops.scale("decay", ops.time_step("time_step", a, dt_bias), rate)
 
 
 def heads_first(x: Tensor, heads: int) -> Tensor:
@@ -1002,6 +1008,92 @@ def keep_logits(hidden_states: Tensor, logits_to_keep: int | Tensor) -> Tensor:
     last ``logits_to_keep`` (all for 0), or the given indices."""
     index = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
     return hidden_states[:, index, :]
+
+
+def whole_sequence_inputs(
+    ops: BlockOps,
+    model: nn.Module,
+    input_ids: Tensor | None,
+    attention_mask: Tensor | dict[str, Tensor] | None,
+    position_ids: Tensor | None,
+    cache: Any,
+    inputs_embeds: Tensor | None,
+) -> tuple[Tensor, Tensor, Mapping[str, Any]]:
+    """The embedded input, the position ids and the mask of each layer type
+    (``"full_attention"``, ``"linear_attention"``: transformers' causal and recurrent
+    masks, built from keyword arguments as transformers >= 5.24 takes them) of a model
+    with ``layer_types`` run on whole sequences without a cache (Qwen3-Next,
+    OLMo-Hybrid, Kimi-Linear).
+
+    Args:
+        ops (BlockOps): the operations of the model.
+        model (nn.Module): the model (``embed_tokens``, ``config``).
+        input_ids (Tensor, optional): token ids.
+        attention_mask (Tensor or dict, optional): the padding mask, or the masks by
+            layer type.
+        position_ids (Tensor, optional): positions (default: ``0 .. seq - 1``).
+        cache (Any): must hold no keys (:func:`check_no_cached_keys`).
+        inputs_embeds (Tensor, optional): embeddings given instead of ``input_ids``.
+
+    Returns:
+        tuple: ``(x, position_ids, masks)``.
+
+    Raises:
+        ValueError: unless exactly one of ``input_ids`` and ``inputs_embeds`` is given.
+    """
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+    check_no_cached_keys(model, cache)
+    embeds = model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+    x = ops.compute(embeds)
+    if position_ids is None:
+        position_ids = torch.arange(x.shape[1], device=x.device)[None]
+    masks = attention_mask
+    if not isinstance(masks, dict):
+        arguments = dict(
+            config=model.config,
+            inputs_embeds=x,
+            attention_mask=masks,
+            cache=None,
+            position_ids=position_ids,
+        )
+        causal, recurrent = (resolve(*helper) for helper in HYBRID_MODEL_HELPERS)
+        masks = {"full_attention": causal(**arguments), "linear_attention": recurrent(**arguments)}
+    return x, position_ids, masks
+
+
+def causal_lm_forward(
+    ops: BlockOps,
+    lm: nn.Module,
+    input_ids: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+    position_ids: Tensor | None = None,
+    cache: Any = None,
+    inputs_embeds: Tensor | None = None,
+    labels: Tensor | None = None,
+    use_cache: bool | None = None,
+    output_router_logits: bool | None = None,
+    logits_to_keep: int | Tensor = 0,
+    **kwargs: Any,
+) -> Any:
+    """A transformers causal language model's forward without loss: ``lm_head`` of the
+    last hidden states of ``lm.model`` (Qwen3-Next, OLMo-Hybrid, Kimi-Linear)."""
+    if labels is not None or output_router_logits:
+        raise NotImplementedError(
+            f"explanations compute no loss; call {type(lm).__name__} without labels "
+            "and output_router_logits"
+        )
+    outputs = lm.model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        cache=cache,
+        inputs_embeds=inputs_embeds,
+        **kwargs,
+    )
+    logits = lm.lm_head(keep_logits(outputs.last_hidden_state, logits_to_keep))
+    output = resolve("transformers.modeling_outputs", "CausalLMOutput")
+    return output(logits=logits)
 
 
 @dataclass(frozen=True)

@@ -45,16 +45,18 @@ from captum_mamba.adapters.blocks import (
     Experts,
     activation_name,
     attention_bias,
+    causal_lm_forward,
     check_no_cached_keys,
     check_silu,
+    delta_log_decay,
     gated_delta_rule,
     gated_mlp_forward,
     group_limited_sigmoid_router,
-    keep_logits,
     mask_padding,
     mixture_of_experts,
     rms_norm_forward,
     suffixed,
+    whole_sequence_inputs,
 )
 from captum_mamba.adapters.families import declare_family, resolve
 
@@ -111,8 +113,7 @@ def forget_gate_forward(ops: BlockOps, gate: nn.Module, hidden_states: Tensor) -
     x = ops.compute(hidden_states)
     raw = gate.f_b_proj(gate.f_a_proj(x)).unflatten(-1, (gate.num_heads, gate.head_dim))
     bias = gate.dt_bias.view(gate.num_heads, gate.head_dim)
-    rate = -torch.exp(gate.A_log.to(x.dtype))
-    return ops.scale("decay", ops.time_step("time_step", raw, bias), rate)
+    return delta_log_decay(ops, raw, bias, gate.A_log)
 
 
 #: Sites of :func:`delta_attention_forward`.
@@ -222,62 +223,13 @@ def model_forward(
     **kwargs: Any,
 ) -> Any:
     """The model's forward for whole sequences without a cache."""
-    if (input_ids is None) == (inputs_embeds is None):
-        raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
-    check_no_cached_keys(model, cache)
-    embeds = model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-    x = ops.compute(embeds)
-    if position_ids is None:
-        position_ids = torch.arange(x.shape[1], device=x.device)[None]
-    masks = attention_mask
-    if not isinstance(masks, dict):
-        arguments = dict(
-            config=model.config,
-            inputs_embeds=x,
-            attention_mask=masks,
-            cache=None,
-            position_ids=position_ids,
-        )
-        causal = resolve("transformers.masking_utils", "create_causal_mask")
-        recurrent = resolve("transformers.masking_utils", "create_recurrent_attention_mask")
-        masks = {"full_attention": causal(**arguments), "linear_attention": recurrent(**arguments)}
+    x, _, masks = whole_sequence_inputs(
+        ops, model, input_ids, attention_mask, position_ids, cache, inputs_embeds
+    )
     for layer, kind in zip(model.layers, model.config.layer_types, strict=False):
         x = layer(x, attention_mask=masks[kind])
     output = resolve("transformers.modeling_outputs", "BaseModelOutput")
     return output(last_hidden_state=model.norm(x))
-
-
-def lm_forward(
-    ops: BlockOps,
-    lm: nn.Module,
-    input_ids: Tensor | None = None,
-    attention_mask: Tensor | None = None,
-    position_ids: Tensor | None = None,
-    cache: Any = None,
-    inputs_embeds: Tensor | None = None,
-    labels: Tensor | None = None,
-    use_cache: bool | None = None,
-    output_router_logits: bool | None = None,
-    logits_to_keep: int | Tensor = 0,
-    **kwargs: Any,
-) -> Any:
-    """The language model's forward: the logits of the model's last hidden states."""
-    if labels is not None or output_router_logits:
-        raise NotImplementedError(
-            f"explanations compute no loss; call {type(lm).__name__} without labels "
-            "and output_router_logits"
-        )
-    outputs = lm.model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        cache=cache,
-        inputs_embeds=inputs_embeds,
-        **kwargs,
-    )
-    logits = lm.lm_head(keep_logits(outputs.last_hidden_state, logits_to_keep))
-    output = resolve("transformers.modeling_outputs", "CausalLMOutput")
-    return output(logits=logits)
 
 
 HF_KIMI_LINEAR = register_adapter(
@@ -325,7 +277,7 @@ HF_KIMI_LINEAR = register_adapter(
                 role="block",
             ),
             ModuleHandler(KimiLinearModel, model_forward, {}, ("embed_tokens", "layers", "norm")),
-            ModuleHandler(KimiLinearForCausalLM, lm_forward, {}, ("model", "lm_head")),
+            ModuleHandler(KimiLinearForCausalLM, causal_lm_forward, {}, ("model", "lm_head")),
         ),
         blocks=(KimiLinearDeltaAttention, KimiLinearAttention),
     )

@@ -43,17 +43,18 @@ from captum_mamba.adapters.blocks import (
     GLU_SITES,
     NORM_SITES,
     ROTARY_ATTENTION_SITES,
+    causal_lm_forward,
     check_no_cached_keys,
     check_silu,
     delta_rule_gates,
     gated_delta_rule,
     gated_mlp_forward,
     gated_rms_norm_before_gate,
-    keep_logits,
     mask_padding,
     rms_norm_forward,
     self_attention,
     unchanged_forward,
+    whole_sequence_inputs,
 )
 from captum_mamba.adapters.families import declare_family, resolve
 
@@ -195,25 +196,9 @@ def model_forward(
 ) -> Any:
     """The model's forward for whole sequences without a cache (the rotary embedding of
     the attention layers only; none in NoPE mode)."""
-    if (input_ids is None) == (inputs_embeds is None):
-        raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
-    check_no_cached_keys(model, cache)
-    embeds = model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-    x = ops.compute(embeds)
-    if position_ids is None:
-        position_ids = torch.arange(x.shape[1], device=x.device)[None]
-    masks = attention_mask
-    if not isinstance(masks, dict):
-        arguments = dict(
-            config=model.config,
-            inputs_embeds=x,
-            attention_mask=masks,
-            cache=None,
-            position_ids=position_ids,
-        )
-        causal = resolve("transformers.masking_utils", "create_causal_mask")
-        recurrent = resolve("transformers.masking_utils", "create_recurrent_attention_mask")
-        masks = {"full_attention": causal(**arguments), "linear_attention": recurrent(**arguments)}
+    x, position_ids, masks = whole_sequence_inputs(
+        ops, model, input_ids, attention_mask, position_ids, cache, inputs_embeds
+    )
     rotary = model.rotary_emb
     position_embeddings = None if rotary is None else rotary(x, position_ids)
     for layer, kind in zip(model.layers, model.config.layer_types, strict=False):
@@ -224,37 +209,6 @@ def model_forward(
         )
     output = resolve("transformers.modeling_outputs", "BaseModelOutput")
     return output(last_hidden_state=model.norm(x))
-
-
-def lm_forward(
-    ops: BlockOps,
-    lm: nn.Module,
-    input_ids: Tensor | None = None,
-    attention_mask: Tensor | None = None,
-    position_ids: Tensor | None = None,
-    cache: Any = None,
-    inputs_embeds: Tensor | None = None,
-    labels: Tensor | None = None,
-    use_cache: bool | None = None,
-    logits_to_keep: int | Tensor = 0,
-    **kwargs: Any,
-) -> Any:
-    """The language model's forward: the logits of the model's last hidden states."""
-    if labels is not None:
-        raise NotImplementedError(
-            f"explanations compute no loss; call {type(lm).__name__} without labels"
-        )
-    outputs = lm.model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        cache=cache,
-        inputs_embeds=inputs_embeds,
-        **kwargs,
-    )
-    logits = lm.lm_head(keep_logits(outputs.last_hidden_state, logits_to_keep))
-    output = resolve("transformers.modeling_outputs", "CausalLMOutput")
-    return output(logits=logits)
 
 
 HF_OLMO_HYBRID = register_adapter(
@@ -298,7 +252,7 @@ HF_OLMO_HYBRID = register_adapter(
                 {},
                 ("embed_tokens", "rotary_emb", "layers", "norm"),
             ),
-            ModuleHandler(OlmoHybridForCausalLM, lm_forward, {}, ("model", "lm_head")),
+            ModuleHandler(OlmoHybridForCausalLM, causal_lm_forward, {}, ("model", "lm_head")),
         ),
         blocks=(OlmoHybridGatedDeltaNet, OlmoHybridAttention),
     )

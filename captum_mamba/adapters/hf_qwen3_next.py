@@ -51,18 +51,19 @@ from captum_mamba.adapters.blocks import (
     Experts,
     activation_name,
     attention_bias,
+    causal_lm_forward,
     check_no_cached_keys,
     check_silu,
     delta_rule_gates,
     gated_delta_rule,
     gated_mlp_forward,
     gated_rms_norm_before_gate,
-    keep_logits,
     mask_padding,
     mixture_of_experts,
     suffixed,
     top_k_dense,
     unchanged_forward,
+    whole_sequence_inputs,
 )
 from captum_mamba.adapters.families import declare_family, resolve
 
@@ -242,30 +243,9 @@ def model_forward(
     **kwargs: Any,
 ) -> Any:
     """The model's forward for whole sequences without a cache."""
-    if (input_ids is None) == (inputs_embeds is None):
-        raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
-    check_no_cached_keys(model, cache)
-    embeds = model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-    x = ops.compute(embeds)
-    if position_ids is None:
-        position_ids = torch.arange(x.shape[1], device=x.device)[None]
-    masks = attention_mask
-    if not isinstance(masks, dict):
-        arguments = dict(
-            config=model.config,
-            inputs_embeds=x,
-            attention_mask=masks,
-            cache=None,
-            position_ids=position_ids,
-        )
-        masks = {
-            "full_attention": resolve("transformers.masking_utils", "create_causal_mask")(
-                **arguments
-            ),
-            "linear_attention": resolve(
-                "transformers.masking_utils", "create_recurrent_attention_mask"
-            )(**arguments),
-        }
+    x, position_ids, masks = whole_sequence_inputs(
+        ops, model, input_ids, attention_mask, position_ids, cache, inputs_embeds
+    )
     position_embeddings = model.rotary_emb(x, position_ids)
     for layer, kind in zip(model.layers, model.config.layer_types, strict=False):
         x = layer(
@@ -276,39 +256,6 @@ def model_forward(
         )
     output = resolve("transformers.modeling_outputs", "BaseModelOutput")
     return output(last_hidden_state=model.norm(x))
-
-
-def lm_forward(
-    ops: BlockOps,
-    lm: nn.Module,
-    input_ids: Tensor | None = None,
-    attention_mask: Tensor | None = None,
-    position_ids: Tensor | None = None,
-    cache: Any = None,
-    inputs_embeds: Tensor | None = None,
-    labels: Tensor | None = None,
-    use_cache: bool | None = None,
-    output_router_logits: bool | None = None,
-    logits_to_keep: int | Tensor = 0,
-    **kwargs: Any,
-) -> Any:
-    """The language model's forward: the logits of the model's last hidden states."""
-    if labels is not None or output_router_logits:
-        raise NotImplementedError(
-            f"explanations compute no loss; call {type(lm).__name__} without labels "
-            "and output_router_logits"
-        )
-    outputs = lm.model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        cache=cache,
-        inputs_embeds=inputs_embeds,
-        **kwargs,
-    )
-    logits = lm.lm_head(keep_logits(outputs.last_hidden_state, logits_to_keep))
-    output = resolve("transformers.modeling_outputs", "CausalLMOutput")
-    return output(logits=logits)
 
 
 HF_QWEN3_NEXT = register_adapter(
@@ -351,7 +298,7 @@ HF_QWEN3_NEXT = register_adapter(
                 {},
                 ("embed_tokens", "rotary_emb", "layers", "norm"),
             ),
-            ModuleHandler(Qwen3NextForCausalLM, lm_forward, {}, ("model", "lm_head")),
+            ModuleHandler(Qwen3NextForCausalLM, causal_lm_forward, {}, ("model", "lm_head")),
         ),
         blocks=(Qwen3NextGatedDeltaNet, Qwen3NextAttention),
     )
