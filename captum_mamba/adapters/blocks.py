@@ -1010,6 +1010,17 @@ def keep_logits(hidden_states: Tensor, logits_to_keep: int | Tensor) -> Tensor:
     return hidden_states[:, index, :]
 
 
+#: Sites of :func:`soft_capped`.
+SOFT_CAP_SITES = {"cap_in": "scale", "cap": "activation", "cap_out": "scale"}
+
+
+def soft_capped(ops: BlockOps, logits: Tensor, cap: float) -> Tensor:
+    """Soft-capped logits ``cap tanh(logits / cap)`` (RecurrentGemma, xLSTM): two scales
+    around a tanh under the identity rule (sites :data:`SOFT_CAP_SITES`)."""
+    capped = ops.activation("cap", ops.scale("cap_in", logits, 1.0 / cap), "tanh")
+    return ops.scale("cap_out", capped, cap)
+
+
 def whole_sequence_inputs(
     ops: BlockOps,
     model: nn.Module,

@@ -45,11 +45,13 @@ from captum_mamba.adapters.blocks import (
     GLU_SITES,
     NORM_SITES,
     ROTARY_ATTENTION_SITES,
+    SOFT_CAP_SITES,
     activation_name,
     check_no_cached_keys,
     gated_mlp_forward,
     keep_logits,
     self_attention,
+    soft_capped,
     unchanged_forward,
 )
 from captum_mamba.adapters.families import declare_family, resolve
@@ -225,7 +227,7 @@ def lm_forward(
     **kwargs: Any,
 ) -> Any:
     """The language model's forward with the soft-capped logits ``c tanh(logits / c)``
-    (sites ``cap_in``, ``cap``, ``cap_out``)."""
+    (:func:`~captum_mamba.adapters.blocks.soft_capped`)."""
     if labels is not None:
         raise NotImplementedError(
             f"explanations compute no loss; call {type(lm).__name__} without labels"
@@ -239,10 +241,8 @@ def lm_forward(
         **kwargs,
     )
     logits = lm.lm_head(keep_logits(outputs.last_hidden_state, logits_to_keep))
-    cap = lm.config.logits_soft_cap
-    capped = ops.activation("cap", ops.scale("cap_in", logits, 1.0 / cap), "tanh")
     output = resolve("transformers.modeling_outputs", "CausalLMOutput")
-    return output(logits=ops.scale("cap_out", capped, cap))
+    return output(logits=soft_capped(ops, logits, lm.config.logits_soft_cap))
 
 
 HF_RECURRENT_GEMMA = register_adapter(
@@ -282,7 +282,7 @@ HF_RECURRENT_GEMMA = register_adapter(
             ModuleHandler(
                 RecurrentGemmaForCausalLM,
                 lm_forward,
-                {"cap_in": "scale", "cap": "activation", "cap_out": "scale"},
+                SOFT_CAP_SITES,
                 ("model", "lm_head"),
             ),
         ),

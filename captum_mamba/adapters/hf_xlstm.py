@@ -35,7 +35,14 @@ from torch import Tensor, nn
 
 from captum_mamba.adapters.backend import BlockOps
 from captum_mamba.adapters.base import ArchitectureAdapter, ModuleHandler, register_adapter
-from captum_mamba.adapters.blocks import GLU_SITES, activation_name, glu, keep_logits
+from captum_mamba.adapters.blocks import (
+    GLU_SITES,
+    SOFT_CAP_SITES,
+    activation_name,
+    glu,
+    keep_logits,
+    soft_capped,
+)
 from captum_mamba.adapters.families import declare_family
 
 FAMILY = declare_family(
@@ -209,7 +216,7 @@ def lm_forward(
     **kwargs: Any,
 ) -> Any:
     """The language model's forward with the soft-capped logits ``c tanh(logits / c)``
-    (sites ``cap_in``, ``cap``, ``cap_out``)."""
+    (:func:`~captum_mamba.adapters.blocks.soft_capped`)."""
     if labels is not None:
         raise NotImplementedError(
             f"explanations compute no loss; call {type(lm).__name__} without labels"
@@ -223,8 +230,7 @@ def lm_forward(
     logits = lm.lm_head(keep_logits(outputs.last_hidden_state, logits_to_keep))
     cap = lm.config.output_logit_soft_cap
     if cap is not None:
-        capped = ops.activation("cap", ops.scale("cap_in", logits, 1.0 / cap), "tanh")
-        logits = ops.scale("cap_out", capped, cap)
+        logits = soft_capped(ops, logits, cap)
     return xLSTMCausalLMOutput(logits=logits)
 
 
@@ -253,7 +259,7 @@ HF_XLSTM = register_adapter(
             ModuleHandler(
                 xLSTMForCausalLM,
                 lm_forward,
-                {"cap_in": "scale", "cap": "activation", "cap_out": "scale"},
+                SOFT_CAP_SITES,
                 ("backbone", "lm_head"),
             ),
         ),
