@@ -41,10 +41,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from captum_mamba.adapters.families import FamilyUnavailable, resolve
+from captum_mamba.adapters.families import FamilyUnavailable
 from captum_mamba.apps import ground_truth
 from captum_mamba.baselines.captum_methods import (
     CP_LRP,
@@ -111,7 +110,7 @@ FAMILIES: dict[str, ModelFamily] = {
             "Mamba",
             "MambaConfig",
             "MambaForCausalLM",
-            dict(hidden_size=32, num_hidden_layers=2, state_size=8),
+            ground_truth.MODEL_CONFIGS["mamba"][2],
         ),
         ModelFamily(
             "falcon-mamba",
@@ -125,20 +124,14 @@ FAMILIES: dict[str, ModelFamily] = {
             "Mamba-2",
             "Mamba2Config",
             "Mamba2ForCausalLM",
-            dict(
-                hidden_size=32, num_hidden_layers=2, state_size=16, num_heads=4, head_dim=16,
-                n_groups=1, chunk_size=16,
-            ),
+            ground_truth.MODEL_CONFIGS["mamba2"][2],
         ),
         ModelFamily(
             "bamba",
             "Bamba",
             "BambaConfig",
             "BambaForCausalLM",
-            dict(
-                _ATTENTION, num_hidden_layers=3, attn_layer_indices=[1], mamba_n_heads=4,
-                mamba_d_head=16, mamba_n_groups=1, mamba_d_state=16, mamba_chunk_size=16,
-            ),
+            ground_truth.MODEL_CONFIGS["bamba"][2],
             attention=True,
         ),
         ModelFamily(
@@ -348,20 +341,14 @@ def build_family_model(name: str, seed: int = 0) -> nn.Module:
     family = FAMILIES.get(name)
     if family is None:
         raise ValueError(f"unknown family {name!r}; choose from {', '.join(FAMILIES)}")
-    config_class = resolve("transformers", family.config_class)
-    model_class = resolve("transformers", family.model_class)
-    config = config_class(
-        vocab_size=len(ground_truth.VOCABULARY),
-        pad_token_id=ground_truth.PAD,
-        use_cache=False,
-        **family.fields,
+    return ground_truth.tiny_causal_lm(
+        family.config_class,
+        family.model_class,
+        family.fields,
+        seed,
+        eager_attention=family.attention,
+        eager_experts=family.eager_experts,
     )
-    if family.attention:
-        config._attn_implementation = "eager"
-    if family.eager_experts:
-        config._experts_implementation = "eager"
-    torch.manual_seed(seed)
-    return model_class(config)
 
 
 #: Training schedule of the family models: the suite's, capped for a shared CPU.

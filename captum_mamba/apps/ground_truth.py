@@ -48,16 +48,16 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 from torch import Tensor, nn
 
 from captum_mamba.adapters import UnsupportedModelError
+from captum_mamba.adapters.families import resolve
 from captum_mamba.apps.methods import method_explainers, resolve_methods
 from captum_mamba.apps.sentiment import default_cache_dir
 from captum_mamba.attr import MambaLRP
@@ -316,10 +316,48 @@ MODEL_CONFIGS: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 
+def tiny_causal_lm(
+    config_class: str,
+    model_class: str,
+    fields: Mapping[str, Any],
+    seed: int = 0,
+    eager_attention: bool = True,
+    eager_experts: bool = False,
+) -> nn.Module:
+    """An untrained causal language model of transformers' classes over
+    :data:`VOCABULARY` (padding :data:`PAD`, no cache); the classes are looked up at call
+    time, so that releases without one of them still import this module.
+
+    Args:
+        config_class (str): name of the configuration class in ``transformers``.
+        model_class (str): name of the causal-LM class in ``transformers``.
+        fields (Mapping): further configuration fields (the shape).
+        seed (int, optional): initialisation seed. Default: 0.
+        eager_attention (bool, optional): attention layers, if any, run eagerly.
+            Default: True.
+        eager_experts (bool, optional): mixtures of experts computed eagerly.
+            Default: False.
+
+    Returns:
+        nn.Module: the model (float32, train mode).
+
+    Raises:
+        FamilyUnavailable: if the installed transformers lacks one of the classes.
+    """
+    config = resolve("transformers", config_class)(
+        vocab_size=len(VOCABULARY), pad_token_id=PAD, use_cache=False, **fields
+    )
+    if eager_attention:
+        config._attn_implementation = "eager"
+    if eager_experts:
+        config._experts_implementation = "eager"
+    torch.manual_seed(seed)
+    return resolve("transformers", model_class)(config)
+
+
 def build_model(architecture: str, seed: int = 0) -> nn.Module:
     """An untrained tiny causal language model over :data:`VOCABULARY`
-    (:data:`MODEL_CONFIGS`; transformers' classes are looked up at call time, so that
-    releases without one of them still import this module).
+    (:data:`MODEL_CONFIGS`, built by :func:`tiny_causal_lm`).
 
     Args:
         architecture (str): ``"mamba"`` (Mamba-1), ``"mamba2"`` or ``"bamba"`` (hybrid:
@@ -331,13 +369,7 @@ def build_model(architecture: str, seed: int = 0) -> nn.Module:
     """
     if architecture not in MODEL_CONFIGS:
         raise ValueError(f"unknown architecture {architecture!r}; choose from {ARCHITECTURES}")
-    config_class, model_class, arguments = MODEL_CONFIGS[architecture]
-    torch.manual_seed(seed)
-    config = getattr(transformers, config_class)(
-        vocab_size=len(VOCABULARY), pad_token_id=PAD, use_cache=False, **arguments
-    )
-    config._attn_implementation = "eager"
-    return getattr(transformers, model_class)(config)
+    return tiny_causal_lm(*MODEL_CONFIGS[architecture], seed)
 
 
 def _batch(examples: Sequence[TaskExample]) -> tuple[Tensor, Tensor, Tensor]:
