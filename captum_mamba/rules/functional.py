@@ -557,7 +557,7 @@ def activation(x: Tensor, function: str, rule: bool, negative_slope: float = 0.0
     slope = (negative_slope,) if function == "leaky_relu" else ()
     if rule:
         # f(0) is a constant where x is exactly zero (sigmoid's 1/2 would be lost as 0 * r).
-        return torch.where(x == 0, plain(x, *slope).detach(), x * ratio(x, *slope).detach())
+        return torch.where(x == 0, plain(x.new_zeros(()), *slope), x * ratio(x, *slope).detach())
     return plain(x, *slope)
 
 
